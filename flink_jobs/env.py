@@ -1,0 +1,136 @@
+"""The one place that builds Flink environments: every streamrec job gets the same runtime.
+
+- Python runs in ``thread`` mode (embedded in the JVM): keyed state access is ~20x faster than
+  in process mode. Never change the mode across a restore: state comes back empty, silently.
+- RocksDB state backend, incremental checkpoints under ``paths.checkpoint_dir/<job>``, retained on
+  cancellation (restore with ``execution.state-recovery.path``).
+- The Kafka connector jars go on ``pipeline.jars``.
+- Kafka sinks are exactly-once: transactions commit when a checkpoint completes, with a
+  transaction timeout the broker accepts (brokers cap it at 15 min by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+from streamrec.assets import connector_jars
+from streamrec.config import Config
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+
+@dataclass
+class FlinkRuntime:
+    env: StreamExecutionEnvironment
+    t_env: StreamTableEnvironment
+    job_name: str
+    checkpoint_dir: Path
+
+
+def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = None) -> Configuration:
+    paths = cfg.paths_resolved
+    checkpoint_dir = paths.checkpoint_dir / job_name
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    conf = Configuration()
+    settings = {
+        "pipeline.name": job_name,
+        "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars(cfg)),
+        "parallelism.default": str(cfg.flink.parallelism),
+        "python.execution-mode": cfg.flink.execution_mode,
+        "state.backend.type": cfg.flink.state_backend,
+        "execution.checkpointing.incremental": str(cfg.flink.incremental_checkpoints).lower(),
+        "execution.checkpointing.dir": checkpoint_dir.as_uri(),
+        "execution.checkpointing.savepoint-dir": (paths.state_dir / "savepoints").as_uri(),
+        "execution.checkpointing.interval": f"{cfg.flink.checkpoint_interval_ms} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3",
+        # A finished bounded job still takes its final checkpoint, committing the last transaction.
+        "execution.checkpointing.checkpoints-after-tasks-finish": "true",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "3",
+        "restart-strategy.fixed-delay.delay": "2 s",
+        "table.exec.source.idle-timeout": "2 s",
+        "taskmanager.memory.process.size": "1600m",
+        "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
+    }
+    if restore_from:
+        settings["execution.state-recovery.path"] = restore_from
+    for key, value in settings.items():
+        conf.set_string(key, value)
+    return conf
+
+
+def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None) -> FlinkRuntime:
+    """A StreamExecutionEnvironment and a StreamTableEnvironment on it, configured for streamrec."""
+    conf = flink_configuration(cfg, job_name, restore_from)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(cfg.flink.parallelism)
+    t_env = StreamTableEnvironment.create(
+        env, environment_settings=EnvironmentSettings.new_instance().in_streaming_mode().build()
+    )
+    t_env.get_config().set("pipeline.name", job_name)
+    return FlinkRuntime(env, t_env, job_name, cfg.paths_resolved.checkpoint_dir / job_name)
+
+
+def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool) -> str:
+    """WITH-clause options of a Kafka SQL source (read_committed, earliest, optionally bounded)."""
+    opts = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": cfg.bootstrap_servers,
+        "properties.group.id": group,
+        "properties.isolation.level": "read_committed",
+        "scan.startup.mode": "earliest-offset",
+        **{f"properties.{k}": v for k, v in cfg.kafka.client_properties.items()},
+    }
+    if bounded:
+        opts["scan.bounded.mode"] = "latest-offset"
+    return _with(opts)
+
+
+def kafka_sink_options(cfg: Config, topic: str, job_name: str) -> str:
+    """WITH-clause options of an exactly-once Kafka SQL sink."""
+    opts = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": cfg.bootstrap_servers,
+        "sink.delivery-guarantee": "exactly-once",
+        "sink.transactional-id-prefix": f"streamrec-{job_name}-{topic}",
+        "properties.transaction.timeout.ms": str(cfg.kafka.transaction_timeout_ms),
+        **{f"properties.{k}": v for k, v in cfg.kafka.client_properties.items()},
+    }
+    return _with(opts)
+
+
+def _with(opts: dict[str, str]) -> str:
+    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
+
+
+def render_sql(name: str, **params: object) -> list[str]:
+    """Load ``sql/<name>.sql``, fill ``${param}`` placeholders, split into statements.
+
+    Statements are separated by a line holding only ``;`` or a ``;`` at the end of a line.
+    """
+    text = Template((SQL_DIR / f"{name}.sql").read_text()).substitute(
+        {k: str(v) for k, v in params.items()}
+    )
+    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+    statements, current = [], []
+    for line in lines:
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            stmt = "\n".join(current).strip().rstrip(";").strip()
+            if stmt:
+                statements.append(stmt)
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        statements.append(tail)
+    return statements

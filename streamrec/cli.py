@@ -1,0 +1,236 @@
+"""``streamrec``: the front door.
+
+    streamrec up | down | status          embedded Kafka-protocol broker (skipped for a real Kafka)
+    streamrec topics create | list        the configured topics
+    streamrec replay [ml-100k | FILE]     produce a dataset into events.raw
+    streamrec consume TOPIC               print records (read_committed)
+    streamrec run [--bounded]             the pipeline job on Flink's local mini-cluster
+    streamrec demo                        everything above, end to end, then stops it all
+    streamrec setup                       fetch + verify the connector jars and ML-100k
+    streamrec config                      print the effective configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from streamrec.config import Config, ConfigError, describe, load_config
+
+
+def _cfg(args: argparse.Namespace) -> Config:
+    overrides = {}
+    if getattr(args, "parallelism", None):
+        overrides["flink.parallelism"] = args.parallelism
+    return load_config(args.config or "auto", overrides=overrides)
+
+
+def ensure_kafka(cfg: Config, topics: list[str] | None = None) -> None:
+    """Start/reuse the embedded broker (if no real Kafka is configured) and create topics."""
+    from streamrec import broker, kafka_io
+
+    status = broker.up(cfg, log=lambda m: print(m, file=sys.stderr))
+    if status.embedded and not status.started:
+        print(f"using the running embedded broker at {status.bootstrap}", file=sys.stderr)
+    kafka_io.ensure_topics(cfg, topics)
+
+
+def cmd_up(args, cfg: Config) -> int:
+    from streamrec import broker
+
+    status = broker.up(cfg, log=lambda m: print(m, file=sys.stderr))
+    if not status.embedded:
+        print(f"kafka.bootstrap_servers is set: using the external Kafka at {status.bootstrap}; "
+              "nothing embedded started", file=sys.stderr)
+    elif not status.started:
+        print(f"embedded broker already running (pid {status.pid})", file=sys.stderr)
+    if not args.no_topics:
+        from streamrec.kafka_io import ensure_topics
+
+        ensure_topics(cfg)
+    print(status.bootstrap)
+    return 0
+
+
+def cmd_down(args, cfg: Config) -> int:
+    from streamrec import broker
+
+    broker.down(cfg)
+    return 0
+
+
+def cmd_status(args, cfg: Config) -> int:
+    from streamrec import broker
+
+    st = broker.status(cfg)
+    if st is None:
+        print("embedded broker: not running")
+        return 1
+    kind = "embedded" if st.embedded else "external"
+    print(f"{kind} Kafka at {st.bootstrap}" + (f" (pid {st.pid})" if st.pid else ""))
+    return 0
+
+
+def cmd_topics(args, cfg: Config) -> int:
+    from streamrec.kafka_io import admin, ensure_topics
+
+    if args.action == "create":
+        ensure_kafka(cfg, [])
+        for topic, what in ensure_topics(cfg).items():
+            print(f"{topic:24s} {what} ({cfg.kafka.partitions} partitions)")
+    else:
+        md = admin(cfg).list_topics(timeout=10)
+        for name in sorted(t for t in md.topics if not t.startswith("__")):
+            print(f"{name:24s} {len(md.topics[name].partitions)} partitions")
+    return 0
+
+
+def cmd_replay(args, cfg: Config) -> int:
+    from streamrec import assets, replay
+
+    topic = args.topic or cfg.kafka.topics.raw
+    ensure_kafka(cfg, [topic])
+    if args.source == "ml-100k":
+        events = replay.ml100k_events(assets.ml100k_dir(cfg))
+        items, total = replay.encode_events(events), len(events)
+    else:
+        path = Path(args.source)
+        if not path.is_file():
+            print(f"error: {path} is neither 'ml-100k' nor a readable JSONL file", file=sys.stderr)
+            return 2
+        items, total = replay.jsonl_items(path), None
+    result = replay.produce(cfg, topic, items, total=total, limit=args.limit, rate=args.rate,
+                            speedup=args.speedup, progress=not args.quiet)
+    print(f"replayed {result.delivered} of {result.sent} records to {topic} in {result.seconds:.1f} s "
+          f"({result.rate:,.0f} records/s); {result.failed} failed")
+    if result.failed:
+        print(f"error: {result.failed} records were not delivered: {result.first_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_consume(args, cfg: Config) -> int:
+    from streamrec.kafka_io import read_topic
+
+    count = 0
+    for rec in read_topic(cfg, args.topic, limit=args.limit, from_beginning=args.from_beginning,
+                          follow=args.follow, idle_timeout=args.idle_timeout):
+        value = rec.value.decode("utf-8", errors="replace") if rec.value is not None else None
+        if args.meta:
+            key = rec.key.decode("utf-8", errors="replace") if rec.key is not None else None
+            print(json.dumps({"partition": rec.partition, "offset": rec.offset, "key": key,
+                              "value": value}))
+        else:
+            print(value)
+        count += 1
+    print(f"{count} records", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args, cfg: Config) -> int:
+    from flink_jobs import pipeline
+
+    ensure_kafka(cfg)
+    pipeline.run(cfg, bounded=args.bounded, restore_from=args.restore_from)
+    return 0
+
+
+def cmd_demo(args, cfg: Config) -> int:
+    from streamrec.demo import run_demo
+
+    return run_demo(cfg, limit=args.limit, keep_running=args.keep_broker)
+
+
+def cmd_setup(args, cfg: Config) -> int:
+    from streamrec import assets
+
+    print(assets.check_java())
+    for jar in assets.connector_jars(cfg):
+        print(f"connector jar: {jar.name}")
+    print(f"ml-100k: {assets.ml100k_dir(cfg)}")
+    return 0
+
+
+def cmd_config(args, cfg: Config) -> int:
+    print(describe(cfg))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description="Real-time recommender on Apache Flink.")
+    parser.add_argument("--config", help="TOML config file (default: $STREAMREC_CONFIG or ./streamrec.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start (or reuse) the embedded Kafka broker and create topics")
+    p.add_argument("--no-topics", action="store_true", help="do not create the configured topics")
+    p.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the embedded broker started by `up`").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="is the embedded broker running?").set_defaults(func=cmd_status)
+
+    p = sub.add_parser("topics", help="create or list the configured topics")
+    p.add_argument("action", choices=["create", "list"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("replay", help="produce ml-100k or a JSONL file into events.raw")
+    p.add_argument("source", nargs="?", default="ml-100k", help="'ml-100k' (default) or a JSONL file")
+    p.add_argument("--topic", help="target topic (default: kafka.topics.raw)")
+    p.add_argument("--limit", type=int, help="send at most N records")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="events per second")
+    pace.add_argument("--speedup", type=float, help="event-time pacing, N times faster than real time")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("consume", help="print a topic's records (read_committed)")
+    p.add_argument("topic")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--from-beginning", action="store_true", default=True)
+    p.add_argument("--latest", dest="from_beginning", action="store_false", help="only new records")
+    p.add_argument("--follow", action="store_true", help="keep reading new records")
+    p.add_argument("--meta", action="store_true", help="print partition/offset/key as JSON")
+    p.add_argument("--idle-timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("run", help="run the pipeline job on Flink's local mini-cluster")
+    p.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
+    p.add_argument("--parallelism", type=int)
+    p.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="broker + ML-100k replay + pipeline, end to end; stops it all")
+    p.add_argument("--limit", type=int, help="replay only the first N events")
+    p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
+    p.set_defaults(func=cmd_demo)
+
+    sub.add_parser("setup", help="fetch and verify connector jars and ML-100k").set_defaults(func=cmd_setup)
+    sub.add_parser("config", help="print the effective configuration").set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = _cfg(args)
+        return int(args.func(args, cfg) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for known failures; tracebacks only for bugs
+        from streamrec.assets import AssetError
+        from streamrec.broker import BrokerError
+        from streamrec.kafka_io import KafkaSetupError
+
+        if isinstance(exc, (AssetError, BrokerError, KafkaSetupError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

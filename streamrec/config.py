@@ -1,0 +1,356 @@
+"""One typed configuration for every streamrec process.
+
+Values come, in increasing priority, from the defaults below, a TOML file (``streamrec.toml`` in
+the working directory, or the file named by ``STREAMREC_CONFIG``) and ``STREAMREC_*`` environment
+variables, where a double underscore separates a section from its key::
+
+    STREAMREC_KAFKA__BOOTSTRAP_SERVERS=broker-1:9092   # use a real Kafka, start nothing embedded
+    STREAMREC_FLINK__PARALLELISM=2
+    STREAMREC_LEARNER__DIM=32
+
+>>> cfg = load_config(env={"STREAMREC_LEARNER__DIM": "16"}, config_file=None)
+>>> cfg.learner.dim
+16
+>>> load_config(env={"STREAMREC_FLINK__STATE_BACKEND": "memory"}, config_file=None)
+Traceback (most recent call last):
+...
+streamrec.config.ConfigError: invalid configuration:
+  flink.state_backend = 'memory' (from STREAMREC_FLINK__STATE_BACKEND): must be one of 'rocksdb', 'hashmap'
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "STREAMREC_"
+CONFIG_FILE_ENV = "STREAMREC_CONFIG"
+DEFAULT_CONFIG_FILE = "streamrec.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class TopicsConfig(_Section):
+    """Kafka topic names. Per-user streams are keyed by user_id, item streams by item_id."""
+
+    raw: str = "events.raw"
+    dlq: str = "events.dlq"
+    clean: str = "events.clean"
+    features_user: str = "features.user"
+    features_item: str = "features.item"
+    model_items: str = "model.items"
+    recommendations: str = "recommendations"
+
+    def all(self) -> list[str]:
+        return list(self.model_dump().values())
+
+
+class KafkaConfig(_Section):
+    #: Empty means "use the embedded broker" (started by ``streamrec up``). Set it to a real Kafka
+    #: cluster (``host:port,host:port``) and nothing embedded starts.
+    bootstrap_servers: str = ""
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of every topic created")
+    replication_factor: int = Field(1, ge=1, le=16)
+    #: Exactly-once sinks open transactions that live until the next checkpoint completes. Brokers
+    #: refuse timeouts above their transaction.max.timeout.ms (15 min by default), so stay below.
+    transaction_timeout_ms: int = Field(600_000, ge=10_000, le=900_000)
+    topics: TopicsConfig = TopicsConfig()
+    #: Extra librdkafka / Kafka client properties (e.g. security.protocol, sasl.*).
+    client_properties: dict[str, str] = {}
+
+
+class EmbeddedBrokerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(19092, ge=1024, le=65535)
+    startup_timeout_s: float = Field(30.0, gt=0)
+
+
+class PathsConfig(_Section):
+    """Where streamrec keeps its files; relative paths are relative to ``state_dir``'s parent."""
+
+    state_dir: Path = Path(".streamrec")
+    #: Shared with the exporter and every TaskManager: put it on a shared filesystem in a cluster.
+    registry_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+    cache_dir: Path | None = None
+    data_dir: Path | None = None
+
+    def resolved(self, base: Path) -> "PathsConfig":
+        state = self.state_dir if self.state_dir.is_absolute() else base / self.state_dir
+        state = state.resolve()
+
+        def pick(value: Path | None, default: str) -> Path:
+            if value is None:
+                return state / default
+            return value if value.is_absolute() else (base / value).resolve()
+
+        return PathsConfig(
+            state_dir=state,
+            registry_dir=pick(self.registry_dir, "registry"),
+            checkpoint_dir=pick(self.checkpoint_dir, "checkpoints"),
+            cache_dir=pick(self.cache_dir, "cache"),
+            data_dir=pick(self.data_dir, "data"),
+        )
+
+
+class FlinkConfig(_Section):
+    parallelism: int = Field(1, ge=1, le=512)
+    checkpoint_interval_ms: int = Field(5_000, ge=200)
+    #: thread mode runs Python in the JVM (~20x faster keyed state than process mode).
+    execution_mode: Literal["thread", "process"] = "thread"
+    state_backend: Literal["rocksdb", "hashmap"] = "rocksdb"
+    incremental_checkpoints: bool = True
+    #: A remote JobManager ``host:port`` for ``streamrec submit``; empty = the local standalone cluster.
+    jobmanager_address: str = ""
+    rest_port: int = Field(8081, ge=1024, le=65535)
+    taskmanagers: int = Field(2, ge=1, le=16)
+    task_slots: int = Field(2, ge=1, le=64)
+
+
+class EventWeights(_Section):
+    """Implicit-feedback weight of each event type; must rise view < click < cart < purchase."""
+
+    view: float = Field(0.25, gt=0)
+    click: float = Field(0.5, gt=0)
+    cart: float = Field(1.0, gt=0)
+    purchase: float = Field(2.0, gt=0)
+    #: A rating r in [0.5, 5] maps to rating_base + rating_scale * r.
+    rating_base: float = 0.0
+    rating_scale: float = Field(0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "EventWeights":
+        if not (self.view < self.click < self.cart < self.purchase):
+            raise ValueError(
+                "event weights must rise view < click < cart < purchase, got "
+                f"{self.view}, {self.click}, {self.cart}, {self.purchase}"
+            )
+        return self
+
+
+class IngestConfig(_Section):
+    max_payload_bytes: int = Field(16_384, ge=256)
+    #: The DLQ keeps the raw payload up to this many bytes (UTF-8, cut on a character boundary).
+    dlq_payload_max_bytes: int = Field(4_096, ge=64)
+    #: Events further than this in the future of wall-clock time are rejected; old (replayed)
+    #: events stay valid.
+    max_future_ms: int = Field(3_600_000, ge=0)
+    min_ts_ms: int = Field(0, ge=0, description="events older than this epoch ms are rejected")
+    watermark_delay_ms: int = Field(5_000, ge=0)
+    dedup_horizon_ms: int = Field(86_400_000, ge=1_000)
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    weights: EventWeights = EventWeights()
+    short_window_ms: int = Field(3_600_000, ge=1_000)
+    long_window_ms: int = Field(86_400_000, ge=1_000)
+    window_slide_ms: int = Field(900_000, ge=1_000)
+    bot_events_per_minute: float = Field(120.0, gt=0)
+    exclude_bots_from_learning: bool = True
+
+    @model_validator(mode="after")
+    def _windows(self) -> "IngestConfig":
+        if self.short_window_ms >= self.long_window_ms:
+            raise ValueError("short_window_ms must be smaller than long_window_ms")
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be smaller than rating_max")
+        return self
+
+
+class LearnerConfig(_Section):
+    """Hyper-parameters of the online matrix factorisation (udfs/)."""
+
+    dim: int = Field(32, ge=2, le=1024)
+    learning_rate: float = Field(0.05, gt=0)
+    regularization: float = Field(0.01, ge=0)
+    init_scale: float = Field(0.1, gt=0)
+    seed: int = 42
+    negatives: int = Field(4, ge=0, le=256)
+    recent_items: int = Field(50, ge=1, le=10_000)
+    state_ttl_ms: int = Field(30 * 86_400_000, ge=60_000)
+    #: Minimum interval between two changelog records of one item (hot items do not flood it).
+    item_emit_interval_ms: int = Field(1_000, ge=0)
+    #: Pairwise (BPR) or sampled-softmax loss over the positive and its sampled negatives.
+    objective: Literal["bpr", "softmax"] = "bpr"
+    #: Negatives drawn uniformly from the item snapshot or in proportion to its popularity counts.
+    negative_sampling: Literal["uniform", "popularity"] = "popularity"
+    #: alpha in score = u.v + b_i + alpha * log1p(popularity_i), in training and in scoring.
+    popularity_prior: float = Field(0.1, ge=0)
+    optimizer: Literal["adagrad", "sgd"] = "adagrad"
+
+
+class ExporterConfig(_Section):
+    interval_s: float = Field(30.0, gt=0)
+    every_n_changes: int = Field(5_000, ge=1)
+    top_k: int = Field(10, ge=1, le=1000)
+    popularity_prior: float = Field(0.1, ge=0)
+    retention: int = Field(10, ge=2)
+    gate_margin: float = Field(0.02, ge=0, le=1)
+    gate_events: int = Field(2_000, ge=0)
+
+
+class ScoringConfig(_Section):
+    top_k: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    batch_timeout_ms: int = Field(50, ge=0)
+    swap_check_interval_s: float = Field(2.0, gt=0)
+    min_refresh_interval_ms: int = Field(0, ge=0)
+    cold_start_min_events: int = Field(3, ge=0)
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+
+
+class Config(_Section):
+    kafka: KafkaConfig = KafkaConfig()
+    embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
+    paths: PathsConfig = PathsConfig()
+    flink: FlinkConfig = FlinkConfig()
+    ingest: IngestConfig = IngestConfig()
+    learner: LearnerConfig = LearnerConfig()
+    exporter: ExporterConfig = ExporterConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    #: The directory relative paths are resolved against (the config file's, else the cwd).
+    base_dir: Path = Path(".")
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return not self.kafka.bootstrap_servers.strip()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.uses_embedded_broker:
+            return f"{self.embedded.host}:{self.embedded.port}"
+        return self.kafka.bootstrap_servers.strip()
+
+    @property
+    def paths_resolved(self) -> PathsConfig:
+        return self.paths.resolved(self.base_dir)
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"invalid configuration: {'.'.join(keys)} is under a non-section key")
+        node = child
+    node[keys[-1]] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Turn STREAMREC_SECTION__KEY=value into a nested dict; remember where each came from."""
+    tree: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not keys:
+            continue
+        # dict-valued keys take JSON-free "k=v,k=v"; everything else is validated by pydantic.
+        parsed: Any = value
+        if keys[-1] == "client_properties":
+            parsed = dict(kv.split("=", 1) for kv in value.split(",") if "=" in kv)
+        _set_path(tree, keys, parsed)
+        origin[".".join(keys)] = name
+    return tree, origin
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return sorted(model.model_fields) if model else []
+
+
+def _format_errors(exc: ValidationError, origin: dict[str, str], source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+        key = ".".join(str(p) for p in loc)
+        where = origin.get(key, source)
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc))
+            lines.append(f"  {key}: unknown key (from {where}); allowed here: {allowed}")
+            continue
+        msg = err["msg"]
+        if err["type"] == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            msg = f"must be one of {expected.replace(' or ', ', ')}"
+        shown = f" = {err['input']!r}" if not isinstance(err.get("input"), dict) else ""
+        lines.append(f"  {key or '(root)'}{shown} (from {where}): {msg}")
+    return ConfigError("invalid configuration:\n" + "\n".join(lines))
+
+
+def load_config(
+    config_file: str | os.PathLike[str] | None | Literal["auto"] = "auto",
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration: defaults < TOML file < STREAMREC_* environment < ``overrides``.
+
+    ``overrides`` is a dotted-key mapping used by the CLI, e.g. ``{"flink.parallelism": 2}``.
+    """
+    env = os.environ if env is None else env
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    base_dir = Path.cwd()
+    if config_file == "auto":
+        config_file = env.get(CONFIG_FILE_ENV) or (
+            DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).is_file() else None
+        )
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        source = str(path)
+        base_dir = path.resolve().parent
+    env_tree, origin = _env_overrides(env)
+    tree = _deep_merge(tree, env_tree)
+    for dotted, value in (overrides or {}).items():
+        _set_path(tree, dotted.split("."), value)
+        origin[dotted] = "command line"
+    tree.setdefault("base_dir", str(base_dir))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise _format_errors(exc, origin, source) from None
+
+
+def describe(cfg: Config) -> str:
+    """Every setting as ``section.key = value`` lines (printed by jobs at start)."""
+    flat: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            flat.append(f"{prefix} = {value}")
+
+    walk("", cfg.model_dump(mode="json"))
+    return "\n".join(flat)

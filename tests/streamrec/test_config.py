@@ -1,0 +1,81 @@
+import pytest
+
+from streamrec.config import ConfigError, describe, load_config
+
+
+def test_defaults_use_the_embedded_broker():
+    cfg = load_config(config_file=None, env={})
+    assert cfg.uses_embedded_broker
+    assert cfg.bootstrap_servers == "127.0.0.1:19092"
+    assert cfg.flink.execution_mode == "thread"
+    assert cfg.kafka.topics.raw == "events.raw"
+
+
+def test_file_then_env_then_overrides(tmp_path):
+    path = tmp_path / "streamrec.toml"
+    path.write_text('[kafka]\nbootstrap_servers = "kafka-1:9092"\npartitions = 8\n'
+                    '[learner]\ndim = 16\n[paths]\nstate_dir = "state"\n')
+    cfg = load_config(path, env={"STREAMREC_LEARNER__DIM": "24"},
+                      overrides={"flink.parallelism": 3})
+    assert cfg.bootstrap_servers == "kafka-1:9092" and not cfg.uses_embedded_broker
+    assert cfg.kafka.partitions == 8
+    assert cfg.learner.dim == 24  # env beats file
+    assert cfg.flink.parallelism == 3
+    # relative paths resolve against the config file's directory
+    assert cfg.paths_resolved.state_dir == (tmp_path / "state").resolve()
+    assert cfg.paths_resolved.registry_dir == (tmp_path / "state" / "registry").resolve()
+
+
+def test_config_file_from_env(tmp_path):
+    path = tmp_path / "other.toml"
+    path.write_text("[scoring]\ntop_k = 20\n")
+    assert load_config(env={"STREAMREC_CONFIG": str(path)}).scoring.top_k == 20
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(config_file=None, env={"STREAMREC_KAFKA__PARTITONS": "3"})
+    msg = str(err.value)
+    assert "kafka.partitons: unknown key (from STREAMREC_KAFKA__PARTITONS)" in msg
+    assert "partitions" in msg and "bootstrap_servers" in msg
+
+
+def test_literal_error_lists_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        load_config(config_file=None, env={"STREAMREC_FLINK__EXECUTION_MODE": "beam"})
+    assert "flink.execution_mode = 'beam'" in str(err.value)
+    assert "'thread', 'process'" in str(err.value)
+
+
+def test_range_and_type_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[kafka]\npartitions = 0\n[learner]\ndim = \"big\"\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    msg = str(err.value)
+    assert "kafka.partitions = 0" in msg and "greater than or equal to 1" in msg
+    assert "learner.dim = 'big'" in msg and str(path) in msg
+
+
+def test_event_weights_must_be_ordered():
+    with pytest.raises(ConfigError, match="view < click < cart < purchase"):
+        load_config(config_file=None, env={"STREAMREC_INGEST__WEIGHTS__CLICK": "5"})
+
+
+def test_transaction_timeout_capped_at_broker_limit():
+    with pytest.raises(ConfigError, match="kafka.transaction_timeout_ms"):
+        load_config(config_file=None, env={"STREAMREC_KAFKA__TRANSACTION_TIMEOUT_MS": "3600000"})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, env={})
+
+
+def test_describe_lists_every_setting():
+    text = describe(load_config(config_file=None, env={}))
+    assert "learner.dim = 32" in text and "kafka.topics.recommendations = recommendations" in text
