@@ -1,0 +1,554 @@
+"""A versioned model registry kept as a plain directory tree.
+
+Layout of ``root`` (a local path, or a shared filesystem so that every TaskManager of a cluster
+reads the same registry)::
+
+    root/
+      v000001/model.onnx      the scoring graph (immutable once the directory exists)
+      v000001/meta.json       metadata; only ``status``/``quality``/``history`` ever change
+      v000002/...
+      CURRENT                 the promoted version's name, e.g. "v000002\\n"
+      registry.log            append-only JSON lines: ts, action, version, from, actor, reason
+      .lock                   flock()ed around every change of CURRENT, meta.json or the log
+      .staging-*/             a version being written (invisible to readers)
+
+Atomicity:
+
+* a version is written into ``.staging-*`` and ``os.rename``\\ d to ``vNNNNNN``: readers see the
+  whole directory or nothing. ``rename`` of a directory onto an existing non-empty directory
+  fails, so two writers that pick the same number cannot overwrite each other: the loser takes
+  the next number (no lock needed to publish);
+* ``CURRENT`` and ``meta.json`` are replaced by writing a temporary file and ``os.replace``;
+* retention renames a version to ``.trash-*`` before deleting it, so it vanishes in one step;
+* :meth:`Registry.load` checks the sha256 of ``model.onnx`` against ``meta.json`` and raises
+  :class:`CorruptModelError` on any mismatch, missing file or unreadable metadata.
+
+Version numbers only grow: the next one is one more than the highest directory present (retention
+never deletes the newest), so a number is never reused.
+
+>>> import tempfile
+>>> reg = Registry(tempfile.mkdtemp())
+>>> v = reg.publish(b"not really onnx", {"item_ids": ["a", "b"], "dim": 4})
+>>> v, reg.current()
+('v000001', None)
+>>> reg.promote(v, actor="doc", reason="first model")
+>>> reg.current(), reg.load(v)[1]["status"]
+('v000001', 'promoted')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+META_FILE = "meta.json"
+CURRENT_FILE = "CURRENT"
+LOG_FILE = "registry.log"
+LOCK_FILE = ".lock"
+STATUSES = ("candidate", "promoted", "rejected")
+_VERSION_RE = re.compile(r"^v(\d{6,})$")
+
+T = TypeVar("T")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation is not possible (unknown version, nothing to roll back to, ...)."""
+
+
+class CorruptModelError(RegistryError):
+    """A version's files are missing, partial, or do not match the sha256 in its meta.json."""
+
+
+def version_name(number: int) -> str:
+    """``7 -> 'v000007'``."""
+    return f"v{number:06d}"
+
+
+def version_number(name: str) -> int:
+    """``'v000007' -> 7``; ValueError for anything that is not a version name."""
+    m = _VERSION_RE.match(name)
+    if not m:
+        raise ValueError(f"not a version name: {name!r}")
+    return int(m.group(1))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file next to ``path``, fsync, then ``os.replace`` it in place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600: other readers of a shared registry need r
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+class Registry:
+    """The registry rooted at ``root`` (created if missing). Safe for several processes/threads."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ paths & locking
+    def path(self, version: str) -> Path:
+        version_number(version)  # validates the name
+        return self.root / version
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive lock for CURRENT / meta.json / log changes (between processes and threads)."""
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _append_log(
+        self, action: str, version: str | None, frm: str | None, actor: str, reason: str, **extra: Any
+    ) -> None:
+        entry = {"ts": _now_iso(), "action": action, "version": version, "from": frm,
+                 "actor": actor, "reason": reason}
+        entry.update(extra)
+        line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
+        fd = os.open(self.root / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write of one line: O_APPEND keeps lines whole
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ reading
+    def list_versions(self) -> list[str]:
+        """Every complete version, oldest first."""
+        names = []
+        for entry in os.listdir(self.root):
+            if _VERSION_RE.match(entry) and (self.root / entry).is_dir():
+                names.append(entry)
+        return sorted(names, key=version_number)
+
+    def current(self) -> str | None:
+        """The promoted version CURRENT names, or None before the first promotion."""
+        try:
+            text = (self.root / CURRENT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not text:
+            return None
+        version_number(text)
+        return text
+
+    def read_meta(self, version: str) -> dict[str, Any]:
+        """``meta.json`` of ``version`` (no sha check; :meth:`load` does that)."""
+        path = self.path(version) / META_FILE
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CorruptModelError(f"model {version}: {path} is missing") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptModelError(f"model {version}: {path} is not valid JSON ({exc})") from None
+
+    def load(self, version: str) -> tuple[bytes, dict[str, Any]]:
+        """``(model bytes, meta)`` of ``version``, after checking model.onnx against its sha256."""
+        vdir = self.path(version)
+        if not vdir.is_dir():
+            raise CorruptModelError(f"model {version}: directory {vdir} does not exist")
+        meta = self.read_meta(version)
+        try:
+            data = (vdir / MODEL_FILE).read_bytes()
+        except FileNotFoundError:
+            raise CorruptModelError(f"model {version}: {vdir / MODEL_FILE} is missing") from None
+        expected = meta.get("sha256")
+        actual = sha256_hex(data)
+        if actual != expected:
+            raise CorruptModelError(
+                f"model {version}: sha256 of {MODEL_FILE} is {actual[:16]}…, meta.json says "
+                f"{str(expected)[:16]}… ({len(data)} bytes): file is corrupt or partial"
+            )
+        if meta.get("version") != version:
+            raise CorruptModelError(f"model {version}: meta.json names version {meta.get('version')!r}")
+        return data, meta
+
+    def read_log(self) -> list[dict[str, Any]]:
+        """All log entries, oldest first (a torn last line, if any, is skipped)."""
+        try:
+            lines = (self.root / LOG_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):
+                if line.strip():
+                    out.append(json.loads(line))
+        return out
+
+    def promotion_stack(self) -> list[str]:
+        """The chain of promoted versions replayed from the log; the last one is CURRENT.
+
+        ``promote`` pushes; ``rollback`` to a version in the chain drops everything above it, so
+        rolling back twice walks further back rather than bouncing between two versions.
+        """
+        stack: list[str] = []
+        for entry in self.read_log():
+            action, version = entry.get("action"), entry.get("version")
+            if action == "promote":
+                stack.append(version)
+            elif action == "rollback":
+                if version in stack:
+                    last = len(stack) - 1 - stack[::-1].index(version)
+                    del stack[last + 1:]
+                else:
+                    stack.append(version)
+        return stack
+
+    def previous_promoted(self) -> str | None:
+        """The version a default :meth:`rollback` returns to: the nearest version below CURRENT
+        in :meth:`promotion_stack` that still exists and was not rejected later (or None)."""
+        stack = self.promotion_stack()
+        current = self.current()
+        if current is not None and (not stack or stack[-1] != current):
+            stack.append(current)  # CURRENT set outside the log: trust CURRENT
+        for version in reversed(stack[:-1]):
+            if version == current or not (self.root / version).is_dir():
+                continue
+            with contextlib.suppress(CorruptModelError):
+                if self.read_meta(version).get("status") == "rejected":
+                    continue
+            return version
+        return None
+
+    # ------------------------------------------------------------------ writing
+    def publish(self, model_bytes: bytes, meta: dict[str, Any]) -> str:
+        """Store a new version as a ``candidate`` and return its name.
+
+        ``meta`` supplies ``item_ids`` (index order), ``dim`` and optionally
+        ``training_position``, ``exporter_config``, ``extra``; the registry fills in
+        ``version``, ``sha256``, ``created_at``, ``item_count``, ``status`` and ``quality``.
+        """
+        meta = dict(meta)
+        item_ids = meta.get("item_ids")
+        if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
+            raise ValueError("meta['item_ids'] must be a list of item id strings in index order")
+        if len(set(item_ids)) != len(item_ids):
+            raise ValueError("meta['item_ids'] contains duplicates")
+        if meta.get("item_count", len(item_ids)) != len(item_ids):
+            raise ValueError(f"meta['item_count'] = {meta['item_count']} but {len(item_ids)} item_ids")
+        if not isinstance(meta.get("dim"), int) or meta["dim"] < 1:
+            raise ValueError("meta['dim'] must be a positive int")
+        meta["item_count"] = len(item_ids)
+        meta["sha256"] = sha256_hex(model_bytes)
+        meta["created_at"] = _now_iso()
+        meta["status"] = "candidate"
+        meta.setdefault("training_position", {"offsets": {}, "watermark": None})
+        meta.setdefault("exporter_config", {})
+        meta.setdefault("quality", {"candidate": None, "current": None})
+        meta.setdefault("extra", {})
+        meta["history"] = []
+
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            os.chmod(staging, 0o755)  # mkdtemp makes 0700
+            with open(staging / MODEL_FILE, "wb") as fh:
+                fh.write(model_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+            number = self._next_number()
+            while True:
+                version = version_name(number)
+                meta["version"] = version
+                _write_file_atomic(staging / META_FILE, _json_bytes(meta))
+                _fsync_dir(staging)
+                try:
+                    os.rename(staging, self.root / version)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                        raise
+                    number = max(number + 1, self._next_number())  # another writer took it
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_dir(self.root)
+        with self._locked():
+            self._append_log("publish", version, None, "registry", "candidate published",
+                             sha256=meta["sha256"], item_count=meta["item_count"])
+        return version
+
+    def _next_number(self) -> int:
+        versions = self.list_versions()
+        return version_number(versions[-1]) + 1 if versions else 1
+
+    def _update_meta(self, version: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        meta = self.read_meta(version)
+        change(meta)
+        _write_file_atomic(self.path(version) / META_FILE, _json_bytes(meta))
+        return meta
+
+    def _set_current(self, version: str) -> None:
+        _write_file_atomic(self.root / CURRENT_FILE, f"{version}\n".encode())
+
+    def promote(
+        self, version: str, actor: str, reason: str, figures: dict[str, Any] | None = None
+    ) -> None:
+        """Verify ``version``, mark it ``promoted`` and point CURRENT at it."""
+        self.load(version)  # refuses a corrupt model before it can be served
+        with self._locked():
+            previous = self.current()
+            if previous == version:
+                log.info("registry %s: %s is already CURRENT, nothing to promote", self.root, version)
+                return
+
+            def change(meta: dict[str, Any]) -> None:
+                meta["status"] = "promoted"
+                if figures is not None:
+                    meta["quality"] = dict(figures)
+                meta.setdefault("history", []).append(
+                    {"ts": _now_iso(), "action": "promote", "actor": actor, "reason": reason})
+
+            self._update_meta(version, change)
+            self._set_current(version)
+            self._append_log("promote", version, previous, actor, reason)
+        log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
+
+    def reject(
+        self, version: str, reason: str, figures: dict[str, Any] | None = None, actor: str = "gate"
+    ) -> None:
+        """Mark ``version`` ``rejected`` (it stays on disk until retention removes it)."""
+        with self._locked():
+            if self.current() == version:
+                raise RegistryError(f"cannot reject {version}: it is CURRENT (roll back first)")
+
+            def change(meta: dict[str, Any]) -> None:
+                meta["status"] = "rejected"
+                if figures is not None:
+                    meta["quality"] = dict(figures)
+                meta.setdefault("history", []).append(
+                    {"ts": _now_iso(), "action": "reject", "actor": actor, "reason": reason})
+
+            self._update_meta(version, change)
+            self._append_log("reject", version, self.current(), actor, reason)
+        log.info("registry %s: rejected %s: %s", self.root, version, reason)
+
+    def rollback(self, to: str | None = None, actor: str = "operator", reason: str = "") -> str:
+        """Point CURRENT at ``to`` (default: the previously promoted version); return it."""
+        with self._locked():
+            previous = self.current()
+            target = to if to is not None else self.previous_promoted()
+            if target is None:
+                raise RegistryError("nothing to roll back to: fewer than two promotions in the log")
+            if target == previous:
+                raise RegistryError(f"{target} is already CURRENT")
+            meta = self.read_meta(target)
+            if meta.get("status") == "rejected":
+                raise RegistryError(f"cannot roll back to {target}: it was rejected by the gate")
+            self.load(target)  # sha check: never roll back onto a corrupt model
+            self._update_meta(target, lambda m: m.setdefault("history", []).append(
+                {"ts": _now_iso(), "action": "rollback", "actor": actor, "reason": reason}))
+            self._set_current(target)
+            self._append_log("rollback", target, previous, actor, reason)
+        log.warning("registry %s: rolled back %s -> %s by %s: %s", self.root, previous, target, actor, reason)
+        return target
+
+    def enforce_retention(self, keep_last_n: int) -> list[str]:
+        """Delete all but the newest ``keep_last_n`` versions; CURRENT and the previously promoted
+        version are always kept. Returns the deleted version names."""
+        if keep_last_n < 1:
+            raise ValueError("keep_last_n must be >= 1")
+        deleted = []
+        with self._locked():
+            versions = self.list_versions()
+            protected = set(versions[-keep_last_n:])
+            protected.update(v for v in (self.current(), self.previous_promoted()) if v)
+            for version in versions:
+                if version in protected:
+                    continue
+                trash = self.root / f".trash-{version}-{uuid.uuid4().hex[:8]}"
+                try:
+                    os.rename(self.root / version, trash)
+                except FileNotFoundError:
+                    continue
+                shutil.rmtree(trash, ignore_errors=True)
+                deleted.append(version)
+            if deleted:
+                self._append_log("retention", None, None, "registry",
+                                 f"keep_last_n={keep_last_n}", deleted=deleted)
+        return deleted
+
+    def clean_staging(self, older_than_s: float = 3600.0) -> list[str]:
+        """Remove ``.staging-*``/``.trash-*`` left by crashed writers (older than the limit)."""
+        removed = []
+        cutoff = time.time() - older_than_s
+        for entry in os.listdir(self.root):
+            if entry.startswith((".staging-", ".trash-")):
+                path = self.root / entry
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < cutoff:
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(entry)
+        return removed
+
+
+class CurrentModelWatcher(Generic[T]):
+    """Follow CURRENT and keep the newest verified model loaded.
+
+    ``loader(model_bytes, meta)`` turns a verified version into the object to serve (e.g.
+    ``ScoringModel.from_bytes``). :meth:`check` reads the tiny CURRENT file (one ``open``/``read``,
+    cheaper than anything it could race with) and loads only when the name changed. A corrupt or
+    unloadable version is logged once and skipped (retried quietly every ``retry_failed_s``, in
+    case the failure was a transient filesystem error); the previous model keeps serving.
+
+    Use :meth:`maybe_check` from an operator's processing loop (it checks at most every
+    ``interval_s``), or :meth:`start` for a daemon thread that polls.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        loader: Callable[[bytes, dict[str, Any]], T],
+        interval_s: float = 2.0,
+        on_change: Callable[[str, T], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        retry_failed_s: float = 60.0,
+    ):
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self.registry = registry
+        self.loader = loader
+        self.interval_s = interval_s
+        self.on_change = on_change
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._model: T | None = None
+        self._version: str | None = None
+        self.retry_failed_s = retry_failed_s
+        self._failed: dict[str, float] = {}  # version -> when it last failed
+        self._last_check = float("-inf")
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.loads = 0
+        self.failures = 0
+
+    @property
+    def version(self) -> str | None:
+        return self._version
+
+    @property
+    def model(self) -> T | None:
+        return self._model
+
+    def get(self) -> tuple[str | None, T | None]:
+        """``(version, model)`` as one consistent pair."""
+        with self._lock:
+            return self._version, self._model
+
+    def check(self) -> bool:
+        """Poll CURRENT now; return True when a new model was swapped in."""
+        self._last_check = self._clock()
+        for _ in range(3):  # CURRENT may move while we load: follow it a few steps
+            try:
+                target = self.registry.current()
+            except (OSError, ValueError) as exc:
+                log.warning("model registry %s: cannot read CURRENT: %s", self.registry.root, exc)
+                return False
+            if target is None or target == self._version:
+                return False
+            failed_at = self._failed.get(target)
+            if failed_at is not None and self._clock() - failed_at < self.retry_failed_s:
+                return False
+            try:
+                data, meta = self.registry.load(target)
+                model = self.loader(data, meta)
+            except Exception as exc:  # noqa: BLE001 - any failure: keep serving the old model
+                if self.registry.current() != target:
+                    continue  # CURRENT moved on (e.g. retention raced us): try the new one
+                first = target not in self._failed
+                self._failed[target] = self._clock()
+                self.failures += 1
+                if first:  # one line per bad version, not one per poll
+                    log.error(
+                        "model %s refused, still serving %s: %s",
+                        target, self._version or "no model", exc,
+                    )
+                return False
+            with self._lock:
+                previous = self._version
+                self._model, self._version = model, target
+            self.loads += 1
+            log.info("model swapped %s -> %s", previous or "none", target)
+            if self.on_change is not None:
+                self.on_change(target, model)
+            return True
+        return False
+
+    def maybe_check(self) -> bool:
+        """:meth:`check` if ``interval_s`` has passed since the last one."""
+        if self._clock() - self._last_check < self.interval_s:
+            return False
+        return self.check()
+
+    def start(self) -> "CurrentModelWatcher[T]":
+        """Check once now, then poll in a daemon thread until :meth:`stop`."""
+        self.check()
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.check()
+                except Exception:  # noqa: BLE001 - the thread must survive anything
+                    log.exception("model watcher check failed")
+
+        self._thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * self.interval_s + 1)
+            self._thread = None

@@ -1,0 +1,297 @@
+"""The directory-tree model registry: round trip, atomicity, retention, promote/rollback, log,
+corrupt models and the CURRENT watcher. Real ONNX models, real files, no mocks."""
+
+import json
+import logging
+import os
+import threading
+
+import numpy as np
+import onnx
+import pytest
+
+from model.onnx_model import export_model_bytes
+from model.registry import (
+    CorruptModelError,
+    CurrentModelWatcher,
+    Registry,
+    RegistryError,
+    sha256_hex,
+)
+from model.scoring import ScoringModel
+
+CPU = ["CPUExecutionProvider"]
+
+
+def _model(n=6, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    items = rng.normal(size=(n, d)).astype(np.float32)
+    data = export_model_bytes(items, np.zeros(n), np.zeros(n), 0.0)
+    meta = {
+        "item_ids": [f"item-{seed}-{i}" for i in range(n)],
+        "dim": d,
+        "training_position": {"offsets": {"0": 10 + seed, "1": 7}, "watermark": 1_700_000_000_000},
+        "exporter_config": {"top_k": 10, "popularity_prior": 0.0},
+        "extra": {"seed": seed},
+    }
+    return data, meta
+
+
+def _publish(reg, seed=0, **kw):
+    data, meta = _model(seed=seed, **kw)
+    return reg.publish(data, meta)
+
+
+def test_round_trip_and_meta_schema(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    data, meta = _model(n=7, d=3, seed=1)
+    v = reg.publish(data, meta)
+    assert v == "v000001" and reg.list_versions() == [v] and reg.current() is None
+    loaded, m = reg.load(v)
+    assert loaded == data
+    assert m["sha256"] == sha256_hex(data)
+    assert m["version"] == v and m["status"] == "candidate"
+    assert m["item_ids"] == meta["item_ids"] and m["item_count"] == 7 and m["dim"] == 3
+    assert m["training_position"] == {"offsets": {"0": 11, "1": 7}, "watermark": 1_700_000_000_000}
+    assert m["exporter_config"]["top_k"] == 10 and m["extra"] == {"seed": 1}
+    assert m["quality"] == {"candidate": None, "current": None}
+    assert "created_at" in m
+    assert set(os.listdir(tmp_path / "registry" / v)) == {"model.onnx", "meta.json"}
+    onnx.checker.check_model(onnx.load_from_string(loaded))
+    sm = ScoringModel.from_registry(reg, v, providers=CPU)
+    assert sm.version == v and sm.item_ids == meta["item_ids"]
+    # nothing left in staging
+    assert [e for e in os.listdir(tmp_path / "registry") if e.startswith(".staging")] == []
+
+
+def test_publish_validates_meta(tmp_path):
+    reg = Registry(tmp_path)
+    data, meta = _model()
+    with pytest.raises(ValueError):
+        reg.publish(data, {**meta, "item_ids": ["a", "a", "b", "c", "d", "e"]})
+    with pytest.raises(ValueError):
+        reg.publish(data, {**meta, "item_count": 3})
+    with pytest.raises(ValueError):
+        reg.publish(data, {k: v for k, v in meta.items() if k != "dim"})
+    assert reg.list_versions() == []
+
+
+def test_promote_rollback_and_log(tmp_path):
+    reg = Registry(tmp_path)
+    v1, v2, v3 = (_publish(reg, seed=s) for s in range(3))
+    with pytest.raises(RegistryError):
+        reg.rollback(actor="ops", reason="nothing yet")
+    reg.promote(v1, actor="gate", reason="first")
+    reg.promote(v2, actor="gate", reason="better")
+    reg.promote(v3, actor="gate", reason="better again")
+    assert reg.current() == v3 and reg.previous_promoted() == v2
+    assert reg.rollback(actor="alice", reason="bad CTR") == v2
+    assert reg.current() == v2
+    assert reg.rollback(actor="alice", reason="still bad") == v1  # walks back, no ping-pong
+    with pytest.raises(RegistryError):
+        reg.rollback(actor="alice", reason="nothing before v1")
+    assert reg.rollback(to=v3, actor="bob", reason="fixed upstream") == v3
+    assert reg.previous_promoted() == v1
+
+    log = reg.read_log()
+    assert [e["action"] for e in log] == ["publish"] * 3 + ["promote"] * 3 + ["rollback"] * 3
+    for e in log:
+        assert set(e) >= {"ts", "action", "version", "from", "actor", "reason"}
+    promotes = [(e["version"], e["from"], e["actor"]) for e in log if e["action"] == "promote"]
+    assert promotes == [(v1, None, "gate"), (v2, v1, "gate"), (v3, v2, "gate")]
+    rollbacks = [(e["version"], e["from"], e["actor"], e["reason"]) for e in log if e["action"] == "rollback"]
+    assert rollbacks == [(v2, v3, "alice", "bad CTR"), (v1, v2, "alice", "still bad"),
+                         (v3, v1, "bob", "fixed upstream")]
+    # the log file is JSON lines
+    lines = (tmp_path / "registry.log").read_text().splitlines()
+    assert len(lines) == 9 and all(json.loads(line) for line in lines)
+    assert reg.read_meta(v2)["status"] == "promoted"
+    assert [h["action"] for h in reg.read_meta(v2)["history"]] == ["promote", "rollback"]
+
+
+def test_reject_and_rollback_refuses_rejected(tmp_path):
+    reg = Registry(tmp_path)
+    v1, v2 = _publish(reg, seed=1), _publish(reg, seed=2)
+    reg.promote(v1, actor="gate", reason="first")
+    reg.reject(v2, reason="recall too low", figures={"candidate": 0.1, "current": 0.5})
+    meta = reg.read_meta(v2)
+    assert meta["status"] == "rejected" and meta["quality"] == {"candidate": 0.1, "current": 0.5}
+    assert reg.current() == v1
+    with pytest.raises(RegistryError, match="rejected"):
+        reg.rollback(to=v2, actor="ops", reason="")
+    with pytest.raises(RegistryError, match="CURRENT"):
+        reg.reject(v1, reason="cannot reject the serving model")
+    assert reg.read_log()[-1]["action"] == "reject"
+
+
+def test_retention_keeps_last_n_current_and_previous(tmp_path):
+    reg = Registry(tmp_path)
+    vs = [_publish(reg, seed=s) for s in range(8)]
+    reg.promote(vs[0], actor="gate", reason="")
+    reg.promote(vs[1], actor="gate", reason="")
+    reg.promote(vs[4], actor="gate", reason="")
+    reg.reject(vs[5], reason="worse")
+    deleted = reg.enforce_retention(2)
+    assert sorted(deleted) == [vs[0], vs[2], vs[3], vs[5]]
+    assert reg.list_versions() == [vs[1], vs[4], vs[6], vs[7]]  # previous, CURRENT, last 2
+    assert reg.current() == vs[4]
+    assert reg.read_log()[-1]["action"] == "retention"
+    # nothing more to delete; no trash left behind
+    assert reg.enforce_retention(2) == []
+    assert not [e for e in os.listdir(tmp_path) if e.startswith(".trash")]
+    assert reg.rollback(actor="ops", reason="") == vs[1]  # previous promoted survived
+    # after the rollback vs[4] is neither CURRENT nor the rollback target: it may go
+    assert reg.enforce_retention(2) == [vs[4]]
+    # numbers are never reused after deletions
+    assert _publish(reg, seed=99) == "v000009"
+
+
+def test_corrupt_model_refused(tmp_path):
+    reg = Registry(tmp_path)
+    v = _publish(reg)
+    path = tmp_path / v / "model.onnx"
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CorruptModelError, match="sha256"):
+        reg.load(v)
+    with pytest.raises(CorruptModelError):
+        reg.promote(v, actor="gate", reason="")
+    assert reg.current() is None
+    path.write_bytes(good[: len(good) // 2])  # partial write
+    with pytest.raises(CorruptModelError):
+        reg.load(v)
+    path.unlink()
+    with pytest.raises(CorruptModelError, match="missing"):
+        reg.load(v)
+    (tmp_path / v / "meta.json").write_text("{not json")
+    with pytest.raises(CorruptModelError, match="JSON"):
+        reg.load(v)
+    with pytest.raises(CorruptModelError, match="does not exist"):
+        reg.load("v000042")
+
+
+def _loader(data, meta):
+    return ScoringModel.from_bytes(data, meta, CPU)
+
+
+def test_watcher_keeps_previous_model_when_new_one_is_corrupt(tmp_path, caplog):
+    reg = Registry(tmp_path)
+    v1 = _publish(reg, seed=1)
+    reg.promote(v1, actor="gate", reason="")
+    watcher = CurrentModelWatcher(reg, _loader, interval_s=0.01)
+    assert watcher.check() and watcher.version == v1
+    assert not watcher.check()  # unchanged: nothing loaded
+    v2 = _publish(reg, seed=2)
+    reg.promote(v2, actor="gate", reason="")
+    model_file = tmp_path / v2 / "model.onnx"
+    raw = bytearray(model_file.read_bytes())
+    raw[100] ^= 0x01
+    model_file.write_bytes(bytes(raw))
+    with caplog.at_level(logging.ERROR, logger="model.registry"):
+        assert not watcher.check()
+        assert not watcher.check()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and v2 in errors[0].getMessage() and v1 in errors[0].getMessage()
+    version, model = watcher.get()
+    assert version == v1 and model.version == v1
+    assert model.topk(np.ones((1, 4), np.float32), 3)[0][0][0].startswith("item-1-")
+    # a good version promoted afterwards is picked up
+    v3 = _publish(reg, seed=3)
+    reg.promote(v3, actor="gate", reason="")
+    assert watcher.check() and watcher.version == v3 and watcher.loads == 2
+
+
+def test_watcher_thread_and_maybe_check(tmp_path):
+    reg = Registry(tmp_path)
+    watcher = CurrentModelWatcher(reg, _loader, interval_s=0.02)
+    assert not watcher.maybe_check() and watcher.model is None  # none yet
+    seen = []
+    watcher.on_change = lambda v, m: seen.append(v)
+    v1 = _publish(reg, seed=1)
+    reg.promote(v1, actor="gate", reason="")
+    watcher.start()
+    try:
+        for _ in range(200):
+            if watcher.version == v1:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        watcher.stop()
+    assert watcher.version == v1 and seen == [v1]
+
+
+def test_reader_never_sees_partial_model_while_writer_promotes(tmp_path):
+    reg = Registry(tmp_path)
+    stop = threading.Event()
+    stats = {"loads": 0, "none_yet": 0, "failures": [], "versions": set()}
+
+    def reader():
+        r = Registry(tmp_path)  # its own instance, as another process would have
+        while not stop.is_set():
+            try:
+                v = r.current()
+                if v is None:
+                    stats["none_yet"] += 1
+                    continue
+                data, meta = r.load(v)
+                assert sha256_hex(data) == meta["sha256"] and meta["version"] == v
+                assert meta["status"] == "promoted"
+                assert onnx.load_from_string(data).graph.node[-1].op_type == "TopK"
+                for listed in r.list_versions()[-2:]:  # listed versions are always complete
+                    r.load(listed)
+                stats["loads"] += 1
+                stats["versions"].add(v)
+            except Exception as exc:  # noqa: BLE001 - counted and reported below
+                stats["failures"].append(repr(exc))
+
+    watcher = CurrentModelWatcher(Registry(tmp_path), lambda d, m: m["version"], interval_s=0.001)
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    writer_data = [_model(n=20, d=8, seed=s) for s in range(100)]
+    for data, meta in writer_data:
+        v = reg.publish(data, meta)
+        reg.promote(v, actor="writer", reason="test")
+        watcher.check()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert stats["failures"] == []
+    assert stats["loads"] > 0
+    assert reg.current() == "v000100" and len(reg.list_versions()) == 100
+    assert watcher.failures == 0 and watcher.version == "v000100"
+
+
+def test_two_writers_get_distinct_versions(tmp_path):
+    results: list[list[str]] = [[], []]
+
+    def writer(slot):
+        r = Registry(tmp_path)
+        for s in range(25):
+            results[slot].append(_publish(r, seed=slot * 100 + s))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reg = Registry(tmp_path)
+    allv = results[0] + results[1]
+    assert len(set(allv)) == 50 and sorted(allv) == reg.list_versions()
+    for v in allv:
+        _, meta = reg.load(v)
+        assert meta["version"] == v
+    assert [e for e in os.listdir(tmp_path) if e.startswith(".staging")] == []
+    assert len([e for e in reg.read_log() if e["action"] == "publish"]) == 50
+
+
+def test_default_rollback_skips_versions_rejected_after_promotion(tmp_path):
+    reg = Registry(tmp_path)
+    v1, v2, v3 = (_publish(reg, seed=s) for s in range(3))
+    for v in (v1, v2, v3):
+        reg.promote(v, actor="gate", reason="")
+    reg.reject(v2, reason="found bad after the fact", actor="alice")
+    assert reg.previous_promoted() == v1
+    assert reg.rollback(actor="alice", reason="") == v1
