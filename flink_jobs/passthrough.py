@@ -17,7 +17,7 @@ from streamrec.kafka_io import ensure_topics
 JOB_NAME = "streamrec-passthrough"
 
 
-def run(cfg: Config, target_topic: str, bounded: bool = False) -> None:
+def run(cfg: Config, target_topic: str, bounded: bool = False, wait: bool = True) -> None:
     ensure_topics(cfg, [cfg.kafka.topics.raw, target_topic])
     rt = build_runtime(cfg, JOB_NAME)
     statements = render_sql(
@@ -27,15 +27,18 @@ def run(cfg: Config, target_topic: str, bounded: bool = False) -> None:
     )
     for ddl in statements[:-1]:
         rt.t_env.execute_sql(ddl)
-    rt.t_env.execute_sql(statements[-1]).wait()
+    result = rt.t_env.execute_sql(statements[-1])
+    if wait:  # under `flink run -d` the client must not block on the job
+        result.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--to", default="events.copy", help="target topic")
     parser.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
+    parser.add_argument("--no-wait", action="store_true", help="return once submitted (cluster mode)")
     args = parser.parse_args(argv)
-    run(load_config(), args.to, args.bounded)
+    run(load_config(), args.to, args.bounded, wait=not args.no_wait)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@
     streamrec consume TOPIC               print records (read_committed)
     streamrec run [--bounded]             the pipeline job on Flink's local mini-cluster
     streamrec demo                        everything above, end to end, then stops it all
+    streamrec cluster up | down | status  a standalone Flink cluster from the PyFlink wheel
+    streamrec submit [--parallelism N] [--from-savepoint PATH]
+    streamrec stop --savepoint JOB_ID
     streamrec setup                       fetch + verify the connector jars and ML-100k
     streamrec config                      print the effective configuration
 """
@@ -143,6 +146,46 @@ def cmd_demo(args, cfg: Config) -> int:
     return run_demo(cfg, limit=args.limit, keep_running=args.keep_broker)
 
 
+def cmd_cluster(args, cfg: Config) -> int:
+    from streamrec import cluster
+
+    if args.action == "up":
+        cluster.up(cfg)
+    elif args.action == "down":
+        cluster.down(cfg)
+    else:
+        current = cluster.info(cfg)
+        if current is None:
+            print(f"no Flink cluster answers at {cluster.rest_url(cfg)}")
+            return 1
+        print(f"Flink cluster at {current.rest_url}: {current.taskmanagers} TaskManagers, "
+              f"{current.slots_available}/{current.slots_total} slots free, {current.jobs_running} jobs running")
+    return 0
+
+
+def cmd_submit(args, cfg: Config) -> int:
+    from streamrec import cluster
+
+    ensure_kafka(cfg)
+    job_args = ["--no-wait"] + (["--bounded"] if args.bounded else [])
+    job_id = cluster.submit(cfg, parallelism=args.parallelism, from_savepoint=args.from_savepoint,
+                            job_args=job_args)
+    print(f"submitted job {job_id}")
+    print(f"web UI: {cluster.rest_url(cfg)}/#/job/running/{job_id}/overview")
+    return 0
+
+
+def cmd_stop(args, cfg: Config) -> int:
+    from streamrec import cluster
+
+    if not args.savepoint:
+        print("error: only `streamrec stop --savepoint JOB_ID` is supported (a stop without a "
+              "savepoint loses the job's state; use the web UI to cancel)", file=sys.stderr)
+        return 2
+    print(cluster.stop_with_savepoint(cfg, args.job_id))
+    return 0
+
+
 def cmd_setup(args, cfg: Config) -> int:
     from streamrec import assets
 
@@ -204,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("cluster", help="a standalone Flink cluster on this machine (JobManager + TaskManagers)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("submit", help="submit the pipeline job to a running Flink cluster")
+    p.add_argument("--parallelism", type=int)
+    p.add_argument("--from-savepoint", help="resume from this savepoint (state carried over)")
+    p.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("stop", help="stop a job on the cluster with a savepoint; prints its path")
+    p.add_argument("job_id")
+    p.add_argument("--savepoint", action="store_true", required=True)
+    p.set_defaults(func=cmd_stop)
+
     sub.add_parser("setup", help="fetch and verify connector jars and ML-100k").set_defaults(func=cmd_setup)
     sub.add_parser("config", help="print the effective configuration").set_defaults(func=cmd_config)
     return parser
@@ -224,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line for known failures; tracebacks only for bugs
         from streamrec.assets import AssetError
         from streamrec.broker import BrokerError
+        from streamrec.cluster import ClusterError
         from streamrec.kafka_io import KafkaSetupError
 
-        if isinstance(exc, (AssetError, BrokerError, KafkaSetupError)):
+        if isinstance(exc, (AssetError, BrokerError, ClusterError, KafkaSetupError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

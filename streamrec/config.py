@@ -185,6 +185,7 @@ class LearnerConfig(_Section):
     negative_sampling: Literal["uniform", "popularity"] = "popularity"
     #: alpha in score = u.v + b_i + alpha * log1p(popularity_i), in training and in scoring.
     popularity_prior: float = Field(0.1, ge=0)
+    prior_in_loss: bool = False
     optimizer: Literal["adagrad", "sgd"] = "adagrad"
 
 
@@ -354,3 +355,25 @@ def describe(cfg: Config) -> str:
 
     walk("", cfg.model_dump(mode="json"))
     return "\n".join(flat)
+
+
+def to_env(cfg: Config) -> dict[str, str]:
+    """The configuration as STREAMREC_* variables, for child processes (e.g. a job under `flink run`).
+
+    >>> env = to_env(load_config(config_file=None, env={"STREAMREC_LEARNER__DIM": "8"}))
+    >>> env["STREAMREC_LEARNER__DIM"], load_config(config_file=None, env=env).learner.dim
+    ('8', 8)
+    """
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and not prefix.endswith("CLIENT_PROPERTIES"):
+            for key, sub in value.items():
+                walk(f"{prefix}__{key.upper()}" if prefix else key.upper(), sub)
+        elif isinstance(value, dict):
+            out[ENV_PREFIX + prefix] = ",".join(f"{k}={v}" for k, v in value.items())
+        elif value is not None:
+            out[ENV_PREFIX + prefix] = str(value).lower() if isinstance(value, bool) else str(value)
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
