@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -33,6 +34,12 @@ class FlinkRuntime:
     checkpoint_dir: Path
 
 
+def python_path() -> str:
+    import site
+
+    return ":".join([*site.getsitepackages(), str(SQL_DIR.parent)])
+
+
 def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = None) -> Configuration:
     paths = cfg.paths_resolved
     checkpoint_dir = paths.checkpoint_dir / job_name
@@ -43,6 +50,13 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars(cfg)),
         "parallelism.default": str(cfg.flink.parallelism),
         "python.execution-mode": cfg.flink.execution_mode,
+        # the interpreter running this driver (its venv has pemja and our packages), unless the
+        # TaskManagers need another path (a remote cluster)
+        "python.executable": cfg.flink.python_executable or sys.executable,
+        "python.client.executable": sys.executable,
+        # thread mode embeds libpython, which does not know it runs inside a venv: give it the
+        # venv's site-packages and the project root explicitly
+        "python.pythonpath": python_path(),
         "state.backend.type": cfg.flink.state_backend,
         "execution.checkpointing.incremental": str(cfg.flink.incremental_checkpoints).lower(),
         "execution.checkpointing.dir": checkpoint_dir.as_uri(),
@@ -76,6 +90,12 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None) -
         env, environment_settings=EnvironmentSettings.new_instance().in_streaming_mode().build()
     )
     t_env.get_config().set("pipeline.name", job_name)
+    # The table config has its own python.executable (default: `python` on PATH, which lacks
+    # pemja and our packages when the venv is not activated): set it on both.
+    python = cfg.flink.python_executable or sys.executable
+    env.set_python_executable(python)
+    t_env.get_config().set("python.executable", python)
+    t_env.get_config().set("python.pythonpath", python_path())
     return FlinkRuntime(env, t_env, job_name, cfg.paths_resolved.checkpoint_dir / job_name)
 
 

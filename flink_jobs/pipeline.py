@@ -1,8 +1,15 @@
 """The streamrec pipeline job: one checkpointed Flink graph from ``events.raw`` to recommendations.
 
-Stages (see README, "Architecture"): SQL ingestion -> online learning in keyed state -> ONNX
-scoring. Stages that are not built yet are reported at start; today the job is the pass-through
-stage only, copying ``events.raw`` to ``events.clean`` exactly once.
+    events.raw ─► [SQL] validate ─► events.dlq
+                       │ clean, dedup (keyed, event-time horizon) ─► events.clean, features.user/item
+                       ▼
+                 keyBy(user) UserLearner ──(item updates)──► keyBy(item) ItemLearner ─► model.items
+                       │             └──(user vectors)──────────────────────────────► model.users
+                       ▼
+                 keyBy(shard) Scorer (onnxruntime, CURRENT registry version) ─► recommendations
+
+The learning loop closes through the model registry: the exporter sidecar (``streamrec
+exporter``) turns ``model.items`` into ONNX versions; UserLearner and Scorer read CURRENT.
 
     python -m flink_jobs.pipeline [--bounded]
 """
@@ -11,24 +18,108 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+import uuid
+from dataclasses import dataclass
 
-from flink_jobs import passthrough
+from pyflink.common import Types
+
+from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, render_sql
+from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.config import Config, describe, load_config
+from streamrec.kafka_io import ensure_topics
+from udfs.flink_operators import ITEM_UPDATES, KV_TYPE, USER_CHANGES, ItemLearner, Scorer, UserLearner
 
 JOB_NAME = "streamrec-pipeline"
 
+# Operator uids: part of the savepoint contract. Never change them (state would not be restored).
+USER_LEARNER_UID = "user-learner"
+ITEM_LEARNER_UID = "item-learner"
+SCORER_UID = "scorer"
 
-def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True) -> None:
-    print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
-    print(f"[{JOB_NAME}] stages: pass-through only (ingestion, learning and scoring are not built yet)",
-          file=sys.stderr)
-    passthrough.run(cfg, cfg.kafka.topics.clean, bounded=bounded, wait=wait)
+
+@dataclass
+class PipelineRun:
+    ingest: IngestSummary | None
+    seconds: float
+
+
+def scoring_shards(cfg: Config) -> int:
+    # a few keys per subtask so key groups spread the batches over all scorer subtasks
+    return max(1, cfg.flink.parallelism * 4)
+
+
+def build(rt: FlinkRuntime, cfg: Config, bounded: bool, counters_dir=None):
+    """Add the whole pipeline to ``rt``; returns the StatementSet to attach before execute()."""
+    t_env = rt.t_env
+    topics = cfg.kafka.topics
+    statements = t_env.create_statement_set()
+    clean = add_ingestion(rt, cfg, bounded, statements, counters_dir=counters_dir)
+    events = t_env.to_data_stream(clean)
+
+    learner = cfg.learner.model_dump()
+    registry_dir = str(cfg.paths_resolved.registry_dir)
+    learned = (events
+               .key_by(lambda r: r[1], key_type=Types.STRING())
+               .process(UserLearner(learner, registry_dir, cfg.learner.state_ttl_ms,
+                                    cfg.learner.user_emit_interval_ms, cfg.scoring.min_refresh_interval_ms,
+                                    cfg.ingest.bot_events_per_minute, cfg.ingest.exclude_bots_from_learning),
+                        output_type=Types.PICKLED_BYTE_ARRAY())
+               .uid(USER_LEARNER_UID).name("UserLearner (online MF, keyed by user)"))
+    item_changes = (learned.get_side_output(ITEM_UPDATES)
+                    .key_by(lambda u: u[0], key_type=Types.STRING())
+                    .process(ItemLearner(learner, cfg.learner.state_ttl_ms, cfg.learner.item_emit_interval_ms),
+                             output_type=KV_TYPE)
+                    .uid(ITEM_LEARNER_UID).name("ItemLearner (keyed by item)"))
+    user_changes = learned.get_side_output(USER_CHANGES)
+    shards = scoring_shards(cfg)
+    sc = cfg.scoring
+    recommendations = (learned
+                       .key_by(lambda req: req[0] % shards, key_type=Types.INT())
+                       .process(Scorer(registry_dir, sc.top_k, sc.batch_size, sc.batch_timeout_ms,
+                                       sc.swap_check_interval_s, sc.cold_start_min_events, sc.provider),
+                                output_type=KV_TYPE)
+                       .uid(SCORER_UID).name("Scorer (onnxruntime, batched top-K)"))
+
+    for ddl in render_sql(
+        "pipeline_sinks",
+        model_items_options=kafka_sink_options(cfg, topics.model_items, rt.job_name),
+        model_users_options=kafka_sink_options(cfg, topics.model_users, rt.job_name),
+        recommendations_options=kafka_sink_options(cfg, topics.recommendations, rt.job_name),
+    ):
+        t_env.execute_sql(ddl)
+    statements.add_insert("model_items_sink", t_env.from_data_stream(item_changes))
+    statements.add_insert("model_users_sink", t_env.from_data_stream(user_changes))
+    statements.add_insert("recommendations_sink", t_env.from_data_stream(recommendations))
+    return statements
+
+
+def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True,
+        quiet: bool = False) -> PipelineRun:
+    if not quiet:
+        print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
+    ensure_topics(cfg)
+    cfg.paths_resolved.registry_dir.mkdir(parents=True, exist_ok=True)
+    rt = build_runtime(cfg, JOB_NAME, restore_from)
+    counters_dir = rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12]
+    statements = build(rt, cfg, bounded, counters_dir)
+    statements.attach_as_datastream()
+    started = time.monotonic()
+    if not wait:  # under `flink run -d`: submit and return
+        rt.env.execute_async(JOB_NAME)
+        return PipelineRun(None, 0.0)
+    rt.env.execute(JOB_NAME)
+    seconds = time.monotonic() - started
+    summary = summarize(cfg, counters_dir, seconds) if bounded else None
+    if summary and not quiet:
+        print(summary.line(), file=sys.stderr)
+    return PipelineRun(summary, seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bounded", action="store_true")
-    parser.add_argument("--restore-from")
+    parser.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
+    parser.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
     parser.add_argument("--no-wait", action="store_true", help="return once submitted (cluster mode)")
     args = parser.parse_args(argv)
     run(load_config(), bounded=args.bounded, restore_from=args.restore_from, wait=not args.no_wait)

@@ -6,6 +6,7 @@ reads the same registry)::
     root/
       v000001/model.onnx      the scoring graph (immutable once the directory exists)
       v000001/meta.json       metadata; only ``status``/``quality``/``history`` ever change
+      v000001/items.npz       optional attachments (sha256 in meta.json ``attachments``)
       v000002/...
       CURRENT                 the promoted version's name, e.g. "v000002\\n"
       registry.log            append-only JSON lines: ts, action, version, from, actor, reason
@@ -21,7 +22,8 @@ Atomicity:
 * ``CURRENT`` and ``meta.json`` are replaced by writing a temporary file and ``os.replace``;
 * retention renames a version to ``.trash-*`` before deleting it, so it vanishes in one step;
 * :meth:`Registry.load` checks the sha256 of ``model.onnx`` against ``meta.json`` and raises
-  :class:`CorruptModelError` on any mismatch, missing file or unreadable metadata.
+  :class:`CorruptModelError` on any mismatch, missing file or unreadable metadata;
+  :meth:`Registry.load_attachment` does the same for an attachment.
 
 Version numbers only grow: the next one is one more than the highest directory present (retention
 never deletes the newest), so a number is never reused.
@@ -64,6 +66,9 @@ LOG_FILE = "registry.log"
 LOCK_FILE = ".lock"
 STATUSES = ("candidate", "promoted", "rejected")
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
+#: Attachment file names: a plain name in the version directory, not one of the registry's own.
+_ATTACHMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESERVED_NAMES = {MODEL_FILE, META_FILE}
 
 T = TypeVar("T")
 
@@ -214,6 +219,30 @@ class Registry:
             raise CorruptModelError(f"model {version}: meta.json names version {meta.get('version')!r}")
         return data, meta
 
+    def load_attachment(self, version: str, name: str) -> bytes:
+        """The bytes of attachment ``name`` of ``version``, checked against the sha256 recorded in
+        its meta.json ``attachments``; :class:`CorruptModelError` if missing, unknown or altered."""
+        vdir = self.path(version)
+        if not vdir.is_dir():
+            raise CorruptModelError(f"model {version}: directory {vdir} does not exist")
+        meta = self.read_meta(version)
+        expected = (meta.get("attachments") or {}).get(name)
+        if expected is None:
+            raise CorruptModelError(
+                f"model {version}: no attachment {name!r} in meta.json "
+                f"(has: {', '.join(sorted(meta.get('attachments') or {})) or 'none'})")
+        try:
+            data = (vdir / name).read_bytes()
+        except FileNotFoundError:
+            raise CorruptModelError(f"model {version}: attachment {vdir / name} is missing") from None
+        actual = sha256_hex(data)
+        if actual != expected:
+            raise CorruptModelError(
+                f"model {version}: sha256 of attachment {name} is {actual[:16]}…, meta.json says "
+                f"{str(expected)[:16]}… ({len(data)} bytes): file is corrupt or partial"
+            )
+        return data
+
     def read_log(self) -> list[dict[str, Any]]:
         """All log entries, oldest first (a torn last line, if any, is skipped)."""
         try:
@@ -263,14 +292,28 @@ class Registry:
         return None
 
     # ------------------------------------------------------------------ writing
-    def publish(self, model_bytes: bytes, meta: dict[str, Any]) -> str:
+    def publish(
+        self,
+        model_bytes: bytes,
+        meta: dict[str, Any],
+        attachments: dict[str, bytes] | None = None,
+    ) -> str:
         """Store a new version as a ``candidate`` and return its name.
 
         ``meta`` supplies ``item_ids`` (index order), ``dim`` and optionally
         ``training_position``, ``exporter_config``, ``extra``; the registry fills in
-        ``version``, ``sha256``, ``created_at``, ``item_count``, ``status`` and ``quality``.
+        ``version``, ``sha256``, ``created_at``, ``item_count``, ``status``, ``quality`` and
+        ``attachments`` (``{name: sha256}`` of the extra files, e.g. the exporter's ``items.npz``,
+        written into the same staging directory, so they appear atomically with the model).
         """
         meta = dict(meta)
+        attachments = dict(attachments or {})
+        for name, blob in attachments.items():
+            if not isinstance(name, str) or not _ATTACHMENT_RE.match(name) or name in _RESERVED_NAMES:
+                raise ValueError(f"invalid attachment name {name!r}: a plain file name other than "
+                                 f"{MODEL_FILE} / {META_FILE} ([A-Za-z0-9._-], no leading dot)")
+            if not isinstance(blob, (bytes, bytearray, memoryview)):
+                raise ValueError(f"attachment {name!r} must be bytes, got {type(blob).__name__}")
         item_ids = meta.get("item_ids")
         if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
             raise ValueError("meta['item_ids'] must be a list of item id strings in index order")
@@ -288,6 +331,7 @@ class Registry:
         meta.setdefault("exporter_config", {})
         meta.setdefault("quality", {"candidate": None, "current": None})
         meta.setdefault("extra", {})
+        meta["attachments"] = {name: sha256_hex(bytes(blob)) for name, blob in sorted(attachments.items())}
         meta["history"] = []
 
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
@@ -297,6 +341,11 @@ class Registry:
                 fh.write(model_bytes)
                 fh.flush()
                 os.fsync(fh.fileno())
+            for name, blob in attachments.items():
+                with open(staging / name, "wb") as fh:
+                    fh.write(blob)
+                    fh.flush()
+                    os.fsync(fh.fileno())
             number = self._next_number()
             while True:
                 version = version_name(number)
@@ -333,9 +382,12 @@ class Registry:
         _write_file_atomic(self.root / CURRENT_FILE, f"{version}\n".encode())
 
     def promote(
-        self, version: str, actor: str, reason: str, figures: dict[str, Any] | None = None
+        self, version: str, actor: str, reason: str, figures: dict[str, Any] | None = None,
+        log_extra: dict[str, Any] | None = None,
     ) -> None:
-        """Verify ``version``, mark it ``promoted`` and point CURRENT at it."""
+        """Verify ``version``, mark it ``promoted`` and point CURRENT at it.
+
+        ``log_extra`` adds keys to the registry.log entry and the history entry (e.g. ``user``)."""
         self.load(version)  # refuses a corrupt model before it can be served
         with self._locked():
             previous = self.current()
@@ -348,11 +400,12 @@ class Registry:
                 if figures is not None:
                     meta["quality"] = dict(figures)
                 meta.setdefault("history", []).append(
-                    {"ts": _now_iso(), "action": "promote", "actor": actor, "reason": reason})
+                    {"ts": _now_iso(), "action": "promote", "actor": actor, "reason": reason,
+                     **(log_extra or {})})
 
             self._update_meta(version, change)
             self._set_current(version)
-            self._append_log("promote", version, previous, actor, reason)
+            self._append_log("promote", version, previous, actor, reason, **(log_extra or {}))
         log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
 
     def reject(
@@ -374,8 +427,13 @@ class Registry:
             self._append_log("reject", version, self.current(), actor, reason)
         log.info("registry %s: rejected %s: %s", self.root, version, reason)
 
-    def rollback(self, to: str | None = None, actor: str = "operator", reason: str = "") -> str:
-        """Point CURRENT at ``to`` (default: the previously promoted version); return it."""
+    def rollback(
+        self, to: str | None = None, actor: str = "operator", reason: str = "",
+        log_extra: dict[str, Any] | None = None,
+    ) -> str:
+        """Point CURRENT at ``to`` (default: the previously promoted version); return it.
+
+        ``log_extra`` adds keys to the registry.log entry and the history entry (e.g. ``user``)."""
         with self._locked():
             previous = self.current()
             target = to if to is not None else self.previous_promoted()
@@ -388,9 +446,10 @@ class Registry:
                 raise RegistryError(f"cannot roll back to {target}: it was rejected by the gate")
             self.load(target)  # sha check: never roll back onto a corrupt model
             self._update_meta(target, lambda m: m.setdefault("history", []).append(
-                {"ts": _now_iso(), "action": "rollback", "actor": actor, "reason": reason}))
+                {"ts": _now_iso(), "action": "rollback", "actor": actor, "reason": reason,
+                 **(log_extra or {})}))
             self._set_current(target)
-            self._append_log("rollback", target, previous, actor, reason)
+            self._append_log("rollback", target, previous, actor, reason, **(log_extra or {}))
         log.warning("registry %s: rolled back %s -> %s by %s: %s", self.root, previous, target, actor, reason)
         return target
 

@@ -9,6 +9,8 @@
     streamrec cluster up | down | status  a standalone Flink cluster from the PyFlink wheel
     streamrec submit [--parallelism N] [--from-savepoint PATH]
     streamrec stop --savepoint JOB_ID
+    streamrec exporter [--once] [--force] the sidecar: model changelog -> ONNX registry versions
+    streamrec model list | promote V | rollback [V]   the model registry
     streamrec setup                       fetch + verify the connector jars and ML-100k
     streamrec config                      print the effective configuration
 """
@@ -186,6 +188,86 @@ def cmd_stop(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_exporter(args, cfg: Config) -> int:
+    import logging
+
+    from model.exporter import INPUTS, Exporter
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_kafka(cfg, [getattr(cfg.kafka.topics, name) for name in INPUTS.values()])
+    exporter = Exporter(cfg, force=args.force)
+    if args.once:
+        try:
+            result = exporter.export_once()
+        finally:
+            exporter.close()
+        print(result.line() if result else "nothing to export (no items in the changelog)")
+        return 0
+    results = exporter.run()
+    print(f"exporter stopped after {len(results)} exports ({exporter.failures} failed)", file=sys.stderr)
+    return 0
+
+
+def _model_rows(reg) -> list[list[str]]:
+    from model.registry import CorruptModelError
+
+    current = reg.current()
+    rows = [["", "version", "created", "items", "dim", "recall cand/cur", "status"]]
+    for version in reg.list_versions():
+        try:
+            meta = reg.read_meta(version)
+        except CorruptModelError:
+            rows.append(["*" if version == current else "", version, "?", "?", "?", "?", "corrupt"])
+            continue
+        q = meta.get("quality") or {}
+
+        def fmt(x):
+            return "-" if x is None else f"{x:.4f}"
+
+        rows.append(["*" if version == current else "", version,
+                     str(meta.get("created_at", "?"))[:19].replace("T", " "),
+                     str(meta.get("item_count", "?")), str(meta.get("dim", "?")),
+                     f"{fmt(q.get('candidate'))}/{fmt(q.get('current'))}", str(meta.get("status", "?"))])
+    return rows
+
+
+def cmd_model(args, cfg: Config) -> int:
+    import getpass
+
+    from model.registry import Registry, RegistryError
+
+    reg = Registry(cfg.paths_resolved.registry_dir)
+    who = {"user": getpass.getuser()}
+    try:
+        if args.action == "list":
+            rows = _model_rows(reg)
+            if len(rows) == 1:
+                print(f"registry {reg.root} has no versions")
+                return 0
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            for r in rows:  # items and dim right-aligned
+                print(" ".join(c.rjust(w) if i in (3, 4) else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+            print(f"CURRENT: {reg.current() or 'none'}")
+        elif args.action == "promote":
+            if not args.version:
+                print("error: `streamrec model promote` needs a VERSION", file=sys.stderr)
+                return 2
+            previous = reg.current()
+            reg.promote(args.version, actor="cli", reason=args.reason or "manual promote", log_extra=who)
+            print(f"CURRENT: {args.version} (was {previous or 'none'})")
+        else:
+            previous = reg.current()
+            target = reg.rollback(args.version, actor="cli", reason=args.reason or "manual rollback",
+                                  log_extra=who)
+            print(f"CURRENT: {target} (rolled back from {previous or 'none'})")
+    except (RegistryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_setup(args, cfg: Config) -> int:
     from streamrec import assets
 
@@ -261,6 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--savepoint", action="store_true", required=True)
     p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("exporter", help="the exporter sidecar: model changelog -> registry versions")
+    p.add_argument("--once", action="store_true", help="catch up, export once, exit")
+    p.add_argument("--force", action="store_true", help="promote regardless of the quality gate")
+    p.set_defaults(func=cmd_exporter)
+
+    p = sub.add_parser("model", help="list the model registry, promote or roll back a version")
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous")
+    p.add_argument("--reason", help="recorded in registry.log")
+    p.set_defaults(func=cmd_model)
 
     sub.add_parser("setup", help="fetch and verify connector jars and ML-100k").set_defaults(func=cmd_setup)
     sub.add_parser("config", help="print the effective configuration").set_defaults(func=cmd_config)

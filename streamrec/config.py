@@ -49,6 +49,7 @@ class TopicsConfig(_Section):
     features_user: str = "features.user"
     features_item: str = "features.item"
     model_items: str = "model.items"
+    model_users: str = "model.users"
     recommendations: str = "recommendations"
 
     def all(self) -> list[str]:
@@ -110,6 +111,8 @@ class FlinkConfig(_Section):
     execution_mode: Literal["thread", "process"] = "thread"
     state_backend: Literal["rocksdb", "hashmap"] = "rocksdb"
     incremental_checkpoints: bool = True
+    #: Python interpreter on the TaskManagers; empty = the one running the driver (this venv).
+    python_executable: str = ""
     #: A remote JobManager ``host:port`` for ``streamrec submit``; empty = the local standalone cluster.
     jobmanager_address: str = ""
     rest_port: int = Field(8081, ge=1024, le=65535)
@@ -163,6 +166,12 @@ class IngestConfig(_Section):
             raise ValueError("short_window_ms must be smaller than long_window_ms")
         if self.rating_min >= self.rating_max:
             raise ValueError("rating_min must be smaller than rating_max")
+        # Sliding windows are aligned to the slide, reported in epoch ms (whole seconds), and the
+        # short window is the last short_window_ms of each long window (docs/ingestion.md).
+        if self.window_slide_ms % 1_000:
+            raise ValueError("window_slide_ms must be a whole number of seconds")
+        if self.long_window_ms % self.window_slide_ms or self.short_window_ms % self.window_slide_ms:
+            raise ValueError("short_window_ms and long_window_ms must be multiples of window_slide_ms")
         return self
 
 
@@ -177,8 +186,11 @@ class LearnerConfig(_Section):
     negatives: int = Field(4, ge=0, le=256)
     recent_items: int = Field(50, ge=1, le=10_000)
     state_ttl_ms: int = Field(30 * 86_400_000, ge=60_000)
-    #: Minimum interval between two changelog records of one item (hot items do not flood it).
+    #: Minimum event-time interval between two changelog records of one item (hot items do not
+    #: flood model.items); an event-time timer still emits the item's last change.
     item_emit_interval_ms: int = Field(1_000, ge=0)
+    #: The same for user vectors on model.users (read by the exporter's quality gate only).
+    user_emit_interval_ms: int = Field(60_000, ge=0)
     #: Pairwise (BPR) or sampled-softmax loss over the positive and its sampled negatives.
     objective: Literal["bpr", "softmax"] = "bpr"
     #: Negatives drawn uniformly from the item snapshot or in proportion to its popularity counts.
