@@ -5,6 +5,7 @@
     streamrec replay [ml-100k | FILE]     produce a dataset into events.raw
     streamrec consume TOPIC               print records (read_committed)
     streamrec run [--bounded]             the pipeline job on Flink's local mini-cluster
+    streamrec sql "SELECT ..."            a Flink SQL query over the topics (bounded), as a table
     streamrec demo                        everything above, end to end, then stops it all
     streamrec cluster up | down | status  a standalone Flink cluster from the PyFlink wheel
     streamrec submit [--parallelism N] [--from-savepoint PATH]
@@ -142,6 +143,26 @@ def cmd_run(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_sql(args, cfg: Config) -> int:
+    from flink_jobs.sql_query import QueryError, format_table, run_query
+
+    if args.file:
+        statement = Path(args.file).read_text()
+    elif args.statement:
+        statement = args.statement
+    else:
+        print("error: give a statement or -f FILE", file=sys.stderr)
+        return 2
+    ensure_kafka(cfg, [])
+    try:
+        columns, rows = run_query(cfg, statement)
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(columns, rows))
+    return 0
+
+
 def cmd_demo(args, cfg: Config) -> int:
     from streamrec.demo import run_demo
 
@@ -268,6 +289,17 @@ def cmd_model(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_eval(args, cfg: Config) -> int:
+    from streamrec.evaluate import evaluate_topics
+
+    result = evaluate_topics(cfg, k=args.k, baselines=not args.no_baselines)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.table())
+    return 0
+
+
 def cmd_setup(args, cfg: Config) -> int:
     from streamrec import assets
 
@@ -324,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("sql", help="run a Flink SQL query over bounded reads of the topics")
+    p.add_argument("statement", nargs="?", help="e.g. \"SELECT * FROM features_item LIMIT 5\"")
+    p.add_argument("-f", "--file", help="read the statement from a file")
+    p.set_defaults(func=cmd_sql)
+
     p = sub.add_parser("demo", help="broker + ML-100k replay + pipeline, end to end; stops it all")
     p.add_argument("--limit", type=int, help="replay only the first N events")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
@@ -354,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous")
     p.add_argument("--reason", help="recorded in registry.log")
     p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("eval", help="prequential recall/NDCG of the recommendations topic vs baselines")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--no-baselines", action="store_true", help="pipeline figures only (fast)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     sub.add_parser("setup", help="fetch and verify connector jars and ML-100k").set_defaults(func=cmd_setup)
     sub.add_parser("config", help="print the effective configuration").set_defaults(func=cmd_config)

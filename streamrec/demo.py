@@ -1,31 +1,85 @@
-"""``streamrec demo`` / ``make demo``: the whole product on one machine, then everything stopped."""
+"""``streamrec demo`` / ``make demo``: the whole product on one machine, then everything stopped.
+
+1. the embedded broker (or reuse of a running one), fresh ``demo.*`` topics and a fresh demo
+   registry, so the figures mean something and nothing of the user's own is touched;
+2. MovieLens-100k replayed into ``demo.events.raw``;
+3. the exporter sidecar (a subprocess) and the pipeline job (bounded: it stops at the end of the
+   replayed data) run together; the exporter publishes and gates ONNX versions, the job hot-swaps;
+4. a report: events in, rejected, duplicates, versions exported / promoted, the onnxruntime
+   provider, throughput, a few users' latest recommendations with titles, and prequential
+   recall@10 next to popularity and the sequential reference on the same stream.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
+from collections import Counter
 
 from streamrec import assets, broker, kafka_io, replay
-from streamrec.config import Config
+from streamrec.config import Config, to_env
 
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
+def demo_config(cfg: Config) -> Config:
+    """``cfg`` with demo.* topics and a demo registry under the state dir."""
+    topics = {name: f"demo.{value}" for name, value in cfg.kafka.topics.model_dump().items()}
+    paths = cfg.paths_resolved
+    return cfg.model_copy(update={
+        "kafka": cfg.kafka.model_copy(update={"topics": cfg.kafka.topics.model_copy(update=topics)}),
+        "paths": paths.model_copy(update={"registry_dir": paths.state_dir / "demo" / "registry",
+                                          "checkpoint_dir": paths.state_dir / "demo" / "checkpoints"}),
+        "exporter": cfg.exporter.model_copy(update={"interval_s": min(cfg.exporter.interval_s, 5.0)}),
+    })
+
+
+def start_exporter(cfg: Config, log_path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "streamrec.cli", "exporter"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) -> int:
     from flink_jobs import pipeline
+    from model.registry import Registry
+    from streamrec.evaluate import evaluate_topics
 
     started_at = time.monotonic()
     _say(assets.check_java())
     data_dir = assets.ml100k_dir(cfg)
     assets.connector_jars(cfg)
+    cfg = demo_config(cfg)
     status = broker.up(cfg, log=_say)
+    exporter = None
     try:
-        # A demo starts from a clean slate so its counts mean something.
         topics = cfg.kafka.topics.all()
         kafka_io.delete_topics(cfg, topics)
         kafka_io.ensure_topics(cfg, topics)
+        demo_dir = cfg.paths_resolved.state_dir / "demo"
+        shutil.rmtree(demo_dir, ignore_errors=True)
+        cfg.paths_resolved.registry_dir.mkdir(parents=True)
+
         events = replay.ml100k_events(data_dir)
         if limit:
             events = events[:limit]
@@ -35,16 +89,49 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
             _say(f"replay failed: {result.failed} records undelivered ({result.first_error})")
             return 1
         _say(f"replayed {result.delivered:,} events at {result.rate:,.0f} events/s")
-        job_start = time.monotonic()
-        pipeline.run(cfg, bounded=True)
-        job_seconds = time.monotonic() - job_start
-        out = sum(1 for _ in kafka_io.read_topic(cfg, cfg.kafka.topics.clean))
-        _say(f"pipeline finished in {job_seconds:.1f} s: {result.delivered:,} events in, "
-             f"{out:,} records in {cfg.kafka.topics.clean} (read_committed)")
-        _say("stages run: pass-through only; ingestion, learning and scoring are not built yet")
+
+        exporter = start_exporter(cfg, demo_dir / "exporter.log")
+        _say(f"exporter sidecar started (pid {exporter.pid}, log {demo_dir / 'exporter.log'})")
+        _say("pipeline job running on Flink's local mini-cluster (bounded); this takes a few minutes")
+        run = pipeline.run(cfg, bounded=True, quiet=True)
+        stop_process(exporter)
+        exporter = None
+
+        summary = run.ingest
+        _say(summary.line() if summary else "pipeline finished")
+        _say(f"pipeline: {result.delivered:,} events through the whole graph in {run.seconds:.0f} s "
+             f"({result.delivered / run.seconds:,.0f} events/s incl. job start-up)")
+        registry = Registry(cfg.paths_resolved.registry_dir)
+        versions = registry.list_versions()
+        statuses = Counter(registry.read_meta(v)["status"] for v in versions)
+        _say(f"model versions: {len(versions)} exported, {statuses.get('promoted', 0)} promoted, "
+             f"{statuses.get('rejected', 0)} rejected; CURRENT = {registry.current()}")
+
+        recs = [r.json() for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
+        strategies = Counter(r["strategy"] for r in recs)
+        served = Counter(r["model_version"] for r in recs if r["strategy"] == "model")
+        _say(f"recommendations: {len(recs):,} records ({dict(strategies)}); served by "
+             f"{len(served)} model versions (hot swaps: {max(0, len(served) - 1)})")
+        from model.scoring import choose_providers
+
+        _say(f"onnxruntime provider: {choose_providers(cfg.scoring.provider)[0]}")
+        titles = replay.ml100k_titles(data_dir)
+        latest = {}
+        for rec in recs:
+            latest[rec["user_id"]] = rec
+        for user in sorted(latest, key=lambda u: -latest[u]["source_offset"])[:3]:
+            rec = latest[user]
+            names = ", ".join(titles.get(i["item_id"], i["item_id"]) for i in rec["items"][:5])
+            _say(f"user {user} ({rec['strategy']}, {rec['model_version']}): {names}")
+        _say("prequential evaluation on the same stream (this replays the reference model) ...")
+        ev = evaluate_topics(cfg, k=cfg.scoring.top_k)
+        for line in ev.table().splitlines():
+            _say(line)
         _say(f"demo done in {time.monotonic() - started_at:.0f} s")
-        return 0 if out == result.delivered else 1
+        return 0
     finally:
+        if exporter is not None:
+            stop_process(exporter)
         if status.started and not keep_running:
             broker.down(cfg, log=_say)
         elif status.embedded and not keep_running:

@@ -27,7 +27,7 @@ import zlib
 
 import numpy as np
 from pyflink.common import Types
-from pyflink.common.time import Time
+from pyflink.common.time import Duration, Time
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
@@ -45,10 +45,15 @@ _REFRESH_CHECK_S = 1.0
 
 
 def _ttl(ms: int) -> StateTtlConfig:
+    # cleanup_in_rocksdb_compact_filter's default periodic_compaction_time is
+    # Duration.of_days(30), built through get_gateway(): that exists in a driver process and on the
+    # local mini-cluster (its JVM is the driver's), but on a TaskManager of a real cluster it tries
+    # to launch a JVM and open() fails (FileNotFoundError). PyFlink 2.3 never passes that value to
+    # Java (thread mode) nor to the proto (process mode), so a placeholder is safe.
     return (StateTtlConfig.new_builder(Time.milliseconds(ms))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
             .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-            .cleanup_in_rocksdb_compact_filter(1000)
+            .cleanup_in_rocksdb_compact_filter(1000, periodic_compaction_time=Duration(None))
             .build())
 
 

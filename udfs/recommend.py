@@ -67,6 +67,7 @@ def _record(req: ScoringRequest, items: list[dict], version: str | None, strateg
         "model_version": version,
         "strategy": strategy,
         "cold_start": strategy != MODEL,
+        "user_events": req.events,  # the user's learned-event count (UserState.events)
         "source_event_id": req.source_event_id,
         "source_partition": req.source_partition,
         "source_offset": req.source_offset,

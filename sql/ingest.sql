@@ -1,0 +1,70 @@
+-- Ingestion, part 1: read events.raw as raw bytes, validate (Python UDF validate_event), route.
+-- Placeholders: source_options, dlq_sink_options, watermark_delay, watermark_delay_ms,
+-- min_ts_ms, max_future_ms, w_view, w_click, w_cart, w_purchase, w_rating_base, w_rating_scale.
+--
+-- The watermark is generated in the Kafka source, per partition, from the payload's "ts" (read
+-- with JSON_VALUE only for this purpose); a ts outside [min_ts_ms, ingest time + max_future_ms]
+-- (rejected as ts_out_of_range) counts as 0, so a far-future record never pushes the watermark.
+CREATE TABLE raw_in (
+  payload BYTES,
+  src_partition INT METADATA FROM 'partition' VIRTUAL,
+  src_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  ingest_ms AS CAST(EXTRACT(EPOCH FROM kafka_ts) * 1000 + MOD(EXTRACT(MILLISECOND FROM kafka_ts), 1000) AS BIGINT),
+  wm_ms AS CASE WHEN COALESCE(TRY_CAST(JSON_VALUE(CAST(payload AS STRING), '$$.ts') AS BIGINT), CAST(0 AS BIGINT)) BETWEEN ${min_ts_ms} AND CAST(EXTRACT(EPOCH FROM kafka_ts) * 1000 + MOD(EXTRACT(MILLISECOND FROM kafka_ts), 1000) AS BIGINT) + ${max_future_ms}
+    THEN COALESCE(TRY_CAST(JSON_VALUE(CAST(payload AS STRING), '$$.ts') AS BIGINT), CAST(0 AS BIGINT)) ELSE CAST(0 AS BIGINT) END,
+  wm_time AS TO_TIMESTAMP_LTZ(CASE WHEN COALESCE(TRY_CAST(JSON_VALUE(CAST(payload AS STRING), '$$.ts') AS BIGINT), CAST(0 AS BIGINT)) BETWEEN ${min_ts_ms} AND CAST(EXTRACT(EPOCH FROM kafka_ts) * 1000 + MOD(EXTRACT(MILLISECOND FROM kafka_ts), 1000) AS BIGINT) + ${max_future_ms}
+    THEN COALESCE(TRY_CAST(JSON_VALUE(CAST(payload AS STRING), '$$.ts') AS BIGINT), CAST(0 AS BIGINT)) ELSE CAST(0 AS BIGINT) END, 3),
+  proc_time AS PROCTIME(),
+  WATERMARK FOR wm_time AS wm_time - ${watermark_delay}
+) WITH (
+  ${source_options},
+  'format' = 'raw'
+);
+
+-- One row per raw record: the verdict (reason NULL = valid), cleaned fields, weight, late flag.
+-- max_wm_ms: the largest watermark timestamp this partition has produced up to and including
+-- this record; an event at or below (max_wm_ms - watermark delay) may already be behind the
+-- watermark, so it is flagged late (see docs/ingestion.md, "Late events").
+CREATE TEMPORARY VIEW validated AS
+SELECT
+  reason, event_id, user_id, item_id, event_type, rating,
+  CAST(CASE event_type
+    WHEN 'view' THEN ${w_view}
+    WHEN 'click' THEN ${w_click}
+    WHEN 'cart' THEN ${w_cart}
+    WHEN 'purchase' THEN ${w_purchase}
+    WHEN 'rating' THEN ${w_rating_base} + ${w_rating_scale} * rating
+  END AS DOUBLE) AS weight,
+  ts, src_partition, src_offset, ingest_ms,
+  COALESCE(ts <= max_wm_ms - ${watermark_delay_ms} AND ts < max_wm_ms, FALSE) AS late,
+  max_wm_ms - ${watermark_delay_ms} AS eager_wm,
+  CASE WHEN reason IS NULL THEN CAST(NULL AS STRING) ELSE dlq_text END AS dlq_payload,
+  payload_bytes
+FROM (
+  SELECT
+    v.reason AS reason, v.event_id AS event_id, v.user_id AS user_id, v.item_id AS item_id,
+    v.event_type AS event_type, v.rating AS rating, v.ts AS ts,
+    src_partition, src_offset, ingest_ms, dlq_text, payload_bytes,
+    MAX(wm_ms) OVER (PARTITION BY src_partition ORDER BY proc_time
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS max_wm_ms
+  FROM (
+    SELECT validate_event(payload, src_partition, src_offset, ingest_ms) AS v,
+           dlq_payload(payload) AS dlq_text, payload_size(payload) AS payload_bytes,
+           src_partition, src_offset, ingest_ms, wm_ms, proc_time
+    FROM raw_in
+  )
+);
+
+CREATE TABLE dlq_out (
+  payload STRING,
+  payload_bytes INT,
+  truncated BOOLEAN,
+  reason STRING,
+  src_partition INT,
+  src_offset BIGINT,
+  ingest_ts BIGINT
+) WITH (
+  ${dlq_sink_options},
+  'format' = 'json'
+);

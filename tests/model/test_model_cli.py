@@ -1,0 +1,104 @@
+"""`streamrec model list | promote | rollback` in-process against a tmp registry: output,
+CURRENT, and registry.log entries with actor `cli` and the operating-system user."""
+
+import getpass
+import os
+
+import numpy as np
+import pytest
+
+from model.item_table import ITEMS_ATTACHMENT, ItemTable
+from model.onnx_model import export_model_bytes
+from model.registry import Registry
+from streamrec.cli import main
+
+
+@pytest.fixture
+def reg(tmp_path, monkeypatch):
+    for name in [n for n in os.environ if n.startswith("STREAMREC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no streamrec.toml here
+    monkeypatch.setenv("STREAMREC_PATHS__REGISTRY_DIR", str(tmp_path / "registry"))
+    registry = Registry(tmp_path / "registry")
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        table = ItemTable(np.array([f"i{n}" for n in range(4 + seed)]),
+                          rng.normal(size=(4 + seed, 3)).astype(np.float32),
+                          np.zeros(4 + seed, np.float32), np.ones(4 + seed, np.float32))
+        data = export_model_bytes(table.vectors, table.bias, np.zeros(len(table)), 0.0)
+        registry.publish(data, {"item_ids": table.item_ids.tolist(), "dim": 3},
+                         {ITEMS_ATTACHMENT: table.to_npz_bytes()})
+    return registry
+
+
+def run(capsys, *argv):
+    capsys.readouterr()
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _rows(out):
+    return {line.split()[1] if line.startswith("*") else line.split()[0]: line
+            for line in out.splitlines() if "v0000" in line and not line.startswith("CURRENT")}
+
+
+def test_list_promote_rollback(reg, capsys):
+    user = getpass.getuser()
+    rc, out, _ = run(capsys, "model", "list")
+    assert rc == 0
+    header = out.splitlines()[0].split()
+    assert header == ["version", "created", "items", "dim", "recall", "cand/cur", "status"]
+    rows = _rows(out)
+    assert list(rows) == ["v000001", "v000002", "v000003"]
+    assert rows["v000002"].split()[3:] == ["5", "3", "-/-", "candidate"]  # items, dim, recall, status
+    assert "CURRENT: none" in out and not any(r.startswith("*") for r in rows.values())
+
+    assert run(capsys, "model", "promote", "v000001", "--reason", "first")[0] == 0
+    rc, out, _ = run(capsys, "model", "promote", "v000003")
+    assert rc == 0 and "CURRENT: v000003 (was v000001)" in out
+    rc, out, _ = run(capsys, "model", "list")
+    rows = _rows(out)
+    assert rows["v000003"].startswith("*") and rows["v000003"].split()[-1] == "promoted"
+    assert not rows["v000001"].startswith("*") and rows["v000002"].split()[-1] == "candidate"
+
+    rc, out, _ = run(capsys, "model", "rollback", "--reason", "ctr dropped")
+    assert rc == 0 and "CURRENT: v000001 (rolled back from v000003)" in out
+    assert reg.current() == "v000001"
+    rc, out, _ = run(capsys, "model", "rollback", "v000003")
+    assert rc == 0 and reg.current() == "v000003"
+
+    entries = [e for e in reg.read_log() if e["action"] in ("promote", "rollback")]
+    assert [(e["action"], e["version"], e["from"]) for e in entries] == [
+        ("promote", "v000001", None), ("promote", "v000003", "v000001"),
+        ("rollback", "v000001", "v000003"), ("rollback", "v000003", "v000001")]
+    assert all(e["actor"] == "cli" and e["user"] == user for e in entries)
+    assert [e["reason"] for e in entries] == ["first", "manual promote", "ctr dropped", "manual rollback"]
+    history = reg.read_meta("v000001")["history"]
+    assert history[-1]["action"] == "rollback" and history[-1]["user"] == user
+
+
+def test_errors(reg, capsys):
+    rc, _, err = run(capsys, "model", "promote", "v000009")
+    assert rc == 1 and "error:" in err and "v000009" in err
+    rc, _, err = run(capsys, "model", "promote")
+    assert rc == 2 and "needs a VERSION" in err
+    rc, _, err = run(capsys, "model", "rollback")
+    assert rc == 1 and "nothing to roll back to" in err
+    reg.promote("v000001", actor="test", reason="x")
+    reg.reject("v000002", reason="bad")
+    rc, _, err = run(capsys, "model", "rollback", "v000002")
+    assert rc == 1 and "rejected" in err and reg.current() == "v000001"
+    # a corrupt model is never made CURRENT
+    (reg.path("v000003") / "model.onnx").write_bytes(b"garbage")
+    rc, _, err = run(capsys, "model", "promote", "v000003")
+    assert rc == 1 and "sha256" in err and reg.current() == "v000001"
+
+
+def test_empty_registry(tmp_path, monkeypatch, capsys):
+    for name in [n for n in os.environ if n.startswith("STREAMREC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STREAMREC_PATHS__REGISTRY_DIR", str(tmp_path / "empty"))
+    rc, out, _ = run(capsys, "model", "list")
+    assert rc == 0 and "has no versions" in out

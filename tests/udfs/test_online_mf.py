@@ -1,0 +1,239 @@
+"""The online MF core: hash init, state bytes, the split user/item steps and the estimator."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from streamrec.config import LearnerConfig
+from udfs.embeddings import hash_uniforms, init_item_state, init_user_state, init_vector
+from udfs.online_mf import (
+    FORMAT_VERSION,
+    ItemSnapshot,
+    LearnerParams,
+    OnlineMF,
+    item_state_from_bytes,
+    item_state_to_bytes,
+    item_step,
+    sample_negatives,
+    user_state_from_bytes,
+    user_state_to_bytes,
+    user_step,
+)
+from udfs.popularity import Popularity
+from udfs.prequential import prequential
+
+#: Documented bounds at dim 32: item = 283 bytes, user = 269 + sum(2 + len(id)) over recent ids.
+ITEM_BYTES_DIM32 = 283
+USER_BYTES_DIM32_BASE = 269
+
+
+def planted_stream(n_events=6000, groups=4, users_per_group=20, items_per_group=100, noise=0.1,
+                   seed=7):
+    """Users of group g pick (mostly) items of group g; popularity is flat inside a group."""
+    rng = random.Random(seed)
+    users = [f"u{g}-{n}" for g in range(groups) for n in range(users_per_group)]
+    stream = []
+    for e in range(n_events):
+        user = rng.choice(users)
+        group = int(user[1:].split("-")[0])
+        if rng.random() < noise:
+            group = rng.randrange(groups)
+        stream.append((user, f"i{group}-{rng.randrange(items_per_group)}", 1.0, f"ev{e}"))
+    return stream
+
+
+# ---------------------------------------------------------------------------------- hash init
+
+
+def test_init_vector_deterministic_distinct_and_scaled():
+    a = init_vector("i:1", 32, 42, 0.1)
+    assert a.dtype == np.float32 and a.shape == (32,)
+    assert np.array_equal(a, init_vector("i:1", 32, 42, 0.1))
+    assert not np.array_equal(a, init_vector("i:2", 32, 42, 0.1))
+    assert not np.array_equal(a, init_vector("i:1", 32, 43, 0.1))
+    # users and items live in separate name spaces
+    p = LearnerParams.of(None, dim=32)
+    assert not np.array_equal(init_user_state("7", p).vector, init_item_state("7", p).vector)
+    # a long vector (several digest blocks) has the documented spread: std = scale
+    big = init_vector("x", 1000, 0, 0.5)
+    assert abs(float(big.std()) - 0.5) < 0.05 and float(np.abs(big).max()) <= 0.5 * 3**0.5
+    assert abs(float(big.mean())) < 0.05
+
+
+def test_hash_uniforms_are_per_event():
+    a = hash_uniforms("ev1", 1, 20)
+    assert np.array_equal(a, hash_uniforms("ev1", 1, 20))
+    assert not np.array_equal(a, hash_uniforms("ev2", 1, 20))
+    assert not np.array_equal(a, hash_uniforms("ev1", 2, 20))
+    assert len(set(a.tolist())) == 20 and ((a >= 0) & (a < 1)).all()
+
+
+# ---------------------------------------------------------------------------------- bytes
+
+
+def test_user_state_round_trip_version_and_size():
+    p = LearnerParams.of(None, dim=32, recent_items=50)
+    state = init_user_state("alice", p)
+    snap = ItemSnapshot.empty(32)
+    for n in range(60):
+        state, _ = user_step(state, f"item{n:04d}", 1.0, f"e{n}", snap, p)
+    assert len(state.recent) == 50 and state.recent[-1] == "item0059" and state.events == 60
+    blob = user_state_to_bytes(state)
+    assert blob[0] == FORMAT_VERSION
+    assert len(blob) == USER_BYTES_DIM32_BASE + 50 * (2 + 8)
+    back = user_state_from_bytes(blob)
+    assert np.array_equal(back.vector, state.vector) and np.array_equal(back.accum, state.accum)
+    assert back.recent == state.recent and back.events == 60
+    with pytest.raises(ValueError, match="unknown user state format version 9"):
+        user_state_from_bytes(bytes([9]) + blob[1:])
+    with pytest.raises(ValueError, match="trailing"):
+        user_state_from_bytes(blob + b"\0")
+    with pytest.raises(ValueError, match="empty"):
+        user_state_from_bytes(b"")
+
+
+def test_item_state_round_trip_version_and_size():
+    p = LearnerParams.of(None, dim=32)
+    state = init_item_state("x", p)
+    user = init_user_state("u", p)
+    snap = ItemSnapshot.empty(32)
+    for n in range(3):
+        user, updates = user_step(user, "x", 2.0, f"e{n}", snap, p)
+        state = item_step(state, updates[0], p)
+    assert state.updates == 3 and state.popularity == 6.0 and state.bias != 0.0
+    blob = item_state_to_bytes(state)
+    assert blob[0] == FORMAT_VERSION and len(blob) == ITEM_BYTES_DIM32 <= 300
+    back = item_state_from_bytes(blob)
+    assert np.array_equal(back.vector, state.vector) and np.array_equal(back.accum, state.accum)
+    assert (back.bias, back.bias_accum, back.updates, back.popularity) == (
+        state.bias, state.bias_accum, state.updates, state.popularity)
+    with pytest.raises(ValueError, match="unknown item state format version 0"):
+        item_state_from_bytes(bytes([0]) + blob[1:])
+    with pytest.raises(ValueError, match="expected"):
+        item_state_from_bytes(blob[:-4])
+
+
+# ---------------------------------------------------------------------------------- the steps
+
+
+def _snapshot(n_items=200, dim=8, pop=None):
+    items = {f"i{n}": (init_vector(f"i:i{n}", dim, 0, 0.1), 0.0) for n in range(n_items)}
+    return ItemSnapshot.from_mapping(items, pop or {}, dim=dim)
+
+
+def test_negative_sampling_deterministic_and_popularity_weighted():
+    snap = _snapshot(pop={"i3": 1000.0, **{f"i{n}": 1.0 for n in range(200) if n != 3}})
+    p = LearnerParams.of(None, dim=8, negatives=8, negative_sampling="popularity")
+    a = sample_negatives(snap, "i0", "ev-1", p)
+    assert a == sample_negatives(snap, "i0", "ev-1", p)
+    draws = [r for e in range(300) for r in sample_negatives(snap, "i0", f"ev{e}", p)]
+    share = draws.count(snap.index["i3"]) / len(draws)
+    assert 0.75 < share < 0.90  # 1000 / 1199 = 0.83
+    # the positive and the user's recent items are never negatives
+    assert snap.index["i3"] not in sample_negatives(snap, "i3", "ev-1", p)
+    assert snap.index["i3"] not in sample_negatives(snap, "i0", "ev-1", p, avoid=["i3"])
+    u = LearnerParams.of(p, negative_sampling="uniform")
+    draws = [r for e in range(300) for r in sample_negatives(snap, "i0", f"ev{e}", u)]
+    assert draws.count(snap.index["i3"]) / len(draws) < 0.05
+
+
+def test_user_step_messages():
+    p = LearnerParams.of(None, dim=8, negatives=4)
+    snap = _snapshot()
+    state = init_user_state("u", p)
+    new, updates = user_step(state, "i5", 0.5, "ev", snap, p)
+    assert updates[0].item_id == "i5" and updates[0].positive and updates[0].coef > 0
+    assert all(not m.positive and m.coef < 0 for m in updates[1:]) and 1 <= len(updates) - 1 <= 4
+    assert all(m.weight == 0.5 and m.event_id == "ev" for m in updates)
+    # every message carries the vector from *before* the step
+    assert all(np.array_equal(m.user_vector, state.vector) for m in updates)
+    assert not np.array_equal(new.vector, state.vector)
+    # inputs are not modified
+    assert state.events == 0 and state.recent == []
+    # an unseen item (not in the snapshot) still gets learned with its hash-initialised vector
+    _, ups = user_step(state, "brand-new", 1.0, "ev2", snap, p)
+    assert ups[0].item_id == "brand-new" and ups[0].coef > 0
+
+
+def test_split_steps_through_bytes_equal_the_estimator():
+    """Flink's path (states as bytes, keyed steps, exported snapshot every N) == OnlineMF."""
+    stream = planted_stream(n_events=800)
+    for every in (1, 37):
+        p = LearnerParams.of(None, dim=8, seed=5)
+        model = OnlineMF(p, snapshot_every=every)
+        users: dict[str, bytes] = {}
+        items: dict[str, bytes] = {}
+        snap = ItemSnapshot.empty(p.dim)
+        for n, (user, item, weight, eid) in enumerate(stream, start=1):
+            model.learn_one(user, item, weight, eid)
+            ust = user_state_from_bytes(users[user]) if user in users else init_user_state(user, p)
+            ust, updates = user_step(ust, item, weight, eid, snap, p)
+            users[user] = user_state_to_bytes(ust)
+            for upd in updates:
+                ist = (item_state_from_bytes(items[upd.item_id]) if upd.item_id in items
+                       else init_item_state(upd.item_id, p))
+                items[upd.item_id] = item_state_to_bytes(item_step(ist, upd, p))
+            if n % every == 0:
+                states = {i: item_state_from_bytes(b) for i, b in items.items()}
+                snap = ItemSnapshot.from_states(states, p.dim)
+        assert users.keys() == model.users.keys() and items.keys() == model.items.keys()
+        for user, blob in users.items():
+            assert blob == user_state_to_bytes(model.users[user]), user
+        for item, blob in items.items():
+            assert blob == item_state_to_bytes(model.items[item]), item
+        assert snap.ids == model.snapshot.ids
+        assert np.array_equal(snap.vectors, model.snapshot.vectors)
+
+
+def test_same_seed_same_model_other_seed_other_model():
+    stream = planted_stream(n_events=1500)
+
+    def run(seed):
+        m = OnlineMF(dim=16, seed=seed)
+        for user, item, w, eid in stream:
+            m.learn_one(user, item, w, eid)
+        return m
+
+    a, b, c = run(3), run(3), run(4)
+    assert all(np.array_equal(a.users[u].vector, b.users[u].vector) for u in a.users)
+    assert all(np.array_equal(a.items[i].vector, b.items[i].vector) for i in a.items)
+    assert a.recommend("u0-0", 10) == b.recommend("u0-0", 10)
+    assert not np.array_equal(a.users["u0-0"].vector, c.users["u0-0"].vector)
+
+
+# ---------------------------------------------------------------------------------- quality
+
+
+def test_planted_groups_are_learned():
+    stream = planted_stream()
+    tail = 2000
+    mf = prequential(OnlineMF(LearnerConfig()), stream, k=10).tail(tail)
+    pop = prequential(Popularity(), stream, k=10).tail(tail)
+    # random top-10 over 400 items hits ~2.5%; popularity is flat within groups, so ~ random.
+    # Knowing the group (100 items, ~0.9 of events in it) gives ~0.9 * 10 / (100 - seen).
+    assert pop.recall < 0.06
+    assert mf.recall > 0.10
+    assert mf.recall > 2.5 * pop.recall
+    assert mf.ndcg > 2.0 * pop.ndcg
+
+
+def test_estimator_verbs_and_config():
+    m = OnlineMF(LearnerConfig(dim=8), snapshot_every=1, negatives=2)
+    assert m.params.dim == 8 and m.params.negatives == 2
+    assert m.recommend("nobody", 5) == []
+    for n in range(30):
+        m.learn_one(f"u{n % 3}", f"i{n % 10}")
+    recs = m.recommend("u0", k=20)
+    assert len(recs) == 10 - len(set(m.users["u0"].recent)) and len(set(recs)) == len(recs)
+    assert not set(recs) & set(m.users["u0"].recent)
+    scores = m.score("u0", recs)
+    assert (np.diff(scores) <= 1e-6).all()  # best first
+    assert m.recommend("u0", k=3, exclude_seen=False, exclude=recs) == [
+        r for r in m.recommend("u0", k=20, exclude_seen=False) if r not in recs][:3]
+    with pytest.raises(ValueError):
+        OnlineMF(snapshot_every=0)
+    with pytest.raises(ValueError, match="unknown|Input should be"):
+        OnlineMF(objective="nope")

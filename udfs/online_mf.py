@@ -1,0 +1,689 @@
+"""Online matrix factorisation for implicit feedback, split the way the Flink jobs run it.
+
+Score of item ``i`` for user ``u``::
+
+    score(u, i) = u . v_i + b_i + alpha * log1p(pop_i)        (alpha = popularity_prior)
+
+where ``pop_i`` is the item's popularity count (sum of the weights of its positive events) as
+seen in the item snapshot. The prior term is part of the score both when learning and when
+scoring, so the factors learn the residual over popularity.
+
+Learning is split over two keyed operators, which this module models as pure functions:
+
+* :func:`user_step` (keyed by user) reads item vectors from a read-only :class:`ItemSnapshot` (the
+  last exported model; may be stale or empty, missing items get the deterministic hash
+  initialisation), takes one optimiser step on the user vector and returns one
+  :class:`ItemUpdate` for the positive item and one per sampled negative. Each update carries
+  the user vector *before* this event's step (the simultaneous-update form of SGD: user and items
+  are both moved along the gradient evaluated at the same point).
+* :func:`item_step` (keyed by item) applies one :class:`ItemUpdate` to an :class:`ItemState`.
+
+Negatives are drawn from the snapshot (uniformly or in proportion to popularity) with uniforms
+from :func:`udfs.embeddings.hash_uniforms` of the event id and seed, so a Flink run and an
+in-memory run with the same snapshot draw the same negatives. Items in the user's recent list and
+the positive itself are dropped from the draw (so fewer than ``negatives`` may be used).
+
+:class:`OnlineMF` composes exactly these functions into a River-style estimator; its item
+snapshot is refreshed from the item states every ``snapshot_every`` events (1 = fully
+sequential; larger values reproduce the pipeline's export staleness).
+
+>>> model = OnlineMF(dim=8, seed=1)
+>>> for n in range(300):
+...     user, item = f"u{n % 6}", f"i{(n % 6) // 3 * 5 + n % 5}"
+...     model.learn_one(user, item)
+>>> recs = model.recommend("u0", k=3, exclude_seen=False)
+>>> len(recs), all(r in {"i0", "i1", "i2", "i3", "i4"} for r in recs)
+(3, True)
+
+State serialisation (``*_to_bytes`` / ``*_from_bytes``) starts with a format-version byte. The
+evolution rule: a layout change gets a new version number (never reused); readers keep a decoder
+for every version ever written and upgrade old records on read (writers always write the current
+version); an unknown version is a ``ValueError`` naming it, never a silent misread. At ``dim=32``
+an item state is 283 bytes and a user state ``269 + sum(2 + len(utf8(id)))`` over its recent
+items (at most ``recent_items``), e.g. 569 bytes for 50 recent ids of 4 bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from udfs.embeddings import (
+    hash_uniforms,
+    init_item_state,
+    init_user_state,
+    init_vector,
+    item_key,
+    user_key,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LearnerParams",
+    "UserState",
+    "ItemState",
+    "ItemUpdate",
+    "ItemSnapshot",
+    "user_step",
+    "item_step",
+    "sample_negatives",
+    "user_state_to_bytes",
+    "user_state_from_bytes",
+    "item_state_to_bytes",
+    "item_state_from_bytes",
+    "OnlineMF",
+    "init_user_state",
+    "init_item_state",
+]
+
+#: Current state format version (first byte of every serialised state).
+FORMAT_VERSION = 1
+_ADAGRAD_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# hyper-parameters
+
+
+@dataclass(frozen=True)
+class LearnerParams:
+    """The learner's hyper-parameters as a plain frozen dataclass (cheap to read per event).
+
+    Build it with :meth:`of` from a ``streamrec.config.LearnerConfig`` (or any object with the same
+    attribute names), optionally overriding fields; values are validated by ``LearnerConfig``.
+
+    >>> LearnerParams.of(None, dim=8).dim
+    8
+    >>> LearnerParams.of(None, dim=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid learner parameters: dim: Input should be greater than or equal to 2
+    """
+
+    dim: int
+    learning_rate: float
+    regularization: float
+    init_scale: float
+    seed: int
+    negatives: int
+    recent_items: int
+    objective: str
+    negative_sampling: str
+    popularity_prior: float
+    prior_in_loss: bool
+    optimizer: str
+
+    @classmethod
+    def of(cls, cfg: Any = None, **overrides: Any) -> "LearnerParams":
+        if isinstance(cfg, LearnerParams) and not overrides:
+            return cfg
+        from pydantic import ValidationError
+
+        from streamrec.config import LearnerConfig
+
+        if cfg is None:
+            values: dict[str, Any] = {}
+        elif isinstance(cfg, LearnerConfig):
+            values = cfg.model_dump()
+        else:
+            values = {
+                name: getattr(cfg, name)
+                for name in LearnerConfig.model_fields
+                if hasattr(cfg, name)
+            }
+        values.update(overrides)
+        try:
+            full = LearnerConfig.model_validate(values)
+        except ValidationError as exc:
+            msgs = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"invalid learner parameters: {msgs}") from None
+        return cls(**{f.name: getattr(full, f.name) for f in dataclasses.fields(cls)})
+
+
+# --------------------------------------------------------------------------------------------
+# states and messages
+
+
+@dataclass
+class UserState:
+    """Per-user keyed state. Treated as immutable: steps return new objects."""
+
+    vector: np.ndarray  #: float32[dim]
+    accum: np.ndarray  #: float32[dim], AdaGrad sum of squared gradients
+    recent: list[str] = field(default_factory=list)  #: most recent last, <= recent_items
+    events: int = 0  #: events learned
+
+
+@dataclass
+class ItemState:
+    """Per-item keyed state. Treated as immutable: steps return new objects."""
+
+    vector: np.ndarray  #: float32[dim]
+    bias: float
+    accum: np.ndarray  #: float32[dim], AdaGrad sum of squared gradients of the vector
+    bias_accum: float = 0.0
+    updates: int = 0  #: ItemUpdates applied (positive and negative)
+    popularity: float = 0.0  #: sum of the weights of positive updates (the snapshot's pop count)
+
+
+@dataclass(frozen=True)
+class ItemUpdate:
+    """What the user side sends to the item side for one item of one event.
+
+    ``coef`` is the ascent coefficient of the loss w.r.t. the item's score (event weight
+    included): the item moves by ``coef * user_vector`` (and its bias by ``coef``) before
+    regularisation and the optimiser's scaling. ``user_vector`` is the user's vector *before* the
+    event's step. ``weight`` is the event weight; ``positive`` items add it to their popularity.
+    """
+
+    item_id: str
+    user_vector: np.ndarray
+    coef: float
+    weight: float
+    event_id: str
+    positive: bool
+
+
+# --------------------------------------------------------------------------------------------
+# item snapshot
+
+
+class ItemSnapshot:
+    """A read-only view of the exported item model: vectors, biases and popularity counts.
+
+    Items are kept sorted by id, so popularity-proportional sampling maps the same uniform to the
+    same item whatever order the snapshot was assembled in.
+
+    >>> snap = ItemSnapshot.from_mapping(
+    ...     {"b": (np.ones(2, np.float32), 0.5), "a": (np.zeros(2, np.float32), 0.0)},
+    ...     popularity={"a": 3.0}, dim=2)
+    >>> snap.ids, len(snap), "a" in snap, snap.popularity_of("b")
+    (['a', 'b'], 2, True, 0.0)
+    >>> ItemSnapshot.empty(4).sample(np.array([0.3]), "popularity").tolist()
+    []
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        biases: np.ndarray,
+        popularity: np.ndarray,
+        dim: int,
+    ) -> None:
+        order = sorted(range(len(ids)), key=lambda n: ids[n])
+        self.dim = int(dim)
+        self.ids: list[str] = [str(ids[n]) for n in order]
+        self.index: dict[str, int] = {item: n for n, item in enumerate(self.ids)}
+        idx = np.asarray(order, dtype=np.int64)
+        self.vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)[idx].copy()
+        self.biases = np.asarray(biases, dtype=np.float32).reshape(len(ids))[idx].copy()
+        self.popularity = np.asarray(popularity, dtype=np.float64).reshape(len(ids))[idx].copy()
+        self._derive()
+
+    def _derive(self) -> None:
+        self.log_pop = np.log1p(np.maximum(self.popularity, 0.0))
+        self._cum = np.cumsum(np.maximum(self.popularity, 0.0))
+
+    # constructors ---------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, dim: int) -> "ItemSnapshot":
+        return cls([], np.zeros((0, dim)), np.zeros(0), np.zeros(0), dim)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        items: Mapping[str, tuple[np.ndarray, float]],
+        popularity: Mapping[str, float] | None = None,
+        dim: int | None = None,
+    ) -> "ItemSnapshot":
+        """From ``item_id -> (vector, bias)`` and ``item_id -> popularity count``."""
+        ids = list(items)
+        if dim is None:
+            if not ids:
+                raise ValueError("dim is required for an empty snapshot")
+            dim = len(items[ids[0]][0])
+        vecs = np.zeros((len(ids), dim), dtype=np.float32)
+        biases = np.zeros(len(ids), dtype=np.float32)
+        for n, item in enumerate(ids):
+            vec, bias = items[item]
+            vecs[n] = vec
+            biases[n] = bias
+        pop = np.array([float((popularity or {}).get(i, 0.0)) for i in ids], dtype=np.float64)
+        return cls(ids, vecs, biases, pop, dim)
+
+    @classmethod
+    def from_states(cls, states: Mapping[str, ItemState], dim: int) -> "ItemSnapshot":
+        ids = list(states)
+        vecs = np.zeros((len(ids), dim), dtype=np.float32)
+        for n, item in enumerate(ids):
+            vecs[n] = states[item].vector
+        biases = np.array([states[i].bias for i in ids], dtype=np.float32)
+        pop = np.array([states[i].popularity for i in ids], dtype=np.float64)
+        return cls(ids, vecs, biases, pop, dim)
+
+    # queries --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.index
+
+    def popularity_of(self, item_id: str) -> float:
+        n = self.index.get(item_id)
+        return 0.0 if n is None else float(self.popularity[n])
+
+    def sample(self, uniforms: np.ndarray, mode: str) -> np.ndarray:
+        """Row indices for ``uniforms`` in [0, 1): ``"uniform"`` over rows, or ``"popularity"``
+        in proportion to the popularity counts (uniform while every count is zero)."""
+        n = len(self.ids)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if mode == "popularity" and self._cum[-1] > 0:
+            idx = np.searchsorted(self._cum, uniforms * self._cum[-1], side="right")
+        elif mode in ("popularity", "uniform"):
+            idx = (uniforms * n).astype(np.int64)
+        else:
+            raise ValueError(f"unknown negative_sampling {mode!r}")
+        return np.minimum(idx, n - 1)
+
+    # used only by OnlineMF to refresh rows in place (the snapshot is read-only to user_step) ---
+    def _update_rows(self, items: Iterable[str], states: Mapping[str, ItemState]) -> None:
+        items = list(items)
+        new = sorted(i for i in items if i not in self.index)
+        if new:
+            first = len(self.ids)
+            for item in new:
+                pos = bisect.bisect_left(self.ids, item)
+                self.ids.insert(pos, item)
+                first = min(first, pos)
+            rows = [self.index.get(i, -1) for i in self.ids]  # -1 marks the new rows
+            keep = np.array([r for r in rows if r >= 0], dtype=np.int64)
+            at = np.array([n for n, r in enumerate(rows) if r >= 0], dtype=np.int64)
+            n = len(self.ids)
+            vectors = np.zeros((n, self.dim), dtype=np.float32)
+            biases = np.zeros(n, dtype=np.float32)
+            popularity = np.zeros(n, dtype=np.float64)
+            vectors[at], biases[at], popularity[at] = (
+                self.vectors[keep], self.biases[keep], self.popularity[keep])
+            self.vectors, self.biases, self.popularity = vectors, biases, popularity
+            for pos in range(first, n):
+                self.index[self.ids[pos]] = pos
+        for item in items:
+            n = self.index[item]
+            st = states[item]
+            self.vectors[n] = st.vector
+            self.biases[n] = st.bias
+            self.popularity[n] = st.popularity
+        self._derive()
+
+
+# --------------------------------------------------------------------------------------------
+# the two steps
+
+
+def sample_negatives(
+    snapshot: ItemSnapshot,
+    item_id: str,
+    event_id: str,
+    cfg: Any,
+    avoid: Sequence[str] = (),
+) -> list[int]:
+    """Snapshot rows of the event's negatives: ``negatives`` draws from the hash "RNG" of
+    ``event_id``, without the positive and the ``avoid`` ids (duplicates kept: they are draws).
+
+    >>> snap = ItemSnapshot.from_mapping({f"i{n}": (np.zeros(2), 0.0) for n in range(50)}, dim=2)
+    >>> p = LearnerParams.of(None, dim=2, negatives=5, negative_sampling="uniform")
+    >>> sample_negatives(snap, "i0", "ev-1", p) == sample_negatives(snap, "i0", "ev-1", p)
+    True
+    >>> len(sample_negatives(snap, "i0", "ev-1", p)) <= 5
+    True
+    """
+    p = LearnerParams.of(cfg)
+    if p.negatives <= 0 or len(snapshot) == 0:
+        return []
+    rows = snapshot.sample(hash_uniforms(str(event_id), p.seed, p.negatives), p.negative_sampling)
+    skip = {snapshot.index[i] for i in (item_id, *avoid) if i in snapshot.index}
+    return [int(r) for r in rows if int(r) not in skip]
+
+
+def _sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -35.0, 35.0)))
+
+
+def _apply(param: np.ndarray, accum: np.ndarray, grad: np.ndarray, p: LearnerParams):
+    """One ascent step on float32 arrays; returns (new_param, new_accum), never in place."""
+    if p.optimizer == "adagrad":
+        accum = accum + grad * grad
+        return param + p.learning_rate * grad / (np.sqrt(accum) + _ADAGRAD_EPS), accum
+    return param + p.learning_rate * grad, accum
+
+
+def user_step(
+    state: UserState,
+    item_id: str,
+    weight: float,
+    event_id: str,
+    snapshot: ItemSnapshot,
+    cfg: Any,
+) -> tuple[UserState, list[ItemUpdate]]:
+    """Learn one positive event on the user side; return the new state and the item updates.
+
+    The first update is always the positive item (even without negatives, so the item side
+    counts its popularity); then one per sampled negative, in draw order.
+    """
+    p = LearnerParams.of(cfg)
+    item_id = str(item_id)
+    event_id = str(event_id)
+    w = float(weight)
+    u = state.vector
+    alpha = p.popularity_prior if p.prior_in_loss else 0.0
+
+    row = snapshot.index.get(item_id)
+    if row is None:
+        v_pos = init_vector(item_key(item_id), p.dim, p.seed, p.init_scale)
+        b_pos, lp_pos, pop_pos = 0.0, 0.0, 0.0
+    else:
+        v_pos = snapshot.vectors[row]
+        b_pos, lp_pos = float(snapshot.biases[row]), float(snapshot.log_pop[row])
+        pop_pos = float(snapshot.popularity[row])
+    s_pos = float(u @ v_pos) + b_pos + alpha * lp_pos
+
+    neg_rows = sample_negatives(snapshot, item_id, event_id, p, avoid=state.recent)
+    if neg_rows:
+        v_neg = snapshot.vectors[neg_rows]
+        s_neg = (v_neg @ u + snapshot.biases[neg_rows]).astype(np.float64)
+        s_neg += alpha * snapshot.log_pop[neg_rows]
+        if p.objective == "bpr":
+            g = w * _sigmoid(s_neg - s_pos) / len(neg_rows)
+            c_neg = -g
+            c_pos = float(g.sum())
+        elif p.objective == "softmax":
+            logits = np.concatenate(([s_pos], s_neg))
+            if p.negative_sampling == "popularity" and snapshot._cum[-1] > 0:
+                # logQ correction of the sampled softmax: subtract log(sampling probability)
+                pops = np.concatenate(([pop_pos], snapshot.popularity[neg_rows]))
+                logits = logits - np.log(np.maximum(pops, 1.0))
+            logits = logits - logits.max()
+            prob = np.exp(logits)
+            prob /= prob.sum()
+            c_pos = w * float(1.0 - prob[0])
+            c_neg = -w * prob[1:]
+        else:
+            raise ValueError(f"unknown objective {p.objective!r}")
+        grad = c_pos * v_pos + c_neg.astype(np.float32) @ v_neg
+    else:
+        # nothing to contrast with (empty snapshot or negatives=0): a pointwise logistic step
+        c_neg = np.zeros(0)
+        c_pos = w * float(_sigmoid(-s_pos))
+        grad = c_pos * v_pos
+    grad = grad - p.regularization * u
+    new_u, new_acc = _apply(u, state.accum, grad, p)
+
+    recent = [i for i in state.recent if i != item_id]
+    recent.append(item_id)
+    if len(recent) > p.recent_items:
+        recent = recent[len(recent) - p.recent_items :]
+    new_state = UserState(vector=new_u, accum=new_acc, recent=recent, events=state.events + 1)
+
+    u_sent = state.vector  # never mutated: states are replaced, not updated in place
+    updates = [ItemUpdate(item_id, u_sent, c_pos, w, event_id, True)]
+    for r, c in zip(neg_rows, c_neg):
+        updates.append(ItemUpdate(snapshot.ids[r], u_sent, float(c), w, event_id, False))
+    return new_state, updates
+
+
+def item_step(state: ItemState, update: ItemUpdate, cfg: Any) -> ItemState:
+    """Apply one :class:`ItemUpdate` to the item's state (keyed by item)."""
+    p = LearnerParams.of(cfg)
+    v = state.vector
+    grad = update.coef * np.asarray(update.user_vector, dtype=np.float32) - p.regularization * v
+    new_v, new_acc = _apply(v, state.accum, grad, p)
+    g_b = update.coef - p.regularization * state.bias
+    if p.optimizer == "adagrad":
+        b_acc = state.bias_accum + g_b * g_b
+        bias = state.bias + p.learning_rate * g_b / (math.sqrt(b_acc) + _ADAGRAD_EPS)
+    else:
+        b_acc = state.bias_accum
+        bias = state.bias + p.learning_rate * g_b
+    return ItemState(
+        vector=new_v,
+        bias=float(np.float32(bias)),
+        accum=new_acc,
+        bias_accum=float(np.float32(b_acc)),
+        updates=state.updates + 1,
+        popularity=state.popularity + (update.weight if update.positive else 0.0),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# serialisation
+
+_USER_HEAD = struct.Struct("<BHQ")  # version, dim, events
+_ITEM_HEAD = struct.Struct("<BHQdff")  # version, dim, updates, popularity, bias, bias_accum
+_LEN = struct.Struct("<H")
+
+
+def _check_version(data: bytes, what: str) -> int:
+    if not data:
+        raise ValueError(f"empty {what} state record")
+    version = data[0]
+    if version != FORMAT_VERSION:  # add a decoder per old version here when the layout changes
+        raise ValueError(
+            f"unknown {what} state format version {version} (this code reads {FORMAT_VERSION})"
+        )
+    return version
+
+
+def user_state_to_bytes(state: UserState) -> bytes:
+    """Serialise a :class:`UserState` (format version :data:`FORMAT_VERSION`).
+
+    >>> s = init_user_state("u1", LearnerParams.of(None, dim=32))
+    >>> s = dataclasses.replace(s, recent=["a", "bb"])
+    >>> blob = user_state_to_bytes(s)
+    >>> blob[0], len(blob)
+    (1, 276)
+    >>> back = user_state_from_bytes(blob)
+    >>> back.recent, bool((back.vector == s.vector).all())
+    (['a', 'bb'], True)
+    """
+    dim = len(state.vector)
+    parts = [
+        _USER_HEAD.pack(FORMAT_VERSION, dim, state.events),
+        np.asarray(state.vector, dtype="<f4").tobytes(),
+        np.asarray(state.accum, dtype="<f4").tobytes(),
+        _LEN.pack(len(state.recent)),
+    ]
+    for item in state.recent:
+        raw = item.encode("utf-8")
+        parts.append(_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def user_state_from_bytes(data: bytes) -> UserState:
+    _check_version(data, "user")
+    _, dim, events = _USER_HEAD.unpack_from(data, 0)
+    off = _USER_HEAD.size
+    vec = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32)
+    off += 4 * dim
+    acc = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32)
+    off += 4 * dim
+    (n,) = _LEN.unpack_from(data, off)
+    off += _LEN.size
+    recent = []
+    for _ in range(n):
+        (ln,) = _LEN.unpack_from(data, off)
+        off += _LEN.size
+        recent.append(bytes(data[off : off + ln]).decode("utf-8"))
+        off += ln
+    if off != len(data):
+        raise ValueError(f"user state record has {len(data) - off} trailing bytes")
+    return UserState(vector=vec, accum=acc, recent=recent, events=events)
+
+
+def item_state_to_bytes(state: ItemState) -> bytes:
+    """Serialise an :class:`ItemState` (format version :data:`FORMAT_VERSION`).
+
+    >>> s = init_item_state("i1", LearnerParams.of(None, dim=32))
+    >>> blob = item_state_to_bytes(s)
+    >>> blob[0], len(blob)
+    (1, 283)
+    >>> item_state_from_bytes(b"\\x07" + blob[1:])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown item state format version 7 (this code reads 1)
+    """
+    dim = len(state.vector)
+    return b"".join(
+        [
+            _ITEM_HEAD.pack(
+                FORMAT_VERSION, dim, state.updates, state.popularity, state.bias, state.bias_accum
+            ),
+            np.asarray(state.vector, dtype="<f4").tobytes(),
+            np.asarray(state.accum, dtype="<f4").tobytes(),
+        ]
+    )
+
+
+def item_state_from_bytes(data: bytes) -> ItemState:
+    _check_version(data, "item")
+    _, dim, updates, pop, bias, bias_acc = _ITEM_HEAD.unpack_from(data, 0)
+    off = _ITEM_HEAD.size
+    if len(data) != off + 8 * dim:
+        raise ValueError(f"item state record is {len(data)} bytes, expected {off + 8 * dim}")
+    vec = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32)
+    acc = np.frombuffer(data, dtype="<f4", count=dim, offset=off + 4 * dim).astype(np.float32)
+    return ItemState(
+        vector=vec, bias=bias, accum=acc, bias_accum=bias_acc, updates=updates, popularity=pop
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the in-memory estimator
+
+
+class OnlineMF:
+    """River-style online MF estimator built from :func:`user_step` and :func:`item_step`.
+
+    ``cfg`` is a ``LearnerConfig`` / :class:`LearnerParams` (default: ``LearnerConfig()``),
+    keyword overrides replace single fields. Item updates are applied to the item states at once;
+    learning and :meth:`recommend` read items from the snapshot, refreshed every
+    ``snapshot_every`` events. The user side is always fresh.
+
+    >>> m = OnlineMF(dim=4, seed=3, snapshot_every=2)
+    >>> m.learn_one("alice", "x"); len(m.snapshot), len(m.items)
+    (0, 1)
+    >>> m.learn_one("bob", "y"); sorted(m.snapshot.ids)
+    ['x', 'y']
+    >>> m.recommend("alice", k=5)
+    ['y']
+    >>> m.score("alice", ["x", "y"]).shape
+    (2,)
+    """
+
+    def __init__(self, cfg: Any = None, *, snapshot_every: int = 1, **overrides: Any) -> None:
+        if snapshot_every < 1:
+            raise ValueError("snapshot_every must be >= 1")
+        self.params = LearnerParams.of(cfg, **overrides)
+        self.snapshot_every = int(snapshot_every)
+        self.users: dict[str, UserState] = {}
+        self.items: dict[str, ItemState] = {}
+        self.snapshot = ItemSnapshot.empty(self.params.dim)
+        self.n_events = 0
+        self._dirty: set[str] = set()
+
+    def learn_one(
+        self, user: str, item: str, weight: float = 1.0, event_id: str | None = None
+    ) -> None:
+        p = self.params
+        user, item = str(user), str(item)
+        if event_id is None:
+            event_id = f"{user}|{item}|{self.n_events}"
+        state = self.users.get(user)
+        if state is None:
+            state = init_user_state(user, p)
+        self.users[user], updates = user_step(state, item, weight, event_id, self.snapshot, p)
+        for upd in updates:
+            ist = self.items.get(upd.item_id)
+            if ist is None:
+                ist = init_item_state(upd.item_id, p)
+            self.items[upd.item_id] = item_step(ist, upd, p)
+            self._dirty.add(upd.item_id)
+        self.n_events += 1
+        if self.n_events % self.snapshot_every == 0:
+            self.refresh_snapshot()
+
+    def refresh_snapshot(self) -> None:
+        """Export the item states to the snapshot (what the pipeline's exporter does)."""
+        if not self._dirty:
+            return
+        self.snapshot._update_rows(self._dirty, self.items)
+        self._dirty = set()
+
+    def _user_vector(self, user: str) -> np.ndarray:
+        state = self.users.get(str(user))
+        if state is not None:
+            return state.vector
+        p = self.params
+        return init_vector(user_key(str(user)), p.dim, p.seed, p.init_scale)
+
+    def score(self, user: str, item_ids: Sequence[str]) -> np.ndarray:
+        """Scores (float64) of ``item_ids`` for ``user``; items missing from the snapshot score
+        with their hash-initialised vector, zero bias and zero popularity."""
+        p, snap = self.params, self.snapshot
+        u = self._user_vector(user).astype(np.float64)
+        out = np.empty(len(item_ids), dtype=np.float64)
+        for n, item in enumerate(item_ids):
+            row = snap.index.get(str(item))
+            if row is None:
+                v = init_vector(item_key(str(item)), p.dim, p.seed, p.init_scale)
+                out[n] = float(u @ v)
+            else:
+                out[n] = (
+                    float(u @ snap.vectors[row])
+                    + float(snap.biases[row])
+                    + p.popularity_prior * float(snap.log_pop[row])
+                )
+        return out
+
+    def recommend(
+        self,
+        user: str,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: Iterable[str] | None = None,
+    ) -> list[str]:
+        """Top-``k`` snapshot items for ``user``, best first; ``exclude_seen`` drops the user's
+        recent items (the bounded list in its state), ``exclude`` any further ids."""
+        snap = self.snapshot
+        if len(snap) == 0 or k <= 0:
+            return []
+        u = self._user_vector(user).astype(np.float32)
+        scores = snap.vectors @ u + snap.biases + np.float32(self.params.popularity_prior) * snap.log_pop
+        banned: list[int] = []
+        lookup = snap.index.get
+        if exclude_seen and str(user) in self.users:
+            banned.extend(r for r in map(lookup, self.users[str(user)].recent) if r is not None)
+        if exclude is not None:
+            banned.extend(r for r in map(lookup, exclude) if r is not None)
+        if banned:
+            scores[banned] = -np.inf
+        n_ok = len(snap) - len(set(banned))
+        k = min(k, n_ok)
+        if k <= 0:
+            return []
+        if k < len(scores):
+            top = np.argpartition(-scores, k - 1)[:k]
+        else:
+            top = np.arange(len(scores))
+        top = top[np.lexsort((top, -scores[top]))]
+        return [snap.ids[n] for n in top]
