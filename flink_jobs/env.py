@@ -71,6 +71,11 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         "restart-strategy.fixed-delay.attempts": "3",
         "restart-strategy.fixed-delay.delay": "2 s",
         "table.exec.source.idle-timeout": "2 s",
+        # Python operators process records in bundles; the default (100k records) lets them swallow
+        # a whole replay, so backpressure never reaches the source and a bounded job's data sits
+        # in bundles while checkpoints are declined. Small bundles keep latency and flow control.
+        "python.fn-execution.bundle.size": str(cfg.flink.python_bundle_size),
+        "python.fn-execution.bundle.time": f"{cfg.flink.python_bundle_time_ms}",
         "taskmanager.memory.process.size": "1600m",
         "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
     }

@@ -111,6 +111,9 @@ class FlinkConfig(_Section):
     execution_mode: Literal["thread", "process"] = "thread"
     state_backend: Literal["rocksdb", "hashmap"] = "rocksdb"
     incremental_checkpoints: bool = True
+    #: Python operators' bundle: records / milliseconds buffered before a flush (latency vs overhead).
+    python_bundle_size: int = Field(1000, ge=1)
+    python_bundle_time_ms: int = Field(100, ge=1)
     #: Python interpreter on the TaskManagers; empty = the one running the driver (this venv).
     python_executable: str = ""
     #: A remote JobManager ``host:port`` for ``streamrec submit``; empty = the local standalone cluster.
@@ -156,7 +159,10 @@ class IngestConfig(_Section):
     weights: EventWeights = EventWeights()
     short_window_ms: int = Field(3_600_000, ge=1_000)
     long_window_ms: int = Field(86_400_000, ge=1_000)
-    window_slide_ms: int = Field(900_000, ge=1_000)
+    #: Every event lands in long_window_ms / window_slide_ms windows (the hop table function
+    #: materialises each): 24 with the defaults. A 15 min slide (96 copies) made the feature
+    #: aggregation the job's bottleneck.
+    window_slide_ms: int = Field(3_600_000, ge=1_000)
     bot_events_per_minute: float = Field(120.0, gt=0)
     exclude_bots_from_learning: bool = True
 
@@ -176,14 +182,15 @@ class IngestConfig(_Section):
 
 
 class LearnerConfig(_Section):
-    """Hyper-parameters of the online matrix factorisation (udfs/)."""
+    """Hyper-parameters of the online matrix factorisation (udfs/). Defaults are the setting
+    chosen on MovieLens-100k by bench/learner_choice.py (see docs/learner.md)."""
 
     dim: int = Field(32, ge=2, le=1024)
-    learning_rate: float = Field(0.05, gt=0)
-    regularization: float = Field(0.01, ge=0)
+    learning_rate: float = Field(0.2, gt=0)
+    regularization: float = Field(0.001, ge=0)
     init_scale: float = Field(0.1, gt=0)
     seed: int = 42
-    negatives: int = Field(4, ge=0, le=256)
+    negatives: int = Field(8, ge=0, le=256)
     recent_items: int = Field(50, ge=1, le=10_000)
     state_ttl_ms: int = Field(30 * 86_400_000, ge=60_000)
     #: Minimum event-time interval between two changelog records of one item (hot items do not
@@ -191,14 +198,13 @@ class LearnerConfig(_Section):
     item_emit_interval_ms: int = Field(1_000, ge=0)
     #: The same for user vectors on model.users (read by the exporter's quality gate only).
     user_emit_interval_ms: int = Field(60_000, ge=0)
-    #: Pairwise (BPR) or sampled-softmax loss over the positive and its sampled negatives.
-    objective: Literal["bpr", "softmax"] = "bpr"
+    #: Sampled softmax (with logQ correction) or pairwise BPR over the positive and its negatives.
+    objective: Literal["softmax", "bpr"] = "softmax"
     #: Negatives drawn uniformly from the item snapshot or in proportion to its popularity counts.
-    negative_sampling: Literal["uniform", "popularity"] = "popularity"
-    #: alpha in score = u.v + b_i + alpha * log1p(popularity_i), in training and in scoring.
-    popularity_prior: float = Field(0.1, ge=0)
-    prior_in_loss: bool = False
-    optimizer: Literal["adagrad", "sgd"] = "adagrad"
+    negative_sampling: Literal["popularity", "uniform"] = "popularity"
+    #: alpha in score = u.v + b_i + alpha * log1p(popularity_i); applied when scoring only.
+    popularity_prior: float = Field(0.5, ge=0)
+    optimizer: Literal["sgd", "adagrad"] = "sgd"
 
 
 class ExporterConfig(_Section):

@@ -100,7 +100,8 @@ def make_dedup_function(horizon_ms: int, input_fields: list[str] | None = None,
                 self.subtask = str(runtime_context.get_index_of_this_subtask())
             except Exception:  # not exposed in thread mode: any name unique per subtask will do
                 self.subtask = uuid.uuid4().hex[:12]
-            self.counts = {"kept": 0, "duplicates": 0, "late": 0, "expired": 0}
+            # peak_entries: the most ids this subtask remembered at once (the state bound, tested)
+            self.counts = {"kept": 0, "duplicates": 0, "late": 0, "expired": 0, "peak_entries": 0}
             self.metrics = {}
             try:
                 group = runtime_context.get_metrics_group().add_group("streamrec_ingest")
@@ -129,6 +130,9 @@ def make_dedup_function(horizon_ms: int, input_fields: list[str] | None = None,
             ctx.timer_service().register_event_time_timer(expiry)
             self._inc("kept")
             self._inc("state")
+            live = self.counts["kept"] - self.counts["expired"]
+            if live > self.counts["peak_entries"]:
+                self.counts["peak_entries"] = live
             if value[late_i]:
                 self._inc("late")
             yield Row(*[value[i] for i in pick])
