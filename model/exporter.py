@@ -29,7 +29,8 @@ first, and only if an item or a popularity changed since the last export:
 
 1. arrays in **sorted item-id order** (row *i* = ``item_ids[i]``): vectors, biases, popularity
    (0 for items without features), prior = :func:`model.onnx_model.popularity_prior`;
-2. :func:`model.onnx_model.export_model_bytes` with ``prior_weight = exporter.popularity_prior``;
+2. :func:`model.onnx_model.export_model_bytes` with ``prior_weight = learner.popularity_prior``
+   (the same alpha the learner scores with: one setting, so training and serving agree);
 3. :meth:`Registry.publish` with meta ``dim``, ``item_ids``, ``training_position`` (see
    :meth:`Exporter.training_position`), ``exporter_config`` and the ``items.npz`` attachment
    (:mod:`model.item_table`);
@@ -441,13 +442,14 @@ class Exporter:
             return None
         cfg = self.cfg.exporter
         model_bytes = export_model_bytes(table.vectors, table.bias, popularity_prior(table.popularity),
-                                         cfg.popularity_prior)
+                                         self.cfg.learner.popularity_prior)
         user_vectors, events, seen = self.state.gate_inputs()
         meta = {
             "dim": table.dim,
             "item_ids": table.item_ids.tolist(),
             "training_position": self.training_position(),
-            "exporter_config": cfg.model_dump(mode="json"),
+            "exporter_config": {**cfg.model_dump(mode="json"),
+                                "prior_weight": self.cfg.learner.popularity_prior},
             "extra": {
                 "users_with_vectors": len(user_vectors),
                 "items_with_features": int(sum(i in self.state.popularity for i in table.item_ids.tolist())),

@@ -28,7 +28,7 @@ Graph (opset :data:`OPSET`)::
 :func:`popularity_prior` gives the default, ``log1p(max(popularity, 0))`` where popularity is the
 item's weighted interaction count. It lets popular items win among near-equal dot products and
 gives items with young (near-zero) vectors a sensible rank. ``prior_weight`` is
-``exporter.popularity_prior``; 0 disables it.
+``learner.popularity_prior``; 0 disables it.
 
 **Ties.** ONNX TopK (opset >= 11) specifies that among equal values the lower index comes first;
 onnxruntime implements that, and :func:`numpy_topk` uses a stable sort on the negated scores to

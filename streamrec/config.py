@@ -195,7 +195,7 @@ class LearnerConfig(_Section):
     state_ttl_ms: int = Field(30 * 86_400_000, ge=60_000)
     #: Minimum event-time interval between two changelog records of one item (hot items do not
     #: flood model.items); an event-time timer still emits the item's last change.
-    item_emit_interval_ms: int = Field(1_000, ge=0)
+    item_emit_interval_ms: int = Field(60_000, ge=0)
     #: The same for user vectors on model.users (read by the exporter's quality gate only).
     user_emit_interval_ms: int = Field(60_000, ge=0)
     #: Sampled softmax (with logQ correction) or pairwise BPR over the positive and its negatives.
@@ -211,7 +211,6 @@ class ExporterConfig(_Section):
     interval_s: float = Field(30.0, gt=0)
     every_n_changes: int = Field(5_000, ge=1)
     top_k: int = Field(10, ge=1, le=1000)
-    popularity_prior: float = Field(0.1, ge=0)
     retention: int = Field(10, ge=2)
     gate_margin: float = Field(0.02, ge=0, le=1)
     gate_events: int = Field(2_000, ge=0)

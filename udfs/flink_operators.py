@@ -45,14 +45,18 @@ _REFRESH_CHECK_S = 1.0
 
 
 def _ttl(ms: int) -> StateTtlConfig:
-    # cleanup_in_rocksdb_compact_filter's default periodic_compaction_time is
-    # Duration.of_days(30), built through get_gateway(): that exists in a driver process and on the
-    # local mini-cluster (its JVM is the driver's), but on a TaskManager of a real cluster it tries
-    # to launch a JVM and open() fails (FileNotFoundError). PyFlink 2.3 never passes that value to
-    # Java (thread mode) nor to the proto (process mode), so a placeholder is safe.
+    # PyFlink 2.3 builds Duration.of_days(30) (the RocksDB periodic-compaction default) through
+    # get_gateway() whenever "cleanup in background" is on or no periodic_compaction_time is
+    # given. A gateway exists in a driver process and on the local mini-cluster (its JVM is the
+    # driver's), but on a TaskManager of a real cluster get_gateway() tries to launch a JVM and the
+    # operator's first state access fails (FileNotFoundError). So: background cleanup off, and its
+    # two default strategies set explicitly (same Java TTL config as before); the Duration is a
+    # placeholder because PyFlink never passes it on (neither to Java nor to the proto).
     return (StateTtlConfig.new_builder(Time.milliseconds(ms))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
             .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .disable_cleanup_in_background()
+            .cleanup_incrementally(5, False)
             .cleanup_in_rocksdb_compact_filter(1000, periodic_compaction_time=Duration(None))
             .build())
 

@@ -5,8 +5,10 @@ Score of item ``i`` for user ``u``::
     score(u, i) = u . v_i + b_i + alpha * log1p(pop_i)        (alpha = popularity_prior)
 
 where ``pop_i`` is the item's popularity count (sum of the weights of its positive events) as
-seen in the item snapshot. The prior term is part of the score both when learning and when
-scoring, so the factors learn the residual over popularity.
+seen in the item snapshot. The prior is added when *scoring* only: training uses
+``u . v_i + b_i`` with popularity-sampled negatives, whose sampled-softmax (logQ-corrected) loss
+learns the user-specific part; putting the prior into the training score as well measured worse
+(docs/learner.md).
 
 Learning is split over two keyed operators, which this module models as pure functions:
 
@@ -116,7 +118,6 @@ class LearnerParams:
     objective: str
     negative_sampling: str
     popularity_prior: float
-    prior_in_loss: bool
     optimizer: str
 
     @classmethod
@@ -385,23 +386,20 @@ def user_step(
     event_id = str(event_id)
     w = float(weight)
     u = state.vector
-    alpha = p.popularity_prior if p.prior_in_loss else 0.0
 
     row = snapshot.index.get(item_id)
     if row is None:
         v_pos = init_vector(item_key(item_id), p.dim, p.seed, p.init_scale)
-        b_pos, lp_pos, pop_pos = 0.0, 0.0, 0.0
+        b_pos, pop_pos = 0.0, 0.0
     else:
         v_pos = snapshot.vectors[row]
-        b_pos, lp_pos = float(snapshot.biases[row]), float(snapshot.log_pop[row])
-        pop_pos = float(snapshot.popularity[row])
-    s_pos = float(u @ v_pos) + b_pos + alpha * lp_pos
+        b_pos, pop_pos = float(snapshot.biases[row]), float(snapshot.popularity[row])
+    s_pos = float(u @ v_pos) + b_pos
 
     neg_rows = sample_negatives(snapshot, item_id, event_id, p, avoid=state.recent)
     if neg_rows:
         v_neg = snapshot.vectors[neg_rows]
         s_neg = (v_neg @ u + snapshot.biases[neg_rows]).astype(np.float64)
-        s_neg += alpha * snapshot.log_pop[neg_rows]
         if p.objective == "bpr":
             g = w * _sigmoid(s_neg - s_pos) / len(neg_rows)
             c_neg = -g

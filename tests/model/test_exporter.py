@@ -26,7 +26,7 @@ GROUPS, PER_GROUP, USERS, DIM, EVENTS_PER_USER = 6, 15, 60, 8, 6
 
 
 def _cfg(cfg, tmp_path, **exporter):
-    settings = {"top_k": 10, "gate_margin": 0.05, "retention": 10, "popularity_prior": 0.1,
+    settings = {"top_k": 10, "gate_margin": 0.05, "retention": 10,
                 "gate_events": 2000, "interval_s": 3600.0, "every_n_changes": 1_000_000}
     settings.update(exporter)
     return cfg.model_copy(update={

@@ -160,7 +160,7 @@ def test_user_step_messages():
 
 def test_split_steps_through_bytes_equal_the_estimator():
     """Flink's path (states as bytes, keyed steps, exported snapshot every N) == OnlineMF."""
-    stream = planted_stream(n_events=800)
+    stream = planted_stream(n_events=500)
     for every in (1, 37):
         p = LearnerParams.of(None, dim=8, seed=5)
         model = OnlineMF(p, snapshot_every=every)
@@ -189,10 +189,10 @@ def test_split_steps_through_bytes_equal_the_estimator():
 
 
 def test_same_seed_same_model_other_seed_other_model():
-    stream = planted_stream(n_events=1500)
+    stream = planted_stream(n_events=600)
 
     def run(seed):
-        m = OnlineMF(dim=16, seed=seed)
+        m = OnlineMF(dim=8, seed=seed)
         for user, item, w, eid in stream:
             m.learn_one(user, item, w, eid)
         return m
@@ -214,10 +214,11 @@ def test_planted_groups_are_learned():
     pop = prequential(Popularity(), stream, k=10).tail(tail)
     # random top-10 over 400 items hits ~2.5%; popularity is flat within groups, so ~ random.
     # Knowing the group (100 items, ~0.9 of events in it) gives ~0.9 * 10 / (100 - seen).
-    assert pop.recall < 0.06
+    # Measured: MF 0.145-0.158 over seeds 1, 2, 42; popularity 0.021.
+    assert pop.recall < 0.05
     assert mf.recall > 0.10
-    assert mf.recall > 2.5 * pop.recall
-    assert mf.ndcg > 2.0 * pop.ndcg
+    assert mf.recall > 4 * pop.recall
+    assert mf.ndcg > 3 * pop.ndcg
 
 
 def test_estimator_verbs_and_config():
