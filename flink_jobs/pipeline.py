@@ -42,6 +42,7 @@ SCORER_UID = "scorer"
 class PipelineRun:
     ingest: IngestSummary | None
     seconds: float
+    job_client: object | None = None  # set when not waiting: cancel() it to stop the job
 
 
 def scoring_shards(cfg: Config) -> int:
@@ -105,9 +106,8 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
     statements = build(rt, cfg, bounded, counters_dir)
     statements.attach_as_datastream()
     started = time.monotonic()
-    if not wait:  # under `flink run -d`: submit and return
-        rt.env.execute_async(JOB_NAME)
-        return PipelineRun(None, 0.0)
+    if not wait:  # under `flink run -d`, or a caller that stops the job itself: submit and return
+        return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME))
     rt.env.execute(JOB_NAME)
     seconds = time.monotonic() - started
     summary = summarize(cfg, counters_dir, seconds) if bounded else None

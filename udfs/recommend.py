@@ -2,8 +2,10 @@
 
 A request is what the UserLearner emits after learning one event: the user's fresh vector, the
 items to exclude (recently seen), and where the event came from. A batch of requests is scored in
-one onnxruntime call. Users with too little history (fewer than ``cold_start_min_events``
-learned events) get the popularity list instead, and the record says so (``strategy``).
+one onnxruntime call. When a young model knows fewer unseen items than K, the list is filled up
+with popular items (their ``score`` is null: they were not scored by the model). Users with too
+little history (fewer than ``cold_start_min_events`` learned events) get the popularity list
+instead, and the record says so (``strategy``).
 
 >>> req = ScoringRequest("u1", np.zeros(2, np.float32), ["a"], 1, "e1", 0, 7, 1000)
 >>> popular = PopularityList(["a", "b", "c"], [3.0, 2.0, 1.0], "v000001")
@@ -86,8 +88,12 @@ def recommend_batch(requests: Sequence[ScoringRequest], model, popular: Populari
         vectors = np.stack([requests[n].vector for n in warm]).astype(np.float32, copy=False)
         excludes = [set(requests[n].recent) for n in warm]
         lists = model.topk(vectors, k, exclude=excludes)
-        for n, ranked in zip(warm, lists):
+        for n, ranked, exclude in zip(warm, lists, excludes):
             items = [{"item_id": item, "score": round(float(score), 6)} for item, score in ranked]
+            if len(items) < k and popular is not None:
+                # a young model may know fewer unseen items than k: fill up with popular ones
+                taken = exclude | {it["item_id"] for it in items}
+                items += [dict(it, score=None) for it in popular.top(k - len(items), taken)]
             out[n] = _record(requests[n], items, model.version, MODEL, now_ms)
     for n, req in enumerate(requests):
         if out[n] is None:

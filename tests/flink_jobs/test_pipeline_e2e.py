@@ -15,6 +15,7 @@ from flink_jobs import pipeline
 from model.registry import Registry
 from streamrec import replay
 from streamrec.demo import start_exporter, stop_process
+from streamrec.evaluate import evaluate
 from streamrec.kafka_io import ensure_topics, read_topic
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,16 @@ def planted_stream(n_events: int, seed: int = 7) -> list[dict]:
                        "event_type": rng.choice(["view", "click", "cart", "purchase"]),
                        "ts": 1_700_000_000_000 + n * 500})
     return events
+
+
+def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[dict]:
+    """Committed records of ``topic`` once ``expected`` are there (or what is there at timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        recs = [r.json() for r in read_topic(cfg, topic, idle_timeout=2)]
+        if len(recs) >= expected or time.monotonic() > deadline:
+            return recs
+        time.sleep(2)
 
 
 def plant_corrupt_version(registry: Registry, stop: threading.Event, planted: dict) -> None:
@@ -74,38 +85,46 @@ def test_pipeline_end_to_end_with_hot_swap_and_corrupt_version(cfg, tmp_path):
                  b'"event_type":"view","ts":1700000000000}']
     items = list(replay.encode_events(events + duplicates))
     items += [replay.ReplayItem(None, raw, None) for raw in malformed]
-    result = replay.produce(cfg, cfg.kafka.topics.raw, items, progress=False)
-    assert result.failed == 0
 
     exporter = start_exporter(cfg, tmp_path / "exporter.log")
     registry = Registry(registry_dir)
     stop, planted = threading.Event(), {}
     planter = threading.Thread(target=plant_corrupt_version, args=(registry, stop, planted), daemon=True)
     planter.start()
+    # The job runs unbounded while events arrive at a steady rate, as in production: checkpoints
+    # commit as it goes, the exporter sees the changelog move and publishes versions mid-run.
+    run = pipeline.run(cfg, bounded=False, quiet=True, wait=False)
     try:
-        run = pipeline.run(cfg, bounded=True, quiet=True)
+        time.sleep(15)  # let the job start: events then flow in at a steady rate
+        result = replay.produce(cfg, cfg.kafka.topics.raw, items, rate=80, progress=False)
+        assert result.failed == 0
+        recs = wait_for_records(cfg, cfg.kafka.topics.recommendations, len(events), timeout_s=180)
     finally:
+        run.job_client.cancel().result()
         stop.set()
         stop_process(exporter)
         planter.join(5)
     log_text = (tmp_path / "exporter.log").read_text()
 
-    # ingestion accounting
-    assert run.ingest.cleaned == 2400 and run.ingest.duplicates == 3 and run.ingest.dlq == 2
+    # ingestion accounting: every input record ends in exactly one place
+    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
+    dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq)]
+    assert len(clean) == 2400 and len(dlq) == 2
+    assert len(clean) + len(dlq) + len(duplicates) == len(items)
 
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
     # every valid, unique event yields exactly one recommendation record (throttle off by default)
     assert len(recs) == 2400, log_text[-2000:]
     source_ids = Counter(r["source_event_id"] for r in recs)
     assert set(source_ids) == {e["event_id"] for e in events}
     assert max(source_ids.values()) == 1  # read_committed: no duplicates
 
-    model_recs = [r for r in recs if r["strategy"] == "model"]
+    model_recs = sorted((r for r in recs if r["strategy"] == "model"), key=lambda r: r["event_ts"])
     served = {r["model_version"] for r in model_recs}
     assert len(served) >= 2, f"no hot swap happened: served {served}"
-    # early versions know few items (seen ones are excluded); once items are known, always K
-    assert all(0 < len(r["items"]) <= cfg.scoring.top_k for r in model_recs)
-    assert all(len(r["items"]) == cfg.scoring.top_k for r in model_recs[len(model_recs) // 2:])
+    # early versions may know fewer unseen items than K; once items are known, always K
+    assert all(len(r["items"]) <= cfg.scoring.top_k for r in model_recs)
+    short = [r for r in model_recs[len(model_recs) // 2:] if len(r["items"]) != cfg.scoring.top_k]
+    assert not short, f"{len(short)} late records with fewer than K items, e.g. {short[:2]}"
     # the corrupt version was planted mid-run and never served; scoring went on
     assert planted, "the corrupt version was never planted (the exporter published < 2 versions)"
     assert planted["version"] not in {r["model_version"] for r in recs}
@@ -119,12 +138,11 @@ def test_pipeline_end_to_end_with_hot_swap_and_corrupt_version(cfg, tmp_path):
     cold = [r for r in first_rec.values() if r["model_version"] is not None]
     assert cold and all(r["strategy"] == "popularity" and r["cold_start"] for r in cold)
 
-    # the learned model beats chance on the planted structure: most model lists stay in-group
-    late = model_recs[len(model_recs) // 2:]
-    in_group = sum(
-        sum(int(it["item_id"][1:]) // (N_ITEMS // N_GROUPS) == int(r["user_id"][1:]) % N_GROUPS
-            for it in r["items"]) for r in late) / (len(late) * cfg.scoring.top_k)
-    assert in_group > 0.5, f"only {in_group:.2f} of recommended items in the user's group"
+    # the learned model found the planted structure: prequential recall@10 of the pipeline's own
+    # lists beats popularity on the same events (in memory: MF 0.30 sequential / 0.21 stale, popularity 0.13)
+    quality = evaluate(clean, recs, k=cfg.scoring.top_k, learner_cfg=cfg.learner)
+    assert quality.coverage > 0.9
+    assert quality.pipeline.recall > quality.popularity.recall, quality.table()
 
     changelog = [json.loads(r.value) for r in read_topic(cfg, cfg.kafka.topics.model_items)]
     assert {c["item_id"] for c in changelog} <= {f"i{n}" for n in range(N_ITEMS)}
