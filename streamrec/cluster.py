@@ -58,7 +58,8 @@ def rest_url(cfg: Config) -> str:
     return addr if addr.startswith("http") else f"http://{addr}"
 
 
-def _rest(cfg: Config, path: str, timeout: float = 3.0) -> dict:
+def _rest(cfg: Config, path: str, timeout: float = 10.0) -> dict:
+    # generous: on a loaded machine the JobManager's REST answers take seconds
     with urllib.request.urlopen(rest_url(cfg) + path, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -93,6 +94,8 @@ def _prepare(cfg: Config) -> dict[str, str]:
         "taskmanager.bind-host": "localhost",
         "taskmanager.host": "localhost",
         "taskmanager.numberOfTaskSlots": str(cfg.flink.task_slots),
+        # spread a job's slots over the TaskManagers (default: fill the first one up)
+        "taskmanager.load-balance.mode": "SLOTS",
         "taskmanager.memory.process.size": "1600m",
         "rest.address": "localhost",
         "rest.bind-address": "localhost",

@@ -142,10 +142,13 @@ class UserLearner(KeyedProcessFunction):
                 last_emit = ts
                 yield USER_CHANGES, _kv(user_id, {"user_id": user_id, "vector": _floats(state.vector),
                                                   "events": state.events, "ts": ts})
-        if last_scored is not None and ts - last_scored < self.min_refresh_interval_ms:
+        # abs(): at parallelism > 1 a user's events can arrive out of event-time order (dedup is
+        # keyed by event_id, so they reach this subtask over several channels); an older event
+        # must not count as "too soon" (with the default interval 0 it was silently unscored).
+        if last_scored is not None and abs(ts - last_scored) < self.min_refresh_interval_ms:
             self.throttled.inc()
         else:
-            last_scored = ts
+            last_scored = ts if last_scored is None else max(last_scored, ts)
             yield (zlib.crc32(user_id.encode()),
                    (user_id, state.vector.astype(np.float32).tobytes(), list(state.recent), state.events,
                     event_id, partition, offset, ts))
