@@ -12,6 +12,7 @@
     streamrec stop --savepoint JOB_ID
     streamrec exporter [--once] [--force] the sidecar: model changelog -> ONNX registry versions
     streamrec model list | promote V | rollback [V]   the model registry
+    streamrec bench [--limit N] [--scale] ML-100k benchmark (throughput, latency, quality) -> bench/results/
     streamrec setup                       fetch + verify the connector jars and ML-100k
     streamrec config                      print the effective configuration
 """
@@ -163,10 +164,13 @@ def cmd_sql(args, cfg: Config) -> int:
     return 0
 
 
+DEMO_DEFAULT_EVENTS = 25_000
+
+
 def cmd_demo(args, cfg: Config) -> int:
     from streamrec.demo import run_demo
 
-    return run_demo(cfg, limit=args.limit, keep_running=args.keep_broker)
+    return run_demo(cfg, limit=args.limit or None, keep_running=args.keep_broker)
 
 
 def cmd_cluster(args, cfg: Config) -> int:
@@ -300,6 +304,28 @@ def cmd_eval(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_bench(args, cfg: Config) -> int:
+    # bench/ lives in the source checkout, not in the installed packages
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "run_bench.py").is_file():
+        print(f"error: bench/run_bench.py not found under {root} (run from a source checkout)", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    command = "streamrec " + " ".join(sys.argv[1:])
+    if args.scale:
+        from bench.scale import run_scale
+
+        run_scale(cfg, args.name or "scale", events=args.events, command=command)
+        return 0
+    from bench.run_bench import run_bench
+
+    run_bench(cfg, name=args.name, limit=args.limit, latency_seconds=args.latency_seconds,
+              latency_rate=args.latency_rate, skip_latency=args.skip_latency,
+              skip_quality=args.skip_quality, progress=not args.quiet, command=command)
+    return 0
+
+
 def cmd_setup(args, cfg: Config) -> int:
     from streamrec import assets
 
@@ -362,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("demo", help="broker + ML-100k replay + pipeline, end to end; stops it all")
-    p.add_argument("--limit", type=int, help="replay only the first N events")
+    p.add_argument("--limit", type=int, default=DEMO_DEFAULT_EVENTS,
+                   help=f"replay the first N events of ML-100k (default {DEMO_DEFAULT_EVENTS:,}, "
+                        "about 5 minutes here; 0 = all 100,000)")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
     p.set_defaults(func=cmd_demo)
 
@@ -397,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="pipeline figures only (fast)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmark: ML-100k through the pipeline (or --scale); bench/results/")
+    p.add_argument("--name", help="results file name part (default: ml100k[-LIMIT], or scale)")
+    p.add_argument("--limit", type=int, help="replay only the first N events (throughput phase)")
+    p.add_argument("--latency-seconds", type=float, default=60.0, help="length of the fixed-rate run")
+    p.add_argument("--latency-rate", type=float, help="events/s of the fixed-rate run (default: half "
+                   "the measured throughput)")
+    p.add_argument("--skip-latency", action="store_true", help="no fixed-rate latency run")
+    p.add_argument("--skip-quality", action="store_true", help="no prequential evaluation")
+    p.add_argument("--scale", action="store_true", help="the scale benchmark instead (scoring cost vs "
+                   "items, state bytes, learner core on a 1M-user Zipf stream)")
+    p.add_argument("--events", type=int, default=200_000, help="--scale: synthetic events")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
 
     sub.add_parser("setup", help="fetch and verify connector jars and ML-100k").set_defaults(func=cmd_setup)
     sub.add_parser("config", help="print the effective configuration").set_defaults(func=cmd_config)
