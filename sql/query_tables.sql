@@ -45,8 +45,13 @@ CREATE TABLE recommendations (
   user_id STRING,
   items ARRAY<ROW<item_id STRING, score DOUBLE>>,
   model_version STRING,
+  strategy STRING,
+  cold_start BOOLEAN,
+  user_events BIGINT,
   source_event_id STRING,
+  source_partition INT,
   source_offset BIGINT,
   event_ts BIGINT,
-  emitted_ts BIGINT
+  emitted_ts BIGINT,
+  batch_size INT
 ) WITH (${recs_options}, 'format' = 'json', 'json.ignore-parse-errors' = 'true');
