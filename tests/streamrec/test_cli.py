@@ -1,0 +1,50 @@
+"""The `streamrec` front door, run in-process against the session broker."""
+
+import json
+
+import pytest
+
+from streamrec import assets
+from streamrec.cli import main
+from streamrec.config import to_env
+
+
+@pytest.fixture
+def cli_env(cfg, monkeypatch):
+    for key, value in to_env(cfg).items():
+        monkeypatch.setenv(key, value)
+    return cfg
+
+
+@pytest.mark.slow
+def test_replay_and_consume_jsonl(cli_env, tmp_path, capsys):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event_id":"a","user_id":"u1","item_id":"i1","event_type":"view","ts":5}\n'
+                    "{broken\n")
+    assert main(["replay", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "replayed 2 of 2 records" in out and "0 failed" in out
+    assert main(["consume", cli_env.kafka.topics.raw, "--meta", "--idle-timeout", "2"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert sorted(r["value"] for r in rows) == sorted(path.read_text().splitlines())
+    assert {r["key"] for r in rows} == {"u1", None}
+    assert "2 records" in captured.err
+
+
+def test_replay_of_a_missing_file_is_a_clear_error(cli_env, capsys):
+    assert main(["replay", "no/such/file.jsonl"]) == 2
+    assert "neither 'ml-100k' nor a readable JSONL file" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2_with_the_key(monkeypatch, capsys):
+    monkeypatch.setenv("STREAMREC_SCORING__PROVIDER", "tpu")
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "scoring.provider = 'tpu'" in err and "'auto', 'cuda', 'cpu'" in err
+
+
+def test_missing_java_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(assets.AssetError, match="Java was not found on PATH"):
+        assets.check_java()
