@@ -11,6 +11,8 @@ In the same pass and on exactly the same events, two baselines:
 - windowed popularity (the most popular items of the last ``popularity_window`` events);
 - a sequential in-memory reference of the pipeline's model (:class:`udfs.online_mf.OnlineMF`,
   same hyper-parameters, snapshot refreshed after every event: no staleness, no asynchrony).
+Both baselines exclude everything the user has had (the protocol's "seen items excluded"); the
+pipeline excludes the user's ``learner.recent_items`` most recent items (its keyed state).
 The ratio pipeline / reference is what staleness and asynchrony cost.
 
 >>> events = [dict(user_id="u", item_id=i, src_offset=n, weight=1.0, ts=n, event_id=str(n))
@@ -142,7 +144,7 @@ def evaluate(events: Iterable[dict], recommendations: Iterable[dict], k: int = 1
                 pipeline.add(hit_rank(item_lists[pos], item))
                 if baselines:
                     popularity.add(hit_rank(pop_model.recommend(user, k, exclude=seen[user]), item))
-                    reference.add(hit_rank(ref_model.recommend(user, k, exclude_seen=True), item))
+                    reference.add(hit_rank(ref_model.recommend(user, k, exclude=seen[user]), item))
         seen[user].add(item)
         if baselines:
             weight = float(event.get("weight", 1.0))

@@ -209,7 +209,8 @@ class Scorer(KeyedProcessFunction):
     """Input: (shard, request tuple); output rows (user_id, recommendation json)."""
 
     def __init__(self, registry_dir: str, top_k: int, batch_size: int, batch_timeout_ms: int,
-                 swap_check_interval_s: float, cold_start_min_events: int, provider: str):
+                 swap_check_interval_s: float, cold_start_min_events: int, provider: str,
+                 ort_threads: int = 1):
         self.registry_dir = registry_dir
         self.top_k = top_k
         self.batch_size = batch_size
@@ -217,6 +218,7 @@ class Scorer(KeyedProcessFunction):
         self.swap_check_interval_s = swap_check_interval_s
         self.cold_start_min_events = cold_start_min_events
         self.provider = provider
+        self.ort_threads = ort_threads
 
     def open(self, ctx: RuntimeContext):
         from model.registry import CurrentModelWatcher, Registry
@@ -238,7 +240,12 @@ class Scorer(KeyedProcessFunction):
         from model.item_table import load_item_table
         from model.scoring import ScoringModel
 
-        scoring = ScoringModel.from_bytes(model_bytes, meta, providers=self.providers)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.ort_threads:
+            options.intra_op_num_threads = self.ort_threads
+        scoring = ScoringModel.from_bytes(model_bytes, meta, providers=self.providers, session_options=options)
         table = load_item_table(self.registry, meta["version"])
         return scoring, PopularityList.from_arrays(list(table.item_ids), table.popularity, meta["version"])
 

@@ -1,0 +1,105 @@
+"""Plots of a ``streamrec bench`` result (matplotlib, Agg backend: no display needed).
+
+    python bench/plots.py bench/results/2025-01-01-ml100k.json   # re-draws the .png next to it
+
+One PNG, four panels: rolling recall@10 over the stream (pipeline, popularity, sequential
+reference); recommendations per second over the throughput run; latency p50/p99 per second of
+the fixed-rate run; RSS of the Flink JVM and the exporter over the throughput run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def plot_result(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    (ax_q, ax_t), (ax_l, ax_m) = axes
+    title = f"streamrec bench {result.get('name')} ({result.get('date')})"
+    fig.suptitle(title)
+
+    q = result.get("quality") or {}
+    for name, pts in (q.get("rolling_recall") or {}).items():
+        if pts:
+            ax_q.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name} ({(q.get(name) or {}).get('recall', 0):.3f})")
+    ax_q.set_title(f"rolling recall@{q.get('k', 10)} (window {q.get('rolling_window', '?')} evaluated events)")
+    ax_q.set_xlabel("evaluated event (stream order)")
+    ax_q.set_ylabel("recall")
+    if q.get("rolling_recall"):
+        ax_q.legend()
+
+    t = result.get("throughput") or {}
+    series = (t.get("series") or {}).get("recommendations_per_s") or []
+    if series:
+        ax_t.plot([p[0] for p in series], [p[1] for p in series], lw=0.8, label="recommendations/s")
+        if t.get("events_per_s"):
+            ax_t.axhline(t["events_per_s"], color="k", ls="--", lw=0.8,
+                         label=f"mean {t['events_per_s']:,.0f} events/s")
+        ax_t.legend()
+    ax_t.set_title("throughput run (bounded replay): records out per second")
+    ax_t.set_xlabel("seconds since the first recommendation")
+
+    lat = result.get("latency") or {}
+    ls = (lat.get("series") or {}).get("latency") or []
+    if ls:
+        ax_l.plot([p["t_s"] for p in ls], [p["p50"] for p in ls], label="p50")
+        ax_l.plot([p["t_s"] for p in ls], [p["p99"] for p in ls], label="p99")
+        ax_l.set_yscale("log")
+        ax_l.legend()
+    ax_l.set_title(f"latency ingest → recommendation at {lat.get('target_rate', 0):,.0f} events/s (ms)")
+    ax_l.set_xlabel("seconds since the first replayed event")
+
+    mem = t.get("series") or {}
+    for key, label in (("jvm_rss_mib", "Flink JVM (incl. thread-mode Python)"), ("exporter_rss_mib", "exporter")):
+        pts = mem.get(key) or []
+        if pts:
+            ax_m.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+    ax_m.set_title("RSS during the throughput run (MiB)")
+    ax_m.set_xlabel("seconds since the job was started")
+    if mem.get("jvm_rss_mib") or mem.get("exporter_rss_mib"):
+        ax_m.legend()
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_scale(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.get("scoring") or []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for batch, threads in sorted({(r["batch"], r.get("ort_intra_op_threads", "default")) for r in rows}):
+        pts = sorted((r["items"], r.get("records_per_s_at_p50", r["records_per_s"])) for r in rows
+                     if r["batch"] == batch and r.get("ort_intra_op_threads", "default") == threads)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"batch {batch}, ORT threads {threads}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("items in the model")
+    ax.set_ylabel("users scored per second at the median call")
+    ax.set_title("scoring cost as items grow")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        data = json.loads(Path(arg).read_text())
+        out = Path(arg).with_suffix(".png")
+        (plot_scale if "scoring" in data else plot_result)(data, out)
+        print(out)

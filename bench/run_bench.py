@@ -1,0 +1,918 @@
+"""``streamrec bench`` / ``make bench``: ML-100k through the whole pipeline, measured.
+
+Three phases, each on fresh ``bench.*`` topics, a fresh registry and fresh checkpoints under
+``<state_dir>/bench/`` (nothing of the user's own is touched):
+
+1. **throughput**: the events are replayed into ``bench.events.raw`` first, then the exporter
+   sidecar (a subprocess) and the pipeline job (bounded) run together, as in ``streamrec demo``.
+   Throughput = events / (last - first ``emitted_ts`` of the recommendations), i.e. from the first
+   to the last event through the whole graph (the wall time including job start-up is reported
+   too). While the job runs a monitor thread samples, every 2 seconds, the Flink
+   mini-cluster's REST API (per-vertex busy / back-pressured time, checkpoints) and ``/proc``
+   (RSS and peak RSS of the Flink JVM, which hosts the thread-mode Python operators, and of the
+   exporter).
+2. **quality**: :func:`streamrec.evaluate.evaluate_topics` on the throughput run's topics
+   (pipeline vs windowed popularity vs the sequential reference) and rolling recall@10 series.
+3. **latency**: the pipeline is started unbounded on ``bench.lat.*`` topics with the exporter;
+   500 warm-up events are sent and scored first (Python operator warm-up, first model export),
+   then events are replayed at a fixed rate (half the measured throughput) for
+   ``--latency-seconds``; latency = ``emitted_ts`` - the Kafka timestamp of the source record in
+   ``events.raw`` (found by ``(source_partition, source_offset)``), over the measured records
+   only. ``emitted_ts`` is when the Scorer produced the record; a ``read_committed`` consumer
+   sees it only when the checkpoint commits the sink's transaction (up to one checkpoint
+   interval later). The job is cancelled at the end.
+
+Writes ``bench/results/<YYYY-MM-DD>-<name>.json`` and ``<YYYY-MM-DD>-<name>.png`` and prints a
+table. The pure helpers (percentiles, series, /proc parsing) are unit-tested in
+``tests/bench/test_bench_helpers.py``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+JOB_NAME = "streamrec-pipeline"
+
+
+# ------------------------------------------------------------------------------------------------
+# pure helpers (tested)
+
+
+def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50": .., "p95": .., "p99": ..}`` with linear interpolation; None for no values.
+
+    >>> percentiles([1, 2, 3, 4], qs=(50,))
+    {'p50': 2.5}
+    """
+    arr = np.asarray(list(values), dtype=np.float64)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        key = f"p{q:g}"
+        out[key] = float(np.percentile(arr, q)) if arr.size else None
+    return out
+
+
+def span_throughput(count: int, first_ms: int | None, last_ms: int | None) -> float | None:
+    """``count`` events over the span first..last (ms) in events/s; None when undefined."""
+    if not count or first_ms is None or last_ms is None or last_ms <= first_ms:
+        return None
+    return count / ((last_ms - first_ms) / 1000.0)
+
+
+def rate_series(times_ms: Sequence[int], bin_s: float = 1.0, t0_ms: int | None = None) -> list[list[float]]:
+    """Events per second in consecutive bins: ``[[t_s (bin start, from t0), events/s], ...]``.
+
+    >>> rate_series([0, 100, 1500, 3100], bin_s=1.0)
+    [[0.0, 2.0], [1.0, 1.0], [2.0, 0.0], [3.0, 1.0]]
+    """
+    if not len(times_ms):
+        return []
+    t = np.asarray(times_ms, dtype=np.float64)
+    t0 = float(t.min() if t0_ms is None else t0_ms)
+    idx = np.floor((t - t0) / (bin_s * 1000.0)).astype(np.int64)
+    idx = idx[idx >= 0]
+    counts = np.bincount(idx)
+    return [[round(n * bin_s, 3), float(c) / bin_s] for n, c in enumerate(counts)]
+
+
+def latency_series(times_ms: Sequence[int], latencies_ms: Sequence[float], bin_s: float = 1.0,
+                   t0_ms: int | None = None) -> list[dict]:
+    """Per time bin: ``{"t_s", "n", "p50", "p99"}`` of the latencies whose time falls in it.
+
+    >>> latency_series([0, 10, 1200], [5, 15, 7])
+    [{'t_s': 0.0, 'n': 2, 'p50': 10.0, 'p99': 14.9}, {'t_s': 1.0, 'n': 1, 'p50': 7.0, 'p99': 7.0}]
+    """
+    if not len(times_ms):
+        return []
+    t = np.asarray(times_ms, dtype=np.float64)
+    lat = np.asarray(latencies_ms, dtype=np.float64)
+    t0 = float(t.min() if t0_ms is None else t0_ms)
+    idx = np.floor((t - t0) / (bin_s * 1000.0)).astype(np.int64)
+    out = []
+    for b in np.unique(idx[idx >= 0]):
+        sel = lat[idx == b]
+        out.append({"t_s": round(float(b) * bin_s, 3), "n": int(sel.size),
+                    "p50": round(float(np.percentile(sel, 50)), 3),
+                    "p99": round(float(np.percentile(sel, 99)), 3)})
+    return out
+
+
+def batch_histogram(record_batch_sizes: Iterable[int]) -> dict[int, int]:
+    """Scoring batches by size, from the ``batch_size`` of each record (a batch of b records
+    contributes b records of batch_size b).
+
+    >>> batch_histogram([1, 3, 3, 3, 2, 2])
+    {1: 1, 2: 1, 3: 1}
+    """
+    records = Counter(int(b) for b in record_batch_sizes)
+    return {size: -(-n // size) for size, n in sorted(records.items())}
+
+
+def batch_summary(record_batch_sizes: Sequence[int]) -> dict:
+    hist = batch_histogram(record_batch_sizes)
+    batches = sum(hist.values())
+    records = len(record_batch_sizes)
+    return {
+        "batches": batches,
+        "records": records,
+        "mean_batch": records / batches if batches else None,
+        "max_batch": max(hist) if hist else None,
+        "record_weighted_p50": percentiles(record_batch_sizes, (50,))["p50"],
+        "histogram": {str(k): v for k, v in hist.items()},
+    }
+
+
+def downsample(values: Sequence[float], max_points: int = 500) -> list[list[float]]:
+    """``[[index, value], ...]`` with at most ~``max_points`` evenly spaced points (last kept).
+
+    >>> downsample([0.0, 1.0, 2.0, 3.0, 4.0], max_points=2)
+    [[0, 0.0], [3, 3.0], [4, 4.0]]
+    """
+    n = len(values)
+    if n == 0:
+        return []
+    step = max(1, -(-n // max_points))
+    idx = list(range(0, n, step))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return [[i, round(float(values[i]), 6)] for i in idx]
+
+
+def parse_status_kb(status_text: str, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/<pid>/status`` in bytes.
+
+    >>> parse_status_kb("Name:\\tjava\\nVmHWM:\\t  2048 kB\\nVmRSS:\\t 1024 kB\\n", "VmHWM")
+    2097152
+    """
+    for line in status_text.splitlines():
+        if line.startswith(field + ":"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1]) * 1024
+    return None
+
+
+def parse_listening(net_tcp_text: str) -> dict[int, int]:
+    """``{socket inode: port}`` of the LISTEN sockets in a ``/proc/net/tcp`` or ``tcp6`` table.
+
+    >>> txt = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\\n"
+    ...        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\\n"
+    ...        "   1: 0100007F:1F91 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4243 1\\n")
+    >>> parse_listening(txt)
+    {4242: 8080}
+    """
+    out = {}
+    for line in net_tcp_text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10 or parts[3] != "0A":
+            continue
+        port = int(parts[1].rsplit(":", 1)[1], 16)
+        out[int(parts[9])] = port
+    return out
+
+
+def parse_ppid(stat_text: str) -> int:
+    """The parent pid from a ``/proc/<pid>/stat`` line (the command may contain spaces).
+
+    >>> parse_ppid("123 (java (x)) S 45 123 123 0")
+    45
+    """
+    return int(stat_text[stat_text.rindex(")") + 2:].split()[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# /proc and the Flink REST API
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """``(pid, comm)`` of every descendant process of ``pid``."""
+    parents: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _read(f"/proc/{entry}/stat")
+        if not stat:
+            continue
+        try:
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            parents.setdefault(parse_ppid(stat), []).append((int(entry), comm))
+        except (ValueError, IndexError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def flink_jvm_pid(parent: int | None = None) -> int | None:
+    """The PyFlink gateway JVM started by this process (the local mini-cluster runs in it)."""
+    for pid, comm in descendants(parent or os.getpid()):
+        if comm == "java":
+            return pid
+    return None
+
+
+def memory(pid: int | None) -> tuple[int | None, int | None]:
+    """(RSS, peak RSS = VmHWM) in bytes of ``pid``."""
+    text = _read(f"/proc/{pid}/status") if pid else None
+    if not text:
+        return None, None
+    return parse_status_kb(text, "VmRSS"), parse_status_kb(text, "VmHWM")
+
+
+def listening_ports(pid: int) -> list[int]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    except OSError:
+        return []
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for inode, port in parse_listening(_read(f"/proc/{pid}/net/{table}") or "").items():
+            if inode in inodes:
+                ports.add(port)
+    return sorted(ports)
+
+
+class FlinkRest:
+    """The local mini-cluster's REST API (``rest.bind-port`` is 0 = random: found from the JVM's
+    listening sockets, re-discovered when a new mini-cluster starts)."""
+
+    def __init__(self):
+        self.port: int | None = None
+        self.not_rest: set[int] = set()  # e.g. the py4j gateway port: never probe it twice
+
+    def _get(self, port: int, path: str, timeout: float = 2.0, method: str = "GET"):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def discover(self, jvm: int | None) -> int | None:
+        if jvm is None:
+            return None
+        for port in listening_ports(jvm):
+            if port in self.not_rest:
+                continue
+            try:
+                cfg = self._get(port, "/config", timeout=3.0)
+            except http.client.BadStatusLine:  # not HTTP (py4j, RPC, blob server), RemoteDisconnected too
+                self.not_rest.add(port)
+                continue
+            except Exception:  # noqa: BLE001 - e.g. the REST server is still starting: try again later
+                continue
+            if isinstance(cfg, dict) and "flink-version" in cfg:
+                self.port = port
+                return port
+        return None
+
+    def get(self, path: str, jvm: int | None = None, method: str = "GET"):
+        if self.port is None and self.discover(jvm) is None:
+            return None
+        try:
+            return self._get(self.port, path, method=method)
+        except urllib.error.HTTPError:
+            return None  # e.g. 404 for a job that is gone: the port is still right
+        except Exception:  # noqa: BLE001 - the mini-cluster went away: re-discover next time
+            self.port = None
+            return None
+
+
+def _short(name: str, n: int = 70) -> str:
+    name = " ".join(name.replace("<br/>", " ").split())
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+class Monitor(threading.Thread):
+    """Samples the Flink JVM, the exporter and the running pipeline job until stopped."""
+
+    METRICS = "busyTimeMsPerSecond,backPressuredTimeMsPerSecond,idleTimeMsPerSecond"
+
+    def __init__(self, say, exporter_pid: int | None = None, interval_s: float = 2.0,
+                 progress_s: float = 10.0, expected: int | None = None):
+        super().__init__(daemon=True, name="bench-monitor")
+        self.say, self.exporter_pid, self.interval_s = say, exporter_pid, interval_s
+        self.progress_s, self.expected = progress_s, expected
+        self.rest = FlinkRest()
+        self.stop_event = threading.Event()
+        self.started_at = time.time()
+        self.jvm: int | None = None
+        self.job_id: str | None = None
+        self.job_state: str | None = None
+        self.samples: list[dict] = []
+        self.checkpoints: dict[int, dict] = {}
+        self.failed_checkpoints: dict[int, str] = {}
+        self.checkpoint_counts: dict = {}
+        self.vertex_names: dict[str, str] = {}
+        self.vertex_records: dict[str, dict] = {}
+        self.peak = {"jvm_rss": 0, "exporter_rss": 0}
+        self._last_progress = 0.0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            t = time.time()
+            try:
+                self.sample()
+            except Exception as exc:  # a sampling hiccup must never stop the benchmark
+                self.say(f"monitor: sample failed: {exc!r}")
+            self.stop_event.wait(max(0.1, self.interval_s - (time.time() - t)))
+
+    def _find_job(self) -> str | None:
+        overview = self.rest.get("/jobs/overview", self.jvm)
+        if not overview:
+            return None
+        jobs = [j for j in overview.get("jobs", []) if j.get("name") == JOB_NAME]
+        if not jobs:
+            return None
+        job = max(jobs, key=lambda j: j.get("start-time", 0))
+        self.job_state = job.get("state")
+        return job["jid"]
+
+    def sample(self) -> None:
+        now = time.time()
+        if self.jvm is None:
+            self.jvm = flink_jvm_pid()
+        jvm_rss, _ = memory(self.jvm)
+        exp_rss, _ = memory(self.exporter_pid)
+        sample: dict = {"t": round(now - self.started_at, 2), "jvm_rss": jvm_rss, "exporter_rss": exp_rss}
+        self.peak["jvm_rss"] = max(self.peak["jvm_rss"], jvm_rss or 0)
+        self.peak["exporter_rss"] = max(self.peak["exporter_rss"], exp_rss or 0)
+        jid = self._find_job() if self.jvm else None
+        if jid:
+            self.job_id = jid
+            job = self.rest.get(f"/jobs/{jid}", self.jvm) or {}
+            self.job_state = job.get("state", self.job_state)
+            vertices = {}
+            for v in job.get("vertices", []):
+                vid = v["id"]
+                self.vertex_names[vid] = v["name"]
+                m = v.get("metrics", {})
+                self.vertex_records[vid] = {"read": m.get("read-records"), "write": m.get("write-records")}
+                entry = {"status": v.get("status"), "read": m.get("read-records"),
+                         "write": m.get("write-records")}
+                if v.get("status") == "RUNNING":
+                    metrics = self.rest.get(f"/jobs/{jid}/vertices/{vid}/subtasks/metrics?get={self.METRICS}",
+                                            self.jvm) or []
+                    for item in metrics:
+                        entry[item["id"]] = item.get("avg")
+                vertices[vid] = entry
+            sample["vertices"] = vertices
+            cps = self.rest.get(f"/jobs/{jid}/checkpoints", self.jvm) or {}
+            self.checkpoint_counts = cps.get("counts", self.checkpoint_counts)
+            for h in cps.get("history", []) or []:
+                if h.get("status") == "FAILED" and h.get("id") is not None:
+                    self.failed_checkpoints[h["id"]] = _short(str(h.get("failure_message") or "?"), 160)
+                if h.get("status") == "COMPLETED":
+                    self.checkpoints[h["id"]] = {
+                        k: h.get(k) for k in ("id", "trigger_timestamp", "latest_ack_timestamp",
+                                              "end_to_end_duration", "state_size", "checkpointed_size",
+                                              "is_savepoint")}
+            sample["checkpoints_completed"] = self.checkpoint_counts.get("completed")
+        self.samples.append(sample)
+        if now - self._last_progress >= self.progress_s:
+            self._last_progress = now
+            self.say(self.progress_line(sample))
+
+    def vertex_id(self, contains: str) -> str | None:
+        for vid, name in self.vertex_names.items():
+            if contains in name:
+                return vid
+        return None
+
+    def progress_line(self, sample: dict) -> str:
+        parts = [f"t={sample['t']:.0f}s"]
+        if self.job_state:
+            parts.append(f"job {self.job_state}")
+        src = self.vertex_id("Source")
+        scorer = self.vertex_id("Scorer")
+        if src and self.vertex_records.get(src, {}).get("write") is not None:
+            done = self.vertex_records[src]["write"]
+            parts.append(f"source out {done:,}" + (f"/{self.expected:,}" if self.expected else ""))
+        if scorer and self.vertex_records.get(scorer, {}).get("read") is not None:
+            parts.append(f"scorer in {self.vertex_records[scorer]['read']:,}")
+        busy = [(e.get("busyTimeMsPerSecond") or 0, vid) for vid, e in (sample.get("vertices") or {}).items()]
+        if busy:
+            b, vid = max(busy)
+            parts.append(f"busiest {_short(self.vertex_names[vid], 40)} {b:.0f} ms/s")
+        if self.checkpoint_counts:
+            parts.append(f"checkpoints {self.checkpoint_counts.get('completed', 0)} ok"
+                         f"/{self.checkpoint_counts.get('failed', 0)} failed")
+        if sample.get("jvm_rss"):
+            parts.append(f"JVM RSS {sample['jvm_rss'] / 2**20:,.0f} MiB")
+        return " | ".join(parts)
+
+    def busy_table(self) -> list[dict]:
+        """Per vertex: mean busy / back-pressured / idle ms per second over the RUNNING samples."""
+        acc: dict[str, dict[str, list[float]]] = {}
+        for s in self.samples:
+            for vid, e in (s.get("vertices") or {}).items():
+                if e.get("status") != "RUNNING":
+                    continue
+                for key in ("busyTimeMsPerSecond", "backPressuredTimeMsPerSecond", "idleTimeMsPerSecond"):
+                    val = e.get(key)
+                    if isinstance(val, (int, float)) and not (isinstance(val, float) and np.isnan(val)):
+                        acc.setdefault(vid, {}).setdefault(key, []).append(float(val))
+        rows = []
+        for vid, name in self.vertex_names.items():
+            vals = acc.get(vid, {})
+            rows.append({
+                "vertex": _short(name, 200),
+                "busy_ms_per_s": _mean(vals.get("busyTimeMsPerSecond")),
+                "backpressured_ms_per_s": _mean(vals.get("backPressuredTimeMsPerSecond")),
+                "idle_ms_per_s": _mean(vals.get("idleTimeMsPerSecond")),
+                "samples": len(vals.get("busyTimeMsPerSecond", [])),
+                "records_in": self.vertex_records.get(vid, {}).get("read"),
+                "records_out": self.vertex_records.get(vid, {}).get("write"),
+            })
+        return sorted(rows, key=lambda r: -(r["busy_ms_per_s"] or 0))
+
+    def checkpoint_summary(self) -> dict:
+        done = sorted(self.checkpoints.values(), key=lambda c: c["id"])
+        durations = [c["end_to_end_duration"] for c in done if c.get("end_to_end_duration") is not None]
+        latest = done[-1] if done else None
+        return {
+            "counts": self.checkpoint_counts,
+            "completed_seen": len(done),
+            "duration_ms": {**percentiles(durations, (50, 95)), "max": max(durations) if durations else None},
+            "latest": latest,
+            # the reasons of the failed checkpoints seen in the REST history (it keeps the last few)
+            "failure_reasons": dict(Counter(self.failed_checkpoints.values()).most_common(5)),
+            "max_state_size": max((c.get("state_size") or 0 for c in done), default=None),
+            "max_checkpointed_size": max((c.get("checkpointed_size") or 0 for c in done), default=None),
+        }
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return round(float(np.mean(values)), 1) if values else None
+
+
+# ------------------------------------------------------------------------------------------------
+# the phases
+
+
+def bench_config(cfg, prefix: str, subdir: str):
+    """``cfg`` with ``<prefix>.*`` topics and registry/checkpoints under ``<state_dir>/bench/<subdir>``
+    (the pattern of :func:`streamrec.demo.demo_config`)."""
+    topics = {name: f"{prefix}.{value}" for name, value in cfg.kafka.topics.model_dump().items()}
+    paths = cfg.paths_resolved
+    root = paths.state_dir / "bench" / subdir
+    return cfg.model_copy(update={
+        "kafka": cfg.kafka.model_copy(update={"topics": cfg.kafka.topics.model_copy(update=topics)}),
+        "paths": paths.model_copy(update={"registry_dir": root / "registry",
+                                          "checkpoint_dir": root / "checkpoints"}),
+        "exporter": cfg.exporter.model_copy(update={"interval_s": min(cfg.exporter.interval_s, 5.0)}),
+    })
+
+
+def _fresh(cfg) -> Path:
+    from streamrec import kafka_io
+
+    topics = cfg.kafka.topics.all()
+    kafka_io.delete_topics(cfg, topics)
+    kafka_io.ensure_topics(cfg, topics)
+    root = cfg.paths_resolved.registry_dir.parent
+    shutil.rmtree(root, ignore_errors=True)
+    cfg.paths_resolved.registry_dir.mkdir(parents=True)
+    return root
+
+
+def cycled_events(events: list[dict], n: int) -> list[dict]:
+    """The first ``n`` events, going round ``events`` again when it is shorter: a later round gets
+    new event ids and timestamps shifted past the previous round (so dedup keeps them and event
+    time moves forward).
+
+    >>> ev = [{"event_id": "a", "ts": 0}, {"event_id": "b", "ts": 10}]
+    >>> [(e["event_id"], e["ts"]) for e in cycled_events(ev, 3)]
+    [('a', 0), ('b', 10), ('a-r1', 11)]
+    """
+    if n <= len(events):
+        return events[:n]
+    span = events[-1]["ts"] - events[0]["ts"] + 1
+    out = list(events)
+    rnd = 1
+    while len(out) < n:
+        for e in events:
+            if len(out) >= n:
+                break
+            out.append({**e, "event_id": f"{e['event_id']}-r{rnd}", "ts": e["ts"] + rnd * span})
+        rnd += 1
+    return out
+
+
+def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: float) -> tuple[dict, object]:
+    from flink_jobs import pipeline
+    from streamrec import kafka_io, replay
+    from streamrec.demo import start_exporter, stop_process
+
+    tcfg = bench_config(cfg, "bench", "throughput")
+    root = _fresh(tcfg)
+    say(f"throughput phase: replaying {len(events):,} events into {tcfg.kafka.topics.raw}")
+    res = replay.produce(tcfg, tcfg.kafka.topics.raw, replay.encode_events(events), total=len(events),
+                         progress=progress)
+    if res.failed:
+        raise RuntimeError(f"replay failed: {res.failed} records undelivered ({res.first_error})")
+    say(f"replayed {res.delivered:,} events at {res.rate:,.0f} events/s; starting the exporter and the "
+        "bounded pipeline job")
+    exporter = start_exporter(tcfg, root / "exporter.log")
+    monitor = Monitor(say, exporter.pid, interval_s=sample_s, expected=len(events))
+    monitor.start()
+    wall0 = time.time()
+    try:
+        run = pipeline.run(tcfg, bounded=True, quiet=True)
+    finally:
+        wall = time.time() - wall0
+        monitor.stop()
+        _, exporter_hwm = memory(exporter.pid)
+        stop_process(exporter)
+    _, jvm_hwm = memory(monitor.jvm)
+    say(f"pipeline finished in {wall:.0f} s; reading the recommendations")
+
+    recs = [r.json() for r in kafka_io.read_topic(tcfg, tcfg.kafka.topics.recommendations)]
+    emitted = [r["emitted_ts"] for r in recs]
+    first, last = (min(emitted), max(emitted)) if emitted else (None, None)
+    registry_versions = len(list((tcfg.paths_resolved.registry_dir).glob("v*")))
+    out = {
+        "events": res.delivered,
+        "recommendations": len(recs),
+        "strategies": dict(Counter(r.get("strategy") for r in recs)),
+        "wall_s": round(wall, 2),
+        "pipeline_run_s": round(run.seconds, 2),
+        "first_to_last_emitted_s": round((last - first) / 1000.0, 3) if emitted else None,
+        "events_per_s": span_throughput(res.delivered, first, last),
+        "events_per_s_incl_startup": res.delivered / wall if wall else None,
+        "replay_events_per_s": res.rate,
+        "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
+        "memory": {"jvm_peak_rss": jvm_hwm, "exporter_peak_rss": exporter_hwm,
+                   "jvm_peak_rss_sampled": monitor.peak["jvm_rss"] or None,
+                   "exporter_peak_rss_sampled": monitor.peak["exporter_rss"] or None},
+        "checkpoints": monitor.checkpoint_summary(),
+        "vertices": monitor.busy_table(),
+        "ingest": run.ingest.line() if run.ingest else None,
+        "model_versions_in_registry": registry_versions,
+        "series": {
+            "recommendations_per_s": rate_series(emitted, 1.0, first),
+            "jvm_rss_mib": [[s["t"], round(s["jvm_rss"] / 2**20, 1)] for s in monitor.samples if s.get("jvm_rss")],
+            "exporter_rss_mib": [[s["t"], round(s["exporter_rss"] / 2**20, 1)]
+                                 for s in monitor.samples if s.get("exporter_rss")],
+        },
+    }
+    return out, tcfg
+
+
+def quality_phase(tcfg, say) -> dict:
+    from streamrec.evaluate import evaluate_topics
+
+    say("quality: prequential evaluation of the throughput run (replays the sequential reference) ...")
+    t = time.time()
+    ev = evaluate_topics(tcfg, k=tcfg.scoring.top_k)
+    for line in ev.table().splitlines():
+        say("  " + line)
+    out = ev.to_dict()
+    out["seconds"] = round(time.time() - t, 1)
+    window = 2000
+    out["rolling_window"] = window
+    out["rolling_recall"] = {
+        name: downsample(m.rolling_recall(window).tolist())
+        for name, m in (("pipeline", ev.pipeline), ("popularity", ev.popularity), ("reference", ev.reference))
+        if m is not None and m.evaluated
+    }
+    return out
+
+
+def _wait(pred, timeout_s: float, step_s: float = 1.0) -> bool:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step_s)
+    return pred()
+
+
+def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, progress: bool,
+                  sample_s: float, warmup: int = 500) -> dict:
+    from flink_jobs import pipeline
+    from flink_jobs.env import build_runtime
+    from streamrec import kafka_io, replay
+    from streamrec.demo import start_exporter, stop_process
+
+    lcfg = bench_config(cfg, "bench.lat", "latency")
+    root = _fresh(lcfg)
+    n = max(1, int(rate * seconds))
+    warm = min(warmup, len(events) // 10)
+    stream = cycled_events(events, warm + n)
+    warm_stream, stream = stream[:warm], stream[warm:]
+    say(f"latency phase: unbounded pipeline on {lcfg.kafka.topics.raw}; {warm:,} warm-up events, then "
+        f"{n:,} events at {rate:,.0f} events/s ({seconds:.0f} s)")
+    exporter = start_exporter(lcfg, root / "exporter.log")
+    try:
+        rt = build_runtime(lcfg, JOB_NAME)
+        statements = pipeline.build(rt, lcfg, False, rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12])
+        statements.attach_as_datastream()
+        client = rt.env.execute_async(JOB_NAME)
+    except BaseException:
+        stop_process(exporter)
+        raise
+    job_id = str(client.get_job_id())
+    monitor = Monitor(say, exporter.pid, interval_s=sample_s)
+    monitor.start()
+    cancelled = False
+    try:
+        def running() -> bool:
+            job = monitor.rest.get(f"/jobs/{job_id}", monitor.jvm) if monitor.jvm else None
+            vs = (job or {}).get("vertices", [])
+            return bool(vs) and all(v.get("status") == "RUNNING" for v in vs)
+
+        if not _wait(running, 180):
+            say("warning: the job's tasks were not all RUNNING after 180 s; replaying anyway")
+        time.sleep(3.0)  # the Kafka source discovers its partitions
+
+        def scored() -> int:
+            return monitor.vertex_records.get(monitor.vertex_id("Scorer") or "", {}).get("read") or 0
+
+        if warm:
+            # the first records pay for the Python operators' warm-up (and the first model export):
+            # not what the latency figures are about
+            replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(warm_stream), total=warm,
+                           progress=False)
+            if not _wait(lambda: scored() >= warm, 180):
+                say(f"warning: only {scored()} of {warm} warm-up events scored after 180 s")
+            say(f"warm-up done ({scored():,} events scored); measuring")
+        measure_from_ms = int(time.time() * 1000)
+        res = replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(stream), total=n, rate=rate,
+                             progress=progress)
+        say(f"replayed {res.delivered:,} events at {res.rate:,.0f} events/s; waiting for the job to drain")
+        drained_ok = _wait(lambda: scored() >= warm + res.delivered, 180)
+        if not drained_ok:
+            say("warning: the scorer had not seen every event after 180 s")
+        # the exactly-once sink commits on checkpoint completion: wait for two more checkpoints
+        done_before = len(monitor.checkpoints)
+        _wait(lambda: len(monitor.checkpoints) >= done_before + 2,
+              4 * lcfg.flink.checkpoint_interval_ms / 1000 + 30)
+        client.cancel().result()
+        cancelled = True
+    finally:
+        if not cancelled:
+            try:
+                client.cancel().result()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        monitor.stop()
+        _, exporter_hwm = memory(exporter.pid)
+        stop_process(exporter)
+
+    raw_ts = {(r.partition, r.offset): r.timestamp_ms
+              for r in kafka_io.read_topic(lcfg, lcfg.kafka.topics.raw, read_committed=False)
+              if r.timestamp_ms >= measure_from_ms}
+    recs = [r.json() for r in kafka_io.read_topic(lcfg, lcfg.kafka.topics.recommendations)]
+    times, lats = [], []
+    for r in recs:
+        ts = raw_ts.get((r.get("source_partition"), r.get("source_offset")))
+        if ts is not None:
+            times.append(r["emitted_ts"])
+            lats.append(r["emitted_ts"] - ts)
+    t0 = min(raw_ts.values()) if raw_ts else None
+    summary = percentiles(lats)
+    summary["max"] = max(lats) if lats else None
+    summary["mean"] = float(np.mean(lats)) if lats else None
+    return {
+        "target_rate": rate,
+        "seconds": seconds,
+        "warmup_events": warm,
+        "events_sent": res.delivered,
+        "replay_rate": res.rate,
+        "recommendations": len(recs),
+        "strategies": dict(Counter(r.get("strategy") for r in recs)),
+        "matched": len(lats),
+        "drained": drained_ok,
+        "latency_ms": summary,
+        "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
+        "checkpoints": monitor.checkpoint_summary(),
+        "vertices": monitor.busy_table(),
+        "memory": {"jvm_rss_peak_sampled": monitor.peak["jvm_rss"] or None, "exporter_peak_rss": exporter_hwm},
+        "series": {
+            "latency": latency_series(times, lats, 1.0, t0),
+            "recommendations_per_s": rate_series(times, 1.0, t0),
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# machine + report
+
+
+def machine() -> dict:
+    mem = parse_status_kb(_read("/proc/meminfo") or "", "MemTotal")
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr
+        java = java.splitlines()[0] if java else None
+    except (OSError, subprocess.SubprocessError):
+        java = None
+    try:
+        from importlib.metadata import version
+
+        pyflink = version("apache-flink")
+        ort = version("onnxruntime")
+    except Exception:  # noqa: BLE001
+        pyflink = ort = None
+    cpu = next((ln.split(":", 1)[1].strip() for ln in (_read("/proc/cpuinfo") or "").splitlines()
+                if ln.startswith("model name")), None)
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_bytes": mem, "python": platform.python_version(),
+            "java": java, "pyflink": pyflink, "onnxruntime": ort, "platform": platform.platform(),
+            "gpu": "none" if not Path("/dev/nvidia0").exists() else "present"}
+
+
+def _mib(x) -> str:
+    return f"{x / 2**20:,.0f} MiB" if x else "-"
+
+
+def _fmt(x, spec: str = ",.0f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(result: dict) -> str:
+    t, lat, q = result.get("throughput") or {}, result.get("latency") or {}, result.get("quality") or {}
+    cp = t.get("checkpoints") or {}
+    latest = cp.get("latest") or {}
+    rows = [
+        ("events", _fmt(t.get("events"))),
+        ("throughput, first→last recommendation", f"{_fmt(t.get('events_per_s'))} events/s"),
+        ("throughput incl. job start-up", f"{_fmt(t.get('events_per_s_incl_startup'))} events/s "
+                                          f"({_fmt(t.get('wall_s'), '.0f')} s wall)"),
+        ("scoring batches: mean / max", f"{_fmt((t.get('batch') or {}).get('mean_batch'), '.1f')} / "
+                                        f"{_fmt((t.get('batch') or {}).get('max_batch'))}"),
+        ("peak RSS: Flink JVM / exporter", f"{_mib((t.get('memory') or {}).get('jvm_peak_rss'))} / "
+                                           f"{_mib((t.get('memory') or {}).get('exporter_peak_rss'))}"),
+        ("checkpoints completed / failed", f"{(cp.get('counts') or {}).get('completed', '-')} / "
+                                           f"{(cp.get('counts') or {}).get('failed', '-')}"),
+        ("checkpoint duration p50 / max", f"{_fmt((cp.get('duration_ms') or {}).get('p50'))} / "
+                                          f"{_fmt((cp.get('duration_ms') or {}).get('max'))} ms"),
+        ("last checkpoint: full / incremental size", f"{_mib(latest.get('state_size'))} / "
+                                                     f"{_mib(latest.get('checkpointed_size'))}"),
+    ]
+    if lat:
+        lm = lat.get("latency_ms") or {}
+        rows.append((f"latency at {_fmt(lat.get('target_rate'))} ev/s: p50 / p95 / p99",
+                     f"{_fmt(lm.get('p50'))} / {_fmt(lm.get('p95'))} / {_fmt(lm.get('p99'))} ms"))
+    if q:
+        rows.append(("recall@10 pipeline / popularity / reference",
+                     " / ".join(_fmt((q.get(n) or {}).get("recall"), ".4f")
+                                for n in ("pipeline", "popularity", "reference"))))
+        rows.append(("coverage (first interactions with a prior list)", _fmt(q.get("coverage"), ".3f")))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    busy = (t.get("vertices") or [])[:5]
+    if busy:
+        lines.append("busiest operators (throughput phase, mean busy / back-pressured ms per s):")
+        for v in busy:
+            lines.append(f"  {_fmt(v['busy_ms_per_s'], '5.0f')} / {_fmt(v['backpressured_ms_per_s'], '5.0f')}  "
+                         f"{_short(v['vertex'], 90)}")
+    return "\n".join(lines)
+
+
+def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_seconds: float = 60.0,
+              latency_rate: float | None = None, skip_latency: bool = False, skip_quality: bool = False,
+              progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
+              command: str | None = None) -> dict:
+    """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
+    from flink_jobs.ingest import use_this_python
+    from streamrec import assets, broker, replay
+
+    def say(msg: str) -> None:
+        print(f"[bench] {msg}", flush=True)
+
+    started = time.time()
+    use_this_python()
+    name = name or (f"ml100k-{limit}" if limit else "ml100k")
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    stem = out_dir / f"{date}-{name}"
+    say(assets.check_java())
+    data_dir = assets.ml100k_dir(cfg)
+    assets.connector_jars(cfg)
+    events = replay.ml100k_events(data_dir)
+    if limit:
+        events = events[:limit]
+    result: dict = {
+        "name": name, "date": date, "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine(), "load_before": os.getloadavg(),
+        "settings": {
+            "parallelism": cfg.flink.parallelism, "execution_mode": cfg.flink.execution_mode,
+            "state_backend": cfg.flink.state_backend, "checkpoint_interval_ms": cfg.flink.checkpoint_interval_ms,
+            "exactly_once": True, "python_bundle_size": cfg.flink.python_bundle_size,
+            "python_bundle_time_ms": cfg.flink.python_bundle_time_ms, "scoring_batch_size": cfg.scoring.batch_size,
+            "scoring_batch_timeout_ms": cfg.scoring.batch_timeout_ms, "dim": cfg.learner.dim,
+            "negatives": cfg.learner.negatives, "window_slide_ms": cfg.ingest.window_slide_ms,
+            "exporter_interval_s": min(cfg.exporter.interval_s, 5.0),
+        },
+    }
+    status = broker.up(cfg, log=say)
+    try:
+        result["throughput"], tcfg = throughput_phase(cfg, events, say, progress, sample_s)
+        _write(result, stem)
+        if not skip_quality:
+            result["quality"] = quality_phase(tcfg, say)
+            _write(result, stem)
+        if not skip_latency:
+            measured = result["throughput"].get("events_per_s") or 100.0
+            rate = latency_rate or max(1.0, measured / 2)
+            full = replay.ml100k_events(data_dir)
+            result["latency"] = latency_phase(cfg, full, rate, latency_seconds, say, progress, sample_s)
+    finally:
+        if status.started:
+            broker.down(cfg, log=say)
+    result["load_after"] = os.getloadavg()
+    result["total_s"] = round(time.time() - started, 1)
+    _write(result, stem)
+    try:
+        from bench.plots import plot_result
+
+        plot_result(result, stem.with_suffix(".png"))
+        say(f"plot: {stem.with_suffix('.png')}")
+    except Exception as exc:  # noqa: BLE001 - the figures matter more than the picture
+        say(f"plot failed: {exc!r}")
+    print(table(result), flush=True)
+    say(f"results: {stem.with_suffix('.json')} (load average before {result['load_before'][0]:.1f}, "
+        f"after {result['load_after'][0]:.1f}); {result['total_s']:.0f} s in all")
+    return result
+
+
+def _write(result: dict, stem: Path) -> None:
+    path = stem.with_suffix(".json")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from streamrec.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--latency-rate", type=float)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    args = parser.parse_args(argv)
+    run_bench(load_config(), args.name, args.limit, args.latency_seconds, args.latency_rate,
+              args.skip_latency, args.skip_quality,
+              command=" ".join(["python", "bench/run_bench.py", *(argv if argv is not None else sys.argv[1:])]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The pure helpers of bench/run_bench.py and bench/scale.py (no broker, no Flink)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.run_bench import (
+    batch_histogram,
+    batch_summary,
+    cycled_events,
+    downsample,
+    latency_series,
+    parse_listening,
+    parse_ppid,
+    parse_status_kb,
+    percentiles,
+    rate_series,
+    span_throughput,
+    table,
+)
+from bench.scale import zipf_weights
+
+
+def test_percentiles_interpolate_and_handle_empty():
+    values = list(range(1, 101))
+    p = percentiles(values)
+    assert p == {"p50": pytest.approx(50.5), "p95": pytest.approx(95.05), "p99": pytest.approx(99.01)}
+    assert percentiles([], (50, 99)) == {"p50": None, "p99": None}
+    assert percentiles([7.0], (99.9,)) == {"p99.9": 7.0}
+
+
+def test_span_throughput():
+    assert span_throughput(1000, 0, 2000) == 500.0
+    assert span_throughput(10, 5, 5) is None
+    assert span_throughput(0, 0, 10) is None
+    assert span_throughput(10, None, 10) is None
+
+
+def test_rate_series_bins_from_t0_and_keeps_empty_bins():
+    assert rate_series([1000, 1100, 3500], bin_s=1.0, t0_ms=0) == [[0.0, 0.0], [1.0, 2.0], [2.0, 0.0], [3.0, 1.0]]
+    assert rate_series([0, 400, 600], bin_s=0.5) == [[0.0, 4.0], [0.5, 2.0]]
+    assert rate_series([]) == []
+    # times before t0 are dropped rather than wrapping round
+    assert rate_series([-500, 100], t0_ms=0) == [[0.0, 1.0]]
+
+
+def test_latency_series_per_bin_percentiles():
+    series = latency_series([0, 100, 200, 2100], [10, 20, 30, 99])
+    assert [s["t_s"] for s in series] == [0.0, 2.0]
+    assert series[0]["n"] == 3 and series[0]["p50"] == 20.0
+    assert series[1] == {"t_s": 2.0, "n": 1, "p50": 99.0, "p99": 99.0}
+    assert latency_series([], []) == []
+
+
+def test_batch_histogram_counts_batches_not_records():
+    sizes = [64] * 128 + [3] * 3 + [1]
+    assert batch_histogram(sizes) == {1: 1, 3: 1, 64: 2}
+    s = batch_summary(sizes)
+    assert s["batches"] == 4 and s["records"] == 132 and s["max_batch"] == 64
+    assert s["mean_batch"] == pytest.approx(33.0)
+    assert s["histogram"] == {"1": 1, "3": 1, "64": 2}
+    assert batch_summary([])["mean_batch"] is None
+
+
+def test_downsample_keeps_first_and_last():
+    pts = downsample([float(i) for i in range(1001)], max_points=100)
+    assert pts[0] == [0, 0.0] and pts[-1] == [1000, 1000.0]
+    assert len(pts) <= 102
+    assert downsample([]) == []
+    assert downsample([1.0, 2.0]) == [[0, 1.0], [1, 2.0]]
+
+
+def test_proc_parsers():
+    status = "Name:\tjava\nVmPeak:\t 9 kB\nVmHWM:\t  1536 kB\nVmRSS:\t   512 kB\n"
+    assert parse_status_kb(status, "VmHWM") == 1536 * 1024
+    assert parse_status_kb(status, "VmRSS") == 512 * 1024
+    assert parse_status_kb(status, "VmSwap") is None
+    assert parse_ppid("4242 (my (odd) name) S 17 4242 4242 0 -1") == 17
+    tcp6 = ("  sl  local_address                         remote_address                        st tx_queue "
+            "rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+            "   0: 00000000000000000000000000000000:9C40 00000000000000000000000000000000:0000 0A "
+            "00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 100 0 0 10 0\n")
+    assert parse_listening(tcp6) == {777: 40000}
+    assert parse_listening("header only\n") == {}
+
+
+def test_cycled_events_relabel_later_rounds():
+    ev = [{"event_id": "a", "ts": 100}, {"event_id": "b", "ts": 200}]
+    assert cycled_events(ev, 1) == ev[:1]
+    out = cycled_events(ev, 5)
+    assert [e["event_id"] for e in out] == ["a", "b", "a-r1", "b-r1", "a-r2"]
+    assert [e["ts"] for e in out] == [100, 200, 201, 301, 302]
+    assert len({e["event_id"] for e in out}) == 5
+
+
+def test_table_renders_partial_results():
+    text = table({"throughput": {"events": 10, "events_per_s": 5.0, "wall_s": 2.0,
+                                 "batch": {"mean_batch": 2.0, "max_batch": 3},
+                                 "memory": {"jvm_peak_rss": 2**30}, "checkpoints": {},
+                                 "vertices": [{"vertex": "Scorer", "busy_ms_per_s": 900.0,
+                                               "backpressured_ms_per_s": 0.0}]}})
+    assert "5 events/s" in text and "1,024 MiB" in text and "Scorer" in text
+
+
+def test_zipf_weights_normalised_and_decreasing():
+    w = zipf_weights(1000, 1.1)
+    assert math.isclose(w.sum(), 1.0)
+    assert all(w[i] > w[i + 1] for i in range(999))
