@@ -211,7 +211,8 @@ class LearnerConfig(_Section):
 
 
 class ExporterConfig(_Section):
-    interval_s: float = Field(30.0, gt=0)
+    #: Export cadence: staleness of the item snapshot users learn against costs recall (docs/learner.md).
+    interval_s: float = Field(5.0, gt=0)
     every_n_changes: int = Field(5_000, ge=1)
     top_k: int = Field(10, ge=1, le=1000)
     retention: int = Field(10, ge=2)
