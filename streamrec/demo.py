@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -60,6 +61,31 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
             proc.wait()
 
 
+class Progress(threading.Thread):
+    """Prints, every ``every_s`` seconds, how far the job has got: the committed end offsets of
+    the recommendations topic (transaction markers take offsets too, so it reads "about")."""
+
+    def __init__(self, cfg: Config, total: int, every_s: float = 15.0):
+        super().__init__(daemon=True, name="demo-progress")
+        self.cfg, self.total, self.every_s = cfg, total, every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        started, last = time.monotonic(), 0
+        while not self.stopped.wait(self.every_s):
+            try:
+                done = sum(kafka_io.end_offsets(self.cfg, self.cfg.kafka.topics.recommendations).values())
+            except Exception:  # noqa: BLE001 - progress is best effort
+                continue
+            rate = (done - last) / self.every_s
+            last = done
+            _say(f"progress: about {min(done, self.total):,} of {self.total:,} events scored and committed "
+                 f"({rate:,.0f}/s over the last {self.every_s:.0f} s, {time.monotonic() - started:.0f} s in)")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) -> int:
     from flink_jobs import pipeline
     from model.registry import Registry
@@ -93,7 +119,12 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         exporter = start_exporter(cfg, demo_dir / "exporter.log")
         _say(f"exporter sidecar started (pid {exporter.pid}, log {demo_dir / 'exporter.log'})")
         _say("pipeline job running on Flink's local mini-cluster (bounded); this takes a few minutes")
-        run = pipeline.run(cfg, bounded=True, quiet=True)
+        progress = Progress(cfg, len(events))
+        progress.start()
+        try:
+            run = pipeline.run(cfg, bounded=True, quiet=True)
+        finally:
+            progress.stop()
         stop_process(exporter)
         exporter = None
 
@@ -102,11 +133,10 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         _say(f"pipeline: {result.delivered:,} events through the whole graph in {run.seconds:.0f} s "
              f"({result.delivered / run.seconds:,.0f} events/s incl. job start-up)")
         registry = Registry(cfg.paths_resolved.registry_dir)
-        versions = registry.list_versions()
-        statuses = Counter(registry.read_meta(v)["status"] for v in versions)
-        _say(f"model versions: {len(versions)} exported, {statuses.get('promoted', 0)} promoted, "
-             f"{statuses.get('rejected', 0)} rejected; CURRENT = {registry.current()}")
-
+        actions = Counter(entry["action"] for entry in registry.read_log())
+        _say(f"model versions: {actions.get('publish', 0)} exported, {actions.get('promote', 0)} promoted, "
+             f"{actions.get('reject', 0)} rejected by the gate; CURRENT = {registry.current()} "
+             f"(retention keeps the last {cfg.exporter.retention})")
         recs = [r.json() for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
         strategies = Counter(r["strategy"] for r in recs)
         served = Counter(r["model_version"] for r in recs if r["strategy"] == "model")
@@ -117,9 +147,9 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         _say(f"onnxruntime provider: {choose_providers(cfg.scoring.provider)[0]}")
         titles = replay.ml100k_titles(data_dir)
         latest = {}
-        for rec in recs:
+        for rec in sorted(recs, key=lambda r: r["event_ts"]):
             latest[rec["user_id"]] = rec
-        for user in sorted(latest, key=lambda u: -latest[u]["source_offset"])[:3]:
+        for user in sorted(latest, key=lambda u: (-latest[u]["event_ts"], u))[:3]:
             rec = latest[user]
             names = ", ".join(titles.get(i["item_id"], i["item_id"]) for i in rec["items"][:5])
             _say(f"user {user} ({rec['strategy']}, {rec['model_version']}): {names}")
