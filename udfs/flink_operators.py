@@ -97,13 +97,11 @@ class UserLearner(KeyedProcessFunction):
 
     def open(self, ctx: RuntimeContext):
         self.params = online_mf.LearnerParams.of(None, **self.learner)
+        # One state per user (one RocksDB read + write per event): (serialised UserState, minute
+        # bucket, events in it, last scored ts, last emitted-to-changelog ts).
         user_desc = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
         user_desc.enable_time_to_live(_ttl(self.state_ttl_ms))
         self.user_state = ctx.get_state(user_desc)
-        # (minute bucket, events in it, last scored ts, last emitted-to-changelog ts)
-        meta_desc = ValueStateDescriptor("user-meta", Types.PICKLED_BYTE_ARRAY())
-        meta_desc.enable_time_to_live(_ttl(self.state_ttl_ms))
-        self.meta_state = ctx.get_state(meta_desc)
         self.view = _RegistryView(self.registry_dir, self.params.dim)
         self.snapshot_version = None
         self.snapshot = online_mf.ItemSnapshot.empty(self.params.dim)
@@ -123,9 +121,8 @@ class UserLearner(KeyedProcessFunction):
     def process_element(self, row, ctx):
         event_id, user_id, item_id, _etype, _rating, weight, ts, partition, offset = tuple(row)[:9]
         self._refresh_snapshot()
-        raw = self.user_state.value()
+        raw, minute, in_minute, last_scored, last_emit = self.user_state.value() or (None, -1, 0, None, None)
         state = online_mf.user_state_from_bytes(raw) if raw is not None else init_user_state(user_id, self.params)
-        minute, in_minute, last_scored, last_emit = self.meta_state.value() or (-1, 0, None, None)
         bucket = ts // 60_000
         in_minute = in_minute + 1 if bucket == minute else 1
         is_bot = in_minute > self.bot_limit
@@ -133,11 +130,11 @@ class UserLearner(KeyedProcessFunction):
             self.bot_skipped.inc()
         else:
             state, updates = online_mf.user_step(state, item_id, weight, event_id, self.snapshot, self.params)
-            self.user_state.update(online_mf.user_state_to_bytes(state))
+            raw = online_mf.user_state_to_bytes(state)
             self.learned.inc()
+            sent = updates[0].user_vector.astype(np.float32).tobytes()  # one vector for all of them
             for upd in updates:
-                yield ITEM_UPDATES, (upd.item_id, upd.user_vector.astype(np.float32).tobytes(), upd.coef,
-                                     upd.weight, upd.event_id, upd.positive, ts)
+                yield ITEM_UPDATES, (upd.item_id, sent, upd.coef, upd.weight, upd.event_id, upd.positive, ts)
             if last_emit is None or ts - last_emit >= self.user_emit_interval_ms:
                 last_emit = ts
                 yield USER_CHANGES, _kv(user_id, {"user_id": user_id, "vector": _floats(state.vector),
@@ -152,7 +149,7 @@ class UserLearner(KeyedProcessFunction):
             yield (zlib.crc32(user_id.encode()),
                    (user_id, state.vector.astype(np.float32).tobytes(), list(state.recent), state.events,
                     event_id, partition, offset, ts))
-        self.meta_state.update((bucket, in_minute, last_scored, last_emit))
+        self.user_state.update((raw, bucket, in_minute, last_scored, last_emit))
 
 
 class ItemLearner(KeyedProcessFunction):
@@ -165,42 +162,38 @@ class ItemLearner(KeyedProcessFunction):
 
     def open(self, ctx: RuntimeContext):
         self.params = online_mf.LearnerParams.of(None, **self.learner)
+        # One state per item: (serialised ItemState, last emitted event ts, pending timer ts or
+        # None, last update ts) -- one RocksDB read + write per update.
         desc = ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())
         desc.enable_time_to_live(_ttl(self.state_ttl_ms))
         self.item_state = ctx.get_state(desc)
-        # (last emitted event ts, pending timer ts or None, last update ts)
-        emit_desc = ValueStateDescriptor("item-emit", Types.PICKLED_BYTE_ARRAY())
-        emit_desc.enable_time_to_live(_ttl(self.state_ttl_ms))
-        self.emit_state = ctx.get_state(emit_desc)
         self.updates = ctx.get_metrics_group().counter("item_updates")
         self.emitted = ctx.get_metrics_group().counter("item_changes_emitted")
 
     def process_element(self, upd, ctx):
         item_id, vec_bytes, coef, weight, event_id, positive, ts = upd
-        raw = self.item_state.value()
+        raw, last_emit, timer, _ = self.item_state.value() or (None, None, None, None)
         state = online_mf.item_state_from_bytes(raw) if raw is not None else init_item_state(item_id, self.params)
         update = online_mf.ItemUpdate(item_id, np.frombuffer(vec_bytes, dtype=np.float32), coef, weight,
                                       event_id, positive)
         state = online_mf.item_step(state, update, self.params)
-        self.item_state.update(online_mf.item_state_to_bytes(state))
+        raw = online_mf.item_state_to_bytes(state)
         self.updates.inc()
-        last_emit, timer, _ = self.emit_state.value() or (None, None, None)
         if last_emit is None or ts - last_emit >= self.emit_interval_ms:
-            self.emit_state.update((ts, timer, ts))
+            self.item_state.update((raw, ts, timer, ts))
             self.emitted.inc()
             yield _item_change(item_id, state, ts)
         else:
             if timer is None:
                 timer = last_emit + self.emit_interval_ms
                 ctx.timer_service().register_event_time_timer(timer)
-            self.emit_state.update((last_emit, timer, ts))
+            self.item_state.update((raw, last_emit, timer, ts))
 
     def on_timer(self, timestamp, ctx):
-        last_emit, timer, last_update = self.emit_state.value() or (None, None, None)
-        raw = self.item_state.value()
+        raw, _last_emit, timer, last_update = self.item_state.value() or (None, None, None, None)
         if raw is None or timer is None:
             return
-        self.emit_state.update((max(last_update, timestamp), None, last_update))
+        self.item_state.update((raw, max(last_update, timestamp), None, last_update))
         self.emitted.inc()
         yield _item_change(ctx.get_current_key(), online_mf.item_state_from_bytes(raw), last_update)
 
