@@ -66,6 +66,24 @@ def _upsert(options: str) -> str:
     return options.replace("'connector' = 'kafka'", "'connector' = 'upsert-kafka'")
 
 
+def _route(stream, reason_i: int):
+    """(valid, rejected) in one Python call per record (two filters cost two)."""
+    from pyflink.datastream import OutputTag, ProcessFunction
+
+    row_type = stream.get_type()
+    rejected_tag = OutputTag("rejected", row_type)
+
+    class Route(ProcessFunction):
+        def process_element(self, value, ctx):
+            if value[reason_i] is None:
+                yield value
+            else:
+                yield rejected_tag, value
+
+    routed = stream.process(Route(), output_type=row_type).name("route valid / rejected")
+    return routed, routed.get_side_output(rejected_tag)
+
+
 def ingestion_topics(cfg: Config) -> list[str]:
     t = cfg.kafka.topics
     return [t.raw, t.dlq, t.clean, t.features_user, t.features_item]
@@ -113,8 +131,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     fields = validated.get_schema().get_field_names()
     reason_i = fields.index("reason")
     stream = t_env.to_data_stream(validated)
-    rejected = stream.filter(lambda r: r[reason_i] is not None)
-    valid = stream.filter(lambda r: r[reason_i] is None)
+    valid, rejected = _route(stream, reason_i)
     event_id_i = fields.index("event_id")
     deduped = (valid
                .key_by(lambda r: r[event_id_i], key_type=Types.STRING())
