@@ -814,7 +814,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
               command: str | None = None) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
     from flink_jobs.ingest import use_this_python
-    from streamrec import assets, broker, replay
+    from streamrec import assets, broker, kafka_io, replay
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", flush=True)
@@ -860,6 +860,8 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             result["latency"] = latency_phase(cfg, full, rate, latency_seconds, say, progress, sample_s)
     finally:
         if status.started:
+            # the embedded broker persists all topics in one file loaded at start: drop ours
+            kafka_io.delete_topics_with_prefix(cfg, "bench.")
             broker.down(cfg, log=say)
     result["load_after"] = os.getloadavg()
     result["total_s"] = round(time.time() - started, 1)

@@ -73,7 +73,8 @@ class KafkaConfig(_Section):
 class EmbeddedBrokerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(19092, ge=1024, le=65535)
-    startup_timeout_s: float = Field(30.0, gt=0)
+    #: noida-db loads all its data (one JSON file) before it answers: allow for a large one.
+    startup_timeout_s: float = Field(180.0, gt=0)
 
 
 class PathsConfig(_Section):
