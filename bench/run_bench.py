@@ -813,14 +813,12 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
               progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
               command: str | None = None) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
-    from flink_jobs.ingest import use_this_python
     from streamrec import assets, broker, kafka_io, replay
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", flush=True)
 
     started = time.time()
-    use_this_python()
     name = name or (f"ml100k-{limit}" if limit else "ml100k")
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -89,8 +89,22 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
     return conf
 
 
+def _this_python_first_on_path() -> None:
+    """Put this interpreter's bin dir first on PATH before the gateway JVM starts: the local
+    mini-cluster's embedded (thread-mode) interpreter locates its home from the first ``python``
+    on the JVM's PATH, and without an activated venv that may be another Python (no stdlib match,
+    no pemja)."""
+    import os
+
+    bin_dir = str(Path(sys.executable).parent)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if parts[:1] != [bin_dir]:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, *parts])
+
+
 def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None) -> FlinkRuntime:
     """A StreamExecutionEnvironment and a StreamTableEnvironment on it, configured for streamrec."""
+    _this_python_first_on_path()
     conf = flink_configuration(cfg, job_name, restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.flink.parallelism)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -208,23 +207,9 @@ def summarize(cfg: Config, counters_dir: Path, seconds: float = 0.0) -> IngestSu
     return summary
 
 
-def use_this_python() -> None:
-    """Put this interpreter's bin dir first on PATH, before the JVM starts.
-
-    The thread-mode (embedded) interpreter of the local mini-cluster is the first ``python`` on the
-    JVM's PATH; setting ``python.executable`` after the environment is built does not reach it, so
-    without an activated virtualenv it lacks pemja. (The clean fix belongs in flink_jobs/env.py.)
-    """
-    bin_dir = str(Path(sys.executable).parent)
-    parts = os.environ.get("PATH", "").split(os.pathsep)
-    if parts[:1] != [bin_dir]:
-        os.environ["PATH"] = os.pathsep.join([bin_dir, *parts])
-
-
 def run(cfg: Config, bounded: bool = False, restore_from: str | None = None) -> IngestSummary | None:
     """Run the ingestion stage alone. Bounded: stops at the end offsets present at start and
     returns (and prints) the summary."""
-    use_this_python()
     rt = build_runtime(cfg, JOB_NAME, restore_from)
     counters_dir = rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12]
     statements = rt.t_env.create_statement_set()

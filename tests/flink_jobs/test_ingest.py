@@ -14,7 +14,6 @@ from udfs.validation import CleanEvent, validate
 
 pytestmark = pytest.mark.slow
 
-ingest.use_this_python()  # before any test of this process starts the JVM
 
 T0 = 1_700_000_000_000
 SETTINGS = {"watermark_delay_ms": 5_000, "dedup_horizon_ms": 120_000, "min_ts_ms": 1_000_000,
