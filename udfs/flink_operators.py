@@ -61,6 +61,13 @@ def _ttl(ms: int) -> StateTtlConfig:
             .build())
 
 
+def _pickled_state(ctx: RuntimeContext, name: str, ttl_ms: int):
+    """A pickled ValueState that expires ``ttl_ms`` after its last write."""
+    desc = ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
+    desc.enable_time_to_live(_ttl(ttl_ms))
+    return ctx.get_state(desc)
+
+
 class _RegistryView:
     """The CURRENT registry version's item table, re-read when CURRENT changes."""
 
@@ -99,9 +106,7 @@ class UserLearner(KeyedProcessFunction):
         self.params = online_mf.LearnerParams.of(None, **self.learner)
         # One state per user (one RocksDB read + write per event): (serialised UserState, minute
         # bucket, events in it, last scored ts, last emitted-to-changelog ts).
-        user_desc = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
-        user_desc.enable_time_to_live(_ttl(self.state_ttl_ms))
-        self.user_state = ctx.get_state(user_desc)
+        self.user_state = _pickled_state(ctx, "user", self.state_ttl_ms)
         self.view = _RegistryView(self.registry_dir, self.params.dim)
         self.snapshot_version = None
         self.snapshot = online_mf.ItemSnapshot.empty(self.params.dim)
@@ -164,9 +169,7 @@ class ItemLearner(KeyedProcessFunction):
         self.params = online_mf.LearnerParams.of(None, **self.learner)
         # One state per item: (serialised ItemState, last emitted event ts, pending timer ts or
         # None, last update ts) -- one RocksDB read + write per update.
-        desc = ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())
-        desc.enable_time_to_live(_ttl(self.state_ttl_ms))
-        self.item_state = ctx.get_state(desc)
+        self.item_state = _pickled_state(ctx, "item", self.state_ttl_ms)
         self.updates = ctx.get_metrics_group().counter("item_updates")
         self.emitted = ctx.get_metrics_group().counter("item_changes_emitted")
 
