@@ -1,25 +1,25 @@
-"""Files streamrec needs that are not Python packages: the Flink Kafka connector jars and ML-100k.
+"""Files streamrec needs that are not Python packages: JVM classpaths from Maven Central and ML-100k.
 
-Both come from PyPI wheels (the only registry reachable everywhere we run), are checked against a
-pinned sha256, and are extracted into the cache / data dirs. Nothing here is committed to the repo:
-MovieLens' licence forbids redistribution, and the jars are big.
-
-- Connector: ``shigawire-apache-flink-libraries==2.0.0.post1`` carries flink-connector-kafka 4.0.1
-  (built for Flink 2.0, works with PyFlink 2.3.0) and kafka-clients 3.9.1 plus compression codecs.
-  It must never be pip-installed next to apache-flink 2.3.0 (it overlays Flink 2.0 core jars), so we
-  only download the file and take the five jars out of it.
-- Data: ``recbole==1.2.1`` ships ``dataset_example/ml-100k``.
+- The embedded Kafka broker (``jvm/kafka-broker.pom.xml``: Apache Kafka 4.x + its log4j binding)
+  and the Flink Kafka connector (``jvm/flink-connector.pom.xml``: the official SQL connector jar)
+  are resolved by ``mvn`` from committed, pinned POMs; every jar is checked against the sha256 lock
+  beside its POM before it is used. Maven's local repository keeps the downloads, so a second
+  set-up fetches nothing.
+- Data: ``recbole==1.2.1`` (a PyPI wheel) ships ``dataset_example/ml-100k``; MovieLens' licence
+  forbids redistribution, so it is extracted at set-up and never committed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from streamrec.config import Config
@@ -36,16 +36,6 @@ class WheelAsset:
     sha256: str
     members: dict[str, str]  # path inside the wheel -> file name on disk
 
-
-CONNECTOR = WheelAsset(
-    requirement="shigawire-apache-flink-libraries==2.0.0.post1",
-    filename="shigawire_apache_flink_libraries-2.0.0.post1-py3-none-any.whl",
-    sha256="aaa65537d3f0c0ff279185d8243024f0efd95788ba044bf249ba0f40b69289cd",
-    members={
-        f"pyflink/lib/{name}.jar": f"{name}.jar"
-        for name in ("flink-connector-kafka", "kafka-clients", "lz4-java", "snappy-java", "zstd-jni")
-    },
-)
 
 ML100K = WheelAsset(
     requirement="recbole==1.2.1",
@@ -107,17 +97,109 @@ def _extract(asset: WheelAsset, wheel: Path, dest: Path) -> list[Path]:
     return out
 
 
+@dataclass(frozen=True)
+class MavenClasspath:
+    """A set of jars resolved by ``mvn`` from a committed POM and pinned by a sha256 lock file."""
+
+    name: str  # directory under <cache_dir>/maven/ and the POM / lock file stem in streamrec/jvm/
+
+    @property
+    def pom(self) -> Path:
+        return Path(str(files("streamrec").joinpath("jvm", f"{self.name}.pom.xml")))
+
+    @property
+    def lock(self) -> Path:
+        return self.pom.with_name(f"{self.name}.lock")
+
+    def pinned(self) -> dict[str, str]:
+        """{jar file name: sha256} from the lock file (``sha256  name`` lines, # comments)."""
+        out = {}
+        for line in self.lock.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                digest, name = line.split(maxsplit=1)
+                out[name] = digest
+        return out
+
+
+KAFKA_BROKER = MavenClasspath("kafka-broker")
+FLINK_CONNECTOR = MavenClasspath("flink-connector")
+
+
+def check_maven() -> str:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise AssetError(
+            "Maven (`mvn`) was not found on PATH: streamrec fetches the Kafka broker and the Flink "
+            "Kafka connector from Maven Central with it (e.g. `apt-get install maven`)."
+        )
+    return mvn
+
+
+def _mismatches(directory: Path, pinned: dict[str, str]) -> list[str]:
+    present = {p.name for p in directory.glob("*.jar")} if directory.is_dir() else set()
+    problems = [f"missing {n}" for n in sorted(set(pinned) - present)]
+    problems += [f"unexpected {n}" for n in sorted(present - set(pinned))]
+    problems += [
+        f"{n} has sha256 {actual}, pinned {pinned[n]}"
+        for n in sorted(present & set(pinned))
+        if (actual := sha256_of(directory / n)) != pinned[n]
+    ]
+    return problems
+
+
+def _mvn_copy(classpath: MavenClasspath, dest: Path, log=print) -> None:
+    """Resolve the POM's runtime classpath into ``dest`` (a new directory) with mvn."""
+    cmd = [check_maven(), "-B", "-q", "-Dstyle.color=never", "-f", str(classpath.pom),
+           "dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={dest}"]
+    log(f"fetching the {classpath.name} jars with Maven ({classpath.pom.name}) ...")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip()[-1500:]
+        raise AssetError(f"mvn could not resolve {classpath.pom.name}:\n{tail}")
+
+
+def maven_jars(classpath: MavenClasspath, cfg: Config, log=print) -> list[Path]:
+    """The classpath's jars, fetched on first use and verified against the lock every time."""
+    pinned = classpath.pinned()
+    dest = cfg.paths_resolved.cache_dir / "maven" / classpath.name
+    if _mismatches(dest, pinned):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{classpath.name}-") as tmp:
+            fetched = Path(tmp) / "jars"
+            _mvn_copy(classpath, fetched, log)
+            problems = _mismatches(fetched, pinned)
+            if problems:
+                raise AssetError(
+                    f"the jars Maven resolved for {classpath.pom.name} do not match "
+                    f"{classpath.lock.name}; refusing to use them: " + "; ".join(problems[:5])
+                )
+            if dest.exists():
+                shutil.rmtree(dest)
+            fetched.rename(dest)
+    return sorted(dest / name for name in pinned)
+
+
+def relock(classpath: MavenClasspath, log=print) -> Path:
+    """Resolve the POM afresh and (re)write its lock file; review the diff before committing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fetched = Path(tmp) / "jars"
+        _mvn_copy(classpath, fetched, log)
+        lines = [f"# sha256 of every jar {classpath.pom.name} resolves (runtime scope); "
+                 "written by `streamrec setup --relock`"]
+        lines += [f"{sha256_of(j)}  {j.name}" for j in sorted(fetched.glob("*.jar"))]
+    classpath.lock.write_text("\n".join(lines) + "\n")
+    return classpath.lock
+
+
 def connector_jars(cfg: Config, log=print) -> list[Path]:
-    """The Kafka connector jars, fetched and verified on first use."""
-    jar_dir = cfg.paths_resolved.cache_dir / "jars"
-    jars = [jar_dir / name for name in CONNECTOR.members.values()]
-    stamp = jar_dir / ".sha256"
-    if all(j.is_file() for j in jars) and stamp.is_file() and stamp.read_text() == CONNECTOR.sha256:
-        return jars
-    wheel = _download_wheel(CONNECTOR, cfg.paths_resolved.cache_dir / "wheels", log)
-    _extract(CONNECTOR, wheel, jar_dir)
-    stamp.write_text(CONNECTOR.sha256)
-    return jars
+    """The Flink Kafka connector jar(s) for ``pipeline.jars`` and the cluster's lib/."""
+    return maven_jars(FLINK_CONNECTOR, cfg, log)
+
+
+def kafka_broker_jars(cfg: Config, log=print) -> list[Path]:
+    """The embedded Kafka broker's classpath."""
+    return maven_jars(KAFKA_BROKER, cfg, log)
 
 
 def ml100k_dir(cfg: Config, log=print) -> Path:
@@ -139,22 +221,29 @@ def ml100k_dir(cfg: Config, log=print) -> Path:
     return dest
 
 
-def check_java() -> str:
-    """Return ``java -version``'s first line, or raise with one clear sentence."""
+def check_java(min_major: int = 17) -> str:
+    """Return ``java -version``'s first line, or raise with one clear sentence (Flink and Kafka
+    need Java 17+)."""
     java = shutil.which("java")
+    hint = "(e.g. `apt-get install openjdk-17-jre-headless`)"
     if java is None:
-        raise AssetError(
-            "Java was not found on PATH: streamrec runs on Apache Flink, which needs a Java 11/17 "
-            "runtime (e.g. `apt-get install openjdk-17-jre-headless`)."
-        )
+        raise AssetError(f"Java was not found on PATH: streamrec runs Apache Flink and Apache Kafka, "
+                         f"which need a Java {min_major}+ runtime {hint}.")
     proc = subprocess.run([java, "-version"], capture_output=True, text=True)
-    first = (proc.stderr or proc.stdout).splitlines()[0] if (proc.stderr or proc.stdout) else ""
+    first = ((proc.stderr or proc.stdout).splitlines() or [""])[0]
     if proc.returncode != 0:
         raise AssetError(f"`java -version` failed: {first}")
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', first)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):  # "1.8.0_..." style
+        major = int(match.group(2))
+    if major < min_major:
+        raise AssetError(f"{first.strip()} is too old: streamrec needs Java {min_major}+ {hint}.")
     return first
 
 
 def ensure_all(cfg: Config, log=print) -> None:
     check_java()
+    kafka_broker_jars(cfg, log)
     connector_jars(cfg, log)
     ml100k_dir(cfg, log)

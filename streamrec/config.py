@@ -71,10 +71,20 @@ class KafkaConfig(_Section):
 
 
 class EmbeddedBrokerConfig(_Section):
+    """The local Apache Kafka broker `streamrec up` starts (one KRaft node, broker + controller)."""
+
     host: str = "127.0.0.1"
-    port: int = Field(19092, ge=1024, le=65535)
-    #: noida-db loads all its data (one JSON file) before it answers: allow for a large one.
-    startup_timeout_s: float = Field(180.0, gt=0)
+    port: int = Field(19092, ge=1024, le=65535, description="the Kafka (PLAINTEXT) listener")
+    controller_port: int = Field(19093, ge=1024, le=65535, description="the KRaft controller listener")
+    #: JVM heap of the broker; log data lives in segment files and the page cache, not the heap.
+    heap_mb: int = Field(512, ge=128, le=65_536)
+    #: Partitions of __consumer_offsets / __transaction_state (Kafka's 50 are slow to create here).
+    internal_topic_partitions: int = Field(4, ge=1, le=50)
+    startup_timeout_s: float = Field(60.0, gt=0)
+    #: SIGTERM starts Kafka's controlled shutdown; SIGKILL follows only after this long.
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    #: Extra server.properties entries, overriding streamrec's single-node settings.
+    server_properties: dict[str, str] = {}
 
 
 class PathsConfig(_Section):
@@ -283,7 +293,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
             continue
         # dict-valued keys take JSON-free "k=v,k=v"; everything else is validated by pydantic.
         parsed: Any = value
-        if keys[-1] == "client_properties":
+        if keys[-1] in ("client_properties", "server_properties"):
             parsed = dict(kv.split("=", 1) for kv in value.split(",") if "=" in kv)
         _set_path(tree, keys, parsed)
         origin[".".join(keys)] = name
@@ -392,7 +402,7 @@ def to_env(cfg: Config) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and not prefix.endswith("CLIENT_PROPERTIES"):
+        if isinstance(value, dict) and not prefix.endswith("_PROPERTIES"):
             for key, sub in value.items():
                 walk(f"{prefix}__{key.upper()}" if prefix else key.upper(), sub)
         elif isinstance(value, dict):

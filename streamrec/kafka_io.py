@@ -68,10 +68,13 @@ def _wait_for_metadata(client: AdminClient, topics: list[str], timeout: float) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         md = client.list_topics(timeout=timeout).topics
-        if all(t in md and md[t].partitions for t in topics):
+        # Creation completes asynchronously on a real cluster: wait for every partition's leader.
+        if all(t in md and md[t].partitions and all(p.leader >= 0 and p.error is None
+                                                      for p in md[t].partitions.values())
+               for t in topics):
             return
         time.sleep(0.1)
-    raise KafkaSetupError(f"topics {topics} did not appear in the cluster metadata in time")
+    raise KafkaSetupError(f"topics {topics} did not get a leader for every partition in time")
 
 
 def delete_topics(cfg: Config, topics: list[str], timeout: float = 30.0) -> None:

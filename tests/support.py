@@ -22,6 +22,7 @@ def make_config(state_dir: Path, port: int, **overrides) -> Config:
         "paths.cache_dir": str(REPO / ".streamrec" / "cache"),
         "paths.data_dir": str(REPO / ".streamrec" / "data"),
         "embedded.port": port,
+        "embedded.controller_port": free_port(),
         "flink.checkpoint_interval_ms": 1000,
     }
     base.update(overrides)

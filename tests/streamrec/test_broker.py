@@ -17,11 +17,11 @@ def test_up_reuse_down(tmp_path):
         assert broker.kafka_answers(cfg.bootstrap_servers)
         again = broker.up(cfg, log=lambda m: None)
         assert not again.started and again.pid == first.pid
-        assert (tmp_path / "broker" / "broker.pid").is_file()
+        assert (tmp_path / "kafka" / "broker.pid").is_file()
     finally:
         assert broker.down(cfg, log=lambda m: None)
     assert not broker.kafka_answers(cfg.bootstrap_servers, timeout=1)
-    assert not (tmp_path / "broker" / "broker.pid").exists()
+    assert not (tmp_path / "kafka" / "broker.pid").exists()
     assert broker.status(cfg) is None
     assert broker.down(cfg, log=lambda m: None) is False
 
@@ -33,14 +33,14 @@ def test_port_owned_by_something_else_fails_clearly(tmp_path):
         cfg = make_config(tmp_path, squatter.getsockname()[1])
         with pytest.raises(broker.BrokerError, match="in use by a process streamrec did not start"):
             broker.up(cfg, log=lambda m: None)
-    assert not (tmp_path / "broker" / "broker.pid").exists()
+    assert not (tmp_path / "kafka" / "broker.pid").exists()
 
 
 def test_external_kafka_starts_nothing(tmp_path):
     cfg = make_config(tmp_path, free_port(), **{"kafka.bootstrap_servers": "kafka.example:9092"})
     status = broker.up(cfg, log=lambda m: None)
     assert status == broker.BrokerStatus("kafka.example:9092", embedded=False, pid=None, started=False)
-    assert not (tmp_path / "broker").exists()
+    assert not (tmp_path / "kafka").exists()
     assert broker.down(cfg, log=lambda m: None) is False
 
 
