@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:  make demo   and   make test
 # Both set up everything first, idempotently: a virtualenv in .venv, the pinned packages in ONE
-# pip resolver run, the Flink Kafka connector jars and ML-100k (sha256-checked, never committed).
+# pip resolver run, the Kafka broker and Flink Kafka connector jars (Maven, sha256-locked) and
+# ML-100k (sha256-checked, never committed).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -11,12 +12,13 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test test-fast bench clean-state help
 
 help:
-	@echo "make demo   - run the whole pipeline on ML-100k with the embedded broker and Flink mini-cluster"
+	@echo "make demo   - run the whole pipeline on ML-100k with the embedded Kafka broker and Flink mini-cluster"
 	@echo "make test   - run the test suite (includes slow end-to-end tests)"
 	@echo "make bench  - run the benchmarks, results in bench/results/"
 
 $(STAMP): pyproject.toml
-	@command -v java >/dev/null 2>&1 || { echo "Java was not found: streamrec runs on Apache Flink, which needs a Java 11 or 17 runtime (e.g. apt-get install openjdk-17-jre-headless)."; exit 1; }
+	@command -v java >/dev/null 2>&1 || { echo "Java was not found: streamrec runs Apache Flink and Apache Kafka, which need a Java 17 runtime (e.g. apt-get install openjdk-17-jre-headless)."; exit 1; }
+	@command -v mvn >/dev/null 2>&1 || { echo "Maven (mvn) was not found: streamrec fetches the Kafka broker and the Flink Kafka connector from Maven Central with it (e.g. apt-get install maven)."; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { echo "streamrec needs Python 3.11 (PyFlink 2.3 wheels); found $$($(PYTHON) --version)."; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -41,4 +43,4 @@ bench: setup
 
 clean-state:
 	-$(BIN)/streamrec down
-	rm -rf .streamrec/broker .streamrec/checkpoints .streamrec/registry .streamrec/savepoints
+	rm -rf .streamrec/kafka .streamrec/checkpoints .streamrec/registry .streamrec/savepoints

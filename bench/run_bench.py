@@ -249,6 +249,28 @@ def memory(pid: int | None) -> tuple[int | None, int | None]:
     return parse_status_kb(text, "VmRSS"), parse_status_kb(text, "VmHWM")
 
 
+def parse_cpu_ticks(stat_text: str) -> int:
+    """utime + stime (clock ticks) from a ``/proc/<pid>/stat`` line.
+
+    >>> parse_cpu_ticks("123 (java (x)) S 45 123 123 0 -1 0 0 0 0 0 700 300 0 0")
+    1000
+    """
+    fields = stat_text[stat_text.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) ``pid`` has used so far, from /proc."""
+    text = _read(f"/proc/{pid}/stat") if pid else None
+    return parse_cpu_ticks(text) / os.sysconf("SC_CLK_TCK") if text else None
+
+
+def cpu_us_per_event(before: float | None, after: float | None, events: int) -> float | None:
+    if after is None or not events:
+        return None
+    return round((after - (before or 0.0)) * 1e6 / events, 1)
+
+
 def listening_ports(pid: int) -> list[int]:
     inodes = set()
     try:
@@ -489,6 +511,14 @@ def _mean(values: list[float] | None) -> float | None:
 # the phases
 
 
+def broker_process(cfg) -> int | None:
+    """The embedded broker's pid (None for an external Kafka: its CPU is not on this machine)."""
+    from streamrec import broker
+
+    status = broker.status(cfg)
+    return status.pid if status and status.embedded else None
+
+
 def bench_config(cfg, prefix: str, subdir: str):
     """``cfg`` with ``<prefix>.*`` topics and registry/checkpoints under ``<state_dir>/bench/<subdir>``
     (the pattern of :func:`streamrec.demo.demo_config`)."""
@@ -555,6 +585,8 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
     exporter = start_exporter(tcfg, root / "exporter.log")
     monitor = Monitor(say, exporter.pid, interval_s=sample_s, expected=len(events))
     monitor.start()
+    broker_pid = broker_process(tcfg)
+    broker_cpu0, exporter_cpu0 = cpu_seconds(broker_pid), cpu_seconds(exporter.pid)
     wall0 = time.time()
     try:
         run = pipeline.run(tcfg, bounded=True, quiet=True)
@@ -562,8 +594,15 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         wall = time.time() - wall0
         monitor.stop()
         _, exporter_hwm = memory(exporter.pid)
+        exporter_cpu1, broker_cpu1 = cpu_seconds(exporter.pid), cpu_seconds(broker_pid)
         stop_process(exporter)
     _, jvm_hwm = memory(monitor.jvm)
+    broker_rss, broker_hwm = memory(broker_pid)
+    n = res.delivered
+    # The mini-cluster JVM is started by this run: its whole CPU time (start-up included) counts.
+    cpu = {"flink_jvm": cpu_us_per_event(0.0, cpu_seconds(monitor.jvm), n),
+           "broker": cpu_us_per_event(broker_cpu0, broker_cpu1, n),
+           "exporter": cpu_us_per_event(exporter_cpu0, exporter_cpu1, n)}
     say(f"pipeline finished in {wall:.0f} s; reading the recommendations")
 
     recs = [r.json() for r in kafka_io.read_topic(tcfg, tcfg.kafka.topics.recommendations)]
@@ -581,7 +620,9 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "events_per_s_incl_startup": res.delivered / wall if wall else None,
         "replay_events_per_s": res.rate,
         "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
+        "cpu_us_per_event": cpu,
         "memory": {"jvm_peak_rss": jvm_hwm, "exporter_peak_rss": exporter_hwm,
+                   "broker_rss": broker_rss, "broker_peak_rss": broker_hwm,
                    "jvm_peak_rss_sampled": monitor.peak["jvm_rss"] or None,
                    "exporter_peak_rss_sampled": monitor.peak["exporter_rss"] or None},
         "checkpoints": monitor.checkpoint_summary(),
@@ -779,8 +820,12 @@ def table(result: dict) -> str:
                                           f"({_fmt(t.get('wall_s'), '.0f')} s wall)"),
         ("scoring batches: mean / max", f"{_fmt((t.get('batch') or {}).get('mean_batch'), '.1f')} / "
                                         f"{_fmt((t.get('batch') or {}).get('max_batch'))}"),
-        ("peak RSS: Flink JVM / exporter", f"{_mib((t.get('memory') or {}).get('jvm_peak_rss'))} / "
-                                           f"{_mib((t.get('memory') or {}).get('exporter_peak_rss'))}"),
+        ("peak RSS: Flink JVM / exporter / broker", f"{_mib((t.get('memory') or {}).get('jvm_peak_rss'))} / "
+                                                    f"{_mib((t.get('memory') or {}).get('exporter_peak_rss'))} / "
+                                                    f"{_mib((t.get('memory') or {}).get('broker_peak_rss'))}"),
+        ("CPU µs per event: Flink JVM / broker / exporter",
+         " / ".join(_fmt((t.get("cpu_us_per_event") or {}).get(k), ".0f")
+                    for k in ("flink_jvm", "broker", "exporter"))),
         ("checkpoints completed / failed", f"{(cp.get('counts') or {}).get('completed', '-')} / "
                                            f"{(cp.get('counts') or {}).get('failed', '-')}"),
         ("checkpoint duration p50 / max", f"{_fmt((cp.get('duration_ms') or {}).get('p50'))} / "
@@ -813,7 +858,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
               progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
               command: str | None = None) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
-    from streamrec import assets, broker, kafka_io, replay
+    from streamrec import assets, broker, replay
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", flush=True)
@@ -827,6 +872,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     say(assets.check_java())
     data_dir = assets.ml100k_dir(cfg)
     assets.connector_jars(cfg)
+    assets.kafka_broker_jars(cfg)
     events = replay.ml100k_events(data_dir)
     if limit:
         events = events[:limit]
@@ -858,8 +904,6 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             result["latency"] = latency_phase(cfg, full, rate, latency_seconds, say, progress, sample_s)
     finally:
         if status.started:
-            # the embedded broker persists all topics in one file loaded at start: drop ours
-            kafka_io.delete_topics_with_prefix(cfg, "bench.")
             broker.down(cfg, log=say)
     result["load_after"] = os.getloadavg()
     result["total_s"] = round(time.time() - started, 1)

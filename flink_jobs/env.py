@@ -4,7 +4,7 @@
   in process mode. Never change the mode across a restore: state comes back empty, silently.
 - RocksDB state backend, incremental checkpoints under ``paths.checkpoint_dir/<job>``, retained on
   cancellation (restore with ``execution.state-recovery.path``).
-- The Kafka connector jars go on ``pipeline.jars``.
+- The Kafka connector jar goes on ``pipeline.jars`` (unless the cluster has it in lib/).
 - Kafka sinks are exactly-once: transactions commit when a checkpoint completes, with a
   transaction timeout the broker accepts (brokers cap it at 15 min by default).
 """
@@ -47,7 +47,6 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
     conf = Configuration()
     settings = {
         "pipeline.name": job_name,
-        "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars(cfg)),
         "parallelism.default": str(cfg.flink.parallelism),
         "python.execution-mode": cfg.flink.execution_mode,
         # the interpreter running this driver (its venv has pemja and our packages), unless the
@@ -82,6 +81,8 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         "taskmanager.memory.process.size": "1600m",
         "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
     }
+    if cfg.flink.ship_connector:
+        settings["pipeline.jars"] = ";".join(p.resolve().as_uri() for p in connector_jars(cfg))
     if restore_from:
         settings["execution.state-recovery.path"] = restore_from
     for key, value in settings.items():

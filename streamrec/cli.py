@@ -1,6 +1,6 @@
 """``streamrec``: the front door.
 
-    streamrec up | down | status          embedded Kafka-protocol broker (skipped for a real Kafka)
+    streamrec up | down | status          the embedded Apache Kafka broker (skipped for an external Kafka)
     streamrec topics create | list        the configured topics
     streamrec replay [ml-100k | FILE]     produce a dataset into events.raw
     streamrec consume TOPIC               print records (read_committed)
@@ -13,7 +13,7 @@
     streamrec exporter [--once] [--force] the sidecar: model changelog -> ONNX registry versions
     streamrec model list | promote V | rollback [V]   the model registry
     streamrec bench [--limit N] [--scale] ML-100k benchmark (throughput, latency, quality) -> bench/results/
-    streamrec setup                       fetch + verify the connector jars and ML-100k
+    streamrec setup [--relock]            fetch + verify the broker and connector jars, ML-100k
     streamrec config                      print the effective configuration
 """
 
@@ -330,8 +330,14 @@ def cmd_setup(args, cfg: Config) -> int:
     from streamrec import assets
 
     print(assets.check_java())
+    if args.relock:  # after a version change in a POM: resolve afresh, rewrite the lock, review
+        for classpath in (assets.KAFKA_BROKER, assets.FLINK_CONNECTOR):
+            print(f"rewrote {assets.relock(classpath)}")
+    broker_jars = assets.kafka_broker_jars(cfg)
+    print(f"kafka broker: {len(broker_jars)} jars verified "
+          f"({next(j.name for j in broker_jars if j.name.startswith('kafka_2.13'))})")
     for jar in assets.connector_jars(cfg):
-        print(f"connector jar: {jar.name}")
+        print(f"flink connector: {jar.name} verified")
     print(f"ml-100k: {assets.ml100k_dir(cfg)}")
     return 0
 
@@ -439,7 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 
-    sub.add_parser("setup", help="fetch and verify connector jars and ML-100k").set_defaults(func=cmd_setup)
+    p = sub.add_parser("setup", help="fetch (Maven, PyPI) and verify the Kafka broker, the Flink "
+                       "connector and ML-100k")
+    p.add_argument("--relock", action="store_true", help="re-resolve the POMs in streamrec/jvm/ "
+                   "and rewrite their sha256 lock files (after a version change)")
+    p.set_defaults(func=cmd_setup)
     sub.add_parser("config", help="print the effective configuration").set_defaults(func=cmd_config)
     return parser
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pyflink
 
+from streamrec.assets import connector_jars
 from streamrec.config import Config, to_env
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
@@ -117,8 +118,9 @@ def _prepare(cfg: Config) -> dict[str, str]:
         if src.is_file():
             (conf / name).write_text(src.read_text())
     jars = list((FLINK_HOME / "lib").glob("*.jar")) + list((FLINK_HOME / "opt").glob("flink-python-*.jar"))
-    # The Kafka connector is NOT put here: jobs ship it as user jars (pipeline.jars); having it on
-    # both classpaths fails with ClassCastException (OffsetResetStrategy loaded twice).
+    # The Kafka connector lives in the cluster's lib/, as on any Flink cluster; jobs submitted here
+    # do not ship it again (flink.ship_connector=false in submit()): twice fails with ClassCastException.
+    jars += connector_jars(cfg)
     for old in lib.iterdir():
         old.unlink()
     for jar in jars:
@@ -210,8 +212,10 @@ def _flink_cli(cfg: Config, args: list[str], timeout: float = 300) -> subprocess
 def submit(cfg: Config, job_module: str = "flink_jobs.pipeline", parallelism: int | None = None,
            from_savepoint: str | None = None, job_args: list[str] | None = None) -> str:
     """Submit a job detached; returns its job id. The job runs with ``cfg`` (passed as env)."""
-    if parallelism:
-        cfg = cfg.model_copy(update={"flink": cfg.flink.model_copy(update={"parallelism": parallelism})})
+    flink = {"parallelism": parallelism} if parallelism else {}
+    if not cfg.flink.jobmanager_address.strip():
+        flink["ship_connector"] = False  # our standalone cluster has it in lib/
+    cfg = cfg.model_copy(update={"flink": cfg.flink.model_copy(update=flink)})
     args = ["run", "-d", "-pym", job_module, "-pyfs", ",".join(str(REPO / p) for p in PY_PACKAGES),
             "-pyexec", sys.executable, "-pyclientexec", sys.executable]
     if from_savepoint:

@@ -127,6 +127,10 @@ class FlinkConfig(_Section):
     python_bundle_time_ms: int = Field(100, ge=1)
     #: Python interpreter on the TaskManagers; empty = the one running the driver (this venv).
     python_executable: str = ""
+    #: Ship the Kafka connector with each job (``pipeline.jars``). False where the cluster has it
+    #: in lib/ (``streamrec cluster``, the docker-compose images): on both classpaths its classes
+    #: load twice and the job fails with ClassCastException.
+    ship_connector: bool = True
     #: A remote JobManager ``host:port`` for ``streamrec submit``; empty = the local standalone cluster.
     jobmanager_address: str = ""
     rest_port: int = Field(8081, ge=1024, le=65535)

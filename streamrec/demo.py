@@ -163,9 +163,8 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         if exporter is not None:
             stop_process(exporter)
         if status.started and not keep_running:
-            # noida-db persists every topic in one JSON file it loads at start: a demo's topics
-            # (GBs, mostly features.item) would slow every later `streamrec up`
-            kafka_io.delete_topics_with_prefix(cfg, "demo.")
+            # The demo's topics stay (inspect them with `streamrec consume demo.*`); the next demo
+            # deletes them at its start.
             broker.down(cfg, log=_say)
         elif status.embedded and not keep_running:
             _say("the broker was already running before the demo; left running (`streamrec down` stops it)")

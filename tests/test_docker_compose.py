@@ -1,0 +1,63 @@
+"""docker-compose.yml, validated by a real compose client (no Docker engine runs here or in CI:
+the client parses, interpolates and validates the file against the compose schema)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.support import REPO
+
+COMPOSE = shutil.which("docker-compose")
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    if COMPOSE is None:
+        pytest.skip("no compose client: `apt-get install docker-compose` (.ci/run installs it)")
+    proc = subprocess.run([COMPOSE, "-f", str(REPO / "docker-compose.yml"), "--profile", "cli",
+                           "config"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def test_kafka_is_4x_kraft_with_a_data_volume_and_a_healthcheck(stack):
+    kafka = stack["services"]["kafka"]
+    assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", kafka["image"])
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert str(env[key]) == "1", key
+    assert any(v.startswith("kafka-data:") for v in kafka["volumes"])
+    assert "kafka-data" in stack["volumes"]
+    assert "kafka-broker-api-versions" in " ".join(kafka["healthcheck"]["test"])
+
+
+def test_flink_runs_the_official_image_with_pyflink_and_the_connector():
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM flink:2\.\d+\.\d+-java17$", dockerfile, re.M)
+    assert "flink-connector.lock" in dockerfile and "sha256sum -c" in dockerfile
+    assert "/opt/flink/lib/" in dockerfile and "uv pip install -e ." in dockerfile
+
+
+def test_rest_port_is_bound_to_loopback_only(stack):
+    for name, service in stack["services"].items():
+        for port in service.get("ports", []):
+            published = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port['published']}"
+            assert published.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    jm = stack["services"]["jobmanager"]["ports"]
+    assert jm, "the Flink web UI / REST port is not published at all"
+
+
+def test_exporter_sidecar_and_job_share_the_registry_volume(stack):
+    services = stack["services"]
+    assert services["exporter"]["command"] == ["streamrec", "exporter"]
+    for name in ("jobmanager", "taskmanager", "exporter", "cli"):
+        assert any(v.startswith("streamrec-data:/data/streamrec") for v in services[name]["volumes"]), name
+        assert services[name]["environment"]["STREAMREC_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert services["taskmanager"]["depends_on"]["jobmanager"]["condition"] == "service_healthy"
