@@ -131,7 +131,8 @@ def _java_cmd(cfg: Config, main: list[str], heap_mb: int) -> list[str]:
 
     check_java(min_major=17)
     bdir = broker_dir(cfg)
-    classpath = ":".join(str(j) for j in kafka_broker_jars(cfg))
+    # The directory holds exactly the locked jars (checked by kafka_broker_jars): a wildcard will do.
+    classpath = str(kafka_broker_jars(cfg)[0].parent / "*")
     return [
         shutil.which("java"), f"-Xms{min(heap_mb, 256)}m", f"-Xmx{heap_mb}m",
         # Kafka's own defaults (bin/kafka-run-class.sh): G1 with short pauses.

@@ -60,7 +60,7 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
             feeder.join(120)
             assert produced["result"].failed == 0  # the idempotent producer retried through it
             recs = wait_for_records(cfg, cfg.kafka.topics.recommendations, N_EVENTS, timeout_s=240)
-            status = str(run.job_client.get_job_status().result())
+            status = run.job_client.get_job_status().result().name
         finally:
             run.job_client.cancel().result()
     finally:

@@ -52,3 +52,54 @@ def test_topics_created_with_configured_partitions(cfg):
     for topic in cfg.kafka.topics.all():
         assert len(md[topic].partitions) == cfg.kafka.partitions
     assert set(ensure_topics(cfg).values()) == {"exists"}  # idempotent
+
+
+def test_data_survives_down_and_up(tmp_path):
+    from streamrec import replay
+    from streamrec.kafka_io import read_topic
+
+    cfg = make_config(tmp_path, free_port())
+    broker.up(cfg, log=lambda m: None)
+    try:
+        ensure_topics(cfg, ["kept"])
+        events = [{"event_id": f"e{i}", "user_id": "u", "item_id": "i", "event_type": "view", "ts": i}
+                  for i in range(50)]
+        assert replay.produce(cfg, "kept", replay.encode_events(events), progress=False).failed == 0
+        assert broker.down(cfg, log=lambda m: None)
+        again = broker.up(cfg, log=lambda m: None)
+        assert again.started  # a new process, on the same formatted storage
+        assert len(list(read_topic(cfg, "kept"))) == 50
+    finally:
+        broker.down(cfg, log=lambda m: None)
+
+
+def test_busy_controller_port_and_port_clash_fail_clearly(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy = squatter.getsockname()[1]
+        cfg = make_config(tmp_path, free_port(), **{"embedded.controller_port": busy})
+        with pytest.raises(broker.BrokerError, match=f"port {busy} .* embedded.controller_port"):
+            broker.up(cfg, log=lambda m: None)
+    port = free_port()
+    cfg = make_config(tmp_path, port, **{"embedded.controller_port": port})
+    with pytest.raises(broker.BrokerError, match="needs two different ports"):
+        broker.up(cfg, log=lambda m: None)
+
+
+def test_out_of_range_port_is_a_config_error(tmp_path):
+    from streamrec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="embedded.port = 80"):
+        make_config(tmp_path, 80)
+
+
+def test_server_properties_are_single_node_safe(tmp_path):
+    cfg = make_config(tmp_path, free_port(), **{"embedded.server_properties": {"num.io.threads": "4"}})
+    props = broker.server_properties(cfg)
+    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                "transaction.state.log.min.isr", "default.replication.factor", "min.insync.replicas"):
+        assert props[key] == "1", key
+    assert props["process.roles"] == "broker,controller"
+    assert props["num.io.threads"] == "4"  # a user override wins
+    assert int(props["transaction.max.timeout.ms"]) >= cfg.kafka.transaction_timeout_ms

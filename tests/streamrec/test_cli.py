@@ -48,3 +48,22 @@ def test_missing_java_is_one_sentence(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(assets.AssetError, match="Java was not found on PATH"):
         assets.check_java()
+
+
+def test_missing_maven_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(assets.AssetError, match=r"Maven \(`mvn`\) was not found on PATH"):
+        assets.check_maven()
+
+
+def test_a_tampered_jar_is_never_used(tmp_path):
+    """A jar in the cache that does not match the lock is fetched again, and what is returned
+    matches the lock."""
+    from tests.support import make_config
+
+    cfg = make_config(tmp_path, 19092, **{"paths.cache_dir": str(tmp_path / "cache")})
+    jars = assets.connector_jars(cfg)
+    jars[0].write_bytes(b"not the connector")
+    again = assets.connector_jars(cfg)
+    pinned = assets.FLINK_CONNECTOR.pinned()
+    assert {j.name: assets.sha256_of(j) for j in again} == pinned
