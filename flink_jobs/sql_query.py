@@ -6,7 +6,9 @@
 Tables (sql/query_tables.sql): ``events_raw``, ``events_clean``, ``features_user``,
 ``features_item`` (latest row per id; ``features_user_log`` / ``features_item_log`` hold every
 window row) and ``recommendations``. Reads are bounded at the end offsets present at start and
-read_committed; the statement runs in BATCH mode.
+read_committed; the statement runs in BATCH mode. It is read-only unless ``allow_write``: only
+SELECT / WITH / VALUES / SHOW / DESCRIBE / EXPLAIN, one statement, no ``OPTIONS`` hints (which
+could point a table at another cluster or topic).
 """
 
 from __future__ import annotations
@@ -33,8 +35,73 @@ def _flink_message(exc: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def run_query(cfg: Config, statement: str) -> tuple[list[str], list[tuple]]:
+READ_ONLY_KEYWORDS = ("SELECT", "WITH", "VALUES", "SHOW", "DESCRIBE", "DESC", "EXPLAIN")
+
+
+def _code_only(statement: str) -> str:
+    """The statement with string literals, quoted identifiers and comments blanked out (hints
+    ``/*+ ... */`` are kept: they change what a statement does)."""
+    out, i, n = [], 0, len(statement)
+    while i < n:
+        ch, two = statement[i], statement[i:i + 2]
+        if ch in "'`\"":
+            end = i + 1
+            while end < n:
+                if statement[end] == ch:
+                    if statement[end + 1:end + 2] == ch:  # doubled quote inside the literal
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(" ")
+            i = end + 1
+        elif two == "--":
+            end = statement.find("\n", i)
+            i = n if end < 0 else end
+        elif two == "/*" and statement[i + 2:i + 3] != "+":
+            end = statement.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def check_read_only(statement: str) -> None:
+    """Raise QueryError unless ``statement`` is one read-only statement.
+
+    >>> check_read_only("SELECT 'a; DROP TABLE x' AS s -- ; INSERT")
+    >>> check_read_only("  show tables")
+    >>> check_read_only("INSERT INTO recommendations SELECT * FROM recommendations")
+    Traceback (most recent call last):
+    ...
+    flink_jobs.sql_query.QueryError: streamrec sql is read-only: INSERT statements are refused (only SELECT, WITH, VALUES, SHOW, DESCRIBE, DESC, EXPLAIN); pass --allow-write to run it
+    >>> check_read_only("SELECT * FROM events_raw /*+ OPTIONS('properties.bootstrap.servers'='evil:9092') */")
+    Traceback (most recent call last):
+    ...
+    flink_jobs.sql_query.QueryError: streamrec sql is read-only: OPTIONS hints are refused (they can point a table at another cluster or topic); pass --allow-write to run it
+    """
+    code = _code_only(statement).strip().rstrip(";").strip()
+    if ";" in code:
+        raise QueryError("streamrec sql runs one statement at a time; found several (separated by ';')")
+    words = code.split(None, 1)
+    first = words[0].upper() if words else ""
+    if first not in READ_ONLY_KEYWORDS:
+        raise QueryError(f"streamrec sql is read-only: {first or 'empty'} statements are refused "
+                         f"(only {', '.join(READ_ONLY_KEYWORDS)}); pass --allow-write to run it")
+    if re.search(r"/\*\+.*\bOPTIONS\s*\(", code, re.I | re.S):
+        raise QueryError("streamrec sql is read-only: OPTIONS hints are refused (they can point a "
+                         "table at another cluster or topic); pass --allow-write to run it")
+    if re.search(r"\b(INSERT|EXECUTE|CREATE|DROP|ALTER)\b", code, re.I) and first != "EXPLAIN":
+        raise QueryError("streamrec sql is read-only: the statement contains a writing clause "
+                         "(INSERT / CREATE / DROP / ALTER / EXECUTE); pass --allow-write to run it")
+
+
+def run_query(cfg: Config, statement: str, allow_write: bool = False) -> tuple[list[str], list[tuple]]:
     from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    if not allow_write:
+        check_read_only(statement)  # before anything connects anywhere
 
     t = cfg.kafka.topics
     ensure_topics(cfg, [t.raw, t.clean, t.features_user, t.features_item, t.recommendations])

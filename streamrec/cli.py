@@ -145,7 +145,7 @@ def cmd_run(args, cfg: Config) -> int:
 
 
 def cmd_sql(args, cfg: Config) -> int:
-    from flink_jobs.sql_query import QueryError, format_table, run_query
+    from flink_jobs.sql_query import QueryError, check_read_only, format_table, run_query
 
     if args.file:
         statement = Path(args.file).read_text()
@@ -154,9 +154,11 @@ def cmd_sql(args, cfg: Config) -> int:
     else:
         print("error: give a statement or -f FILE", file=sys.stderr)
         return 2
-    ensure_kafka(cfg, [])
     try:
-        columns, rows = run_query(cfg, statement)
+        if not args.allow_write:
+            check_read_only(statement)
+        ensure_kafka(cfg, [])
+        columns, rows = run_query(cfg, statement, allow_write=args.allow_write)
     except QueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -391,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sql", help="run a Flink SQL query over bounded reads of the topics")
     p.add_argument("statement", nargs="?", help="e.g. \"SELECT * FROM features_item LIMIT 5\"")
     p.add_argument("-f", "--file", help="read the statement from a file")
+    p.add_argument("--allow-write", action="store_true", help="also run statements that write "
+                   "(INSERT, CREATE, ...) or carry OPTIONS hints; read-only by default")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("demo", help="broker + ML-100k replay + pipeline, end to end; stops it all")

@@ -26,3 +26,33 @@ def test_sql_front_door_exact_rows_and_clean_errors(cfg, capsys):
     with pytest.raises(QueryError) as err:
         run_query(cfg, "SELECT nope FROM events_clean")
     assert "Column 'nope' not found" in str(err.value) and "\tat " not in str(err.value)
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO recommendations SELECT * FROM recommendations",
+    "insert into events_raw values ('x')",
+    "CREATE TABLE t (a INT) WITH ('connector' = 'kafka', 'topic' = 'recommendations')",
+    "DROP TABLE recommendations",
+    "SELECT 1; INSERT INTO events_raw VALUES ('x')",
+    "SELECT * FROM recommendations /*+ OPTIONS('properties.bootstrap.servers'='other:9092') */",
+    "EXECUTE STATEMENT SET BEGIN INSERT INTO a SELECT 1; END",
+    "SET 'table.exec.sink.not-null-enforcer' = 'DROP'",
+])
+def test_sql_is_read_only_by_default(statement, capsys):
+    """Refused before anything connects: no broker is needed to be told no."""
+    from streamrec.cli import main
+
+    assert main(["sql", statement]) == 1
+    err = capsys.readouterr().err
+    assert "read-only" in err or "one statement" in err, err
+    assert "--allow-write" in err or "one statement" in err
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT 'INSERT INTO x' AS s", "WITH a AS (SELECT 1 AS x) SELECT * FROM a", "SHOW TABLES",
+    "DESCRIBE recommendations", "EXPLAIN SELECT * FROM events_clean", "SELECT 1 -- ; DROP TABLE x",
+])
+def test_read_only_statements_pass_the_check(statement):
+    from flink_jobs.sql_query import check_read_only
+
+    check_read_only(statement)
