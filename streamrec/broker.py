@@ -151,8 +151,10 @@ def _format_storage(cfg: Config, props: Path) -> None:
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     # StorageTool ends with System.exit: run it as its own short JVM.
+    # `--cluster-id=ID`, not `--cluster-id ID`: a base64url id may start with '-' (1 in 32), which
+    # argparse would take for an option.
     cmd = _java_cmd(cfg, ["kafka.tools.StorageTool", "format", "--ignore-formatted",
-                          "--cluster-id", cluster_id, "--config", str(props)], heap_mb=256)
+                          f"--cluster-id={cluster_id}", "--config", str(props)], heap_mb=256)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BrokerError("formatting the embedded broker's storage failed: "

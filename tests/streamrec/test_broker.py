@@ -103,3 +103,16 @@ def test_server_properties_are_single_node_safe(tmp_path):
     assert props["process.roles"] == "broker,controller"
     assert props["num.io.threads"] == "4"  # a user override wins
     assert int(props["transaction.max.timeout.ms"]) >= cfg.kafka.transaction_timeout_ms
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path, monkeypatch):
+    """1 in 32 random base64url ids start with '-': the storage tool must not read it as a flag."""
+    class DashId:
+        bytes = b"\xfb" + bytes(15)  # base64url "-wAAAA..."
+
+    cfg = make_config(tmp_path, free_port())
+    props, _ = broker._write_config(cfg)
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: DashId)
+    broker._format_storage(cfg, props)
+    meta = (tmp_path / "kafka" / "data" / "meta.properties").read_text()
+    assert "cluster.id=-wAAAAAAAAAAAAAAAAAAAA" in meta
