@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -32,6 +33,13 @@ class FlinkRuntime:
     t_env: StreamTableEnvironment
     job_name: str
     checkpoint_dir: Path
+    #: Names this run's Kafka transactions (kept across restarts and resumes of one lineage, unique
+    #: between jobs: two jobs sharing a prefix fence each other's producers).
+    run_id: str
+
+    @property
+    def transaction_prefix(self) -> str:
+        return f"{self.job_name}-{self.run_id}"
 
 
 def python_path() -> str:
@@ -70,8 +78,9 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         # A finished bounded job still takes its final checkpoint, committing the last transaction.
         "execution.checkpointing.checkpoints-after-tasks-finish": "true",
         "restart-strategy.type": "fixed-delay",
-        "restart-strategy.fixed-delay.attempts": "3",
-        "restart-strategy.fixed-delay.delay": "2 s",
+        "restart-strategy.fixed-delay.attempts": str(cfg.flink.restart_attempts),
+        "restart-strategy.fixed-delay.delay": f"{cfg.flink.restart_delay_ms} ms",
+        "execution.checkpointing.tolerable-failed-checkpoints": str(cfg.flink.tolerable_checkpoint_failures),
         "table.exec.source.idle-timeout": "2 s",
         # Python operators process records in bundles; the default (100k records) lets them swallow
         # a whole replay, so backpressure never reaches the source and a bounded job's data sits
@@ -103,8 +112,10 @@ def _this_python_first_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *parts])
 
 
-def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None) -> FlinkRuntime:
-    """A StreamExecutionEnvironment and a StreamTableEnvironment on it, configured for streamrec."""
+def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
+                  run_id: str | None = None) -> FlinkRuntime:
+    """A StreamExecutionEnvironment and a StreamTableEnvironment on it, configured for streamrec.
+    Without ``run_id`` (a job with no lineage) the run gets a new one."""
     _this_python_first_on_path()
     conf = flink_configuration(cfg, job_name, restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
@@ -119,7 +130,8 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None) -
     env.set_python_executable(python)
     t_env.get_config().set("python.executable", python)
     t_env.get_config().set("python.pythonpath", python_path())
-    return FlinkRuntime(env, t_env, job_name, cfg.paths_resolved.checkpoint_dir / job_name)
+    return FlinkRuntime(env, t_env, job_name, cfg.paths_resolved.checkpoint_dir / job_name,
+                        run_id or uuid.uuid4().hex[:10])
 
 
 def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool) -> str:
@@ -138,14 +150,14 @@ def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool) -> 
     return _with(opts)
 
 
-def kafka_sink_options(cfg: Config, topic: str, job_name: str) -> str:
-    """WITH-clause options of an exactly-once Kafka SQL sink."""
+def kafka_sink_options(cfg: Config, topic: str, transaction_prefix: str) -> str:
+    """WITH-clause options of an exactly-once Kafka SQL sink (``FlinkRuntime.transaction_prefix``)."""
     opts = {
         "connector": "kafka",
         "topic": topic,
         "properties.bootstrap.servers": cfg.bootstrap_servers,
         "sink.delivery-guarantee": "exactly-once",
-        "sink.transactional-id-prefix": f"streamrec-{job_name}-{topic}",
+        "sink.transactional-id-prefix": f"{transaction_prefix}-{topic}",
         "properties.transaction.timeout.ms": str(cfg.kafka.transaction_timeout_ms),
         **{f"properties.{k}": v for k, v in cfg.kafka.client_properties.items()},
     }

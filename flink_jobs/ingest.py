@@ -115,7 +115,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     for ddl in render_sql(
         "ingest",
         source_options=kafka_source_options(cfg, t.raw, rt.job_name, bounded),
-        dlq_sink_options=kafka_sink_options(cfg, t.dlq, rt.job_name),
+        dlq_sink_options=kafka_sink_options(cfg, t.dlq, rt.transaction_prefix),
         watermark_delay=sql_interval(ing.watermark_delay_ms),
         watermark_delay_ms=ing.watermark_delay_ms,
         max_future_ms=ing.max_future_ms,
@@ -152,9 +152,9 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
 
     for stmt in render_sql(
         "ingest_sinks",
-        clean_sink_options=kafka_sink_options(cfg, t.clean, rt.job_name),
-        user_sink_options=_upsert(kafka_sink_options(cfg, t.features_user, rt.job_name)),
-        item_sink_options=_upsert(kafka_sink_options(cfg, t.features_item, rt.job_name)),
+        clean_sink_options=kafka_sink_options(cfg, t.clean, rt.transaction_prefix),
+        user_sink_options=_upsert(kafka_sink_options(cfg, t.features_user, rt.transaction_prefix)),
+        item_sink_options=_upsert(kafka_sink_options(cfg, t.features_item, rt.transaction_prefix)),
         dlq_max_bytes=ing.dlq_payload_max_bytes,
         slide=sql_interval(ing.window_slide_ms),
         long_window=sql_interval(ing.long_window_ms),

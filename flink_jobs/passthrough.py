@@ -23,7 +23,7 @@ def run(cfg: Config, target_topic: str, bounded: bool = False, wait: bool = True
     statements = render_sql(
         "passthrough",
         source_options=kafka_source_options(cfg, cfg.kafka.topics.raw, JOB_NAME, bounded),
-        sink_options=kafka_sink_options(cfg, target_topic, JOB_NAME),
+        sink_options=kafka_sink_options(cfg, target_topic, rt.transaction_prefix),
     )
     for ddl in statements[:-1]:
         rt.t_env.execute_sql(ddl)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pyflink.common import Types
 
+from flink_jobs import lineage
 from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, render_sql
 from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.config import Config, describe, load_config
@@ -85,9 +86,9 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, counters_dir=None):
 
     for ddl in render_sql(
         "pipeline_sinks",
-        model_items_options=kafka_sink_options(cfg, topics.model_items, rt.job_name),
-        model_users_options=kafka_sink_options(cfg, topics.model_users, rt.job_name),
-        recommendations_options=kafka_sink_options(cfg, topics.recommendations, rt.job_name),
+        model_items_options=kafka_sink_options(cfg, topics.model_items, rt.transaction_prefix),
+        model_users_options=kafka_sink_options(cfg, topics.model_users, rt.transaction_prefix),
+        recommendations_options=kafka_sink_options(cfg, topics.recommendations, rt.transaction_prefix),
     ):
         t_env.execute_sql(ddl)
     statements.add_insert("model_items_sink", t_env.from_data_stream(item_changes))
@@ -97,12 +98,16 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, counters_dir=None):
 
 
 def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True,
-        quiet: bool = False) -> PipelineRun:
+        quiet: bool = False, fresh: bool = False) -> PipelineRun:
+    """Run the pipeline; by default it resumes from its lineage's latest retained checkpoint
+    (flink_jobs/lineage.py), ``fresh`` starts over and discards it."""
     if not quiet:
         print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
     ensure_topics(cfg)
     cfg.paths_resolved.registry_dir.mkdir(parents=True, exist_ok=True)
-    rt = build_runtime(cfg, JOB_NAME, restore_from)
+    plan = lineage.plan_run(cfg, JOB_NAME, fresh=fresh, restore_from=restore_from, bounded=bounded)
+    print(f"[{JOB_NAME}] {plan.reason}", file=sys.stderr)
+    rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
     counters_dir = rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12]
     statements = build(rt, cfg, bounded, counters_dir)
     statements.attach_as_datastream()
@@ -111,6 +116,8 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
         return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME))
     rt.env.execute(JOB_NAME)
     seconds = time.monotonic() - started
+    if bounded:  # Flink discards a finished job's checkpoints: remember that it finished
+        lineage.mark_finished(cfg, JOB_NAME, "the end offsets present at its start")
     summary = summarize(cfg, counters_dir, seconds) if bounded else None
     if summary and not quiet:
         print(summary.line(), file=sys.stderr)
@@ -121,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
     parser.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
+    parser.add_argument("--fresh", action="store_true", help="start over: discard the retained checkpoints")
     parser.add_argument("--no-wait", action="store_true", help="return once submitted (cluster mode)")
     args = parser.parse_args(argv)
-    run(load_config(), bounded=args.bounded, restore_from=args.restore_from, wait=not args.no_wait)
+    run(load_config(), bounded=args.bounded, restore_from=args.restore_from, wait=not args.no_wait,
+        fresh=args.fresh)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     streamrec topics create | list        the configured topics
     streamrec replay [ml-100k | FILE]     produce a dataset into events.raw
     streamrec consume TOPIC               print records (read_committed)
-    streamrec run [--bounded]             the pipeline job on Flink's local mini-cluster
+    streamrec run [--bounded] [--fresh]   the pipeline job on Flink's local mini-cluster (resumes by default)
     streamrec sql "SELECT ..."            a Flink SQL query over the topics (bounded), as a table
     streamrec demo                        everything above, end to end, then stops it all
     streamrec cluster up | down | status  a standalone Flink cluster from the PyFlink wheel
@@ -140,7 +140,7 @@ def cmd_run(args, cfg: Config) -> int:
     from flink_jobs import pipeline
 
     ensure_kafka(cfg)
-    pipeline.run(cfg, bounded=args.bounded, restore_from=args.restore_from)
+    pipeline.run(cfg, bounded=args.bounded, restore_from=args.restore_from, fresh=args.fresh)
     return 0
 
 
@@ -196,9 +196,12 @@ def cmd_submit(args, cfg: Config) -> int:
     from streamrec import cluster
 
     ensure_kafka(cfg)
-    job_args = ["--no-wait"] + (["--bounded"] if args.bounded else [])
-    job_id = cluster.submit(cfg, parallelism=args.parallelism, from_savepoint=args.from_savepoint,
-                            job_args=job_args)
+    # The job's driver decides where it starts (flink_jobs/lineage.py): the latest retained
+    # checkpoint or recorded savepoint of this state dir, --from-savepoint, or --fresh.
+    job_args = ["--no-wait"] + (["--bounded"] if args.bounded else []) + (["--fresh"] if args.fresh else [])
+    if args.from_savepoint:
+        job_args += ["--restore-from", args.from_savepoint]
+    job_id = cluster.submit(cfg, parallelism=args.parallelism, job_args=job_args)
     print(f"submitted job {job_id}")
     print(f"web UI: {cluster.rest_url(cfg)}/#/job/running/{job_id}/overview")
     return 0
@@ -211,7 +214,12 @@ def cmd_stop(args, cfg: Config) -> int:
         print("error: only `streamrec stop --savepoint JOB_ID` is supported (a stop without a "
               "savepoint loses the job's state; use the web UI to cancel)", file=sys.stderr)
         return 2
-    print(cluster.stop_with_savepoint(cfg, args.job_id))
+    from flink_jobs import lineage
+    from flink_jobs.pipeline import JOB_NAME
+
+    path = cluster.stop_with_savepoint(cfg, args.job_id)
+    lineage.mark_savepoint(cfg, JOB_NAME, path)  # a plain `streamrec submit` resumes from it
+    print(path)
     return 0
 
 
@@ -387,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the pipeline job on Flink's local mini-cluster")
     p.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
     p.add_argument("--parallelism", type=int)
-    p.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
+    p.add_argument("--restore-from", help="a retained checkpoint or savepoint path (default: the "
+                   "latest retained checkpoint of this state dir, if any)")
+    p.add_argument("--fresh", action="store_true", help="start over on purpose: discard the retained "
+                   "checkpoints (learner state, source offsets) and say what was discarded")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sql", help="run a Flink SQL query over bounded reads of the topics")
@@ -409,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit the pipeline job to a running Flink cluster")
     p.add_argument("--parallelism", type=int)
-    p.add_argument("--from-savepoint", help="resume from this savepoint (state carried over)")
+    p.add_argument("--from-savepoint", help="resume from this savepoint (default: the latest "
+                   "retained checkpoint or recorded savepoint of this state dir)")
+    p.add_argument("--fresh", action="store_true", help="start over on purpose (discards retained state)")
     p.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
     p.set_defaults(func=cmd_submit)
 
@@ -471,12 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line for known failures; tracebacks only for bugs
+        from flink_jobs.lineage import LineageError
         from streamrec.assets import AssetError
         from streamrec.broker import BrokerError
         from streamrec.cluster import ClusterError
         from streamrec.kafka_io import KafkaSetupError
 
-        if isinstance(exc, (AssetError, BrokerError, ClusterError, KafkaSetupError)):
+        if isinstance(exc, (AssetError, BrokerError, ClusterError, KafkaSetupError, LineageError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

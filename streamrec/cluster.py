@@ -210,7 +210,7 @@ def _flink_cli(cfg: Config, args: list[str], timeout: float = 300) -> subprocess
 
 
 def submit(cfg: Config, job_module: str = "flink_jobs.pipeline", parallelism: int | None = None,
-           from_savepoint: str | None = None, job_args: list[str] | None = None) -> str:
+           job_args: list[str] | None = None) -> str:
     """Submit a job detached; returns its job id. The job runs with ``cfg`` (passed as env)."""
     flink = {"parallelism": parallelism} if parallelism else {}
     if not cfg.flink.jobmanager_address.strip():
@@ -218,8 +218,6 @@ def submit(cfg: Config, job_module: str = "flink_jobs.pipeline", parallelism: in
     cfg = cfg.model_copy(update={"flink": cfg.flink.model_copy(update=flink)})
     args = ["run", "-d", "-pym", job_module, "-pyfs", ",".join(str(REPO / p) for p in PY_PACKAGES),
             "-pyexec", sys.executable, "-pyclientexec", sys.executable]
-    if from_savepoint:
-        args += ["-s", from_savepoint]
     args += job_args or []
     proc = _flink_cli(cfg, args)
     match = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)

@@ -118,6 +118,11 @@ class PathsConfig(_Section):
 class FlinkConfig(_Section):
     parallelism: int = Field(1, ge=1, le=512)
     checkpoint_interval_ms: int = Field(5_000, ge=200)
+    #: Restarts after a failure (fixed delay) before the job gives up, and the delay between them.
+    restart_attempts: int = Field(3, ge=0, le=1000)
+    restart_delay_ms: int = Field(2_000, ge=0)
+    #: Checkpoint failures in a row tolerated before the job fails over.
+    tolerable_checkpoint_failures: int = Field(3, ge=0, le=1000)
     #: thread mode runs Python in the JVM (~20x faster keyed state than process mode).
     execution_mode: Literal["thread", "process"] = "thread"
     state_backend: Literal["rocksdb", "hashmap"] = "rocksdb"
@@ -260,6 +265,19 @@ class Config(_Section):
     #: The directory relative paths are resolved against (the config file's, else the cwd).
     base_dir: Path = Path(".")
 
+    @model_validator(mode="after")
+    def _transactions_outlive_recovery(self) -> "Config":
+        # A sink's transaction stays open from one checkpoint until the next one completes, and
+        # across failed checkpoints and restarts; if the broker aborts it first, its records are lost.
+        needed = transaction_time_needed_ms(self.flink)
+        if self.kafka.transaction_timeout_ms < needed:
+            raise ValueError(
+                f"kafka.transaction_timeout_ms = {self.kafka.transaction_timeout_ms} is below the "
+                f"{needed} ms that flink.checkpoint_interval_ms, tolerable_checkpoint_failures, "
+                "restart_attempts and restart_delay_ms need (the broker would abort transactions "
+                "before Flink commits them): raise it or lower those")
+        return self
+
     @property
     def uses_embedded_broker(self) -> bool:
         return not self.kafka.bootstrap_servers.strip()
@@ -273,6 +291,22 @@ class Config(_Section):
     @property
     def paths_resolved(self) -> PathsConfig:
         return self.paths.resolved(self.base_dir)
+
+
+#: Time a restarted job needs before its first checkpoint can complete (start-up, restore).
+RECOVERY_ALLOWANCE_MS = 60_000
+
+
+def transaction_time_needed_ms(flink: FlinkConfig) -> int:
+    """The longest a sink transaction can stay open before Flink commits it: every tolerated
+    checkpoint failure plus one interval, plus every restart with its delay and a recovery.
+
+    >>> transaction_time_needed_ms(FlinkConfig())
+    136000
+    """
+    return ((flink.tolerable_checkpoint_failures + 2) * flink.checkpoint_interval_ms
+            + flink.restart_attempts * (flink.restart_delay_ms + RECOVERY_ALLOWANCE_MS // 4)
+            + RECOVERY_ALLOWANCE_MS)
 
 
 def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -26,10 +26,13 @@ def broker_cfg(tmp_path_factory) -> Config:
 
 @pytest.fixture
 def cfg(broker_cfg, request) -> Config:
-    """The session broker's config with topic names unique to this test."""
+    """The session broker's config with topic names and a checkpoint dir unique to this test."""
     suffix = f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
     topics = {name: f"{value}.{suffix}" for name, value in broker_cfg.kafka.topics.model_dump().items()}
+    checkpoints = broker_cfg.paths_resolved.state_dir / "checkpoints" / suffix
     return broker_cfg.model_copy(update={
         "kafka": broker_cfg.kafka.model_copy(update={
-            "topics": broker_cfg.kafka.topics.model_copy(update=topics)})
+            "topics": broker_cfg.kafka.topics.model_copy(update=topics)}),
+        # one job lineage per test: a run resumes from its own checkpoints only
+        "paths": broker_cfg.paths.model_copy(update={"checkpoint_dir": checkpoints}),
     })

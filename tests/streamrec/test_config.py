@@ -79,3 +79,25 @@ def test_missing_and_invalid_files(tmp_path):
 def test_describe_lists_every_setting():
     text = describe(load_config(config_file=None, env={}))
     assert "learner.dim = 32" in text and "kafka.topics.recommendations = recommendations" in text
+
+
+def test_transaction_timeout_below_what_recovery_needs_is_refused():
+    with pytest.raises(ConfigError, match=r"kafka.transaction_timeout_ms = 60000 is below the 136000 ms"):
+        load_config(config_file=None, env={"STREAMREC_KAFKA__TRANSACTION_TIMEOUT_MS": "60000"})
+    with pytest.raises(ConfigError, match="restart_attempts"):
+        load_config(config_file=None, env={"STREAMREC_FLINK__RESTART_ATTEMPTS": "40"})
+    ok = load_config(config_file=None, env={"STREAMREC_KAFKA__TRANSACTION_TIMEOUT_MS": "136000"})
+    assert ok.kafka.transaction_timeout_ms == 136000
+
+
+def test_restart_strategy_reaches_the_flink_configuration(tmp_path):
+    from flink_jobs.env import flink_configuration
+
+    cfg = load_config(config_file=None, env={}, overrides={
+        "paths.state_dir": str(tmp_path), "flink.restart_attempts": 0,
+        "flink.tolerable_checkpoint_failures": 7, "flink.restart_delay_ms": 500,
+        "flink.ship_connector": False})
+    conf = flink_configuration(cfg, "job")
+    assert conf.get_string("restart-strategy.fixed-delay.attempts", "") == "0"
+    assert conf.get_string("restart-strategy.fixed-delay.delay", "") == "500 ms"
+    assert conf.get_string("execution.checkpointing.tolerable-failed-checkpoints", "") == "7"

@@ -1,0 +1,188 @@
+"""Which state a job run starts from: resume by default, start over only on purpose.
+
+A *lineage* is the chain of runs of one job on one checkpoint directory
+(``<paths.checkpoint_dir>/<job name>/``). Its ``lineage.json`` records what its checkpoints can
+only be restored by (code version, Python execution mode, state backend, the source topic and
+cluster) and the run id that names the sinks' Kafka transactions, so that:
+
+- a plain re-run of the same command resumes from the newest completed, retained checkpoint (or
+  the savepoint the lineage last recorded), and says which;
+- ``--fresh`` starts over, and says what it discards;
+- a checkpoint that cannot be restored (other code version, other execution mode, corrupt) is a
+  clear error, never a silent fresh start;
+- a bounded run that finished (Flink discards the checkpoints of a finished job) is not silently
+  recomputed: re-running it would publish every recommendation again;
+- every lineage has its own transactional-id prefix, so two jobs never fence each other, while
+  the restarts and resumes of one job keep it (Flink aborts its lingering transactions by it).
+
+>>> plan = RunPlan(run_id="r1", restore_from=None, reason="fresh: no checkpoint yet")
+>>> plan.transactional_id_prefix("streamrec-pipeline", "recommendations")
+'streamrec-pipeline-r1-recommendations'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from streamrec.config import Config
+
+LINEAGE_FILE = "lineage.json"
+
+
+class LineageError(RuntimeError):
+    """The job cannot resume from its checkpoint, or refuses to start over without --fresh."""
+
+
+def code_version() -> str:
+    try:
+        return version("streamrec")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    run_id: str
+    restore_from: Path | None
+    reason: str  # one line for the user: what this run starts from, and why
+    discarded: list[Path] = field(default_factory=list)
+
+    def transactional_id_prefix(self, job_name: str, topic: str) -> str:
+        return f"{job_name}-{self.run_id}-{topic}"
+
+
+def _identity(cfg: Config) -> dict:
+    """What a checkpoint of this job can only be restored by."""
+    return {
+        "code_version": code_version(),
+        "execution_mode": cfg.flink.execution_mode,  # a switch restores empty state, silently
+        "state_backend": cfg.flink.state_backend,
+        "source": f"{cfg.bootstrap_servers}/{cfg.kafka.topics.raw}",
+    }
+
+
+def job_dir(cfg: Config, job_name: str) -> Path:
+    return cfg.paths_resolved.checkpoint_dir / job_name
+
+
+def read_lineage(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / LINEAGE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise LineageError(f"{directory / LINEAGE_FILE} is unreadable ({exc}); run with --fresh "
+                           "to start over") from None
+
+
+def write_lineage(directory: Path, lineage: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{LINEAGE_FILE}.tmp"
+    tmp.write_text(json.dumps(lineage, indent=1) + "\n")
+    tmp.replace(directory / LINEAGE_FILE)
+
+
+def retained_checkpoints(directory: Path) -> list[Path]:
+    """Completed checkpoints under ``<directory>/<flink job id>/chk-N``, newest first (a
+    checkpoint is complete once Flink wrote its ``_metadata``)."""
+    found = [chk for chk in directory.glob("*/chk-*") if (chk / "_metadata").is_file()]
+    return sorted(found, key=lambda p: ((p / "_metadata").stat().st_mtime, int(p.name[4:])), reverse=True)
+
+
+def _check_restorable(path: Path, lineage: dict, identity: dict) -> None:
+    metadata = path / "_metadata" if path.is_dir() else path
+    if not metadata.is_file() or metadata.stat().st_size == 0:
+        raise LineageError(f"cannot resume from {path}: its _metadata is missing or empty (corrupt); "
+                           "restore another with --restore-from PATH or start over with --fresh")
+    for key in ("code_version", "execution_mode", "state_backend", "source"):
+        if lineage.get(key) != identity[key]:
+            raise LineageError(
+                f"cannot resume from {path}: it was written with {key}={lineage.get(key)!r}, this run "
+                f"has {key}={identity[key]!r}; restore it with the matching setting or code, or start "
+                "over with --fresh (discards its state)")
+
+
+def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str | None = None,
+             bounded: bool = False) -> RunPlan:
+    """Decide where this run starts and record it in the lineage file (before the job starts)."""
+    directory = job_dir(cfg, job_name)
+    identity = _identity(cfg)
+    lineage = read_lineage(directory)
+    if fresh:
+        discarded = sorted(p for p in directory.iterdir()) if directory.is_dir() else []
+        what = (f"discarded {len(retained_checkpoints(directory))} retained checkpoint(s) and the "
+                f"lineage of run {lineage.get('run_id')}" if lineage else "nothing to discard")
+        for path in discarded:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return _start(directory, identity, bounded, f"fresh start (--fresh): {what}", discarded)
+    if restore_from:
+        path = Path(restore_from)
+        if not path.exists():
+            raise LineageError(f"--restore-from {restore_from}: no such checkpoint or savepoint")
+        if lineage:
+            _check_restorable(path, lineage, identity)
+            return _resume(directory, lineage, bounded, path, f"restoring {path} (--restore-from)")
+        return _start(directory, identity, bounded, f"restoring {path} (--restore-from)", [], path)
+    if lineage is None:
+        return _start(directory, identity, bounded, "fresh start: no earlier run in this state directory")
+    checkpoints = retained_checkpoints(directory)
+    savepoint = Path(lineage["savepoint"]) if lineage.get("savepoint") else None
+    candidates = [p for p in (checkpoints[:1] + ([savepoint] if savepoint else [])) if p.exists()]
+    if candidates:
+        newest = max(candidates, key=lambda p: (p / "_metadata" if p.is_dir() else p).stat().st_mtime)
+        _check_restorable(newest, lineage, identity)
+        kind = "savepoint" if newest == savepoint else "checkpoint"
+        return _resume(directory, lineage, bounded, newest,
+                       f"resuming run {lineage['run_id']} from its latest {kind} {newest}")
+    if lineage.get("finished"):
+        raise LineageError(
+            f"the last run ({lineage['run_id']}) finished its bounded input at "
+            f"{lineage['finished']}; Flink discards a finished job's checkpoints, so re-running "
+            "would recompute and publish every recommendation again: run with --fresh to start "
+            "over on purpose")
+    if lineage.get("resumed_from"):
+        raise LineageError(
+            f"run {lineage['run_id']} resumed from {lineage['resumed_from']} before, but no completed "
+            f"checkpoint of it is left in {directory} (deleted?); run with --fresh to start over, "
+            "or --restore-from PATH")
+    # Exactly-once sinks commit only when a checkpoint completes: a run that never completed one
+    # published nothing, so starting it again from scratch duplicates nothing.
+    return _start(directory, identity, bounded, f"fresh start: run {lineage['run_id']} never "
+                  "completed a checkpoint (nothing of it was committed)", [])
+
+
+def _start(directory: Path, identity: dict, bounded: bool, reason: str, discarded=None,
+           restore: Path | None = None) -> RunPlan:
+    lineage = {"run_id": uuid.uuid4().hex[:10], **identity, "created": time.time(), "runs": 1,
+               "bounded": bounded, "driver_pid": os.getpid()}
+    write_lineage(directory, lineage)
+    return RunPlan(lineage["run_id"], restore, reason, list(discarded or []))
+
+
+def _resume(directory: Path, lineage: dict, bounded: bool, path: Path, reason: str) -> RunPlan:
+    lineage = {**lineage, "runs": lineage.get("runs", 0) + 1, "bounded": bounded,
+               "resumed_from": str(path), "driver_pid": os.getpid()}
+    lineage.pop("finished", None)
+    write_lineage(directory, lineage)
+    return RunPlan(lineage["run_id"], path, reason)
+
+
+def mark_finished(cfg: Config, job_name: str, where: str) -> None:
+    directory = job_dir(cfg, job_name)
+    lineage = read_lineage(directory)
+    if lineage:
+        write_lineage(directory, {**lineage, "finished": where, "finished_at": time.time()})
+
+
+def mark_savepoint(cfg: Config, job_name: str, savepoint: str) -> None:
+    directory = job_dir(cfg, job_name)
+    lineage = read_lineage(directory)
+    if lineage:
+        write_lineage(directory, {**lineage, "savepoint": savepoint})
