@@ -9,12 +9,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean-state help
+.PHONY: setup demo test test-fast test-faults bench clean-state help
 
 help:
 	@echo "make demo   - run the whole pipeline on ML-100k with the embedded Kafka broker and Flink mini-cluster"
 	@echo "make test   - run the test suite (includes slow end-to-end tests)"
 	@echo "make bench  - run the benchmarks, results in bench/results/"
+	@echo "make test-faults - the heavy fault-injection variants (kill -9 on 30k events, ...)"
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null 2>&1 || { echo "Java was not found: streamrec runs Apache Flink and Apache Kafka, which need a Java 17 runtime (e.g. apt-get install openjdk-17-jre-headless)."; exit 1; }
@@ -34,6 +35,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-faults: setup
+	$(BIN)/python -m pytest -m faults -v $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -134,8 +134,9 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
                         run_id or uuid.uuid4().hex[:10])
 
 
-def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool) -> str:
-    """WITH-clause options of a Kafka SQL source (read_committed, earliest, optionally bounded)."""
+def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool | dict[int, int]) -> str:
+    """WITH-clause options of a Kafka SQL source (read_committed, earliest, optionally bounded:
+    ``True`` stops at the end offsets present at start, ``{partition: offset}`` at those)."""
     opts = {
         "connector": "kafka",
         "topic": topic,
@@ -145,7 +146,11 @@ def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool) -> 
         "scan.startup.mode": "earliest-offset",
         **{f"properties.{k}": v for k, v in cfg.kafka.client_properties.items()},
     }
-    if bounded:
+    if isinstance(bounded, dict):
+        opts["scan.bounded.mode"] = "specific-offsets"
+        opts["scan.bounded.specific-offsets"] = ";".join(
+            f"partition:{p},offset:{o}" for p, o in sorted(bounded.items()))
+    elif bounded:
         opts["scan.bounded.mode"] = "latest-offset"
     return _with(opts)
 

@@ -88,7 +88,7 @@ def ingestion_topics(cfg: Config) -> list[str]:
     return [t.raw, t.dlq, t.clean, t.features_user, t.features_item]
 
 
-def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: StatementSet,
+def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool | dict[int, int], statements: StatementSet,
                   counters_dir: Path | None = None) -> Table:
     """Register the ingestion sources/sinks, add the INSERTs for events.dlq, events.clean,
     features.user and features.item to ``statements``, and return the cleaned, deduplicated
@@ -114,7 +114,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     weights = ing.weights
     for ddl in render_sql(
         "ingest",
-        source_options=kafka_source_options(cfg, t.raw, rt.job_name, bounded),
+        # the group (offsets committed on checkpoints) is the lineage's: runs never share one
+        source_options=kafka_source_options(cfg, t.raw, rt.transaction_prefix, bounded),
         dlq_sink_options=kafka_sink_options(cfg, t.dlq, rt.transaction_prefix),
         watermark_delay=sql_interval(ing.watermark_delay_ms),
         watermark_delay_ms=ing.watermark_delay_ms,

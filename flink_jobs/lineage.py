@@ -10,8 +10,8 @@ cluster) and the run id that names the sinks' Kafka transactions, so that:
 - ``--fresh`` starts over, and says what it discards;
 - a checkpoint that cannot be restored (other code version, other execution mode, corrupt) is a
   clear error, never a silent fresh start;
-- a bounded run that finished (Flink discards the checkpoints of a finished job) is not silently
-  recomputed: re-running it would publish every recommendation again;
+- a bounded lineage keeps the end offsets of its first start: re-running a finished bounded run
+  resumes from its last checkpoint and publishes nothing new;
 - every lineage has its own transactional-id prefix, so two jobs never fence each other, while
   the restarts and resumes of one job keep it (Flink aborts its lingering transactions by it).
 
@@ -53,6 +53,8 @@ class RunPlan:
     restore_from: Path | None
     reason: str  # one line for the user: what this run starts from, and why
     discarded: list[Path] = field(default_factory=list)
+    #: A bounded lineage stops at the end offsets of its first start, whatever arrives later.
+    stop_offsets: dict[int, int] | None = None
 
     def transactional_id_prefix(self, job_name: str, topic: str) -> str:
         return f"{job_name}-{self.run_id}-{topic}"
@@ -141,12 +143,6 @@ def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str 
         kind = "savepoint" if newest == savepoint else "checkpoint"
         return _resume(directory, lineage, bounded, newest,
                        f"resuming run {lineage['run_id']} from its latest {kind} {newest}")
-    if lineage.get("finished"):
-        raise LineageError(
-            f"the last run ({lineage['run_id']}) finished its bounded input at "
-            f"{lineage['finished']}; Flink discards a finished job's checkpoints, so re-running "
-            "would recompute and publish every recommendation again: run with --fresh to start "
-            "over on purpose")
     if lineage.get("resumed_from"):
         raise LineageError(
             f"run {lineage['run_id']} resumed from {lineage['resumed_from']} before, but no completed "
@@ -169,16 +165,17 @@ def _start(directory: Path, identity: dict, bounded: bool, reason: str, discarde
 def _resume(directory: Path, lineage: dict, bounded: bool, path: Path, reason: str) -> RunPlan:
     lineage = {**lineage, "runs": lineage.get("runs", 0) + 1, "bounded": bounded,
                "resumed_from": str(path), "driver_pid": os.getpid()}
-    lineage.pop("finished", None)
     write_lineage(directory, lineage)
-    return RunPlan(lineage["run_id"], path, reason)
+    stop = lineage.get("stop_offsets")
+    return RunPlan(lineage["run_id"], path, reason,
+                   stop_offsets={int(p): int(o) for p, o in stop.items()} if bounded and stop else None)
 
 
-def mark_finished(cfg: Config, job_name: str, where: str) -> None:
+def record_stop_offsets(cfg: Config, job_name: str, offsets: dict[int, int]) -> None:
     directory = job_dir(cfg, job_name)
     lineage = read_lineage(directory)
     if lineage:
-        write_lineage(directory, {**lineage, "finished": where, "finished_at": time.time()})
+        write_lineage(directory, {**lineage, "stop_offsets": {str(p): o for p, o in offsets.items()}})
 
 
 def mark_savepoint(cfg: Config, job_name: str, savepoint: str) -> None:

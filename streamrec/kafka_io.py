@@ -149,6 +149,16 @@ def end_offsets(cfg: Config, topic: str, read_committed: bool = True) -> dict[in
         cons.close()
 
 
+def committed_offsets(cfg: Config, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Offsets ``group`` committed on ``topic`` (partitions without a commit are left out)."""
+    cons = consumer(cfg, group=group)
+    try:
+        got = cons.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+    finally:
+        cons.close()
+
+
 def read_topic(cfg: Config, topic: str, limit: int | None = None, from_beginning: bool = True,
                read_committed: bool = True, idle_timeout: float = 5.0,
                follow: bool = False) -> Iterator[Record]:

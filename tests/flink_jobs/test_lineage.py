@@ -85,12 +85,13 @@ def test_a_corrupt_checkpoint_is_an_error(cfg):
         lineage.plan_run(cfg, JOB)
 
 
-def test_a_finished_bounded_run_is_not_silently_recomputed(cfg):
+def test_a_bounded_lineage_keeps_the_end_offsets_of_its_first_start(cfg):
     lineage.plan_run(cfg, JOB, bounded=True)
-    lineage.mark_finished(cfg, JOB, "offsets {0: 100}")  # Flink deleted its checkpoints
-    with pytest.raises(lineage.LineageError, match="publish every recommendation again.*--fresh"):
-        lineage.plan_run(cfg, JOB, bounded=True)
-    assert lineage.plan_run(cfg, JOB, bounded=True, fresh=True).restore_from is None
+    lineage.record_stop_offsets(cfg, JOB, {0: 100, 1: 7})
+    checkpoint(cfg, "job-a", 1)
+    resumed = lineage.plan_run(cfg, JOB, bounded=True)
+    assert resumed.stop_offsets == {0: 100, 1: 7}  # not whatever arrived since
+    assert lineage.plan_run(cfg, JOB, bounded=False).stop_offsets is None
 
 
 def test_a_run_that_never_checkpointed_starts_again_but_lost_checkpoints_are_an_error(cfg):

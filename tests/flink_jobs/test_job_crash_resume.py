@@ -1,0 +1,114 @@
+"""Crash-safe exactly-once as users run it: `streamrec run --bounded` is killed with SIGKILL (the
+driver and its Flink JVM, as a crash or an OOM killer would) at random points of a replay, and
+the very same command is simply run again. A read_committed reader of ``recommendations`` then
+holds one record per source event: 0 lost, 0 duplicated; a re-run after the job finished resumes
+from its last checkpoint and publishes nothing new.
+
+The heavy variant (30,000 events, 3 kills) is marked ``faults``: ``make test-faults``."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from streamrec import assets, replay
+from streamrec.config import to_env
+from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
+from tests.support import REPO
+
+
+class Run:
+    """`streamrec ARGS` in its own process group (a kill reaches its Flink JVM too), output to a
+    file (a pipe nobody reads would fill and stall the job)."""
+
+    def __init__(self, cfg, log_path, *args: str):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", *args], cwd=REPO,
+                                         env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+
+def _committed(cfg) -> int:
+    return sum(end_offsets(cfg, cfg.kafka.topics.recommendations).values())
+
+
+def _kill_when(cfg, run: Run, committed_at_least: int, extra_s: float, timeout_s=240) -> int:
+    """SIGKILL the run's process group once ``committed_at_least`` offsets are committed (plus a
+    random extra delay, so the kill lands anywhere between two checkpoints)."""
+    deadline = time.monotonic() + timeout_s
+    while _committed(cfg) < committed_at_least:
+        assert run.proc.poll() is None, f"the run ended before the kill point:\n{run.output[-3000:]}"
+        assert time.monotonic() < deadline, f"the run made no progress:\n{run.output[-3000:]}"
+        time.sleep(0.3)
+    time.sleep(extra_s)
+    at = _committed(cfg)
+    os.killpg(run.proc.pid, signal.SIGKILL)
+    run.wait(30)
+    return at
+
+
+def _crash_and_resume(cfg, logs, n_events: int, kills: int, seed: int) -> dict:
+    ensure_topics(cfg)
+    events = replay.ml100k_events(assets.ml100k_dir(cfg))[:n_events]
+    assert replay.produce(cfg, cfg.kafka.topics.raw, replay.encode_events(events), progress=False).failed == 0
+    rng = random.Random(seed)
+    # kill points spread over the replay (offsets include transaction markers: ~1 per checkpoint)
+    points = sorted(rng.uniform(0.1, 0.8) * n_events for _ in range(kills))
+    kill_log, outputs = [], []
+    for n, point in enumerate(points):
+        run = Run(cfg, logs / f"run-{n}.log", "run", "--bounded")
+        kill_log.append(_kill_when(cfg, run, int(point), extra_s=rng.uniform(0.0, 1.5)))
+        outputs.append(run.output)
+    final = Run(cfg, logs / "final.log", "run", "--bounded")
+    assert final.wait(timeout=600) == 0, final.output[-3000:]
+    outputs.append(final.output)
+    again = Run(cfg, logs / "again.log", "run", "--bounded")
+    rc = again.wait(timeout=300)
+    return {"events": events, "kill_offsets": kill_log, "outputs": outputs,
+            "rerun_rc": rc, "rerun_out": again.output}
+
+
+def _assert_exactly_once(cfg, result: dict) -> None:
+    outputs = result["outputs"]
+    assert "fresh start" in outputs[0]
+    for out in outputs[1:]:
+        assert "resuming run" in out, out[-2000:]  # the same command found the checkpoint itself
+    assert result["kill_offsets"] == sorted(result["kill_offsets"])
+    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    per_event = Counter(r["source_event_id"] for r in recs)
+    source = {e["event_id"] for e in result["events"]}
+    lost = source - set(per_event)
+    duplicated = {k: n for k, n in per_event.items() if n > 1}
+    assert not lost and not duplicated, f"{len(lost)} lost, {len(duplicated)} duplicated"
+    assert len(recs) == len(source)
+    # finished: running the command once more resumes and publishes nothing new
+    assert result["rerun_rc"] == 0 and "resuming run" in result["rerun_out"], result["rerun_out"][-1500:]
+    assert len(list(read_topic(cfg, cfg.kafka.topics.recommendations))) == len(source)
+
+
+@pytest.mark.slow
+def test_kill9_of_the_job_then_the_same_command_again(cfg, tmp_path):
+    result = _crash_and_resume(cfg, tmp_path, n_events=3_000, kills=2, seed=3)
+    _assert_exactly_once(cfg, result)
+
+
+@pytest.mark.faults
+def test_kill9_three_times_on_30k_events(cfg, tmp_path):
+    result = _crash_and_resume(cfg, tmp_path, n_events=30_000, kills=3, seed=14)
+    _assert_exactly_once(cfg, result)
