@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from dataclasses import dataclass
@@ -144,7 +145,7 @@ def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool | di
         "properties.group.id": group,
         "properties.isolation.level": "read_committed",
         "scan.startup.mode": "earliest-offset",
-        **{f"properties.{k}": v for k, v in cfg.kafka.client_properties.items()},
+        **java_client_properties(cfg),
     }
     if isinstance(bounded, dict):
         opts["scan.bounded.mode"] = "specific-offsets"
@@ -164,13 +165,44 @@ def kafka_sink_options(cfg: Config, topic: str, transaction_prefix: str) -> str:
         "sink.delivery-guarantee": "exactly-once",
         "sink.transactional-id-prefix": f"{transaction_prefix}-{topic}",
         "properties.transaction.timeout.ms": str(cfg.kafka.transaction_timeout_ms),
-        **{f"properties.{k}": v for k, v in cfg.kafka.client_properties.items()},
+        **java_client_properties(cfg),
     }
     return _with(opts)
 
 
+#: The SQL connector jar shades the Kafka client: class names in client properties (a SASL
+#: login module in sasl.jaas.config, callback handlers) must name the shaded classes.
+SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka."
+
+
+def java_client_properties(cfg: Config) -> dict[str, str]:
+    """``kafka.security`` and ``kafka.client_properties`` as connector options for the (shaded)
+    Java client.
+
+    >>> from streamrec.config import load_config
+    >>> cfg = load_config(config_file=None, env={"STREAMREC_KAFKA__CLIENT_PROPERTIES":
+    ...     "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required;"})
+    >>> java_client_properties(cfg)["properties.sasl.jaas.config"]
+    'org.apache.flink.kafka.shaded.org.apache.kafka.common.security.plain.PlainLoginModule required;'
+    """
+    def shaded(value: str) -> str:
+        return re.sub(r"(?<![\w.])org\.apache\.kafka\.", SHADED_KAFKA, value)
+
+    props = {**cfg.kafka.security.java_properties(), **cfg.kafka.client_properties}
+    return {f"properties.{k}": shaded(v) for k, v in props.items()}
+
+
+def sql_string(value: object) -> str:
+    """A SQL string literal: quotes doubled, so no value can end the literal early.
+
+    >>> sql_string("it's")
+    "'it''s'"
+    """
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _with(opts: dict[str, str]) -> str:
-    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
+    return ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in opts.items())
 
 
 def render_sql(name: str, **params: object) -> list[str]:

@@ -21,6 +21,7 @@ streamrec.config.ConfigError: invalid configuration:
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -56,6 +57,51 @@ class TopicsConfig(_Section):
         return list(self.model_dump().values())
 
 
+class KafkaSecurityConfig(_Section):
+    """How every client (the Python side's librdkafka and Flink's Java client) authenticates.
+    The password is a secret: masked in `streamrec config` and in the job's start-up log, passed
+    to child processes only through their environment."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    #: PEM file of the CA that signed the brokers' certificates (SSL / SASL_SSL); empty = system CAs.
+    ssl_ca_location: str = ""
+
+    def python_properties(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) properties."""
+        out = {"security.protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            out |= {"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                    "sasl.password": self.sasl_password}
+        if self.protocol.endswith("SSL") and self.ssl_ca_location:
+            out["ssl.ca.location"] = self.ssl_ca_location
+        return out
+
+    def java_properties(self) -> dict[str, str]:
+        """Kafka Java client properties (class names unshaded; the connector options shade them).
+
+        >>> KafkaSecurityConfig(protocol="SASL_SSL", sasl_username="u", sasl_password="pw").java_properties()["sasl.jaas.config"]
+        'org.apache.kafka.common.security.plain.PlainLoginModule required username="u" password="pw";'
+        """
+        out = {"security.protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            module = ("org.apache.kafka.common.security.plain.PlainLoginModule"
+                      if self.sasl_mechanism == "PLAIN"
+                      else "org.apache.kafka.common.security.scram.ScramLoginModule")
+
+            def quoted(value: str) -> str:  # a JAAS string: backslashes and quotes escaped
+                return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+            out |= {"sasl.mechanism": self.sasl_mechanism,
+                    "sasl.jaas.config": f"{module} required username={quoted(self.sasl_username)} "
+                                        f"password={quoted(self.sasl_password)};"}
+        if self.protocol.endswith("SSL") and self.ssl_ca_location:
+            out |= {"ssl.truststore.type": "PEM", "ssl.truststore.location": self.ssl_ca_location}
+        return out
+
+
 class KafkaConfig(_Section):
     #: Empty means "use the embedded broker" (started by ``streamrec up``). Set it to a real Kafka
     #: cluster (``host:port,host:port``) and nothing embedded starts.
@@ -66,7 +112,8 @@ class KafkaConfig(_Section):
     #: refuse timeouts above their transaction.max.timeout.ms (15 min by default), so stay below.
     transaction_timeout_ms: int = Field(600_000, ge=10_000, le=900_000)
     topics: TopicsConfig = TopicsConfig()
-    #: Extra librdkafka / Kafka client properties (e.g. security.protocol, sasl.*).
+    security: KafkaSecurityConfig = KafkaSecurityConfig()
+    #: Extra client properties given to both the Python (librdkafka) and the Java client.
     client_properties: dict[str, str] = {}
 
 
@@ -415,8 +462,27 @@ def load_config(
         raise _format_errors(exc, origin, source) from None
 
 
+#: Client / server property names whose values are secrets (SASL/SSL): never printed.
+SECRET_KEY = re.compile(r"password|secret|jaas|token|credential|ssl\.key(?!store\.type)", re.I)
+MASK = "****"
+
+
+def is_secret(key: str) -> bool:
+    """
+    >>> is_secret("sasl.jaas.config"), is_secret("ssl.keystore.password"), is_secret("security.protocol")
+    (True, True, False)
+    """
+    return bool(SECRET_KEY.search(key))
+
+
 def describe(cfg: Config) -> str:
-    """Every setting as ``section.key = value`` lines (printed by jobs at start)."""
+    """Every setting as ``section.key = value`` lines (printed by jobs at start), secrets masked.
+
+    >>> cfg = load_config(config_file=None, env={"STREAMREC_KAFKA__CLIENT_PROPERTIES":
+    ...     "security.protocol=SASL_SSL,sasl.password=hunter2"})
+    >>> [ln for ln in describe(cfg).splitlines() if "sasl.password" in ln]
+    ['kafka.client_properties.sasl.password = ****']
+    """
     flat: list[str] = []
 
     def walk(prefix: str, value: Any) -> None:
@@ -424,7 +490,7 @@ def describe(cfg: Config) -> str:
             for key, sub in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, sub)
         else:
-            flat.append(f"{prefix} = {value}")
+            flat.append(f"{prefix} = {MASK if is_secret(prefix.rsplit('.', 1)[-1]) and value else value}")
 
     walk("", cfg.model_dump(mode="json"))
     return "\n".join(flat)

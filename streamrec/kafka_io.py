@@ -24,7 +24,8 @@ class KafkaSetupError(RuntimeError):
 
 
 def _base(cfg: Config) -> dict[str, str]:
-    return {"bootstrap.servers": cfg.bootstrap_servers, **cfg.kafka.client_properties}
+    return {"bootstrap.servers": cfg.bootstrap_servers, **cfg.kafka.security.python_properties(),
+            **cfg.kafka.client_properties}
 
 
 def admin(cfg: Config) -> AdminClient:

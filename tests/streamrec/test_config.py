@@ -101,3 +101,32 @@ def test_restart_strategy_reaches_the_flink_configuration(tmp_path):
     assert conf.get_string("restart-strategy.fixed-delay.attempts", "") == "0"
     assert conf.get_string("restart-strategy.fixed-delay.delay", "") == "500 ms"
     assert conf.get_string("execution.checkpointing.tolerable-failed-checkpoints", "") == "7"
+
+
+SECRET = "s3cr3t-'\"quote-XYZ"
+
+
+def test_a_secret_never_appears_in_printed_config_or_unescaped_in_sql(capsys, monkeypatch):
+    """The password reaches both clients, but `streamrec config`, the job's start-up lines and
+    the generated SQL never show it raw (the SQL holds it only as an escaped literal)."""
+    from flink_jobs.env import kafka_sink_options, kafka_source_options
+    from streamrec.cli import main
+    from streamrec.kafka_io import _base
+
+    env = {"STREAMREC_KAFKA__SECURITY__PROTOCOL": "SASL_SSL",
+           "STREAMREC_KAFKA__SECURITY__SASL_MECHANISM": "SCRAM-SHA-512",
+           "STREAMREC_KAFKA__SECURITY__SASL_USERNAME": "svc",
+           "STREAMREC_KAFKA__SECURITY__SASL_PASSWORD": SECRET}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["config"]) == 0
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+    assert "kafka.security.sasl_password = ****" in out.out
+    cfg = load_config(config_file=None, env=env)
+    assert describe(cfg).count("****") == 1 and SECRET not in describe(cfg)
+    assert _base(cfg)["sasl.password"] == SECRET  # the Python client gets it
+    for options in (kafka_source_options(cfg, "t", "g", False), kafka_sink_options(cfg, "t", "p")):
+        assert SECRET not in options  # only escaped: quotes doubled inside the literal
+        assert SECRET.replace("'", "''").replace('"', '\\"') in options
+        assert "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule" in options
