@@ -81,7 +81,7 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool | dict[int, int], counter
                        .key_by(lambda req: req[0] % shards, key_type=Types.INT())
                        .process(Scorer(registry_dir, sc.top_k, sc.batch_size, sc.batch_timeout_ms,
                                        sc.swap_check_interval_s, sc.cold_start_min_events, sc.provider,
-                                       sc.ort_threads),
+                                       sc.ort_threads, cfg.learner.dim),
                                 output_type=KV_TYPE)
                        .uid(SCORER_UID).name("Scorer (onnxruntime, batched top-K)"))
 

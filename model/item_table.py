@@ -97,9 +97,10 @@ class ItemTable:
             )
 
 
-def load_item_table(registry: Any, version: str) -> ItemTable:
+def load_item_table(registry: Any, version: str, expected_dim: int | None = None) -> ItemTable:
     """The ``items.npz`` of ``version`` (sha256-checked, :class:`CorruptModelError` otherwise),
-    checked against the version's meta.json ``item_ids`` and ``dim``."""
+    checked against the version's meta.json ``item_ids`` and ``dim``, against ``expected_dim``
+    (the learner's: a version of another dimension is never served) and for NaN / Inf weights."""
     from model.registry import CorruptModelError
 
     data = registry.load_attachment(version, ITEMS_ATTACHMENT)
@@ -112,4 +113,11 @@ def load_item_table(registry: Any, version: str) -> ItemTable:
         raise CorruptModelError(f"model {version}: {ITEMS_ATTACHMENT} item_ids differ from meta.json")
     if "dim" in meta and int(meta["dim"]) != table.dim:
         raise CorruptModelError(f"model {version}: {ITEMS_ATTACHMENT} dim {table.dim}, meta.json {meta['dim']}")
+    if expected_dim is not None and table.dim != expected_dim:
+        raise CorruptModelError(f"model {version}: dim {table.dim}, but the learner's is {expected_dim} "
+                                "(learner.dim changed, or an old version was promoted)")
+    for name in ("vectors", "bias", "popularity"):
+        bad = int(np.count_nonzero(~np.isfinite(getattr(table, name))))
+        if bad:
+            raise CorruptModelError(f"model {version}: {bad} non-finite (NaN/Inf) values in {name}")
     return table

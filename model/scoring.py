@@ -74,6 +74,19 @@ def choose_providers(
     return providers
 
 
+def check_finite_weights(model_bytes: bytes, version: str | None) -> None:
+    """Refuse a graph whose weights hold NaN or Inf: they would spread into every score."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(model_bytes).graph
+    for init in graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            raise ModelMismatchError(f"model {version}: {bad} non-finite (NaN/Inf) weights in {init.name}")
+
+
 class ScoringModel:
     """One loaded model version: ORT session + ``item_ids`` (index -> id)."""
 
@@ -125,6 +138,7 @@ class ScoringModel:
         ``providers`` defaults to ``choose_providers("auto")``.
         """
         providers = list(providers) if providers is not None else choose_providers("auto")
+        check_finite_weights(model_bytes, meta.get("version"))
         session = ort.InferenceSession(model_bytes, sess_options=session_options, providers=providers)
         model = cls(session, meta["item_ids"], meta.get("version"), meta)
         if CUDA in providers and model.provider != CUDA:

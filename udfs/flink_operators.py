@@ -81,7 +81,7 @@ class _RegistryView:
     def _load(self, model_bytes: bytes, meta: dict):
         from model.item_table import load_item_table
 
-        table = load_item_table(self.registry, meta["version"])
+        table = load_item_table(self.registry, meta["version"], expected_dim=self.dim)
         return model_bytes, meta, table
 
     def current(self):
@@ -206,8 +206,9 @@ class Scorer(KeyedProcessFunction):
 
     def __init__(self, registry_dir: str, top_k: int, batch_size: int, batch_timeout_ms: int,
                  swap_check_interval_s: float, cold_start_min_events: int, provider: str,
-                 ort_threads: int = 1):
+                 ort_threads: int, dim: int):
         self.registry_dir = registry_dir
+        self.dim = dim  # the learner's: a version of another dimension is refused, never served
         self.top_k = top_k
         self.batch_size = batch_size
         self.batch_timeout_ms = batch_timeout_ms
@@ -241,8 +242,8 @@ class Scorer(KeyedProcessFunction):
         options = ort.SessionOptions()
         if self.ort_threads:
             options.intra_op_num_threads = self.ort_threads
+        table = load_item_table(self.registry, meta["version"], expected_dim=self.dim)
         scoring = ScoringModel.from_bytes(model_bytes, meta, providers=self.providers, session_options=options)
-        table = load_item_table(self.registry, meta["version"])
         return scoring, PopularityList.from_arrays(list(table.item_ids), table.popularity, meta["version"])
 
     def process_element(self, value, ctx):

@@ -91,3 +91,26 @@ def test_bad_attachment_names(tmp_path, name):
     with pytest.raises(ValueError, match="invalid attachment name"):
         reg.publish(b"x", {"item_ids": ["a"], "dim": 2}, {name: b"y"})
     assert reg.list_versions() == []
+
+
+@pytest.mark.parametrize("poison, field", [(np.nan, "vectors"), (np.inf, "bias"), (-np.inf, "popularity")])
+def test_non_finite_weights_are_refused(tmp_path, poison, field):
+    reg = Registry(tmp_path)
+    table = _table()
+    values = getattr(table, field).copy()
+    values.flat[1] = poison
+    bad = ItemTable(**{**{f: getattr(table, f) for f in ("item_ids", "vectors", "bias", "popularity")},
+                       field: values})
+    data = export_model_bytes(table.vectors, table.bias, np.zeros(5), 0.0)  # a finite graph
+    v = reg.publish(data, {"item_ids": table.item_ids.tolist(), "dim": 3},
+                    {ITEMS_ATTACHMENT: bad.to_npz_bytes()})
+    with pytest.raises(CorruptModelError, match=f"1 non-finite .* in {field}"):
+        load_item_table(reg, v)
+
+
+def test_a_version_of_another_dimension_is_refused(tmp_path):
+    reg = Registry(tmp_path)
+    v = _publish(reg, _table())  # dim 3
+    assert load_item_table(reg, v, expected_dim=3).dim == 3
+    with pytest.raises(CorruptModelError, match="dim 3, but the learner's is 32"):
+        load_item_table(reg, v, expected_dim=32)

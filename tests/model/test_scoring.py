@@ -100,3 +100,19 @@ def test_choose_providers():
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ProviderUnavailableError):
             choose_providers("cuda")
+
+
+def test_a_graph_with_nan_weights_is_refused():
+    from onnx import numpy_helper
+
+    from model.onnx_model import build_scoring_model
+    from model.scoring import ModelMismatchError, ScoringModel
+
+    proto = build_scoring_model(np.ones((4, 3), np.float32), np.zeros(4, np.float32), np.zeros(4), 0.0)
+    init = max(proto.graph.initializer, key=lambda i: numpy_helper.to_array(i).size)  # the item matrix
+    poisoned = numpy_helper.to_array(init).copy()
+    poisoned.flat[5] = np.nan  # as a broken writer would leave it (export itself refuses NaN)
+    init.CopyFrom(numpy_helper.from_array(poisoned, init.name))
+    data = proto.SerializeToString()
+    with pytest.raises(ModelMismatchError, match="1 non-finite"):
+        ScoringModel.from_bytes(data, {"item_ids": list("abcd"), "dim": 3, "version": "v9"})
