@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from streamrec.config import Config
 
@@ -98,6 +99,18 @@ def retained_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: ((p / "_metadata").stat().st_mtime, int(p.name[4:])), reverse=True)
 
 
+def local_path(location: str | Path) -> Path:
+    """A checkpoint / savepoint location as a local path (Flink prints ``file:/...`` URIs).
+
+    >>> local_path("file:/data/savepoints/savepoint-1"), local_path("file:///a/b"), local_path("/c")
+    (PosixPath('/data/savepoints/savepoint-1'), PosixPath('/a/b'), PosixPath('/c'))
+    """
+    text = str(location)
+    if text.startswith("file:"):
+        return Path(unquote(urlparse(text).path))
+    return Path(text)
+
+
 def _check_restorable(path: Path, lineage: dict, identity: dict) -> None:
     metadata = path / "_metadata" if path.is_dir() else path
     if not metadata.is_file() or metadata.stat().st_size == 0:
@@ -125,7 +138,7 @@ def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str 
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         return _start(directory, identity, bounded, f"fresh start (--fresh): {what}", discarded)
     if restore_from:
-        path = Path(restore_from)
+        path = local_path(restore_from)
         if not path.exists():
             raise LineageError(f"--restore-from {restore_from}: no such checkpoint or savepoint")
         if lineage:
@@ -135,7 +148,7 @@ def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str 
     if lineage is None:
         return _start(directory, identity, bounded, "fresh start: no earlier run in this state directory")
     checkpoints = retained_checkpoints(directory)
-    savepoint = Path(lineage["savepoint"]) if lineage.get("savepoint") else None
+    savepoint = local_path(lineage["savepoint"]) if lineage.get("savepoint") else None
     candidates = [p for p in (checkpoints[:1] + ([savepoint] if savepoint else [])) if p.exists()]
     if candidates:
         newest = max(candidates, key=lambda p: (p / "_metadata" if p.is_dir() else p).stat().st_mtime)

@@ -122,3 +122,13 @@ def test_a_recorded_savepoint_newer_than_the_checkpoints_wins(cfg, tmp_path):
 def test_restore_from_a_missing_path_is_an_error(cfg):
     with pytest.raises(lineage.LineageError, match="no such checkpoint"):
         lineage.plan_run(cfg, JOB, restore_from="/nonexistent/chk-1")
+
+
+def test_a_savepoint_given_as_a_file_uri_is_found(cfg, tmp_path):
+    lineage.plan_run(cfg, JOB)
+    savepoint = tmp_path / "savepoints" / "savepoint-2"
+    savepoint.mkdir(parents=True)
+    (savepoint / "_metadata").write_bytes(b"sp")
+    lineage.mark_savepoint(cfg, JOB, savepoint.as_uri().replace("file:///", "file:/"))  # as `flink stop` prints it
+    assert lineage.plan_run(cfg, JOB).restore_from == savepoint
+    assert lineage.plan_run(cfg, JOB, restore_from=savepoint.as_uri()).restore_from == savepoint
