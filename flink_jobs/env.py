@@ -135,23 +135,20 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
                         run_id or uuid.uuid4().hex[:10])
 
 
-def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool | dict[int, int]) -> str:
-    """WITH-clause options of a Kafka SQL source (read_committed, earliest, optionally bounded:
-    ``True`` stops at the end offsets present at start, ``{partition: offset}`` at those)."""
+def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool,
+                         topic_pattern: str | None = None) -> str:
+    """WITH-clause options of a Kafka SQL source (read_committed, earliest, optionally bounded at
+    the end offsets present at start); ``topic_pattern`` subscribes by pattern instead."""
     opts = {
         "connector": "kafka",
-        "topic": topic,
+        **({"topic-pattern": topic_pattern} if topic_pattern else {"topic": topic}),
         "properties.bootstrap.servers": cfg.bootstrap_servers,
         "properties.group.id": group,
         "properties.isolation.level": "read_committed",
         "scan.startup.mode": "earliest-offset",
         **java_client_properties(cfg),
     }
-    if isinstance(bounded, dict):
-        opts["scan.bounded.mode"] = "specific-offsets"
-        opts["scan.bounded.specific-offsets"] = ";".join(
-            f"partition:{p},offset:{o}" for p, o in sorted(bounded.items()))
-    elif bounded:
+    if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
     return _with(opts)
 

@@ -88,8 +88,8 @@ def ingestion_topics(cfg: Config) -> list[str]:
     return [t.raw, t.dlq, t.clean, t.features_user, t.features_item]
 
 
-def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool | dict[int, int], statements: StatementSet,
-                  counters_dir: Path | None = None) -> Table:
+def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: StatementSet,
+                  counters_dir: Path | None = None, topic_pattern: str | None = None) -> Table:
     """Register the ingestion sources/sinks, add the INSERTs for events.dlq, events.clean,
     features.user and features.item to ``statements``, and return the cleaned, deduplicated
     events: ``event_id, user_id, item_id, event_type, rating, weight, ts, src_partition,
@@ -115,7 +115,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool | dict[int, int],
     for ddl in render_sql(
         "ingest",
         # the group (offsets committed on checkpoints) is the lineage's: runs never share one
-        source_options=kafka_source_options(cfg, t.raw, rt.transaction_prefix, bounded),
+        source_options=kafka_source_options(cfg, t.raw, rt.transaction_prefix, bounded,
+                                            topic_pattern=topic_pattern),
         dlq_sink_options=kafka_sink_options(cfg, t.dlq, rt.transaction_prefix),
         watermark_delay=sql_interval(ing.watermark_delay_ms),
         watermark_delay_ms=ing.watermark_delay_ms,

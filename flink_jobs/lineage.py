@@ -10,8 +10,8 @@ cluster) and the run id that names the sinks' Kafka transactions, so that:
 - ``--fresh`` starts over, and says what it discards;
 - a checkpoint that cannot be restored (other code version, other execution mode, corrupt) is a
   clear error, never a silent fresh start;
-- a bounded lineage keeps the end offsets of its first start: re-running a finished bounded run
-  resumes from its last checkpoint and publishes nothing new;
+- a bounded run that finished (Flink discards the checkpoints of a finished job) is not silently
+  recomputed: re-running it would publish every recommendation again;
 - every lineage has its own transactional-id prefix, so two jobs never fence each other, while
   the restarts and resumes of one job keep it (Flink aborts its lingering transactions by it).
 
@@ -54,8 +54,7 @@ class RunPlan:
     restore_from: Path | None
     reason: str  # one line for the user: what this run starts from, and why
     discarded: list[Path] = field(default_factory=list)
-    #: A bounded lineage stops at the end offsets of its first start, whatever arrives later.
-    stop_offsets: dict[int, int] | None = None
+    runs: int = 1  # how many runs this lineage has had, this one included
 
     def transactional_id_prefix(self, job_name: str, topic: str) -> str:
         return f"{job_name}-{self.run_id}-{topic}"
@@ -147,6 +146,13 @@ def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str 
         return _start(directory, identity, bounded, f"restoring {path} (--restore-from)", [], path)
     if lineage is None:
         return _start(directory, identity, bounded, "fresh start: no earlier run in this state directory")
+    if lineage.get("finished"):
+        # Checkpoints left behind by a finished job predate its final commit: resuming from one
+        # would publish its last records again.
+        raise LineageError(
+            f"the last run ({lineage['run_id']}) finished its bounded input; re-running would "
+            "recompute and publish its recommendations again: run with --fresh to start over on "
+            "purpose (or --restore-from a savepoint)")
     checkpoints = retained_checkpoints(directory)
     savepoint = local_path(lineage["savepoint"]) if lineage.get("savepoint") else None
     candidates = [p for p in (checkpoints[:1] + ([savepoint] if savepoint else [])) if p.exists()]
@@ -178,17 +184,16 @@ def _start(directory: Path, identity: dict, bounded: bool, reason: str, discarde
 def _resume(directory: Path, lineage: dict, bounded: bool, path: Path, reason: str) -> RunPlan:
     lineage = {**lineage, "runs": lineage.get("runs", 0) + 1, "bounded": bounded,
                "resumed_from": str(path), "driver_pid": os.getpid()}
+    lineage.pop("finished", None)
     write_lineage(directory, lineage)
-    stop = lineage.get("stop_offsets")
-    return RunPlan(lineage["run_id"], path, reason,
-                   stop_offsets={int(p): int(o) for p, o in stop.items()} if bounded and stop else None)
+    return RunPlan(lineage["run_id"], path, reason, runs=lineage["runs"])
 
 
-def record_stop_offsets(cfg: Config, job_name: str, offsets: dict[int, int]) -> None:
+def mark_finished(cfg: Config, job_name: str) -> None:
     directory = job_dir(cfg, job_name)
     lineage = read_lineage(directory)
     if lineage:
-        write_lineage(directory, {**lineage, "stop_offsets": {str(p): o for p, o in offsets.items()}})
+        write_lineage(directory, {**lineage, "finished": True, "finished_at": time.time()})
 
 
 def mark_savepoint(cfg: Config, job_name: str, savepoint: str) -> None:

@@ -17,11 +17,11 @@ exporter``) turns ``model.items`` into ONNX versions; UserLearner and Scorer rea
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyflink.common import Types
 
@@ -29,7 +29,7 @@ from flink_jobs import lineage
 from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, render_sql
 from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.config import Config, describe, load_config
-from streamrec.kafka_io import committed_offsets, end_offsets, ensure_topics
+from streamrec.kafka_io import delete_topics, ensure_topics
 from udfs.flink_operators import ITEM_UPDATES, KV_TYPE, USER_CHANGES, ItemLearner, Scorer, UserLearner
 
 JOB_NAME = "streamrec-pipeline"
@@ -52,12 +52,13 @@ def scoring_shards(cfg: Config) -> int:
     return max(1, cfg.flink.parallelism * 4)
 
 
-def build(rt: FlinkRuntime, cfg: Config, bounded: bool | dict[int, int], counters_dir=None):
+def build(rt: FlinkRuntime, cfg: Config, bounded: bool, counters_dir=None):
     """Add the whole pipeline to ``rt``; returns the StatementSet to attach before execute()."""
     t_env = rt.t_env
     topics = cfg.kafka.topics
     statements = t_env.create_statement_set()
-    clean = add_ingestion(rt, cfg, bounded, statements, counters_dir=counters_dir)
+    clean = add_ingestion(rt, cfg, bounded, statements, counters_dir=counters_dir,
+                          topic_pattern=source_topic_pattern(cfg, rt.run_id))
     events = t_env.to_data_stream(clean)
 
     learner = cfg.learner.model_dump()
@@ -101,67 +102,58 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool | dict[int, int], counter
 def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True,
         quiet: bool = False, fresh: bool = False) -> PipelineRun:
     """Run the pipeline; by default it resumes from its lineage's latest retained checkpoint
-    (flink_jobs/lineage.py), ``fresh`` starts over and discards it. A bounded lineage stops at the
-    end offsets of ``events.raw`` present when it first started."""
+    (flink_jobs/lineage.py), ``fresh`` starts over and discards it. Bounded: stop at the end
+    offsets present when the lineage started (a restored run keeps its splits' stopping offsets)."""
     if not quiet:
         print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
     ensure_topics(cfg)
     cfg.paths_resolved.registry_dir.mkdir(parents=True, exist_ok=True)
     plan = lineage.plan_run(cfg, JOB_NAME, fresh=fresh, restore_from=restore_from, bounded=bounded)
     print(f"[{JOB_NAME}] {plan.reason}", file=sys.stderr)
-    stop_at: dict[int, int] = {}
-    if bounded:
-        stop_at = plan.stop_offsets or end_offsets(cfg, cfg.kafka.topics.raw)
-        lineage.record_stop_offsets(cfg, JOB_NAME, stop_at)
+    trigger = restore_trigger_topic(cfg, plan) if bounded and plan.restore_from else None
+    if trigger:
+        ensure_topics(cfg, [trigger], partitions=1)
     rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
     counters_dir = rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12]
-    # The source is never a bounded Kafka source: restored from a checkpoint, one never finishes
-    # (FLINK-31006 / FLINK-33466, open in connector 5.0.0 and 4.0.1). A bounded run ends when the
-    # driver sees its input committed (end_bounded_run), with its checkpoints retained.
-    statements = build(rt, cfg, False, counters_dir)
+    statements = build(rt, cfg, bounded, counters_dir)
     statements.attach_as_datastream()
     started = time.monotonic()
     if not wait:  # under `flink run -d`, or a caller that stops the job itself: submit and return
         return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME))
-    if bounded:
-        end_bounded_run(cfg, rt, rt.env.execute_async(JOB_NAME), stop_at)
-    else:
+    try:
         rt.env.execute(JOB_NAME)
+    finally:
+        if trigger:
+            delete_topics(cfg, [trigger])
     seconds = time.monotonic() - started
+    if bounded:  # Flink discards a finished job's checkpoints: remember that it finished
+        lineage.mark_finished(cfg, JOB_NAME)
     summary = summarize(cfg, counters_dir, seconds) if bounded else None
     if summary and not quiet:
         print(summary.line(), file=sys.stderr)
     return PipelineRun(summary, seconds)
 
 
-def end_bounded_run(cfg: Config, rt: FlinkRuntime, job_client, stop_at: dict[int, int],
-                    poll_s: float = 0.5) -> None:
-    """Wait until the source offsets the job committed on a checkpoint reach ``stop_at`` and one
-    more checkpoint completed after that (so every sink committed the transactions holding the
-    last records), then cancel the job. Its checkpoints are retained: a re-run of the same
-    command resumes there and publishes nothing new."""
-    job_id = str(job_client.get_job_id())
-    reached_at: int | None = None
-    while True:
-        status = job_client.get_job_status().result().name
-        if status == "FINISHED":
-            return
-        if status in ("FAILED", "CANCELED"):
-            raise RuntimeError(f"the pipeline job {job_id} ended as {status}")
-        newest = newest_checkpoint_id(rt.checkpoint_dir / job_id)
-        if reached_at is None:
-            committed = committed_offsets(cfg, rt.transaction_prefix, cfg.kafka.topics.raw, list(stop_at))
-            if all(committed.get(p, -1) >= o for p, o in stop_at.items() if o > 0):
-                reached_at = newest
-        elif newest is not None and newest > (reached_at or 0):
-            job_client.cancel().result()
-            return
-        time.sleep(poll_s)
+def source_topic_pattern(cfg: Config, run_id: str) -> str:
+    """The pipeline's source subscribes to ``events.raw`` plus the lineage's restore triggers.
+
+    >>> from streamrec.config import load_config
+    >>> print(source_topic_pattern(load_config(config_file=None, env={}), "r1"))
+    ^events\\.raw(\\.restore\\-r1\\-[0-9]+)?$
+    """
+    raw = cfg.kafka.topics.raw
+    return f"^{re.escape(raw)}({re.escape(f'.restore-{run_id}-')}[0-9]+)?$"
 
 
-def newest_checkpoint_id(job_checkpoints: Path) -> int | None:
-    ids = [int(c.name[4:]) for c in job_checkpoints.glob("chk-*") if (c / "_metadata").is_file()]
-    return max(ids) if ids else None
+def restore_trigger_topic(cfg: Config, plan) -> str:
+    """An empty one-partition topic created before a bounded run resumes.
+
+    A bounded Kafka source restored from a checkpoint reads to its stopping offsets and then waits
+    forever for a "no more splits" signal its restored enumerator never sends when it finds no new
+    partition (FLINK-31006 / FLINK-33466, open in connector 5.0.0 and 4.0.1). A new partition
+    matching the source's pattern makes that enumerator signal the end: the job then finishes,
+    with its final watermark flushing every window and timer, as a fresh bounded run does."""
+    return f"{cfg.kafka.topics.raw}.restore-{plan.run_id}-{plan.runs}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,8 @@ def admin(cfg: Config) -> AdminClient:
     return AdminClient(_base(cfg))
 
 
-def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float = 30.0) -> dict[str, str]:
+def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float = 30.0,
+                  partitions: int | None = None) -> dict[str, str]:
     """Create the configured topics that do not exist yet. Returns {topic: "created"|"exists"}.
 
     Every topic gets ``kafka.partitions`` partitions; producers key per-user streams by user_id
@@ -48,7 +49,7 @@ def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float =
     missing = [t for t in wanted if t not in existing]
     if missing:
         futures = client.create_topics(
-            [NewTopic(t, num_partitions=cfg.kafka.partitions,
+            [NewTopic(t, num_partitions=partitions or cfg.kafka.partitions,
                       replication_factor=cfg.kafka.replication_factor) for t in missing],
             operation_timeout=timeout,
         )
@@ -146,16 +147,6 @@ def end_offsets(cfg: Config, topic: str, read_committed: bool = True) -> dict[in
             _low, high = cons.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
             out[p] = high
         return out
-    finally:
-        cons.close()
-
-
-def committed_offsets(cfg: Config, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    """Offsets ``group`` committed on ``topic`` (partitions without a commit are left out)."""
-    cons = consumer(cfg, group=group)
-    try:
-        got = cons.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
     finally:
         cons.close()
 

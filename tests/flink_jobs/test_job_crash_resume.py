@@ -1,8 +1,8 @@
 """Crash-safe exactly-once as users run it: `streamrec run --bounded` is killed with SIGKILL (the
 driver and its Flink JVM, as a crash or an OOM killer would) at random points of a replay, and
 the very same command is simply run again. A read_committed reader of ``recommendations`` then
-holds one record per source event: 0 lost, 0 duplicated; a re-run after the job finished resumes
-from its last checkpoint and publishes nothing new.
+holds one record per source event: 0 lost, 0 duplicated; a re-run after the job finished refuses
+to recompute (which would publish everything again) and says --fresh.
 
 The heavy variant (30,000 events, 3 kills) is marked ``faults``: ``make test-faults``."""
 
@@ -97,8 +97,8 @@ def _assert_exactly_once(cfg, result: dict) -> None:
     duplicated = {k: n for k, n in per_event.items() if n > 1}
     assert not lost and not duplicated, f"{len(lost)} lost, {len(duplicated)} duplicated"
     assert len(recs) == len(source)
-    # finished: running the command once more resumes and publishes nothing new
-    assert result["rerun_rc"] == 0 and "resuming run" in result["rerun_out"], result["rerun_out"][-1500:]
+    # finished: running the command once more refuses instead of publishing everything again
+    assert result["rerun_rc"] == 1 and "--fresh" in result["rerun_out"], result["rerun_out"][-1500:]
     assert len(list(read_topic(cfg, cfg.kafka.topics.recommendations))) == len(source)
 
 

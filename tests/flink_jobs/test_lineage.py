@@ -85,13 +85,19 @@ def test_a_corrupt_checkpoint_is_an_error(cfg):
         lineage.plan_run(cfg, JOB)
 
 
-def test_a_bounded_lineage_keeps_the_end_offsets_of_its_first_start(cfg):
+def test_a_finished_bounded_run_is_not_silently_recomputed(cfg):
     lineage.plan_run(cfg, JOB, bounded=True)
-    lineage.record_stop_offsets(cfg, JOB, {0: 100, 1: 7})
+    checkpoint(cfg, "job-a", 3)  # left behind by the finished job, older than its final commit
+    lineage.mark_finished(cfg, JOB)
+    with pytest.raises(lineage.LineageError, match="publish its recommendations again.*--fresh"):
+        lineage.plan_run(cfg, JOB, bounded=True)
+    assert lineage.plan_run(cfg, JOB, bounded=True, fresh=True).restore_from is None
+
+
+def test_resumes_count_the_runs(cfg):
+    lineage.plan_run(cfg, JOB)
     checkpoint(cfg, "job-a", 1)
-    resumed = lineage.plan_run(cfg, JOB, bounded=True)
-    assert resumed.stop_offsets == {0: 100, 1: 7}  # not whatever arrived since
-    assert lineage.plan_run(cfg, JOB, bounded=False).stop_offsets is None
+    assert [lineage.plan_run(cfg, JOB).runs for _ in range(3)] == [2, 3, 4]
 
 
 def test_a_run_that_never_checkpointed_starts_again_but_lost_checkpoints_are_an_error(cfg):
