@@ -234,9 +234,13 @@ def descendants(pid: int) -> list[tuple[int, str]]:
 
 
 def flink_jvm_pid(parent: int | None = None) -> int | None:
-    """The PyFlink gateway JVM started by this process (the local mini-cluster runs in it)."""
+    """The PyFlink gateway JVM started by this process (the local mini-cluster runs in it), not
+    the embedded Kafka broker's JVM, which may be a child of this process too."""
+    from streamrec.broker import MAIN_CLASS
+
     for pid, comm in descendants(parent or os.getpid()):
-        if comm == "java":
+        cmdline = (_read(f"/proc/{pid}/cmdline") or "").split("\0")
+        if comm == "java" and MAIN_CLASS not in cmdline:
             return pid
     return None
 
