@@ -108,11 +108,13 @@ class ExportResult:
     evaluated: int
     seconds: float
     deleted: list[str] = field(default_factory=list)
+    held: bool = False  # not promoted because an operator's rollback pinned CURRENT
 
     def line(self) -> str:
         cur = "n/a" if self.current_recall is None else f"{self.current_recall:.4f}"
         vs = f" ({self.current_version})" if self.current_version else ""
-        verdict = "promoted (forced)" if self.forced else ("promoted" if self.promoted else "rejected")
+        verdict = ("held (CURRENT is pinned)" if self.held else "promoted (forced)" if self.forced
+                   else "promoted" if self.promoted else "rejected")
         return (f"export {self.version}: {self.items} items, dim {self.dim}, {self.metric} candidate "
                 f"{self.candidate_recall:.4f} / current {cur}{vs} on {self.evaluated} events -> "
                 f"{verdict} in {self.seconds:.2f} s")
@@ -463,7 +465,18 @@ class Exporter:
         candidate = ScoringModel.from_bytes(model_bytes, self.registry.read_meta(version), self.providers)
         current_version, current = self._current_model()
         k, margin = cfg.top_k, cfg.gate_margin
-        if self.force:
+        pin = self.registry.pinned()
+        if pin is not None:  # a rollback holds: keep exporting, promote nothing (not even --force)
+            cand = evaluate(candidate, user_vectors, events, seen, k)
+            cur = evaluate(current, user_vectors, events, seen, k) if current is not None else None
+            reason = (f"held: CURRENT is pinned to {pin['version']} by {pin.get('actor')} "
+                      f"({pin.get('reason')})")
+            self.registry.hold(version, reason, figures={
+                "metric": f"recall@{k}", "candidate": cand.recall,
+                "current": cur.recall if cur else None, "current_version": current_version,
+                "evaluated": cand.evaluated})
+            promoted, cand_recall, cur_recall, evaluated = False, cand.recall, (cur.recall if cur else None), cand.evaluated
+        elif self.force:
             cand = evaluate(candidate, user_vectors, events, seen, k)
             cur = evaluate(current, user_vectors, events, seen, k) if current is not None else None
             would, why = gate_decision(cand.recall, cur.recall if cur else None, margin)
@@ -490,7 +503,7 @@ class Exporter:
             version=version, items=len(table), dim=table.dim, promoted=promoted, forced=self.force,
             reason=reason, metric=f"recall@{k}", candidate_recall=cand_recall,
             current_recall=cur_recall, current_version=current_version if current is not None else None,
-            evaluated=evaluated, seconds=time.monotonic() - t0, deleted=deleted,
+            evaluated=evaluated, seconds=time.monotonic() - t0, deleted=deleted, held=pin is not None,
         )
         self.results.append(result)
         log.info("%s", result.line())

@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
+#: Present while an operator's rollback holds: {"version", "actor", "reason", "ts"}. The exporter
+#: keeps exporting but promotes nothing until `unpin` or a manual `promote` ends it.
+PIN_FILE = "PINNED"
 LOG_FILE = "registry.log"
 LOCK_FILE = ".lock"
 STATUSES = ("candidate", "promoted", "rejected")
@@ -75,6 +78,10 @@ T = TypeVar("T")
 
 class RegistryError(RuntimeError):
     """A registry operation is not possible (unknown version, nothing to roll back to, ...)."""
+
+
+class PinnedError(RegistryError):
+    """A promotion was refused because an operator's rollback pinned CURRENT."""
 
 
 class CorruptModelError(RegistryError):
@@ -187,6 +194,42 @@ class Registry:
             return None
         version_number(text)
         return text
+
+    def pinned(self) -> dict[str, Any] | None:
+        """The pin a rollback set (CURRENT stays on its version), or None."""
+        try:
+            return json.loads((self.root / PIN_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{self.root / PIN_FILE} is unreadable ({exc}); remove it to unpin") from None
+
+    def unpin(self, actor: str, reason: str, log_extra: dict[str, Any] | None = None) -> str | None:
+        """End a pin; returns the version it held (None when nothing was pinned)."""
+        with self._locked():
+            pin = self.pinned()
+            if pin is None:
+                return None
+            (self.root / PIN_FILE).unlink()
+            _fsync_dir(self.root)
+            self._append_log("unpin", pin["version"], None, actor, reason, **(log_extra or {}))
+        log.warning("registry %s: unpinned %s by %s: %s", self.root, pin["version"], actor, reason)
+        return pin["version"]
+
+    def newest_before(self, when: datetime) -> str:
+        """The newest non-rejected version created before ``when`` (for rollback by time)."""
+        found = None
+        for version in self.list_versions():
+            try:
+                meta = self.read_meta(version)
+            except CorruptModelError:
+                continue
+            created = datetime.fromisoformat(str(meta.get("created_at")))
+            if created < when and meta.get("status") != "rejected":
+                found = version
+        if found is None:
+            raise RegistryError(f"no retained version was created before {when.isoformat()}")
+        return found
 
     def read_meta(self, version: str) -> dict[str, Any]:
         """``meta.json`` of ``version`` (no sha check; :meth:`load` does that)."""
@@ -383,13 +426,23 @@ class Registry:
 
     def promote(
         self, version: str, actor: str, reason: str, figures: dict[str, Any] | None = None,
-        log_extra: dict[str, Any] | None = None,
+        log_extra: dict[str, Any] | None = None, end_pin: bool = False,
     ) -> None:
         """Verify ``version``, mark it ``promoted`` and point CURRENT at it.
 
-        ``log_extra`` adds keys to the registry.log entry and the history entry (e.g. ``user``)."""
+        ``log_extra`` adds keys to the registry.log entry and the history entry (e.g. ``user``).
+        While a pin holds, only an explicit ``end_pin`` promotion (an operator's) goes through."""
         self.load(version)  # refuses a corrupt model before it can be served
         with self._locked():
+            pin = self.pinned()
+            if pin is not None and not end_pin:
+                raise PinnedError(f"CURRENT is pinned to {pin['version']} by {pin.get('actor')} "
+                                  f"({pin.get('reason')}): {version} is not promoted; "
+                                  "`streamrec model unpin` or `promote V` ends the pin")
+            if pin is not None:
+                (self.root / PIN_FILE).unlink()
+                self._append_log("unpin", pin["version"], None, actor, f"promote {version}",
+                                 **(log_extra or {}))
             previous = self.current()
             if previous == version:
                 log.info("registry %s: %s is already CURRENT, nothing to promote", self.root, version)
@@ -407,6 +460,21 @@ class Registry:
             self._set_current(version)
             self._append_log("promote", version, previous, actor, reason, **(log_extra or {}))
         log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
+
+    def hold(self, version: str, reason: str, figures: dict[str, Any] | None = None,
+             actor: str = "gate") -> None:
+        """Record that ``version`` stays a candidate because CURRENT is pinned."""
+        with self._locked():
+            def change(meta: dict[str, Any]) -> None:
+                meta["status"] = "candidate"
+                if figures is not None:
+                    meta["quality"] = dict(figures)
+                meta.setdefault("history", []).append(
+                    {"ts": _now_iso(), "action": "hold", "actor": actor, "reason": reason})
+
+            self._update_meta(version, change)
+            self._append_log("hold", version, self.current(), actor, reason)
+        log.info("registry %s: %s held: %s", self.root, version, reason)
 
     def reject(
         self, version: str, reason: str, figures: dict[str, Any] | None = None, actor: str = "gate"
@@ -429,9 +497,10 @@ class Registry:
 
     def rollback(
         self, to: str | None = None, actor: str = "operator", reason: str = "",
-        log_extra: dict[str, Any] | None = None,
+        log_extra: dict[str, Any] | None = None, pin: bool = True,
     ) -> str:
-        """Point CURRENT at ``to`` (default: the previously promoted version); return it.
+        """Point CURRENT at ``to`` (default: the previously promoted version) and, with ``pin``,
+        pin it there (the exporter then promotes nothing until an unpin); return it.
 
         ``log_extra`` adds keys to the registry.log entry and the history entry (e.g. ``user``)."""
         with self._locked():
@@ -439,7 +508,7 @@ class Registry:
             target = to if to is not None else self.previous_promoted()
             if target is None:
                 raise RegistryError("nothing to roll back to: fewer than two promotions in the log")
-            if target == previous:
+            if target == previous and not pin:
                 raise RegistryError(f"{target} is already CURRENT")
             meta = self.read_meta(target)
             if meta.get("status") == "rejected":
@@ -450,6 +519,11 @@ class Registry:
                  **(log_extra or {})}))
             self._set_current(target)
             self._append_log("rollback", target, previous, actor, reason, **(log_extra or {}))
+            if pin:
+                _write_file_atomic(self.root / PIN_FILE, _json_bytes(
+                    {"version": target, "actor": actor, "reason": reason, "ts": _now_iso(),
+                     **(log_extra or {})}))
+                self._append_log("pin", target, previous, actor, reason, **(log_extra or {}))
         log.warning("registry %s: rolled back %s -> %s by %s: %s", self.root, previous, target, actor, reason)
         return target
 

@@ -284,23 +284,54 @@ def cmd_model(args, cfg: Config) -> int:
             for r in rows:  # items and dim right-aligned
                 print(" ".join(c.rjust(w) if i in (3, 4) else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-            print(f"CURRENT: {reg.current() or 'none'}")
+            pin = reg.pinned()
+            print(f"CURRENT: {reg.current() or 'none'}" + (
+                f" (pinned by {pin.get('actor')}/{pin.get('user', '?')} at {pin.get('ts')}: {pin.get('reason')})"
+                if pin else ""))
         elif args.action == "promote":
             if not args.version:
                 print("error: `streamrec model promote` needs a VERSION", file=sys.stderr)
                 return 2
             previous = reg.current()
-            reg.promote(args.version, actor="cli", reason=args.reason or "manual promote", log_extra=who)
-            print(f"CURRENT: {args.version} (was {previous or 'none'})")
+            reg.promote(args.version, actor="cli", reason=args.reason or "manual promote", log_extra=who,
+                        end_pin=True)
+            print(f"CURRENT: {args.version} (was {previous or 'none'}); not pinned")
+        elif args.action == "unpin":
+            held = reg.unpin(actor="cli", reason=args.reason or "manual unpin", log_extra=who)
+            print(f"unpinned {held}: the exporter promotes again" if held else "nothing was pinned")
         else:
             previous = reg.current()
-            target = reg.rollback(args.version, actor="cli", reason=args.reason or "manual rollback",
+            version = args.version
+            if args.before:
+                if version:
+                    print("error: give a VERSION or --before TIME, not both", file=sys.stderr)
+                    return 2
+                version = reg.newest_before(parse_time(args.before))
+            target = reg.rollback(version, actor="cli", reason=args.reason or "manual rollback",
                                   log_extra=who)
-            print(f"CURRENT: {target} (rolled back from {previous or 'none'})")
+            print(f"CURRENT: {target} (rolled back from {previous or 'none'}), pinned: the exporter "
+                  "promotes nothing until `streamrec model unpin` or `promote V`")
     except (RegistryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def parse_time(text: str):
+    """ISO-8601 (naive = UTC) or epoch milliseconds, as an aware datetime.
+
+    >>> parse_time("1764547200000").isoformat(), parse_time("2025-12-01T00:00:00").isoformat()
+    ('2025-12-01T00:00:00+00:00', '2025-12-01T00:00:00+00:00')
+    """
+    from datetime import datetime, timezone
+
+    if text.strip().isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--before {text!r} is neither ISO-8601 nor epoch milliseconds") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def cmd_eval(args, cfg: Config) -> int:
@@ -437,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_exporter)
 
     p = sub.add_parser("model", help="list the model registry, promote or roll back a version")
-    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("action", choices=["list", "promote", "rollback", "unpin"])
     p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous")
+    p.add_argument("--before", help="rollback: to the newest version created before this time "
+                   "(ISO-8601, UTC if no offset, or epoch ms)")
     p.add_argument("--reason", help="recorded in registry.log")
     p.set_defaults(func=cmd_model)
 

@@ -246,3 +246,26 @@ def test_sigterm_stops_cleanly(cfg, tmp_path):
     assert proc.returncode == 0, err
     assert "SIGTERM received" in err and "exporter stopped after 1 exports" in err
     assert "export v000001:" in err
+
+
+def test_a_pin_holds_every_export_until_unpinned(cfg, tmp_path):
+    """After a rollback the exporter keeps exporting, but promotes nothing (not even with
+    --force) until the pin ends; then promotion resumes."""
+    cfg = _cfg(cfg, tmp_path)
+    produce_world(cfg, World(seed=4))
+    reg = Registry(cfg.paths_resolved.registry_dir)
+    exp = Exporter(cfg, force=True)
+    try:
+        assert exp.export_once().promoted and reg.current() == "v000001"
+        reg.rollback(to="v000001", actor="alice", reason="hold still")  # pins CURRENT where it is
+        held = [exp.export() for _ in range(2)]
+        assert [r.promoted for r in held] == [False, False] and all(r.held for r in held)
+        assert "held (CURRENT is pinned)" in held[0].line()
+        assert reg.current() == "v000001"
+        assert reg.read_meta(held[0].version)["status"] == "candidate"
+        assert "pinned to v000001 by alice" in reg.read_meta(held[0].version)["history"][-1]["reason"]
+        reg.unpin(actor="alice", reason="done")
+        resumed = exp.export()
+        assert resumed.promoted and reg.current() == resumed.version
+    finally:
+        exp.close()

@@ -102,3 +102,21 @@ def test_empty_registry(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STREAMREC_PATHS__REGISTRY_DIR", str(tmp_path / "empty"))
     rc, out, _ = run(capsys, "model", "list")
     assert rc == 0 and "has no versions" in out
+
+
+def test_rollback_pins_and_unpin_ends_it(reg, capsys):
+    for v in ("v000001", "v000002", "v000003"):
+        reg.promote(v, actor="gate", reason="ok")
+    before = reg.read_meta("v000003")["created_at"]
+    rc, out, _ = run(capsys, "model", "rollback", "--before", before, "--reason", "bad CTR")
+    assert rc == 0 and "CURRENT: v000002" in out and "pinned" in out
+    rc, out, _ = run(capsys, "model", "list")
+    assert f"pinned by cli/{getpass.getuser()}" in out and "bad CTR" in out
+    rc, _, err = run(capsys, "model", "rollback", "v000001", "--before", before)
+    assert rc == 2 and "not both" in err
+    rc, _, err = run(capsys, "model", "rollback", "--before", "yesterday")
+    assert rc == 1 and "neither ISO-8601 nor epoch milliseconds" in err
+    rc, out, _ = run(capsys, "model", "unpin")
+    assert rc == 0 and "unpinned v000002" in out and reg.pinned() is None
+    rc, out, _ = run(capsys, "model", "unpin")
+    assert "nothing was pinned" in out

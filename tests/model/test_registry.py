@@ -85,12 +85,13 @@ def test_promote_rollback_and_log(tmp_path):
     reg.promote(v2, actor="gate", reason="better")
     reg.promote(v3, actor="gate", reason="better again")
     assert reg.current() == v3 and reg.previous_promoted() == v2
-    assert reg.rollback(actor="alice", reason="bad CTR") == v2
+    # (pin=False: the walk-back mechanics alone; pinning is tested below)
+    assert reg.rollback(actor="alice", reason="bad CTR", pin=False) == v2
     assert reg.current() == v2
-    assert reg.rollback(actor="alice", reason="still bad") == v1  # walks back, no ping-pong
+    assert reg.rollback(actor="alice", reason="still bad", pin=False) == v1  # walks back, no ping-pong
     with pytest.raises(RegistryError):
-        reg.rollback(actor="alice", reason="nothing before v1")
-    assert reg.rollback(to=v3, actor="bob", reason="fixed upstream") == v3
+        reg.rollback(actor="alice", reason="nothing before v1", pin=False)
+    assert reg.rollback(to=v3, actor="bob", reason="fixed upstream", pin=False) == v3
     assert reg.previous_promoted() == v1
 
     log = reg.read_log()
@@ -295,3 +296,42 @@ def test_default_rollback_skips_versions_rejected_after_promotion(tmp_path):
     reg.reject(v2, reason="found bad after the fact", actor="alice")
     assert reg.previous_promoted() == v1
     assert reg.rollback(actor="alice", reason="") == v1
+
+
+def test_a_rollback_pins_current_until_unpin_or_a_manual_promote(tmp_path):
+    from model.registry import PinnedError
+
+    reg = Registry(tmp_path)
+    v1, v2, v3, v4 = (_publish(reg, seed=s) for s in range(4))
+    reg.promote(v1, actor="gate", reason="first")
+    reg.promote(v2, actor="gate", reason="better")
+    assert reg.rollback(actor="alice", reason="bad CTR", log_extra={"user": "alice"}) == v1
+    assert reg.pinned()["version"] == v1 and reg.pinned()["user"] == "alice"
+    with pytest.raises(PinnedError, match=f"pinned to {v1} by alice"):
+        reg.promote(v3, actor="gate", reason="the gate likes it")
+    assert reg.current() == v1
+    reg.hold(v3, "held: pinned")
+    assert reg.read_meta(v3)["status"] == "candidate"
+    assert reg.unpin(actor="alice", reason="fixed") == v1 and reg.pinned() is None
+    reg.promote(v3, actor="gate", reason="promotion resumes")
+    assert reg.current() == v3
+    reg.rollback(to=v2, actor="bob", reason="again")
+    reg.promote(v4, actor="cli", reason="manual", end_pin=True)  # an operator's promote ends it
+    assert reg.current() == v4 and reg.pinned() is None
+    actions = [e["action"] for e in reg.read_log()]
+    assert actions[-8:] == ["rollback", "pin", "hold", "unpin", "promote", "rollback", "pin", "unpin"] or \
+        actions[-9:] == ["rollback", "pin", "hold", "unpin", "promote", "rollback", "pin", "unpin", "promote"]
+
+
+def test_rollback_by_time_takes_the_newest_version_before_it(tmp_path):
+    from datetime import datetime, timedelta
+
+    reg = Registry(tmp_path)
+    v1, v2, v3 = (_publish(reg, seed=s) for s in range(3))
+    for v in (v1, v2, v3):
+        reg.promote(v, actor="gate", reason="ok")
+    created = {v: datetime.fromisoformat(reg.read_meta(v)["created_at"]) for v in (v1, v2, v3)}
+    assert reg.newest_before(created[v3]) == v2
+    assert reg.newest_before(created[v3] + timedelta(seconds=1)) == v3
+    with pytest.raises(RegistryError, match="no retained version was created before"):
+        reg.newest_before(created[v1])
