@@ -267,6 +267,31 @@ def _model_rows(reg) -> list[list[str]]:
     return rows
 
 
+def _model_document(reg) -> dict:
+    """Every version with its creation time, training position, gate figures, status and sha256,
+    plus CURRENT and the pin: one JSON document (`streamrec model list --json`)."""
+    from model.registry import CorruptModelError
+
+    current, pin = reg.current(), reg.pinned()
+    versions = []
+    for version in reg.list_versions():
+        try:
+            meta = reg.read_meta(version)
+        except CorruptModelError as exc:
+            versions.append({"version": version, "status": "corrupt", "error": str(exc)})
+            continue
+        status = meta.get("status", "candidate")
+        if version == current:
+            status = "pinned" if pin and pin.get("version") == version else "current"
+        versions.append({
+            "version": version, "status": status, "created_at": meta.get("created_at"),
+            "training_position": meta.get("training_position"), "gate": meta.get("quality"),
+            "items": meta.get("item_count"), "dim": meta.get("dim"), "sha256": meta.get("sha256"),
+            "attachments_sha256": meta.get("attachments", {}),
+        })
+    return {"registry": str(reg.root), "current": current, "pin": pin, "versions": versions}
+
+
 def cmd_model(args, cfg: Config) -> int:
     import getpass
 
@@ -275,7 +300,9 @@ def cmd_model(args, cfg: Config) -> int:
     reg = Registry(cfg.paths_resolved.registry_dir)
     who = {"user": getpass.getuser()}
     try:
-        if args.action == "list":
+        if args.action == "list" and args.json:
+            print(json.dumps(_model_document(reg), indent=1, default=str))
+        elif args.action == "list":
             rows = _model_rows(reg)
             if len(rows) == 1:
                 print(f"registry {reg.root} has no versions")
@@ -470,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("model", help="list the model registry, promote or roll back a version")
     p.add_argument("action", choices=["list", "promote", "rollback", "unpin"])
     p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous")
+    p.add_argument("--json", action="store_true", help="list: one JSON document")
     p.add_argument("--before", help="rollback: to the newest version created before this time "
                    "(ISO-8601, UTC if no offset, or epoch ms)")
     p.add_argument("--reason", help="recorded in registry.log")

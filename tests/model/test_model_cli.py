@@ -120,3 +120,18 @@ def test_rollback_pins_and_unpin_ends_it(reg, capsys):
     assert rc == 0 and "unpinned v000002" in out and reg.pinned() is None
     rc, out, _ = run(capsys, "model", "unpin")
     assert "nothing was pinned" in out
+
+
+def test_list_json_is_one_document_with_statuses_and_checksums(reg, capsys):
+    import json
+
+    reg.promote("v000001", actor="gate", reason="ok")
+    reg.promote("v000002", actor="gate", reason="ok")
+    reg.rollback(actor="cli", reason="bad")
+    rc, out, _ = run(capsys, "model", "list", "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["current"] == "v000001" and doc["pin"]["version"] == "v000001"
+    status = {v["version"]: v["status"] for v in doc["versions"]}
+    assert status == {"v000001": "pinned", "v000002": "promoted", "v000003": "candidate"}
+    for v in doc["versions"]:
+        assert len(v["sha256"]) == 64 and v["created_at"] and set(v["attachments_sha256"]) == {ITEMS_ATTACHMENT}
