@@ -173,7 +173,9 @@ def up(cfg: Config, timeout: float = 90.0, log=print) -> ClusterInfo:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         current = info(cfg)
-        if current is not None and current.taskmanagers >= cfg.flink.taskmanagers:
+        # usable = every TaskManager registered *with its slots* (they register a moment apart)
+        if (current is not None and current.taskmanagers >= cfg.flink.taskmanagers
+                and current.slots_total >= cfg.flink.taskmanagers * cfg.flink.task_slots):
             log(f"standalone cluster up: {current.taskmanagers} TaskManagers, "
                 f"{current.slots_total} slots, web UI {current.rest_url}")
             return current
