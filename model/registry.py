@@ -461,19 +461,24 @@ class Registry:
             self._append_log("promote", version, previous, actor, reason, **(log_extra or {}))
         log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
 
+    def _record_decision(self, version: str, status: str, action: str, reason: str,
+                         figures: dict[str, Any] | None, actor: str) -> None:
+        """Set ``version``'s status (with the gate's figures) and log the decision; under the lock."""
+        def change(meta: dict[str, Any]) -> None:
+            meta["status"] = status
+            if figures is not None:
+                meta["quality"] = dict(figures)
+            meta.setdefault("history", []).append(
+                {"ts": _now_iso(), "action": action, "actor": actor, "reason": reason})
+
+        self._update_meta(version, change)
+        self._append_log(action, version, self.current(), actor, reason)
+
     def hold(self, version: str, reason: str, figures: dict[str, Any] | None = None,
              actor: str = "gate") -> None:
         """Record that ``version`` stays a candidate because CURRENT is pinned."""
         with self._locked():
-            def change(meta: dict[str, Any]) -> None:
-                meta["status"] = "candidate"
-                if figures is not None:
-                    meta["quality"] = dict(figures)
-                meta.setdefault("history", []).append(
-                    {"ts": _now_iso(), "action": "hold", "actor": actor, "reason": reason})
-
-            self._update_meta(version, change)
-            self._append_log("hold", version, self.current(), actor, reason)
+            self._record_decision(version, "candidate", "hold", reason, figures, actor)
         log.info("registry %s: %s held: %s", self.root, version, reason)
 
     def reject(
@@ -483,16 +488,7 @@ class Registry:
         with self._locked():
             if self.current() == version:
                 raise RegistryError(f"cannot reject {version}: it is CURRENT (roll back first)")
-
-            def change(meta: dict[str, Any]) -> None:
-                meta["status"] = "rejected"
-                if figures is not None:
-                    meta["quality"] = dict(figures)
-                meta.setdefault("history", []).append(
-                    {"ts": _now_iso(), "action": "reject", "actor": actor, "reason": reason})
-
-            self._update_meta(version, change)
-            self._append_log("reject", version, self.current(), actor, reason)
+            self._record_decision(version, "rejected", "reject", reason, figures, actor)
         log.info("registry %s: rejected %s: %s", self.root, version, reason)
 
     def rollback(
