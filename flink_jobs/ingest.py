@@ -93,7 +93,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     """Register the ingestion sources/sinks, add the INSERTs for events.dlq, events.clean,
     features.user and features.item to ``statements``, and return the cleaned, deduplicated
     events: ``event_id, user_id, item_id, event_type, rating, weight, ts, src_partition,
-    src_offset`` and the rowtime attribute ``event_time`` (watermark from the source).
+    src_offset``, the rowtime attribute ``event_time`` (watermark from the source) and the
+    processing-time attribute ``proc_time`` (the learner's micro-batches).
 
     The caller runs ``statements.attach_as_datastream(); rt.env.execute()`` (the dedup operator
     is a DataStream operator, so the statements must be attached to the DataStream graph).
@@ -149,6 +150,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         .column("ts", "BIGINT").column("src_partition", "INT").column("src_offset", "BIGINT")
         .column("late", "BOOLEAN")
         .column_by_expression("event_time", "TO_TIMESTAMP_LTZ(ts, 3)")
+        .column_by_expression("proc_time", "PROCTIME()")
         .watermark("event_time", "SOURCE_WATERMARK()")
         .build()))
 
@@ -171,7 +173,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         else:
             t_env.execute_sql(stmt)
     cols = ", ".join(CLEAN_COLUMNS)
-    return t_env.sql_query(f"SELECT {cols}, event_time FROM deduped_all")
+    return t_env.sql_query(f"SELECT {cols}, event_time, proc_time FROM deduped_all")
 
 
 @dataclass

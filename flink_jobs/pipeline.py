@@ -3,13 +3,16 @@
     events.raw ─► [SQL] validate ─► events.dlq
                        │ clean, dedup (keyed, event-time horizon) ─► events.clean, features.user/item
                        ▼
-                 keyBy(user) UserLearner ──(item updates)──► keyBy(item) ItemLearner ─► model.items
-                       │             └──(user vectors)──────────────────────────────► model.users
+                 [SQL] micro-batches: per shard of users, one processing-time window = one row
                        ▼
-                 keyBy(shard) Scorer (onnxruntime, CURRENT registry version) ─► recommendations
+                 keyBy(shard) ShardLearner: learn the batch (online MF, keyed MapState), score it
+                       │      (onnxruntime over the live item table), once per batch
+                       ▼
+                 [SQL] unnest ─► recommendations, model.items, model.users
 
-The learning loop closes through the model registry: the exporter sidecar (``streamrec
-exporter``) turns ``model.items`` into ONNX versions; UserLearner and Scorer read CURRENT.
+The exporter sidecar (``streamrec exporter``) turns ``model.items`` into versioned ONNX models in
+the registry; with ``scoring.serve = registry`` the shards serve CURRENT instead of their live
+table (hot-swapped between batches). docs/hot-path.md has the design and its measurements.
 
     python -m flink_jobs.pipeline [--bounded]
 """
@@ -27,17 +30,17 @@ from pyflink.common import Types
 
 from flink_jobs import lineage
 from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, render_sql
-from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
+from flink_jobs.ingest import IngestSummary, add_ingestion, sql_interval, summarize
 from streamrec.config import Config, describe, load_config
 from streamrec.kafka_io import delete_topics, ensure_topics
-from udfs.flink_operators import ITEM_UPDATES, KV_TYPE, USER_CHANGES, ItemLearner, Scorer, UserLearner
+from udfs.flink_operators import BATCH_OUTPUT, ShardLearner
 
 JOB_NAME = "streamrec-pipeline"
 
 # Operator uids: part of the savepoint contract. Never change them (state would not be restored).
-USER_LEARNER_UID = "user-learner"
-ITEM_LEARNER_UID = "item-learner"
-SCORER_UID = "scorer"
+SHARD_LEARNER_UID = "shard-learner"
+#: Flink's key groups (fixed: state is partitioned by them, a change breaks every restore).
+MAX_PARALLELISM = 128
 
 
 @dataclass
@@ -47,9 +50,49 @@ class PipelineRun:
     job_client: object | None = None  # set when not waiting: cancel() it to stop the job
 
 
-def scoring_shards(cfg: Config) -> int:
-    # a few keys per subtask so key groups spread the batches over all scorer subtasks
-    return max(1, cfg.flink.parallelism * 4)
+def shard_count(cfg: Config) -> int:
+    """One shard per subtask: a shard owns a whole item table, so fewer shards learn better."""
+    return cfg.flink.parallelism
+
+
+def shard_keys(parallelism: int, max_parallelism: int = MAX_PARALLELISM) -> list[int]:
+    """An INT key per shard such that shard ``n`` lands on subtask ``n`` (Flink assigns a key to
+    key group ``murmur(hashCode) % max_parallelism``, and key groups to subtasks in ranges);
+    plain 0..P-1 would put several shards on one subtask and leave others idle.
+
+    >>> shard_keys(1), shard_keys(2), shard_keys(4)
+    ([0], [4, 0], [4, 9, 0, 2])
+    """
+    keys: list[int] = []
+    for subtask in range(parallelism):
+        key = 0
+        while (_murmur(key) % max_parallelism) * parallelism // max_parallelism != subtask:
+            key += 1
+        keys.append(key)
+    return keys
+
+
+def _murmur(code: int) -> int:
+    """Flink's ``MathUtils.murmurHash(int)`` (an Integer key's hashCode is its value)."""
+    def mul(a: int, b: int) -> int:
+        return (a * b) & 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+    h = code & 0xFFFFFFFF
+    h = mul(rotl(mul(h, 0xCC9E2D51), 15), 0x1B873593)
+    h = (mul(rotl(h, 13), 5) + 0xE6546B64) & 0xFFFFFFFF
+    h ^= 4
+    h ^= h >> 16
+    h = mul(h, 0x85EBCA6B)
+    h ^= h >> 13
+    h = mul(h, 0xC2B2AE35)
+    h ^= h >> 16
+    signed = h - (1 << 32) if h >= 1 << 31 else h
+    if signed >= 0:
+        return signed
+    return -signed if signed != -(1 << 31) else 0
 
 
 def build(rt: FlinkRuntime, cfg: Config, bounded: bool, counters_dir=None):
@@ -59,43 +102,34 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, counters_dir=None):
     statements = t_env.create_statement_set()
     clean = add_ingestion(rt, cfg, bounded, statements, counters_dir=counters_dir,
                           topic_pattern=source_topic_pattern(cfg, rt.run_id))
-    events = t_env.to_data_stream(clean)
-
-    learner = cfg.learner.model_dump()
-    registry_dir = str(cfg.paths_resolved.registry_dir)
-    learned = (events
-               .key_by(lambda r: r[1], key_type=Types.STRING())
-               .process(UserLearner(learner, registry_dir, cfg.learner.state_ttl_ms,
-                                    cfg.learner.user_emit_interval_ms, cfg.scoring.min_refresh_interval_ms,
-                                    cfg.ingest.bot_events_per_minute, cfg.ingest.exclude_bots_from_learning),
-                        output_type=Types.PICKLED_BYTE_ARRAY())
-               .uid(USER_LEARNER_UID).name("UserLearner (online MF, keyed by user)"))
-    item_changes = (learned.get_side_output(ITEM_UPDATES)
-                    .key_by(lambda u: u[0], key_type=Types.STRING())
-                    .process(ItemLearner(learner, cfg.learner.state_ttl_ms, cfg.learner.item_emit_interval_ms),
-                             output_type=KV_TYPE)
-                    .uid(ITEM_LEARNER_UID).name("ItemLearner (keyed by item)"))
-    user_changes = learned.get_side_output(USER_CHANGES)
-    shards = scoring_shards(cfg)
-    sc = cfg.scoring
-    recommendations = (learned
-                       .key_by(lambda req: req[0] % shards, key_type=Types.INT())
-                       .process(Scorer(registry_dir, sc.top_k, sc.batch_size, sc.batch_timeout_ms,
-                                       sc.swap_check_interval_s, sc.cold_start_min_events, sc.provider,
-                                       sc.ort_threads, cfg.learner.dim),
-                                output_type=KV_TYPE)
-                       .uid(SCORER_UID).name("Scorer (onnxruntime, batched top-K)"))
-
-    for ddl in render_sql(
+    t_env.create_temporary_view("clean_events", clean)
+    shards = shard_count(cfg)
+    sc, lc = cfg.scoring, cfg.learner
+    for ddl in render_sql("learner", shards=shards, batch_interval=sql_interval(sc.batch_interval_ms)):
+        t_env.execute_sql(ddl)
+    keys = shard_keys(shards)
+    settings = dict(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
+                    seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
+                    warmup_items=sc.warmup_items, bot_events_per_minute=cfg.ingest.bot_events_per_minute,
+                    exclude_bots=cfg.ingest.exclude_bots_from_learning)
+    output = (t_env.to_data_stream(t_env.from_path("learner_batches"))
+              .key_by(lambda row: keys[row[0]], key_type=Types.INT())
+              .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
+                                    sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
+                                    sc.provider, sc.ort_threads),
+                       output_type=BATCH_OUTPUT)
+              .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)"))
+    t_env.create_temporary_view("shard_output", t_env.from_data_stream(output))
+    for stmt in render_sql(
         "pipeline_sinks",
         model_items_options=kafka_sink_options(cfg, topics.model_items, rt.transaction_prefix),
         model_users_options=kafka_sink_options(cfg, topics.model_users, rt.transaction_prefix),
         recommendations_options=kafka_sink_options(cfg, topics.recommendations, rt.transaction_prefix),
     ):
-        t_env.execute_sql(ddl)
-    statements.add_insert("model_items_sink", t_env.from_data_stream(item_changes))
-    statements.add_insert("model_users_sink", t_env.from_data_stream(user_changes))
-    statements.add_insert("recommendations_sink", t_env.from_data_stream(recommendations))
+        if stmt.lstrip().upper().startswith("INSERT"):
+            statements.add_insert_sql(stmt)
+        else:
+            t_env.execute_sql(stmt)
     return statements
 
 

@@ -194,3 +194,51 @@ def numpy_topk(
     kk = max(0, min(int(k), items.shape[0]))
     order = np.argsort(-logits, axis=1, kind="stable")[:, :kk].astype(np.int64)
     return np.take_along_axis(logits, order, axis=1), order
+
+
+#: Format of the live scoring graph (the item table is an input, not an initializer).
+LIVE_FORMAT = "streamrec-live-topk-v1"
+INPUT_ITEMS = "item_vectors"
+INPUT_OFFSET = "item_offset"
+
+
+def build_live_scoring_model(dim: int) -> onnx.ModelProto:
+    """The in-stream scoring graph: the same ``TopK(Gemm(users, itemsᵀ, offset))`` as
+    :func:`build_scoring_model`, with the item table fed per call instead of baked in, so the
+    learning shard scores its live item vectors (no export round trip)::
+
+        inputs   user_vectors float32 [B, D], item_vectors float32 [N, D],
+                 item_offset float32 [N], k int64 [1] (the caller keeps k <= N)
+        outputs  scores float32 [B, k], indices int64 [B, k]
+
+    >>> m = build_live_scoring_model(4)
+    >>> [i.name for i in m.graph.input]
+    ['user_vectors', 'item_vectors', 'item_offset', 'k']
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be positive, got {dim}")
+    nodes = [
+        helper.make_node("Gemm", [INPUT_USERS, INPUT_ITEMS, INPUT_OFFSET], ["logits"], transB=1, name="score"),
+        helper.make_node("TopK", ["logits", INPUT_K], [OUTPUT_SCORES, OUTPUT_INDICES], axis=-1, largest=1,
+                         sorted=1, name="topk"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "streamrec_live_scoring",
+        inputs=[
+            helper.make_tensor_value_info(INPUT_USERS, TensorProto.FLOAT, ["batch", dim]),
+            helper.make_tensor_value_info(INPUT_ITEMS, TensorProto.FLOAT, ["items", dim]),
+            helper.make_tensor_value_info(INPUT_OFFSET, TensorProto.FLOAT, ["items"]),
+            helper.make_tensor_value_info(INPUT_K, TensorProto.INT64, [1]),
+        ],
+        outputs=[
+            helper.make_tensor_value_info(OUTPUT_SCORES, TensorProto.FLOAT, ["batch", "k"]),
+            helper.make_tensor_value_info(OUTPUT_INDICES, TensorProto.INT64, ["batch", "k"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="streamrec",
+                              producer_version="1")
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, {"format": LIVE_FORMAT, "dim": str(dim)})
+    onnx.checker.check_model(model)
+    return model

@@ -29,7 +29,16 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from model.onnx_model import FORMAT, INPUT_K, INPUT_USERS, OUTPUT_INDICES, OUTPUT_SCORES
+from model.onnx_model import (
+    FORMAT,
+    INPUT_ITEMS,
+    INPUT_K,
+    INPUT_OFFSET,
+    INPUT_USERS,
+    OUTPUT_INDICES,
+    OUTPUT_SCORES,
+    build_live_scoring_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +224,44 @@ class ScoringModel:
                     break
             out.append(row)
         return out
+
+
+class LiveScorer:
+    """onnxruntime over a learning shard's live item table (:func:`build_live_scoring_model`).
+
+    One session per shard, built once; each call passes the item tensors, so a changed table
+    needs no new session (on CUDA, onnxruntime copies them to the device per call).
+
+    >>> scorer = LiveScorer(2, providers=[CPU])
+    >>> items = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    >>> s, idx = scorer.topk(np.array([[1.0, 0.5]], dtype=np.float32), items, np.zeros(3, np.float32), 2)
+    >>> idx.tolist(), s.tolist()
+    ([[2, 0]], [[1.5, 1.0]])
+    """
+
+    def __init__(self, dim: int, providers: Sequence[str] | None = None, threads: int = 1):
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.providers = list(providers) if providers is not None else choose_providers("auto")
+        self.dim = int(dim)
+        self.session = ort.InferenceSession(build_live_scoring_model(self.dim).SerializeToString(),
+                                            sess_options=options, providers=self.providers)
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def topk(self, users: np.ndarray, item_vectors: np.ndarray, item_offset: np.ndarray,
+             k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [B, k'], indices [B, k'])`` with ``k' = min(k, N)``, best first."""
+        users = np.ascontiguousarray(users, dtype=np.float32)
+        kk = max(0, min(int(k), int(item_vectors.shape[0])))
+        if users.shape[0] == 0 or kk == 0:
+            return np.zeros((users.shape[0], 0), np.float32), np.zeros((users.shape[0], 0), np.int64)
+        return tuple(self.session.run([OUTPUT_SCORES, OUTPUT_INDICES], {
+            INPUT_USERS: users,
+            INPUT_ITEMS: np.ascontiguousarray(item_vectors, dtype=np.float32),
+            INPUT_OFFSET: np.ascontiguousarray(item_offset, dtype=np.float32),
+            INPUT_K: np.array([kk], dtype=np.int64),
+        }))

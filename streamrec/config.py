@@ -263,11 +263,10 @@ class LearnerConfig(_Section):
     #: 200 covers most ML-100k histories (mean 106 ratings) at ~1.5 KB of state per user.
     recent_items: int = Field(200, ge=1, le=10_000)
     state_ttl_ms: int = Field(30 * 86_400_000, ge=60_000)
-    #: Minimum event-time interval between two changelog records of one item (hot items do not
-    #: flood model.items); an event-time timer still emits the item's last change.
-    item_emit_interval_ms: int = Field(60_000, ge=0)
-    #: The same for user vectors on model.users (read by the exporter's quality gate only).
-    user_emit_interval_ms: int = Field(60_000, ge=0)
+    #: Processing time between two flushes of the changed items and users to the model.items /
+    #: model.users changelogs (each changed id once per flush): the exporter's and the broker's
+    #: load follows changed items per interval, not events.
+    changelog_interval_ms: int = Field(1_000, ge=0)
     #: Sampled softmax (with logQ correction) or pairwise BPR over the positive and its negatives.
     objective: Literal["softmax", "bpr"] = "softmax"
     #: Negatives drawn uniformly from the item snapshot or in proportion to its popularity counts.
@@ -289,11 +288,18 @@ class ExporterConfig(_Section):
 
 class ScoringConfig(_Section):
     top_k: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    batch_timeout_ms: int = Field(50, ge=0)
+    #: The learner's micro-batch: a processing-time window per shard (latency vs per-call cost).
+    batch_interval_ms: int = Field(100, ge=1, le=60_000)
+    #: ``live`` scores each batch against the shard's own item table (fresh to the batch);
+    #: ``registry`` serves the registry's CURRENT version (gated, pinnable), hot-swapped.
+    serve: Literal["live", "registry"] = "live"
     swap_check_interval_s: float = Field(2.0, gt=0)
-    min_refresh_interval_ms: int = Field(0, ge=0)
     cold_start_min_events: int = Field(3, ge=0)
+    #: The per-user filter of every item the user had (udfs/seen_filter.py): bits and hashes.
+    seen_filter_bits: int = Field(32_768, ge=64, le=8_388_608, multiple_of=8)
+    seen_filter_hashes: int = Field(4, ge=1, le=16)
+    #: Below this many known items, events are learned and scored one at a time.
+    warmup_items: int = Field(50, ge=0)
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     #: onnxruntime intra-op threads per scorer subtask; 1 was 1.8-6.5x faster than the default pool
     #: for batched scoring on 2 shared cores (bench --scale); 0 = onnxruntime's default.
