@@ -37,6 +37,8 @@ BATCH_OUTPUT = Types.ROW_NAMED(["kind", "k", "v"], [Types.STRING(), Types.STRING
 RECOMMENDATION, ITEM, USER = "recommendation", "item", "user"
 #: Fires at the final watermark of a bounded input only: flushes the last changelog records.
 _END_OF_INPUT = 2**63 - 2
+#: One encoder (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def _ttl(ms: int) -> StateTtlConfig:
@@ -149,7 +151,7 @@ class ShardLearner(KeyedProcessFunction):
         self.scored.inc(len(out.recommendations))
         self.batches.inc()
         for rec in out.recommendations:
-            yield Row(RECOMMENDATION, rec["user_id"], json.dumps(rec, separators=(",", ":")))
+            yield Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec))
         if now_ms - last_flush >= self.changelog_interval_ms:
             self.changelog.update((set(), set(), now_ms))
             yield from self._changelog(shard, items, users, max(e.ts for e in events))
@@ -169,13 +171,13 @@ class ShardLearner(KeyedProcessFunction):
         for item_id in sorted(items):
             state = shard.items.get(item_id)
             if state is not None:
-                yield Row(ITEM, item_id, json.dumps(_item_change(item_id, state, ts), separators=(",", ":")))
+                yield Row(ITEM, item_id, _JSON.encode(_item_change(item_id, state, ts)))
         for user_id in sorted(users):
             raw = self.users.get(user_id)
             if raw is not None:
                 state = decode_user(raw).state
-                yield Row(USER, user_id, json.dumps({"user_id": user_id, "vector": _floats(state.vector),
-                                                     "events": state.events, "ts": ts}, separators=(",", ":")))
+                yield Row(USER, user_id, _JSON.encode({"user_id": user_id, "vector": _floats(state.vector),
+                                                       "events": state.events, "ts": ts}))
 
 
 def _map_state(name: str, ttl_ms: int) -> MapStateDescriptor:

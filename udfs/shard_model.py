@@ -4,15 +4,13 @@ The pipeline's hot path (docs/hot-path.md). A shard owns its users' vectors, a f
 and the scoring; Flink hands it one micro-batch per call (a processing-time window of the cleaned
 events, aggregated in the JVM), so Python runs once per batch instead of several times per event.
 
-Per batch, in stream order, every event is learned exactly as :class:`udfs.online_mf.OnlineMF`
-learns it (:func:`~udfs.online_mf.user_step` against the item snapshot, then
-:func:`~udfs.online_mf.item_step` on the live item states); the snapshot is refreshed from the
-item states once per batch (``OnlineMF(snapshot_every≈batch)``; docs/learner.md: up to ~500
-events of staleness cost no recall). The events' recommendations are then scored together, in
-one onnxruntime call (:class:`model.scoring.LiveScorer`), each with its user's vector *after* its
-own event and the item snapshot of the batch's start, so no recommendation can see an item update
-of a later event. Every item the user ever had is excluded (:class:`udfs.seen_filter.SeenFilter`,
-fixed memory per user).
+A batch is learned in one vectorised step (:func:`udfs.minibatch_mf.batch_step`: the model of
+:class:`udfs.online_mf.OnlineMF`, gradients taken at the batch's start). The events'
+recommendations are then scored together, in one onnxruntime call
+(:class:`model.scoring.LiveScorer`), each with its user's vector *after* its own event and the
+item table of the batch's start, so no recommendation can see an item update of a later event.
+Every item the user ever had is excluded (:class:`udfs.seen_filter.SeenFilter`, fixed memory per
+user, plus the exact items of the user's earlier events in the same batch).
 
 Strategies (the record's ``strategy``): ``model`` once the user has ``cold_start_min_events``
 learned events; ``popularity`` before (items by their in-stream popularity count, from the same
@@ -40,16 +38,19 @@ State is plain bytes, so the Flink operator stores it as it is: a user record pe
 
 from __future__ import annotations
 
-import pickle
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from udfs import online_mf
-from udfs.embeddings import init_item_state, init_user_state
-from udfs.recommend import MODEL, POPULARITY
+from udfs.embeddings import init_vector, user_key
+from udfs.minibatch_mf import ItemTable, batch_step
 from udfs.seen_filter import SeenFilter, item_positions
+
+#: ``strategy`` values of a recommendation record.
+MODEL, POPULARITY = "model", "popularity"
 
 __all__ = ["Event", "ShardSettings", "BatchResult", "ShardModel", "encode_user", "decode_user", "shard_of"]
 
@@ -79,25 +80,42 @@ class ShardSettings:
     exclude_bots: bool = True
 
 
+_USER_HEAD = struct.Struct("<BHQqI")  # format, dim, events, bot-counter minute, events in it
+_USER_FORMAT = 2  # 1 was (UserState with its recent-items list, SeenFilter), pickled
+
+
 @dataclass
 class UserRecord:
-    state: online_mf.UserState
+    vector: np.ndarray
+    accum: np.ndarray
     seen: SeenFilter
+    events: int = 0  #: events learned
     minute: int = -1  #: event-time minute of the bot-rate counter
     in_minute: int = 0
 
 
 def encode_user(rec: UserRecord) -> bytes:
-    """The user's keyed-state value (versioned parts: the UserState and SeenFilter formats)."""
-    return pickle.dumps((1, online_mf.user_state_to_bytes(rec.state), rec.seen.to_bytes(), rec.minute,
-                         rec.in_minute), protocol=5)
+    """The user's keyed-state value: head, vector, AdaGrad sums, seen filter.
+
+    >>> r = UserRecord(np.ones(2, np.float32), np.zeros(2, np.float32), SeenFilter.empty(64, 2).add("x"), 3)
+    >>> back = decode_user(encode_user(r))
+    >>> back.events, back.vector.tolist(), "x" in back.seen, len(encode_user(r))
+    (3, [1.0, 1.0], True, 57)
+    """
+    dim = len(rec.vector)
+    return b"".join([_USER_HEAD.pack(_USER_FORMAT, dim, rec.events, rec.minute, rec.in_minute),
+                     np.asarray(rec.vector, "<f4").tobytes(), np.asarray(rec.accum, "<f4").tobytes(),
+                     rec.seen.to_bytes()])
 
 
 def decode_user(data: bytes) -> UserRecord:
-    version, state, seen, minute, in_minute = pickle.loads(data)
-    if version != 1:
-        raise ValueError(f"unknown user record version {version}")
-    return UserRecord(online_mf.user_state_from_bytes(state), SeenFilter.from_bytes(seen), minute, in_minute)
+    if not data or data[0] != _USER_FORMAT:
+        raise ValueError(f"unknown user record format {data[:1]!r} (this code reads {_USER_FORMAT})")
+    _, dim, events, minute, in_minute = _USER_HEAD.unpack_from(data, 0)
+    off = _USER_HEAD.size
+    vec = np.frombuffer(data, "<f4", dim, off).astype(np.float32)
+    acc = np.frombuffer(data, "<f4", dim, off + 4 * dim).astype(np.float32)
+    return UserRecord(vec, acc, SeenFilter.from_bytes(data[off + 8 * dim:]), events, minute, in_minute)
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -130,14 +148,6 @@ class BatchResult:
     unservable: int = 0  #: events whose user had every known item (no record is published)
 
 
-@dataclass
-class _Pending:
-    event: Event
-    vector: np.ndarray
-    seen: SeenFilter
-    events: int
-
-
 class ShardModel:
     """The shard's learner and scorer; the Flink operator keeps its state, this object its cache."""
 
@@ -145,11 +155,10 @@ class ShardModel:
                  scorer=None) -> None:
         self.params = params
         self.settings = settings
-        self.items: dict[str, online_mf.ItemState] = {}
-        self.snapshot = online_mf.ItemSnapshot.empty(params.dim)
+        self.items = ItemTable(params)
         self._position_cache: dict[str, np.ndarray] = {}
-        self.live = Catalogue("live", [], np.zeros((0, settings.seen_filter_hashes), dtype=np.int64),
-                              np.zeros(0), lambda users, fetch: (np.zeros((len(users), 0)), np.zeros((len(users), 0), int)))
+        self._positions = np.zeros((0, settings.seen_filter_hashes), np.int64)
+        self.live = self._catalogue()
         #: A registry version to serve instead of the live table (``scoring.serve = registry``).
         self.serving: Catalogue | None = None
         if scorer is None:
@@ -161,20 +170,17 @@ class ShardModel:
     # state ----------------------------------------------------------------------------------
     def restore_items(self, records: Iterable[tuple[str, bytes]]) -> int:
         """Load the item table from keyed state (after a start or a restore)."""
-        for item_id, raw in records:
-            self.items[item_id] = online_mf.item_state_from_bytes(raw)
-        self._refresh(self.items.keys())
-        return len(self.items)
+        n = self.items.restore(records)
+        self.live = self._catalogue()
+        return n
 
-    def _user(self, user_id: str, records: Mapping[str, bytes | None], cache: dict[str, UserRecord]):
-        rec = cache.get(user_id)
-        if rec is None:
-            raw = records.get(user_id)
-            s = self.settings
-            rec = decode_user(raw) if raw is not None else UserRecord(
-                init_user_state(user_id, self.params), SeenFilter.empty(s.seen_filter_bits, s.seen_filter_hashes))
-            cache[user_id] = rec
-        return rec
+    def item_vector(self, item_id: str) -> np.ndarray:
+        return self.items.vectors[self.items.index[item_id]].copy()
+
+    def _new_user(self, user_id: str) -> UserRecord:
+        p, s = self.params, self.settings
+        return UserRecord(init_vector(user_key(user_id), p.dim, p.seed, p.init_scale), np.zeros(p.dim, np.float32),
+                          SeenFilter.empty(s.seen_filter_bits, s.seen_filter_hashes))
 
     # the batch ------------------------------------------------------------------------------
     def process(self, events: Sequence[Event], user_records: Mapping[str, bytes | None],
@@ -183,57 +189,87 @@ class ShardModel:
         every changed user and item record (write them to keyed state before emitting)."""
         out = BatchResult()
         cache: dict[str, UserRecord] = {}
+        for user_id in {e.user_id for e in events}:
+            raw = user_records.get(user_id)
+            cache[user_id] = decode_user(raw) if raw is not None else self._new_user(user_id)
+        changed: set[int] = set()
         start = 0
-        while start < len(events) and len(self.snapshot) < self.settings.warmup_items:
-            self._run(events[start:start + 1], user_records, cache, out, now_ms)  # a young catalogue
+        while start < len(events) and len(self.items) < self.settings.warmup_items:
+            changed |= self._run(events[start:start + 1], cache, out, now_ms)  # a young catalogue
             start += 1
         if start < len(events):
-            self._run(events[start:], user_records, cache, out, now_ms)
-        for user_id in out.changed_users:
-            out.user_records[user_id] = encode_user(cache[user_id])
-        for item_id in out.changed_items:
-            out.item_records[item_id] = online_mf.item_state_to_bytes(self.items[item_id])
+            changed |= self._run(events[start:], cache, out, now_ms)
+        out.changed_users = set(cache)
+        out.user_records = {u: encode_user(rec) for u, rec in cache.items()}
+        out.item_records = self.items.encode(sorted(changed))
+        out.changed_items = set(out.item_records)
         return out
 
-    def _run(self, events: Sequence[Event], user_records, cache, out: BatchResult, now_ms: int) -> None:
-        p, s = self.params, self.settings
-        pending: list[_Pending] = []
-        dirty: set[str] = set()
-        for ev in events:
-            rec = self._user(ev.user_id, user_records, cache)
+    def _run(self, events: Sequence[Event], cache: dict[str, UserRecord], out: BatchResult,
+             now_ms: int) -> set[int]:
+        s = self.settings
+        slots: dict[str, int] = {}
+        slot = np.fromiter((slots.setdefault(e.user_id, len(slots)) for e in events), np.int64, len(events))
+        users = [cache[u] for u in slots]
+        learn = np.ones(len(events), bool)
+        for n, ev in enumerate(events):  # the bot-rate limiter, in event order
+            rec = cache[ev.user_id]
             bucket = ev.ts // 60_000
             rec.in_minute = rec.in_minute + 1 if bucket == rec.minute else 1
             rec.minute = bucket
             if rec.in_minute > s.bot_events_per_minute and s.exclude_bots:
-                out.bot_events += 1
-            else:
-                rec.state, updates = online_mf.user_step(rec.state, ev.item_id, ev.weight, ev.event_id,
-                                                         self.snapshot, p)
-                for upd in updates:
-                    item = self.items.get(upd.item_id)
-                    if item is None:
-                        item = init_item_state(upd.item_id, p)
-                    self.items[upd.item_id] = online_mf.item_step(item, upd, p)
-                    dirty.add(upd.item_id)
-                out.learned += 1
-            rec.seen = rec.seen.add(ev.item_id)
-            out.changed_users.add(ev.user_id)
-            pending.append(_Pending(ev, rec.state.vector, rec.seen, rec.state.events))
-        self._score(pending, out, now_ms)
-        out.changed_items |= dirty
-        self._refresh(dirty)
+                learn[n] = False
+        out.bot_events += int((~learn).sum())
+        out.learned += int(learn.sum())
+        positives = self.items.rows(e.item_id for e in events)
+        known = self._row_positions()
+        filters = np.stack([np.frombuffer(u.seen.words, np.uint8) for u in users])
 
-    def _refresh(self, items: Iterable[str]) -> None:
-        """Copy changed item states into the snapshot and rebuild the live catalogue."""
-        items = list(items)
-        if not items:
-            return
-        self.snapshot._update_rows(items, self.items)
-        snap = self.snapshot
-        offsets = (snap.biases + np.float32(self.params.popularity_prior) * snap.log_pop).astype(np.float32)
-        vectors = snap.vectors
-        self.live = Catalogue("live", snap.ids, self._positions_of(snap.ids), snap.popularity,
-                              lambda users, fetch: self.scorer.topk(users, vectors, offsets, fetch))
+        def avoid(user_slot: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            bits = filters[user_slot[:, None, None], known[rows] >> 3]
+            return ((bits >> (known[rows] & 7).astype(np.uint8)) & 1).all(-1)
+
+        step = batch_step(self.items, np.stack([u.vector for u in users]), np.stack([u.accum for u in users]),
+                          slot, positives, np.fromiter((e.weight for e in events), np.float64, len(events)),
+                          [e.event_id for e in events], avoid, learn)
+        changed = set(positives.tolist()) | set(step.changed_items.tolist())
+        # each event's user as of its own event (vector, learned-event count, items of its batch)
+        counts = np.zeros(len(users), np.int64)
+        events_after = np.empty(len(events), np.int64)
+        earlier: list[set[str]] = []
+        in_batch: dict[int, set[str]] = {}
+        for n, ev in enumerate(events):
+            counts[slot[n]] += learn[n]
+            events_after[n] = users[slot[n]].events + counts[slot[n]]
+            items = in_batch.setdefault(int(slot[n]), set())
+            items.add(ev.item_id)
+            earlier.append(set(items))
+        self._score(events, step.event_vectors, events_after, slot, users, earlier, out, now_ms)
+        for k, rec in enumerate(users):
+            rec.vector, rec.accum = step.user_vectors[k], step.user_accum[k]
+            rec.events += int(counts[k])
+            for item in in_batch[k]:
+                rec.seen = rec.seen.add_positions(known[self.items.index[item]])
+        self.live = self._catalogue()
+        return changed
+
+    def _catalogue(self) -> "Catalogue":
+        t = self.items
+        n = len(t)
+        vectors = t.vectors[:n].copy()
+        offsets = (t.bias[:n] + np.float32(self.params.popularity_prior)
+                   * np.log1p(np.maximum(t.popularity[:n], 0.0))).astype(np.float32)
+        return Catalogue("live", list(t.ids), self._row_positions(), t.popularity[:n].copy(),
+                         lambda users, fetch: self.scorer.topk(users, vectors, offsets, fetch))
+
+    def _row_positions(self) -> np.ndarray:
+        """Seen-filter positions of every item row (rows only grow: extended, never rebuilt)."""
+        n, have = len(self.items), len(self._positions)
+        if have < n:
+            s = self.settings
+            new = item_positions(self.items.ids[have:n], s.seen_filter_bits, s.seen_filter_hashes)
+            self._positions = np.concatenate([self._positions, new]) if have else new
+        return self._positions
 
     def _positions_of(self, ids: list[str]) -> np.ndarray:
         s = self.settings
@@ -250,43 +286,51 @@ class ShardModel:
         return Catalogue(model.version, list(model.item_ids), self._positions_of(list(model.item_ids)),
                          np.asarray(popularity, dtype=np.float64), model.raw_topk)
 
-    def _score(self, pending: list[_Pending], out: BatchResult, now_ms: int) -> None:
+    def _score(self, events, vectors, events_after, slot, users, earlier, out: BatchResult, now_ms: int) -> None:
         s = self.settings
         k = s.top_k
-        if not pending:
-            return
-        serving = self.serving if self.serving is not None else self.live
-        warm = [n for n, q in enumerate(pending) if q.events >= s.cold_start_min_events]
+        serving = self.serving if self.serving is not None else self.live  # the batch's start
+        warm = [n for n in range(len(events)) if events_after[n] >= s.cold_start_min_events]
         lists: dict[int, list[dict]] = {}
         if warm and len(serving.ids):
             # Fetch enough candidates that K remain after dropping seen ones: grouped by the users'
             # history sizes, so one heavy user does not make the whole batch fetch thousands.
             groups: dict[int, list[int]] = {}
             for n in warm:
-                groups.setdefault(min(len(serving.ids), k + _pow2(pending[n].seen.count)), []).append(n)
+                had = users[slot[n]].seen.count + len(earlier[n])
+                groups.setdefault(min(len(serving.ids), k + _pow2(had)), []).append(n)
+            filters = np.stack([np.frombuffer(u.seen.words, np.uint8) for u in users])
             for fetch, rows in groups.items():
-                scores, indices = serving.topk(np.stack([pending[n].vector for n in rows]), fetch)
-                for n, row_scores, row_idx in zip(rows, scores, indices):
-                    keep = ~pending[n].seen.contains_positions(serving.positions[row_idx])
-                    lists[n] = [{"item_id": serving.ids[i], "score": round(float(sc), 6)}
-                                for i, sc in zip(row_idx[keep][:k].tolist(), row_scores[keep][:k].tolist())]
-        for n, q in enumerate(pending):
+                scores, indices = serving.topk(vectors[rows], fetch)
+                pos = serving.positions[indices]  # [R, F, H]
+                bits = filters[slot[rows][:, None, None], pos >> 3]
+                keep = ~((bits >> (pos & 7).astype(np.uint8)) & 1).all(-1)
+                ids = serving.ids
+                for n, row_scores, row_idx, row_keep in zip(rows, scores, indices, keep):
+                    batch_items, ranked = earlier[n], []
+                    for i, sc in zip(row_idx[row_keep][:k + len(batch_items)].tolist(),
+                                     row_scores[row_keep][:k + len(batch_items)].tolist()):
+                        if ids[i] not in batch_items:
+                            ranked.append({"item_id": ids[i], "score": round(sc, 6)})
+                            if len(ranked) == k:
+                                break
+                    lists[n] = ranked
+        for n, ev in enumerate(events):
             items = lists.get(n)
             strategy, version = (MODEL, serving.version) if items is not None else (POPULARITY, "live")
             if items is None or len(items) < k:
-                items = (items or []) + self.live.popular(q.seen, k - len(items or []),
-                                                          {it["item_id"] for it in items or []},
+                taken = {it["item_id"] for it in items or []} | earlier[n]
+                items = (items or []) + self.live.popular(users[slot[n]].seen, k - len(items or []), taken,
                                                           scored=items is None)
             if not items:
                 out.unservable += 1
                 continue
-            ev = q.event
             out.recommendations.append({
                 "user_id": ev.user_id, "items": items, "model_version": version, "strategy": strategy,
-                "cold_start": strategy != MODEL, "user_events": q.events,
+                "cold_start": strategy != MODEL, "user_events": int(events_after[n]),
                 "source_event_id": ev.event_id, "source_partition": ev.src_partition,
                 "source_offset": ev.src_offset, "event_ts": ev.ts, "emitted_ts": now_ms,
-                "batch_size": len(pending),
+                "batch_size": len(events),
             })
 
 

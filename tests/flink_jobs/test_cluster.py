@@ -10,9 +10,13 @@ TaskManagers) at parallelism 2, then an upgrade through a savepoint.
    registry directory the TaskManagers read.
 4. `streamrec stop --savepoint`; batch 2 (100 seen users x 2 events, a duplicate of a batch-1 event_id,
    a malformed line); `streamrec submit --from-savepoint` with scoring.top_k changed 10 -> 5.
-5. Batch 2's records: `user_events` continues from batch 1 (UserLearner state restored), the
+5. Batch 2's records: `user_events` continues from batch 1 (shard learner state restored), the
    duplicate is removed (dedup state restored), batch 1 is not re-read (source offsets restored),
-   the Scorer serves the exported version with the new top_k, item update counts continue.
+   the shards serve the exported version (``scoring.serve = registry``) with the new top_k, item
+   update counts continue.
+
+A shard's very first event has nothing to recommend (no item known but its own): it gets no
+record, so up to one event per shard (2) may have none.
 """
 
 from __future__ import annotations
@@ -56,8 +60,12 @@ def recommendations(cfg) -> list[dict]:
                                          idle_timeout=2.0)]
 
 
+SHARDS = 2
+
+
 def wait_for_count(cfg, job_id: str, expected: set[str], timeout: float) -> list[dict]:
-    """Wait until ``recommendations`` (read_committed) holds a record for every id in ``expected``."""
+    """Wait until ``recommendations`` (read_committed) holds a record for every id in ``expected``
+    (but a first event per shard)."""
     deadline = time.monotonic() + timeout
     recs: list[dict] = []
     while time.monotonic() < deadline:
@@ -66,7 +74,7 @@ def wait_for_count(cfg, job_id: str, expected: set[str], timeout: float) -> list
             root = rest(cfg, f"/jobs/{job_id}/exceptions").get("exceptionHistory", {}).get("entries", [])
             raise AssertionError(f"job {job_id} is {state}: " + (root[0]["stacktrace"][:1500] if root else ""))
         recs = recommendations(cfg)
-        if len(recs) >= len(expected):
+        if len(recs) >= len(expected) - SHARDS and len(expected - {r["source_event_id"] for r in recs}) <= SHARDS:
             # two more checkpoints: nothing beyond the expected count gets committed
             time.sleep(3 * cfg.flink.checkpoint_interval_ms / 1000)
             return recommendations(cfg)
@@ -87,7 +95,8 @@ def ccfg(tmp_path):
     tmp state dir and a free REST port; the cluster and the broker are torn down (by PID)
     whatever happens."""
     c = make_config(tmp_path / "state", free_port(), **{"flink.rest_port": free_port(),
-                                                        "flink.taskmanagers": 2, "flink.task_slots": 2})
+                                                        "flink.taskmanagers": 2, "flink.task_slots": 2,
+                                                        "scoring.serve": "registry"})
     try:
         broker.up(c, log=lambda m: None)
         yield c
@@ -143,23 +152,26 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     timings["batch1_to_committed"] = time.monotonic() - t
 
     ids1 = [r["source_event_id"] for r in recs1]
-    assert len(recs1) == len(batch1) == 600
+    assert len(batch1) - SHARDS <= len(recs1) <= len(batch1) == 600
     assert len(set(ids1)) == len(ids1)  # exactly once: no duplicate source_event_id
-    assert set(ids1) == ids_batch1
+    assert set(ids1) <= ids_batch1 and len(ids_batch1 - set(ids1)) <= SHARDS
     # per user, the learned-event counts are 1..3 (one learner state per user; at parallelism 2
     # a user's events may reach it out of event-time order, see docs/cluster.md "Limits found")
     per_user: dict[str, list[int]] = {}
     for r in recs1:
         per_user.setdefault(r["user_id"], []).append(r["user_events"])
-    assert all(sorted(v) == [1, 2, 3] for v in per_user.values()) and len(per_user) == USERS
+    full = [v for v in per_user.values() if len(v) == 3]
+    assert len(full) >= USERS - SHARDS and all(sorted(v) == [1, 2, 3] for v in full)
 
     job = rest(cfg, f"/jobs/{job1}")
     parallelism = {v["name"][:40]: v["parallelism"] for v in job["vertices"]}
     assert set(parallelism.values()) == {2}, parallelism
-    # both TaskManagers run subtasks of the UserLearner vertex
-    learner = next(v for v in job["vertices"] if "UserLearner" in v["name"])
+    # both TaskManagers run subtasks of the ShardLearner vertex, and both shards learned
+    learner = next(v for v in job["vertices"] if "ShardLearner" in v["name"])
     tms = rest(cfg, f"/jobs/{job1}/vertices/{learner['id']}/taskmanagers")["taskmanagers"]
     assert len({tm["taskmanager-id"] for tm in tms}) == 2
+    shard_subtasks = rest(cfg, f"/jobs/{job1}/vertices/{learner['id']}")["subtasks"]
+    assert all(s["metrics"]["read-records"] > 0 for s in shard_subtasks), shard_subtasks
     # the Kafka source's subtasks both read records (4 partitions spread over 2 subtasks)
     source = job["vertices"][0]
     subtasks = rest(cfg, f"/jobs/{job1}/vertices/{source['id']}")["subtasks"]
@@ -203,20 +215,20 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     with capsys.disabled():
         print(f"\ncluster timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
 
-    assert len(recs) == len(batch1) + len(batch2) == 800
+    assert len(recs) == len(recs1) + len(batch2)
     new = [r for r in recs if not r["source_event_id"].startswith("a")]
-    assert len({r["source_event_id"] for r in recs}) == 800  # the duplicate of a7-1 was removed
+    assert len({r["source_event_id"] for r in recs}) == len(recs)  # the duplicate of a7-1 was removed
     assert sorted(r["source_event_id"] for r in new) == sorted(ids_batch2)
     assert cluster.job_state(cfg, job1) == "FINISHED" and savepoint.startswith("file:")
     per_user2: dict[str, list[int]] = {}
     for r in new:
         per_user2.setdefault(r["user_id"], []).append(r["user_events"])
-    # UserLearner state carried over: each user's counts continue at 4, 5
+    # learner state carried over: each user's counts continue at 4, 5
     assert len(per_user2) == len(seen) and all(sorted(v) == [4, 5] for v in per_user2.values()), per_user2
-    # the Scorer serves the exported version (shared registry path) with the new top_k
+    # the shards serve the exported version (shared registry path) with the new top_k
     assert {r["model_version"] for r in new} == {exported.version}
     assert all(r["strategy"] == "model" and len(r["items"]) == 5 for r in new)
-    # ItemLearner state carried over: update counts continue
+    # item state carried over: update counts continue
     items_after = {}
     for r in read_topic(cfg, cfg.kafka.topics.model_items, idle_timeout=2.0):
         doc = r.json()

@@ -1,0 +1,138 @@
+import random
+
+import numpy as np
+import pytest
+
+from model.item_table import ItemTable as RegistryItems
+from model.onnx_model import export_model_bytes, popularity_prior
+from model.scoring import ScoringModel
+from udfs.online_mf import LearnerParams
+from udfs.popularity import Popularity
+from udfs.shard_model import Event, ShardModel, ShardSettings, decode_user, shard_of
+
+
+def _stream(n, users=30, items=60, seed=5):
+    """Users of group g mostly take items of block g."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        u = rng.randrange(users)
+        item = (u % 3) * (items // 3) + rng.randrange(items // 3) if rng.random() < 0.9 else rng.randrange(items)
+        out.append(Event(f"e{k}", f"u{u}", f"i{item}", 1.0, 1_700_000_000_000 + k * 1000, 0, k))
+    return out
+
+
+def _run(shard, events, batch):
+    users, recs = {}, []
+    for lo in range(0, len(events), batch):
+        out = shard.process(events[lo:lo + batch], users, now_ms=1)
+        users.update(out.user_records)
+        recs += out.recommendations
+    return users, recs
+
+
+def _shard(**kw):
+    return ShardModel(LearnerParams.of(None, dim=16, seed=2), ShardSettings(**{"top_k": 5, **kw}))
+
+
+def test_never_an_empty_list_never_a_seen_item_and_popularity_before_the_model():
+    events = _stream(1500)
+    _, recs = _run(_shard(cold_start_min_events=3), events, 64)
+    assert len(recs) >= len(events) - 1  # only the first event has nothing to show
+    history: dict[str, set] = {}
+    by_offset = {r["source_offset"]: r for r in recs}
+    for ev in events:
+        history.setdefault(ev.user_id, set()).add(ev.item_id)
+        rec = by_offset.get(ev.src_offset)
+        if rec is None:
+            continue
+        assert rec["items"], rec
+        assert not {i["item_id"] for i in rec["items"]} & history[ev.user_id]  # the whole history
+        assert rec["strategy"] == ("model" if rec["user_events"] >= 3 else "popularity")
+
+
+def test_a_heavy_users_whole_history_is_excluded_not_just_the_recent_items():
+    items = [f"i{n}" for n in range(400)]
+    events = [Event(f"h{n}", "heavy", items[n], 1.0, n, 0, n) for n in range(300)]
+    _, recs = _run(_shard(), events, 50)
+    assert all(not {i["item_id"] for i in r["items"]} & set(items[:r["source_offset"] + 1]) for r in recs)
+    assert all(len(r["items"]) == 5 for r in recs[10:])
+
+
+def test_a_recommendation_never_sees_a_later_event_of_its_batch():
+    events = _stream(400)
+    changed = events[:300] + [ev._replace(item_id="i59") for ev in events[300:]]
+    _, a = _run(_shard(), events, 400)
+    _, b = _run(_shard(), changed, 400)
+    early = [r for r in a if r["source_offset"] < 300]
+    assert early == [r for r in b if r["source_offset"] < 300]
+
+
+def test_state_written_out_restores_the_same_shard():
+    events = _stream(900)
+    whole = _shard()
+    users_whole, recs_whole = _run(whole, events, 100)
+    first = _shard()
+    users, recs = _run(first, events[:500], 100)
+    restored = _shard()
+    # keyed state hands the items back in its own order (RocksDB: by key bytes), not insertion order
+    restored.restore_items(reversed(list(first.items.encode(range(len(first.items))).items())))
+    for lo in range(500, 900, 100):
+        out = restored.process(events[lo:lo + 100], users, now_ms=1)
+        users.update(out.user_records)
+        recs += out.recommendations
+    assert [r["items"] for r in recs] == [r["items"] for r in recs_whole]
+    for user, raw in users_whole.items():
+        np.testing.assert_array_equal(decode_user(users[user]).vector, decode_user(raw).vector)
+
+
+def test_learns_the_planted_structure_better_than_popularity():
+    events = _stream(3000)
+    _, recs = _run(_shard(), events, 128)
+    by_offset = {r["source_offset"]: [i["item_id"] for i in r["items"]] for r in recs}
+    last: dict[str, list] = {}
+    pop, hits_model, hits_pop, n = Popularity(), 0, 0, 0
+    seen: dict[str, set] = {}
+    for ev in events:
+        had = seen.setdefault(ev.user_id, set())
+        if ev.item_id not in had and ev.user_id in last:
+            n += 1
+            hits_model += ev.item_id in last[ev.user_id]
+            hits_pop += ev.item_id in pop.recommend(ev.user_id, 5, exclude_seen=False, exclude=had)
+        pop.learn_one(ev.user_id, ev.item_id)
+        had.add(ev.item_id)
+        if ev.src_offset in by_offset:
+            last[ev.user_id] = by_offset[ev.src_offset]
+    assert hits_model / n > 1.5 * hits_pop / n, (hits_model / n, hits_pop / n)
+
+
+def test_serving_a_registry_version_reports_it():
+    shard = _shard(cold_start_min_events=0)
+    _run(shard, _stream(300), 100)
+    ids = ["i1", "i2", "i3", "i4", "i5", "i6"]
+    vectors = np.eye(6, 16, dtype=np.float32)
+    table = RegistryItems(np.array(ids), vectors, np.zeros(6, np.float32), np.arange(6, dtype=np.float32))
+    model = ScoringModel.from_bytes(export_model_bytes(vectors, table.bias, popularity_prior(table.popularity), 0.5),
+                                    {"version": "v000007", "item_ids": ids, "dim": 16}, ["CPUExecutionProvider"])
+    shard.serving = shard.registry_catalogue(model, table.popularity)
+    out = shard.process([Event("x1", "new", "i1", 1.0, 5, 0, 9_999)], {}, now_ms=1)
+    (rec,) = out.recommendations
+    assert rec["model_version"] == "v000007" and rec["strategy"] == "model"
+    assert {i["item_id"] for i in rec["items"]} <= set(ids) - {"i1"}
+
+
+def test_bot_events_are_scored_but_not_learned():
+    shard = _shard(bot_events_per_minute=5)
+    events = [Event(f"b{n}", "bot", f"i{n % 20}", 1.0, 1000 + n, 0, n) for n in range(50)]
+    out = shard.process(events, {}, now_ms=1)
+    assert out.learned == 5 and out.bot_events == 45
+    assert decode_user(out.user_records["bot"]).events == 5
+
+
+@pytest.mark.parametrize("user, shards", [("u1", 4), ("", 3), ("ünï", 7)])
+def test_shard_of_is_javas_string_hash(user, shards):
+    h = 0
+    for ch in user.encode("utf-16-le").decode("utf-16-le"):
+        h = (31 * h + ord(ch)) % 2**32
+    signed = h - 2**32 if h >= 2**31 else h
+    assert shard_of(user, shards) == signed % shards
