@@ -663,6 +663,31 @@ def quality_phase(tcfg, say) -> dict:
     return out
 
 
+def reference_phase(cfg, events: list[dict], say) -> dict:
+    """The sequential in-process reference on the same events, timed: the same learner
+    (``OnlineMF``, snapshot refreshed after every event), top-``k`` over all items with the user's
+    whole history excluded, then learn, one event at a time in one Python process."""
+    from udfs.online_mf import OnlineMF
+
+    say(f"reference: the sequential learner over the same {len(events):,} events (top-{cfg.scoring.top_k} each) ...")
+    model = OnlineMF(cfg.learner, snapshot_every=1)
+    weights = cfg.ingest.weights
+    seen: dict[str, set[str]] = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    for ev in events:
+        history = seen.setdefault(ev["user_id"], set())
+        model.recommend(ev["user_id"], cfg.scoring.top_k, exclude_seen=False, exclude=history)
+        rating = ev.get("rating")
+        weight = weights.rating_base + weights.rating_scale * rating if rating is not None else 1.0
+        model.learn_one(ev["user_id"], ev["item_id"], weight, ev["event_id"])
+        history.add(ev["item_id"])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    out = {"reference_events_per_s": round(len(events) / wall, 1),
+           "reference_cpu_us_per_event": round(cpu / len(events) * 1e6, 1)}
+    say(f"reference: {out['reference_events_per_s']:,.0f} events/s, {out['reference_cpu_us_per_event']:,.0f} CPU µs/event")
+    return out
+
+
 def _wait(pred, timeout_s: float, step_s: float = 1.0) -> bool:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -805,6 +830,10 @@ def machine() -> dict:
             "gpu": "none" if not Path("/dev/nvidia0").exists() else "present"}
 
 
+def _ratio(a, b) -> float | None:
+    return a / b if a and b else None
+
+
 def _mib(x) -> str:
     return f"{x / 2**20:,.0f} MiB" if x else "-"
 
@@ -822,7 +851,10 @@ def table(result: dict) -> str:
         ("throughput, first→last recommendation", f"{_fmt(t.get('events_per_s'))} events/s"),
         ("throughput incl. job start-up", f"{_fmt(t.get('events_per_s_incl_startup'))} events/s "
                                           f"({_fmt(t.get('wall_s'), '.0f')} s wall)"),
-        ("scoring batches: mean / max", f"{_fmt((t.get('batch') or {}).get('mean_batch'), '.1f')} / "
+        ("sequential reference (same events, top-k each)", f"{_fmt(t.get('reference_events_per_s'))} events/s, "
+                                                           f"{_fmt(t.get('reference_cpu_us_per_event'))} CPU µs/event"),
+        ("pipeline / reference throughput", _fmt(_ratio(t.get("events_per_s"), t.get("reference_events_per_s")), ".2f")),
+        ("learner batches (events): mean / max", f"{_fmt((t.get('batch') or {}).get('mean_batch'), '.1f')} / "
                                         f"{_fmt((t.get('batch') or {}).get('max_batch'))}"),
         ("peak RSS: Flink JVM / exporter / broker", f"{_mib((t.get('memory') or {}).get('jvm_peak_rss'))} / "
                                                     f"{_mib((t.get('memory') or {}).get('exporter_peak_rss'))} / "
@@ -901,6 +933,8 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
         _write(result, stem)
         if not skip_quality:
             result["quality"] = quality_phase(tcfg, say)
+            _write(result, stem)
+            result["throughput"].update(reference_phase(cfg, events, say))
             _write(result, stem)
         if not skip_latency:
             measured = result["throughput"].get("events_per_s") or 100.0

@@ -168,16 +168,19 @@ class ShardLearner(KeyedProcessFunction):
         yield from self._changelog(shard, items, users, None)
 
     def _changelog(self, shard: ShardModel, items: set, users: set, ts: int | None):
+        table = shard.items
         for item_id in sorted(items):
-            state = shard.items.get(item_id)
-            if state is not None:
-                yield Row(ITEM, item_id, _JSON.encode(_item_change(item_id, state, ts)))
+            row = table.index.get(item_id)
+            if row is not None:
+                yield Row(ITEM, item_id, _JSON.encode({
+                    "item_id": item_id, "vector": _floats(table.vectors[row]), "bias": float(table.bias[row]),
+                    "updates": int(table.updates[row]), "popularity": float(table.popularity[row]), "ts": ts}))
         for user_id in sorted(users):
             raw = self.users.get(user_id)
             if raw is not None:
-                state = decode_user(raw).state
-                yield Row(USER, user_id, _JSON.encode({"user_id": user_id, "vector": _floats(state.vector),
-                                                       "events": state.events, "ts": ts}))
+                user = decode_user(raw)
+                yield Row(USER, user_id, _JSON.encode({"user_id": user_id, "vector": _floats(user.vector),
+                                                       "events": user.events, "ts": ts}))
 
 
 def _map_state(name: str, ttl_ms: int) -> MapStateDescriptor:
@@ -189,8 +192,3 @@ def _map_state(name: str, ttl_ms: int) -> MapStateDescriptor:
 
 def _floats(vec: np.ndarray) -> list[float]:
     return [round(float(x), 7) for x in vec]
-
-
-def _item_change(item_id: str, state: online_mf.ItemState, ts: int | None) -> dict:
-    return {"item_id": item_id, "vector": _floats(state.vector), "bias": float(state.bias),
-            "updates": state.updates, "popularity": float(state.popularity), "ts": ts}
