@@ -91,11 +91,11 @@ def _assert_same_as_core(cfg, clean: list[dict], recs: list[dict]) -> None:
     shard, user_records, core_recs = _in_memory(cfg, clean, recs)
     users = _final_vectors(cfg, cfg.kafka.topics.model_users, "user_id")
     items = _final_vectors(cfg, cfg.kafka.topics.model_items, "item_id")
-    assert set(users) == set(user_records) and set(items) == set(shard.items)
+    assert set(users) == set(user_records) and set(items) == set(shard.items.ids)
     for user, vec in users.items():
-        np.testing.assert_allclose(vec, decode_user(user_records[user]).state.vector, atol=2e-6, err_msg=user)
+        np.testing.assert_allclose(vec, decode_user(user_records[user]).vector, atol=2e-6, err_msg=user)
     for item, vec in items.items():
-        np.testing.assert_allclose(vec, shard.items[item].vector, atol=2e-6, err_msg=item)
+        np.testing.assert_allclose(vec, shard.item_vector(item), atol=2e-6, err_msg=item)
     # the same lists, item for item
     job = {r["source_event_id"]: [i["item_id"] for i in r["items"]] for r in recs}
     core = {r["source_event_id"]: [i["item_id"] for i in r["items"]] for r in core_recs}
