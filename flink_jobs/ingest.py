@@ -10,9 +10,8 @@ Graph (one Kafka source, shared by every output):
 
     raw_in (Kafka, raw BYTES, per-partition watermark)  -- sql/ingest.sql
       -> validate_event() Python UDF, weight, late flag (view `validated`)
-      -> to_data_stream
            |- reason IS NOT NULL -> `rejected` -> events.dlq                 -- sql/ingest_sinks.sql
-           '- reason IS NULL -> key_by(event_id) -> Dedup (uid ingest-dedup-event-id)
+           '- reason IS NULL -> `deduped` (first occurrence per event_id, state TTL = horizon)
                 -> `deduped_all` (rowtime event_time, SOURCE_WATERMARK)
                      -> events.clean, features.user, features.item        -- sql/ingest_sinks.sql
 """
@@ -23,22 +22,17 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pyflink.common import Types
 from pyflink.table import Schema, StatementSet, Table
 
 from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, kafka_source_options, render_sql
 from streamrec.config import Config, load_config
 from streamrec.kafka_io import ensure_topics, read_topic
-from udfs.dedup import DEDUP_FIELDS, dedup_output_type, make_dedup_function
 from udfs.validation import make_udfs
 
 JOB_NAME = "streamrec-ingest"
-DEDUP_UID = "ingest-dedup-event-id"
 #: Columns of the Table add_ingestion returns (plus the rowtime attribute ``event_time``).
 CLEAN_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "rating", "weight", "ts",
                  "src_partition", "src_offset")
@@ -65,40 +59,21 @@ def _upsert(options: str) -> str:
     return options.replace("'connector' = 'kafka'", "'connector' = 'upsert-kafka'")
 
 
-def _route(stream, reason_i: int):
-    """(valid, rejected) in one Python call per record (two filters cost two)."""
-    from pyflink.datastream import OutputTag, ProcessFunction
-
-    row_type = stream.get_type()
-    rejected_tag = OutputTag("rejected", row_type)
-
-    class Route(ProcessFunction):
-        def process_element(self, value, ctx):
-            if value[reason_i] is None:
-                yield value
-            else:
-                yield rejected_tag, value
-
-    routed = stream.process(Route(), output_type=row_type).name("route valid / rejected")
-    return routed, routed.get_side_output(rejected_tag)
-
-
 def ingestion_topics(cfg: Config) -> list[str]:
     t = cfg.kafka.topics
     return [t.raw, t.dlq, t.clean, t.features_user, t.features_item]
 
 
 def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: StatementSet,
-                  counters_dir: Path | None = None, topic_pattern: str | None = None) -> Table:
+                  topic_pattern: str | None = None) -> Table:
     """Register the ingestion sources/sinks, add the INSERTs for events.dlq, events.clean,
     features.user and features.item to ``statements``, and return the cleaned, deduplicated
     events: ``event_id, user_id, item_id, event_type, rating, weight, ts, src_partition,
     src_offset``, the rowtime attribute ``event_time`` (watermark from the source) and the
     processing-time attribute ``proc_time`` (the learner's micro-batches).
 
-    The caller runs ``statements.attach_as_datastream(); rt.env.execute()`` (the dedup operator
-    is a DataStream operator, so the statements must be attached to the DataStream graph).
-    ``counters_dir``: where the dedup subtasks write their final counts (summary line).
+    The caller runs ``statements.attach_as_datastream(); rt.env.execute()`` (the cleaned rows
+    pass through a DataStream, so the statements must be attached to the DataStream graph).
     """
     ing = cfg.ingest
     t = cfg.kafka.topics
@@ -110,6 +85,9 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     # without bound), each new window row simply replaces the id's previous row.
     conf.set("table.local-time-zone", "UTC")
     conf.set("table.exec.sink.upsert-materialize", "NONE")
+    # bounds the dedup's state (sql/ingest.sql); the other stateful SQL operators of these jobs
+    # are windows and interval joins, which clear their state by the watermark anyway
+    conf.set("table.exec.state.ttl", f"{ing.dedup_horizon_ms} ms")
     for name, fn in make_udfs(ing).items():
         t_env.create_temporary_function(name, fn)
     weights = ing.weights
@@ -129,21 +107,10 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     ):
         t_env.execute_sql(ddl)
 
-    validated = t_env.from_path("validated")
-    fields = validated.get_schema().get_field_names()
-    reason_i = fields.index("reason")
-    stream = t_env.to_data_stream(validated)
-    valid, rejected = _route(stream, reason_i)
-    event_id_i = fields.index("event_id")
-    deduped = (valid
-               .key_by(lambda r: r[event_id_i], key_type=Types.STRING())
-               .process(make_dedup_function(ing.dedup_horizon_ms, list(fields),
-                                            str(counters_dir) if counters_dir else None),
-                        output_type=dedup_output_type())
-               .uid(DEDUP_UID).name("dedup by event_id (event-time horizon)"))
-    t_env.create_temporary_view("rejected", t_env.from_data_stream(rejected))
+    # The deduplicated rows get their event-time attribute back (the clean ts, with the source's
+    # watermarks) on the way through a DataStream: JVM only, no Python.
     t_env.create_temporary_view("deduped_all", t_env.from_data_stream(
-        deduped,
+        t_env.to_data_stream(t_env.from_path("deduped")),
         Schema.new_builder()
         .column("event_id", "STRING").column("user_id", "STRING").column("item_id", "STRING")
         .column("event_type", "STRING").column("rating", "DOUBLE").column("weight", "DOUBLE")
@@ -196,18 +163,18 @@ class IngestSummary:
                 f"in {self.seconds:.1f} s")
 
 
-def summarize(cfg: Config, counters_dir: Path, seconds: float = 0.0) -> IngestSummary:
-    """Counts of a finished bounded run: DLQ reasons and cleaned events from the committed output
-    topics (exact, exactly-once), duplicates and late from the dedup subtasks' final counters."""
+def summarize(cfg: Config, seconds: float = 0.0) -> IngestSummary:
+    """Counts of a finished bounded run, all from committed topics (exact, exactly-once): the
+    records of events.raw, the DLQ reasons, the cleaned events and their late flags; duplicates
+    are what is left."""
     summary = IngestSummary(seconds=seconds)
     for rec in read_topic(cfg, cfg.kafka.topics.dlq, read_committed=True):
         summary.rejected[json.loads(rec.value)["reason"]] += 1
-    summary.cleaned = sum(1 for _ in read_topic(cfg, cfg.kafka.topics.clean, read_committed=True))
-    for path in sorted(Path(counters_dir).glob("dedup-*.json")):
-        counts = json.loads(path.read_text())
-        summary.duplicates += counts["duplicates"]
-        summary.late += counts["late"]
-    summary.parsed = summary.cleaned + summary.dlq + summary.duplicates
+    for rec in read_topic(cfg, cfg.kafka.topics.clean, read_committed=True):
+        summary.cleaned += 1
+        summary.late += bool(json.loads(rec.value).get("late"))
+    summary.parsed = sum(1 for _ in read_topic(cfg, cfg.kafka.topics.raw, read_committed=True))
+    summary.duplicates = summary.parsed - summary.cleaned - summary.dlq
     return summary
 
 
@@ -215,15 +182,14 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None) -> 
     """Run the ingestion stage alone. Bounded: stops at the end offsets present at start and
     returns (and prints) the summary."""
     rt = build_runtime(cfg, JOB_NAME, restore_from)
-    counters_dir = rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12]
     statements = rt.t_env.create_statement_set()
-    add_ingestion(rt, cfg, bounded, statements, counters_dir=counters_dir)
+    add_ingestion(rt, cfg, bounded, statements)
     statements.attach_as_datastream()
     started = time.monotonic()
     rt.env.execute(JOB_NAME)
     if not bounded:
         return None
-    summary = summarize(cfg, counters_dir, time.monotonic() - started)
+    summary = summarize(cfg, time.monotonic() - started)
     print(summary.line())
     return summary
 

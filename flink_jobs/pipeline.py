@@ -23,7 +23,6 @@ import argparse
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 
 from pyflink.common import Types
@@ -95,13 +94,12 @@ def _murmur(code: int) -> int:
     return -signed if signed != -(1 << 31) else 0
 
 
-def build(rt: FlinkRuntime, cfg: Config, bounded: bool, counters_dir=None):
+def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
     """Add the whole pipeline to ``rt``; returns the StatementSet to attach before execute()."""
     t_env = rt.t_env
     topics = cfg.kafka.topics
     statements = t_env.create_statement_set()
-    clean = add_ingestion(rt, cfg, bounded, statements, counters_dir=counters_dir,
-                          topic_pattern=source_topic_pattern(cfg, rt.run_id))
+    clean = add_ingestion(rt, cfg, bounded, statements, topic_pattern=source_topic_pattern(cfg, rt.run_id))
     t_env.create_temporary_view("clean_events", clean)
     shards = shard_count(cfg)
     sc, lc = cfg.scoring, cfg.learner
@@ -148,8 +146,7 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
     if trigger:
         ensure_topics(cfg, [trigger], partitions=1)
     rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
-    counters_dir = rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12]
-    statements = build(rt, cfg, bounded, counters_dir)
+    statements = build(rt, cfg, bounded)
     statements.attach_as_datastream()
     started = time.monotonic()
     if not wait:  # under `flink run -d`, or a caller that stops the job itself: submit and return
@@ -162,7 +159,7 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
     seconds = time.monotonic() - started
     if bounded:  # Flink discards a finished job's checkpoints: remember that it finished
         lineage.mark_finished(cfg, JOB_NAME)
-    summary = summarize(cfg, counters_dir, seconds) if bounded else None
+    summary = summarize(cfg, seconds) if bounded else None
     if summary and not quiet:
         print(summary.line(), file=sys.stderr)
     return PipelineRun(summary, seconds)

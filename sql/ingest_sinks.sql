@@ -1,5 +1,5 @@
 -- Ingestion, part 2: the cleaned + deduplicated events (view `deduped_all`, registered by
--- flink_jobs/ingest.py from the dedup operator) go to events.clean, features.user, features.item.
+-- flink_jobs/ingest.py from the view `deduped` of sql/ingest.sql) go to events.clean, features.user, features.item.
 -- Placeholders: dlq_max_bytes, clean_sink_options, user_sink_options, item_sink_options, slide,
 -- long_window, short_window, long_window_ms, short_minutes, long_over_short, bot_epm.
 
@@ -12,7 +12,8 @@ CREATE TABLE clean_out (
   weight DOUBLE,
   ts BIGINT,
   src_partition INT,
-  src_offset BIGINT
+  src_offset BIGINT,
+  late BOOLEAN
 ) WITH (
   ${clean_sink_options},
   'key.format' = 'raw',
@@ -149,7 +150,7 @@ SELECT dlq_payload, payload_bytes, payload_bytes > ${dlq_max_bytes}, reason, src
 FROM rejected;
 
 INSERT INTO clean_out
-SELECT event_id, user_id, item_id, event_type, rating, weight, ts, src_partition, src_offset
+SELECT event_id, user_id, item_id, event_type, rating, weight, ts, src_partition, src_offset, late
 FROM deduped_all;
 
 INSERT INTO features_user_out

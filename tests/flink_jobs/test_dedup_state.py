@@ -1,47 +1,59 @@
-"""Dedup state is bounded by the horizon: on a long stream of unique ids, the number of ids the
-operator remembers at once stays near rate x horizon instead of growing with the stream."""
+"""Dedup state is bounded by the horizon: an event_id is remembered for ``dedup_horizon_ms`` of
+processing time after its first occurrence (the SQL dedup's state TTL), then forgotten.
 
-import json
+On an unbounded ingestion job: a duplicate within the horizon is dropped; the same id sent again
+after the horizon is kept again, which is what proves the id left the state."""
+
+import time
 
 import pytest
 
 from flink_jobs import ingest
+from flink_jobs.env import build_runtime
 from streamrec import replay
-from streamrec.kafka_io import ensure_topics
+from streamrec.kafka_io import ensure_topics, read_topic
 
 pytestmark = pytest.mark.slow
 
-N_EVENTS = 6_000
-SPACING_MS = 1_000          # one event per second of event time
-HORIZON_MS = 60_000         # -> about 60 ids live at any time (plus watermark lag)
+HORIZON_MS = 2_000
 
 
-def test_dedup_state_stays_bounded_on_unique_ids(cfg):
+def _event(event_id: str, n: int) -> dict:
+    return {"event_id": event_id, "user_id": f"u{n}", "item_id": f"i{n}", "event_type": "view",
+            "ts": 1_700_000_000_000 + n * 1_000}
+
+
+def _clean_ids(cfg, expected: int, timeout_s: float = 90) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ids = [r.json()["event_id"] for r in read_topic(cfg, cfg.kafka.topics.clean, idle_timeout=1)]
+        if len(ids) >= expected or time.monotonic() > deadline:
+            return ids
+        time.sleep(1)
+
+
+def test_a_duplicate_is_dropped_within_the_horizon_and_the_id_forgotten_after_it(cfg):
     cfg = cfg.model_copy(update={
-        "ingest": cfg.ingest.model_copy(update={"dedup_horizon_ms": HORIZON_MS, "watermark_delay_ms": 1_000}),
-        # one partition and small Python bundles: the watermark (which fires the expiry timers)
-        # then trails the data by little, so the bound is tight enough to assert
+        "ingest": cfg.ingest.model_copy(update={"dedup_horizon_ms": HORIZON_MS}),
         "kafka": cfg.kafka.model_copy(update={"partitions": 1}),
-        "flink": cfg.flink.model_copy(update={"python_bundle_size": 100}),
     })
     ensure_topics(cfg, ingest.ingestion_topics(cfg))
-    events = [{"event_id": f"uniq-{n}", "user_id": f"u{n % 50}", "item_id": f"i{n % 70}",
-               "event_type": "view", "ts": 1_700_000_000_000 + n * SPACING_MS} for n in range(N_EVENTS)]
-    replay.produce(cfg, cfg.kafka.topics.raw, replay.encode_events(events), progress=False)
-
-    summary = ingest.run(cfg, bounded=True)
-
-    assert summary.cleaned == N_EVENTS and summary.duplicates == 0
-    files = sorted(cfg.paths_resolved.checkpoint_dir.glob(f"{ingest.JOB_NAME}/counters/*/dedup-*.json"))
-    assert files, "the dedup subtask wrote no counters"
-    counts = [json.loads(f.read_text()) for f in files]
-    kept = sum(c["kept"] for c in counts)
-    peak = max(c["peak_entries"] for c in counts)
-    assert kept == N_EVENTS
-    # every id expired by the end (the final watermark fires all timers): state is empty again
-    assert sum(c["expired"] for c in counts) == N_EVENTS
-    # bounded: ~60 live ids by the horizon, plus what the watermark lag (bundles, periodic
-    # watermarks) keeps around; far below the 6,000 an unbounded dedup would hold. The lag grows
-    # with the machine's load (1,556 seen at load average 8 on 2 cores; ~300 on a quiet one).
-    assert peak <= N_EVENTS // 3, f"dedup remembered {peak} ids at once"
-    print(f"peak live dedup entries: {peak} (horizon alone: {HORIZON_MS // SPACING_MS})")
+    rt = build_runtime(cfg, ingest.JOB_NAME)
+    statements = rt.t_env.create_statement_set()
+    ingest.add_ingestion(rt, cfg, False, statements)
+    statements.attach_as_datastream()
+    job = rt.env.execute_async(ingest.JOB_NAME)
+    try:
+        send = lambda events: replay.produce(cfg, cfg.kafka.topics.raw, replay.encode_events(events),  # noqa: E731
+                                             progress=False)
+        send([_event("probe", 0)])
+        assert _clean_ids(cfg, 1) == ["probe"], "the job did not start"
+        send([_event("dup", 1), _event("dup", 2)])  # within the horizon: the second is dropped
+        send([_event("marker-1", 3)])
+        assert sorted(_clean_ids(cfg, 3)) == ["dup", "marker-1", "probe"]
+        time.sleep(3 * HORIZON_MS / 1000)  # past the horizon: the id has left the state
+        send([_event("dup", 4), _event("marker-2", 5)])
+        ids = _clean_ids(cfg, 5)
+    finally:
+        job.cancel().result()
+    assert sorted(ids) == ["dup", "dup", "marker-1", "marker-2", "probe"]
