@@ -688,6 +688,47 @@ def reference_phase(cfg, events: list[dict], say) -> dict:
     return out
 
 
+def peer_phase(cfg, events: list[dict], say, n_events: int) -> dict:
+    """River's MF recommender (bench/river_peer.py) on the first ``n_events`` of the same stream,
+    beside ours on the same events (it ranks every item with one Python call per item, so it
+    does not run the whole stream in a bench's time)."""
+    from bench.river_peer import river_peer
+    from streamrec.evaluate import evaluate
+
+    head = events[:n_events]
+    say(f"peer: River on the first {len(head):,} events (all items ranked per event) ...")
+    try:
+        river = river_peer(head, k=cfg.scoring.top_k)
+    except ImportError as exc:
+        say(f"peer: River is not installed ({exc}); `pip install -e .[bench]`")
+        return {"error": str(exc)}
+    # ours on the same events, in process: the shard core at the pipeline's mean batch size
+    from udfs.online_mf import LearnerParams
+    from udfs.shard_model import Event, ShardModel, ShardSettings
+
+    sc = cfg.scoring
+    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
+        top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events, seen_filter_bits=sc.seen_filter_bits,
+        seen_filter_hashes=sc.seen_filter_hashes, warmup_items=sc.warmup_items))
+    clean = [dict(e, weight=1.0, src_partition=0, src_offset=n) for n, e in enumerate(head)]
+    users, recs, batch = {}, [], 64
+    wall, cpu = time.perf_counter(), time.process_time()
+    for lo in range(0, len(clean), batch):
+        out = shard.process([Event(e["event_id"], e["user_id"], e["item_id"], 1.0, e["ts"], 0, e["src_offset"])
+                             for e in clean[lo:lo + batch]], users, now_ms=0)
+        users.update(out.user_records)
+        recs += out.recommendations
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    ours = evaluate(clean, recs, k=sc.top_k, baselines=False)
+    out = {"events": len(head), "river": river,
+           "streamrec_core": {"recall": ours.pipeline.recall, "evaluated": ours.pipeline.evaluated,
+                              "events_per_s": len(head) / wall, "cpu_us_per_event": cpu / len(head) * 1e6,
+                              "batch": batch}}
+    say(f"peer: River recall@{sc.top_k} {river['recall']:.4f} at {river['events_per_s']:,.0f} events/s; "
+        f"streamrec core {ours.pipeline.recall:.4f} at {out['streamrec_core']['events_per_s']:,.0f} events/s")
+    return out
+
+
 def _wait(pred, timeout_s: float, step_s: float = 1.0) -> bool:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -873,6 +914,12 @@ def table(result: dict) -> str:
         lm = lat.get("latency_ms") or {}
         rows.append((f"latency at {_fmt(lat.get('target_rate'))} ev/s: p50 / p95 / p99",
                      f"{_fmt(lm.get('p50'))} / {_fmt(lm.get('p95'))} / {_fmt(lm.get('p99'))} ms"))
+    peer = result.get("peer") or {}
+    if peer.get("river"):
+        r, o = peer["river"], peer["streamrec_core"]
+        rows.append((f"peer on the first {_fmt(peer.get('events'))} events: River / streamrec core",
+                     f"recall {_fmt(r.get('recall'), '.4f')} / {_fmt(o.get('recall'), '.4f')}, "
+                     f"{_fmt(r.get('events_per_s'))} / {_fmt(o.get('events_per_s'))} events/s"))
     if q:
         rows.append(("recall@10 pipeline / popularity / reference",
                      " / ".join(_fmt((q.get(n) or {}).get("recall"), ".4f")
@@ -892,7 +939,7 @@ def table(result: dict) -> str:
 def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_seconds: float = 60.0,
               latency_rate: float | None = None, skip_latency: bool = False, skip_quality: bool = False,
               progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
-              command: str | None = None) -> dict:
+              command: str | None = None, peer_events: int = 5_000) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
     from streamrec import assets, broker, replay
 
@@ -935,6 +982,8 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             result["quality"] = quality_phase(tcfg, say)
             _write(result, stem)
             result["throughput"].update(reference_phase(cfg, events, say))
+            _write(result, stem)
+            result["peer"] = peer_phase(cfg, events, say, peer_events)
             _write(result, stem)
         if not skip_latency:
             measured = result["throughput"].get("events_per_s") or 100.0
@@ -990,9 +1039,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-rate", type=float)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--peer-events", type=int, default=5_000)
     args = parser.parse_args(argv)
     run_bench(load_config(), args.name, args.limit, args.latency_seconds, args.latency_rate,
-              args.skip_latency, args.skip_quality,
+              args.skip_latency, args.skip_quality, peer_events=args.peer_events,
               command=" ".join(["python", "bench/run_bench.py", *(argv if argv is not None else sys.argv[1:])]))
     return 0
 

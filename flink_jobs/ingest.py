@@ -107,6 +107,16 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     ):
         t_env.execute_sql(ddl)
 
+    # Route and dedup read the validated rows through ONE DataStream (JVM only): two SQL views
+    # straight on `validated` made the planner read the source, and run the validation UDF,
+    # twice. The rows get a processing-time attribute for the dedup's order.
+    validated = t_env.from_path("validated")
+    t_env.create_temporary_view("validated_rows", t_env.from_data_stream(
+        t_env.to_data_stream(validated),
+        Schema.new_builder().from_row_data_type(validated.get_schema().to_row_data_type())
+        .column_by_expression("proc_time", "PROCTIME()").build()))
+    for ddl in render_sql("ingest_route"):
+        t_env.execute_sql(ddl)
     # The deduplicated rows get their event-time attribute back (the clean ts, with the source's
     # watermarks) on the way through a DataStream: JVM only, no Python.
     t_env.create_temporary_view("deduped_all", t_env.from_data_stream(
@@ -129,8 +139,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         dlq_max_bytes=ing.dlq_payload_max_bytes,
         slide=sql_interval(ing.window_slide_ms),
         long_window=sql_interval(ing.long_window_ms),
-        short_window=sql_interval(ing.short_window_ms),
         long_window_ms=ing.long_window_ms,
+        short_window_ms=ing.short_window_ms,
         short_minutes=_double(ing.short_window_ms / 60_000),
         long_over_short=_double(ing.long_window_ms / ing.short_window_ms),
         bot_epm=_double(ing.bot_events_per_minute),

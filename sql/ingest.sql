@@ -1,5 +1,4 @@
--- Ingestion, part 1: read events.raw as raw bytes, validate (Python UDF validate_event), route,
--- deduplicate.
+-- Ingestion, part 1: read events.raw as raw bytes, validate (Python UDF validate_event).
 -- Placeholders: source_options, dlq_sink_options, watermark_delay, watermark_delay_ms,
 -- min_ts_ms, max_future_ms, w_view, w_click, w_cart, w_purchase, w_rating_base, w_rating_scale.
 --
@@ -41,12 +40,12 @@ SELECT
   COALESCE(ts <= max_wm_ms - ${watermark_delay_ms} AND ts < max_wm_ms, FALSE) AS late,
   max_wm_ms - ${watermark_delay_ms} AS eager_wm,
   CASE WHEN reason IS NULL THEN CAST(NULL AS STRING) ELSE dlq_text END AS dlq_payload,
-  payload_bytes, proc_time
+  payload_bytes
 FROM (
   SELECT
     v.reason AS reason, v.event_id AS event_id, v.user_id AS user_id, v.item_id AS item_id,
     v.event_type AS event_type, v.rating AS rating, v.ts AS ts,
-    src_partition, src_offset, ingest_ms, dlq_text, payload_bytes, proc_time,
+    src_partition, src_offset, ingest_ms, dlq_text, payload_bytes,
     MAX(wm_ms) OVER (PARTITION BY src_partition ORDER BY proc_time
                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS max_wm_ms
   FROM (
@@ -56,24 +55,6 @@ FROM (
     FROM raw_in
   )
 );
-
--- Routing: a record is either rejected (-> events.dlq) or valid.
-CREATE TEMPORARY VIEW rejected AS
-SELECT * FROM validated WHERE reason IS NOT NULL;
-
--- Dedup: the first occurrence of an event_id is kept, every later one dropped while the id is
--- remembered: for dedup_horizon_ms of processing time after it was first seen (the job's state
--- TTL, `table.exec.state.ttl`), so the state holds at most one horizon's ids. Ordered by
--- processing time, the first occurrence goes out at once (no wait for the watermark).
-CREATE TEMPORARY VIEW deduped AS
-SELECT event_id, user_id, item_id, event_type, rating, weight, ts, src_partition, src_offset, late
-FROM (
-  SELECT event_id, user_id, item_id, event_type, rating, weight, ts, src_partition, src_offset, late,
-    ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc_time ASC) AS occurrence
-  FROM validated
-  WHERE reason IS NULL
-)
-WHERE occurrence = 1;
 
 CREATE TABLE dlq_out (
   payload STRING,

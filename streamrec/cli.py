@@ -390,7 +390,8 @@ def cmd_bench(args, cfg: Config) -> int:
 
     run_bench(cfg, name=args.name, limit=args.limit, latency_seconds=args.latency_seconds,
               latency_rate=args.latency_rate, skip_latency=args.skip_latency,
-              skip_quality=args.skip_quality, progress=not args.quiet, command=command)
+              skip_quality=args.skip_quality, progress=not args.quiet, command=command,
+              peer_events=args.peer_events)
     return 0
 
 
@@ -517,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the measured throughput)")
     p.add_argument("--skip-latency", action="store_true", help="no fixed-rate latency run")
     p.add_argument("--skip-quality", action="store_true", help="no prequential evaluation")
+    p.add_argument("--peer-events", type=int, default=5_000, help="events the River peer runs on "
+                   "(it ranks every item with one Python call each)")
     p.add_argument("--scale", action="store_true", help="the scale benchmark instead (scoring cost vs "
                    "items, state bytes, learner core on a 1M-user Zipf stream)")
     p.add_argument("--events", type=int, default=200_000, help="--scale: synthetic events")
