@@ -100,6 +100,11 @@ class ShardLearner(KeyedProcessFunction):
         self.unservable = metrics.counter("events_without_recommendation")
         self.batches = metrics.counter("batches")
         self.swaps = metrics.counter("model_swaps")
+        # where a batch's time goes (thread CPU µs, summed): read keyed state, learn and score,
+        # write keyed state, encode and emit records
+        self.phases = {name: metrics.counter(f"{name}_us") for name in ("state_read", "learn_score",
+                                                                        "state_write", "emit")}
+        self.phase_totals = dict.fromkeys(self.phases, 0)
 
     def _load_version(self, model_bytes: bytes, meta: dict):
         from model.item_table import load_item_table
@@ -133,12 +138,19 @@ class ShardLearner(KeyedProcessFunction):
     def process_element(self, row, ctx):
         shard = self._shard(ctx.get_current_key())
         lines = row[1]
+        t0 = time.thread_time_ns()
         events = [Event(*e) for e in json.loads("[" + lines.replace("\n", ",") + "]")]
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
+        t1 = time.thread_time_ns()
         now_ms = int(time.time() * 1000)
         out = shard.process(events, records, now_ms)
+        t2 = time.thread_time_ns()
         self.users.put_all(out.user_records)
         self.items.put_all(out.item_records)
+        t3 = time.thread_time_ns()
+        self._spent("state_read", t1 - t0)
+        self._spent("learn_score", t2 - t1)
+        self._spent("state_write", t3 - t2)
         items, users, last_flush = self.changelog.value() or (set(), set(), 0)
         items |= out.changed_items
         users |= out.changed_users
@@ -150,14 +162,26 @@ class ShardLearner(KeyedProcessFunction):
         self.unservable.inc(out.unservable)
         self.scored.inc(len(out.recommendations))
         self.batches.inc()
-        for rec in out.recommendations:
-            yield Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec))
+        t4 = time.thread_time_ns()
+        rows = [Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec)) for rec in out.recommendations]
         if now_ms - last_flush >= self.changelog_interval_ms:
             self.changelog.update((set(), set(), now_ms))
-            yield from self._changelog(shard, items, users, max(e.ts for e in events))
+            rows += self._changelog(shard, items, users, max(e.ts for e in events))
         else:
             self.changelog.update((items, users, last_flush))
             timers.register_processing_time_timer(last_flush + self.changelog_interval_ms)
+        self._spent("emit", time.thread_time_ns() - t4)
+        yield from rows
+
+    def _spent(self, phase: str, ns: int) -> None:
+        self.phases[phase].inc(ns // 1000)
+        self.phase_totals[phase] += ns // 1000
+
+    def close(self):
+        total = sum(self.phase_totals.values())
+        if total:
+            log.warning("shard learner CPU: %s", ", ".join(
+                f"{k} {v / 1e6:.1f} s ({100 * v / total:.0f} %)" for k, v in self.phase_totals.items()))
 
     def on_timer(self, timestamp, ctx):
         items, users, last_flush = self.changelog.value() or (set(), set(), 0)
@@ -167,20 +191,22 @@ class ShardLearner(KeyedProcessFunction):
         self.changelog.update((set(), set(), int(time.time() * 1000)))
         yield from self._changelog(shard, items, users, None)
 
-    def _changelog(self, shard: ShardModel, items: set, users: set, ts: int | None):
+    def _changelog(self, shard: ShardModel, items: set, users: set, ts: int | None) -> list:
+        out = []
         table = shard.items
         for item_id in sorted(items):
             row = table.index.get(item_id)
             if row is not None:
-                yield Row(ITEM, item_id, _JSON.encode({
+                out.append(Row(ITEM, item_id, _JSON.encode({
                     "item_id": item_id, "vector": _floats(table.vectors[row]), "bias": float(table.bias[row]),
-                    "updates": int(table.updates[row]), "popularity": float(table.popularity[row]), "ts": ts}))
+                    "updates": int(table.updates[row]), "popularity": float(table.popularity[row]), "ts": ts})))
         for user_id in sorted(users):
             raw = self.users.get(user_id)
             if raw is not None:
                 user = decode_user(raw)
-                yield Row(USER, user_id, _JSON.encode({"user_id": user_id, "vector": _floats(user.vector),
-                                                       "events": user.events, "ts": ts}))
+                out.append(Row(USER, user_id, _JSON.encode({"user_id": user_id, "vector": _floats(user.vector),
+                                                            "events": user.events, "ts": ts})))
+        return out
 
 
 def _map_state(name: str, ttl_ms: int) -> MapStateDescriptor:
