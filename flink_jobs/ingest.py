@@ -109,12 +109,17 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
 
     # Route and dedup read the validated rows through ONE DataStream (JVM only): two SQL views
     # straight on `validated` made the planner read the source, and run the validation UDF,
-    # twice. The rows get a processing-time attribute for the dedup's order.
+    # twice. The rows get a processing-time attribute for the dedup's order, and the source's
+    # watermarks.
     validated = t_env.from_path("validated")
     t_env.create_temporary_view("validated_rows", t_env.from_data_stream(
         t_env.to_data_stream(validated),
         Schema.new_builder().from_row_data_type(validated.get_schema().to_row_data_type())
-        .column_by_expression("proc_time", "PROCTIME()").build()))
+        .column_by_expression("proc_time", "PROCTIME()")
+        # without a declared watermark the table drops the stream's watermarks: the dedup, and so
+        # every event-time window after it, would see none until the end of a bounded input
+        .column_by_expression("row_time", "TO_TIMESTAMP_LTZ(COALESCE(ts, CAST(0 AS BIGINT)), 3)")
+        .watermark("row_time", "SOURCE_WATERMARK()").build()))
     for ddl in render_sql("ingest_route"):
         t_env.execute_sql(ddl)
     # The deduplicated rows get their event-time attribute back (the clean ts, with the source's

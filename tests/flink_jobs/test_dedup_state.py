@@ -2,7 +2,10 @@
 processing time after its first occurrence (the SQL dedup's state TTL), then forgotten.
 
 On an unbounded ingestion job: a duplicate within the horizon is dropped; the same id sent again
-after the horizon is kept again, which is what proves the id left the state."""
+after the horizon is kept again, which is what proves the id left the state. And the watermark
+passes the dedup while the job runs: feature windows close before any end of input (a table
+converted from a stream without a declared watermark once dropped them, so features came out
+only when a bounded input ended)."""
 
 import time
 
@@ -54,6 +57,14 @@ def test_a_duplicate_is_dropped_within_the_horizon_and_the_id_forgotten_after_it
         time.sleep(3 * HORIZON_MS / 1000)  # past the horizon: the id has left the state
         send([_event("dup", 4), _event("marker-2", 5)])
         ids = _clean_ids(cfg, 5)
+        # two days of event time later: every window of the events above has closed
+        send([dict(_event("later", 6), ts=_event("x", 0)["ts"] + 2 * 86_400_000)])
+        deadline = time.monotonic() + 90
+        features = []
+        while not features and time.monotonic() < deadline:
+            features = list(read_topic(cfg, cfg.kafka.topics.features_user, idle_timeout=1))
+            time.sleep(1)
     finally:
         job.cancel().result()
     assert sorted(ids) == ["dup", "dup", "marker-1", "marker-2", "probe"]
+    assert features, "no feature window closed while the job ran: the watermark did not pass the dedup"
