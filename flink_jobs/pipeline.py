@@ -108,7 +108,8 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
     keys = shard_keys(shards)
     settings = dict(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
                     seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
-                    warmup_items=sc.warmup_items, bot_events_per_minute=cfg.ingest.bot_events_per_minute,
+                    warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
+                    bot_events_per_minute=cfg.ingest.bot_events_per_minute,
                     exclude_bots=cfg.ingest.exclude_bots_from_learning)
     output = (t_env.to_data_stream(t_env.from_path("learner_batches"))
               .key_by(lambda row: keys[row[0]], key_type=Types.INT())

@@ -225,12 +225,13 @@ class IngestConfig(_Section):
     rating_min: float = 0.5
     rating_max: float = 5.0
     weights: EventWeights = EventWeights()
-    short_window_ms: int = Field(3_600_000, ge=1_000)
+    #: The short window is the last part of each long window (6 h of 24 h by default).
+    short_window_ms: int = Field(21_600_000, ge=1_000)
     long_window_ms: int = Field(86_400_000, ge=1_000)
     #: Every event lands in long_window_ms / window_slide_ms windows (the hop table function
-    #: materialises each): 24 with the defaults. A 15 min slide (96 copies) made the feature
-    #: aggregation the job's bottleneck.
-    window_slide_ms: int = Field(3_600_000, ge=1_000)
+    #: materialises each): 4 with the defaults. A 1 h slide (24 copies) made the feature
+    #: aggregates the pipeline's bottleneck at ~950 events/s (docs/ingestion.md).
+    window_slide_ms: int = Field(21_600_000, ge=1_000)
     bot_events_per_minute: float = Field(120.0, gt=0)
     exclude_bots_from_learning: bool = True
 
@@ -300,6 +301,9 @@ class ScoringConfig(_Section):
     seen_filter_hashes: int = Field(4, ge=1, le=16)
     #: Below this many known items, events are learned and scored one at a time.
     warmup_items: int = Field(50, ge=0)
+    #: A micro-batch is learned in chunks of at most this many events (items are read as of a
+    #: chunk's start: bigger chunks are cheaper per event and staler).
+    max_batch_events: int = Field(256, ge=1, le=65_536)
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     #: onnxruntime intra-op threads per scorer subtask; 1 was 1.8-6.5x faster than the default pool
     #: for batched scoring on 2 shared cores (bench --scale); 0 = onnxruntime's default.

@@ -65,7 +65,7 @@ def _in_memory(cfg, clean: list[dict], recs: list[dict]) -> tuple[ShardModel, di
     sc = cfg.scoring
     shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
         top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events, seen_filter_bits=sc.seen_filter_bits,
-        seen_filter_hashes=sc.seen_filter_hashes, warmup_items=sc.warmup_items))
+        seen_filter_hashes=sc.seen_filter_hashes, warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events))
     users: dict[str, bytes] = {}
     out_recs: list[dict] = []
     for batch in _batches(clean, recs):
