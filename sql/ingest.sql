@@ -39,18 +39,18 @@ SELECT
   ts, src_partition, src_offset, ingest_ms,
   COALESCE(ts <= max_wm_ms - ${watermark_delay_ms} AND ts < max_wm_ms, FALSE) AS late,
   max_wm_ms - ${watermark_delay_ms} AS eager_wm,
-  CASE WHEN reason IS NULL THEN CAST(NULL AS STRING) ELSE dlq_text END AS dlq_payload,
+  dlq_text AS dlq_payload,
   payload_bytes
 FROM (
   SELECT
     v.reason AS reason, v.event_id AS event_id, v.user_id AS user_id, v.item_id AS item_id,
     v.event_type AS event_type, v.rating AS rating, v.ts AS ts,
-    src_partition, src_offset, ingest_ms, dlq_text, payload_bytes,
+    v.dlq_text AS dlq_text, v.payload_bytes AS payload_bytes,
+    src_partition, src_offset, ingest_ms,
     MAX(wm_ms) OVER (PARTITION BY src_partition ORDER BY proc_time
                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS max_wm_ms
   FROM (
     SELECT validate_event(payload, src_partition, src_offset, ingest_ms) AS v,
-           dlq_payload(payload) AS dlq_text, payload_size(payload) AS payload_bytes,
            src_partition, src_offset, ingest_ms, wm_ms, proc_time
     FROM raw_in
   )
