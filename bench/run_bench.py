@@ -914,6 +914,13 @@ def table(result: dict) -> str:
         lm = lat.get("latency_ms") or {}
         rows.append((f"latency at {_fmt(lat.get('target_rate'))} ev/s: p50 / p95 / p99",
                      f"{_fmt(lm.get('p50'))} / {_fmt(lm.get('p95'))} / {_fmt(lm.get('p99'))} ms"))
+    second = result.get("second_stream") or {}
+    if second:
+        rows.append((f"second stream ({_fmt(second.get('items'))} items, {_fmt(second.get('events'))} events): "
+                     "core / reference recall",
+                     f"{_fmt((second.get('pipeline') or {}).get('recall'), '.4f')} / "
+                     f"{_fmt((second.get('reference') or {}).get('recall'), '.4f')} "
+                     f"(ratio {_fmt(second.get('pipeline_over_reference'), '.2f')})"))
     peer = result.get("peer") or {}
     if peer.get("river"):
         r, o = peer["river"], peer["streamrec_core"]
@@ -984,6 +991,11 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             result["throughput"].update(reference_phase(cfg, events, say))
             _write(result, stem)
             result["peer"] = peer_phase(cfg, events, say, peer_events)
+            _write(result, stem)
+            from bench.synthetic import quality, synthetic_stream
+
+            say("second stream: synthetic, 10k items, heavy users, 3 years (bench/synthetic.py) ...")
+            result["second_stream"] = quality(cfg, synthetic_stream(100_000), say=say)
             _write(result, stem)
         if not skip_latency:
             measured = result["throughput"].get("events_per_s") or 100.0
