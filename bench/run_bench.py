@@ -41,7 +41,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -738,14 +737,46 @@ def _wait(pred, timeout_s: float, step_s: float = 1.0) -> bool:
     return pred()
 
 
+class CommittedWatcher(threading.Thread):
+    """A read_committed consumer of the recommendations topic, run during the latency phase: the
+    time each record became visible to it (``seen_ms`` by ``(source_partition, source_offset)``),
+    which is what a downstream consumer of an exactly-once sink experiences."""
+
+    def __init__(self, cfg, topic: str):
+        super().__init__(daemon=True)
+        from streamrec import kafka_io
+
+        self.consumer = kafka_io.consumer(cfg, read_committed=True)
+        self.consumer.subscribe([topic])
+        self.seen_ms: dict[tuple[int, int], int] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            for msg in self.consumer.consume(1000, timeout=0.2):
+                if msg.error() or msg.value() is None:
+                    continue
+                now = int(time.time() * 1000)
+                rec = json.loads(msg.value())
+                self.seen_ms.setdefault((rec.get("source_partition"), rec.get("source_offset")), now)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(10)
+        self.consumer.close()
+
+
 def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, progress: bool,
-                  sample_s: float, warmup: int = 500) -> dict:
+                  sample_s: float, warmup: int = 500, checkpoint_interval_ms: int | None = None) -> dict:
     from flink_jobs import pipeline
     from flink_jobs.env import build_runtime
     from streamrec import kafka_io, replay
     from streamrec.demo import start_exporter, stop_process
 
     lcfg = bench_config(cfg, "bench.lat", "latency")
+    if checkpoint_interval_ms:
+        lcfg = lcfg.model_copy(update={"flink": lcfg.flink.model_copy(
+            update={"checkpoint_interval_ms": checkpoint_interval_ms})})
     root = _fresh(lcfg)
     n = max(1, int(rate * seconds))
     warm = min(warmup, len(events) // 10)
@@ -754,9 +785,12 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
     say(f"latency phase: unbounded pipeline on {lcfg.kafka.topics.raw}; {warm:,} warm-up events, then "
         f"{n:,} events at {rate:,.0f} events/s ({seconds:.0f} s)")
     exporter = start_exporter(lcfg, root / "exporter.log")
+    kafka_io.ensure_topics(lcfg)
+    watcher = CommittedWatcher(lcfg, lcfg.kafka.topics.recommendations)
+    watcher.start()
     try:
         rt = build_runtime(lcfg, JOB_NAME)
-        statements = pipeline.build(rt, lcfg, False, rt.checkpoint_dir / "counters" / uuid.uuid4().hex[:12])
+        statements = pipeline.build(rt, lcfg, False)
         statements.attach_as_datastream()
         client = rt.env.execute_async(JOB_NAME)
     except BaseException:
@@ -777,21 +811,25 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         time.sleep(3.0)  # the Kafka source discovers its partitions
 
         def scored() -> int:
-            return monitor.vertex_records.get(monitor.vertex_id("Scorer") or "", {}).get("read") or 0
+            # records written to the recommendations topic, committed or not (transaction markers
+            # add a few offsets: "drained" may be declared a little early; the wait for two more
+            # checkpoints below covers that)
+            return sum(kafka_io.end_offsets(lcfg, lcfg.kafka.topics.recommendations, read_committed=False).values())
 
         if warm:
             # the first records pay for the Python operators' warm-up (and the first model export):
             # not what the latency figures are about
             replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(warm_stream), total=warm,
                            progress=False)
-            if not _wait(lambda: scored() >= warm, 180):
+            # (a stream's very first event has nothing to recommend: warm - 1 records)
+            if not _wait(lambda: scored() >= warm - 1, 180):
                 say(f"warning: only {scored()} of {warm} warm-up events scored after 180 s")
             say(f"warm-up done ({scored():,} events scored); measuring")
         measure_from_ms = int(time.time() * 1000)
         res = replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(stream), total=n, rate=rate,
                              progress=progress)
         say(f"replayed {res.delivered:,} events at {res.rate:,.0f} events/s; waiting for the job to drain")
-        drained_ok = _wait(lambda: scored() >= warm + res.delivered, 180)
+        drained_ok = _wait(lambda: scored() >= warm - 1 + res.delivered, 180)
         if not drained_ok:
             say("warning: the scorer had not seen every event after 180 s")
         # the exactly-once sink commits on checkpoint completion: wait for two more checkpoints
@@ -807,6 +845,7 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         monitor.stop()
+        watcher.stop()
         _, exporter_hwm = memory(exporter.pid)
         stop_process(exporter)
 
@@ -814,16 +853,22 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
               for r in kafka_io.read_topic(lcfg, lcfg.kafka.topics.raw, read_committed=False)
               if r.timestamp_ms >= measure_from_ms}
     recs = [r.json() for r in kafka_io.read_topic(lcfg, lcfg.kafka.topics.recommendations)]
-    times, lats = [], []
+    times, lats, committed = [], [], []
     for r in recs:
-        ts = raw_ts.get((r.get("source_partition"), r.get("source_offset")))
+        key = (r.get("source_partition"), r.get("source_offset"))
+        ts = raw_ts.get(key)
         if ts is not None:
             times.append(r["emitted_ts"])
             lats.append(r["emitted_ts"] - ts)
+            if key in watcher.seen_ms:
+                committed.append(watcher.seen_ms[key] - ts)
     t0 = min(raw_ts.values()) if raw_ts else None
     summary = percentiles(lats)
     summary["max"] = max(lats) if lats else None
     summary["mean"] = float(np.mean(lats)) if lats else None
+    seen = percentiles(committed)
+    seen["max"] = max(committed) if committed else None
+    seen["records"] = len(committed)
     return {
         "target_rate": rate,
         "seconds": seconds,
@@ -835,6 +880,9 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         "matched": len(lats),
         "drained": drained_ok,
         "latency_ms": summary,
+        #: as a read_committed consumer sees it: visible time - source record timestamp
+        "read_committed_latency_ms": seen,
+        "checkpoint_interval_ms": lcfg.flink.checkpoint_interval_ms,
         "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
         "checkpoints": monitor.checkpoint_summary(),
         "vertices": monitor.busy_table(),
@@ -912,8 +960,11 @@ def table(result: dict) -> str:
     ]
     if lat:
         lm = lat.get("latency_ms") or {}
-        rows.append((f"latency at {_fmt(lat.get('target_rate'))} ev/s: p50 / p95 / p99",
+        rows.append((f"latency at {_fmt(lat.get('target_rate'))} ev/s (emitted): p50 / p95 / p99",
                      f"{_fmt(lm.get('p50'))} / {_fmt(lm.get('p95'))} / {_fmt(lm.get('p99'))} ms"))
+        rc = lat.get("read_committed_latency_ms") or {}
+        rows.append((f"read_committed latency, checkpoints every {_fmt(lat.get('checkpoint_interval_ms'))} ms",
+                     f"{_fmt(rc.get('p50'))} / {_fmt(rc.get('p95'))} / {_fmt(rc.get('p99'))} ms"))
     second = result.get("second_stream") or {}
     if second:
         rows.append((f"second stream ({_fmt(second.get('items'))} items, {_fmt(second.get('events'))} events): "
@@ -946,7 +997,8 @@ def table(result: dict) -> str:
 def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_seconds: float = 60.0,
               latency_rate: float | None = None, skip_latency: bool = False, skip_quality: bool = False,
               progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
-              command: str | None = None, peer_events: int = 5_000) -> dict:
+              command: str | None = None, peer_events: int = 5_000,
+              latency_checkpoint_ms: int | None = None) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
     from streamrec import assets, broker, replay
 
@@ -1001,7 +1053,8 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             measured = result["throughput"].get("events_per_s") or 100.0
             rate = latency_rate or max(1.0, measured / 2)
             full = replay.ml100k_events(data_dir)
-            result["latency"] = latency_phase(cfg, full, rate, latency_seconds, say, progress, sample_s)
+            result["latency"] = latency_phase(cfg, full, rate, latency_seconds, say, progress, sample_s,
+                                              checkpoint_interval_ms=latency_checkpoint_ms)
     finally:
         if status.started:
             broker.down(cfg, log=say)
@@ -1052,9 +1105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--peer-events", type=int, default=5_000)
+    parser.add_argument("--latency-checkpoint-ms", type=int)
     args = parser.parse_args(argv)
     run_bench(load_config(), args.name, args.limit, args.latency_seconds, args.latency_rate,
               args.skip_latency, args.skip_quality, peer_events=args.peer_events,
+              latency_checkpoint_ms=args.latency_checkpoint_ms,
               command=" ".join(["python", "bench/run_bench.py", *(argv if argv is not None else sys.argv[1:])]))
     return 0
 

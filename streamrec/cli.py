@@ -391,7 +391,7 @@ def cmd_bench(args, cfg: Config) -> int:
     run_bench(cfg, name=args.name, limit=args.limit, latency_seconds=args.latency_seconds,
               latency_rate=args.latency_rate, skip_latency=args.skip_latency,
               skip_quality=args.skip_quality, progress=not args.quiet, command=command,
-              peer_events=args.peer_events)
+              peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms)
     return 0
 
 
@@ -518,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the measured throughput)")
     p.add_argument("--skip-latency", action="store_true", help="no fixed-rate latency run")
     p.add_argument("--skip-quality", action="store_true", help="no prequential evaluation")
+    p.add_argument("--latency-checkpoint-ms", type=int, help="checkpoint interval of the latency run "
+                   "(default: flink.checkpoint_interval_ms); a read_committed reader waits for it")
     p.add_argument("--peer-events", type=int, default=5_000, help="events the River peer runs on "
                    "(it ranks every item with one Python call each)")
     p.add_argument("--scale", action="store_true", help="the scale benchmark instead (scoring cost vs "
