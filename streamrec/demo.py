@@ -140,8 +140,12 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         recs = [r.json() for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
         strategies = Counter(r["strategy"] for r in recs)
         served = Counter(r["model_version"] for r in recs if r["strategy"] == "model")
-        _say(f"recommendations: {len(recs):,} records ({dict(strategies)}); served by "
-             f"{len(served)} model versions (hot swaps: {max(0, len(served) - 1)})")
+        if cfg.scoring.serve == "live":
+            _say(f"recommendations: {len(recs):,} records ({dict(strategies)}), scored live by the "
+                 "learning shard's own item table (scoring.serve = registry serves the registry's CURRENT)")
+        else:
+            _say(f"recommendations: {len(recs):,} records ({dict(strategies)}); served by "
+                 f"{len(served)} model versions (hot swaps: {max(0, len(served) - 1)})")
         from model.scoring import choose_providers
 
         _say(f"onnxruntime provider: {choose_providers(cfg.scoring.provider)[0]}")
