@@ -278,7 +278,7 @@ class ExporterState:
         """The current items in sorted id order.
 
         Popularity is the learner's own count from ``model.items`` (the prior the factors were
-        trained with, and what UserLearner samples negatives by), else the windowed popularity of
+        trained with, and what the shard learner samples negatives by), else the windowed popularity of
         ``features.item``, else 0."""
         ids = sorted(self.items)
         n = len(ids)
