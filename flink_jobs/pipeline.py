@@ -3,10 +3,9 @@
     events.raw ─► [SQL] validate ─► events.dlq
                        │ clean, dedup (keyed, event-time horizon) ─► events.clean, features.user/item
                        ▼
-                 [SQL] micro-batches: per shard of users, one processing-time window = one row
-                       ▼
-                 keyBy(shard) ShardLearner: learn the batch (online MF, keyed MapState), score it
-                       │      (onnxruntime over the live item table), once per batch
+                 keyBy(shard of the user) ShardLearner: buffer a micro-batch in keyed state, then
+                       │      learn it (online MF, keyed MapState) and score it (onnxruntime over
+                       │      the live item table), once per batch
                        ▼
                  [SQL] unnest ─► recommendations, model.items, model.users
 
@@ -29,7 +28,7 @@ from pyflink.common import Types
 
 from flink_jobs import lineage
 from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, render_sql
-from flink_jobs.ingest import IngestSummary, add_ingestion, sql_interval, summarize
+from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.config import Config, describe, load_config
 from streamrec.kafka_io import delete_topics, ensure_topics
 from udfs.flink_operators import BATCH_OUTPUT, ShardLearner
@@ -110,7 +109,7 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
     t_env.create_temporary_view("clean_events", clean)
     shards = shard_count(cfg)
     sc, lc = cfg.scoring, cfg.learner
-    for ddl in render_sql("learner", shards=shards, batch_interval=sql_interval(sc.batch_interval_ms)):
+    for ddl in render_sql("learner", shards=shards):
         t_env.execute_sql(ddl)
     keys = shard_keys(shards)
     settings = dict(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
@@ -118,11 +117,11 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
                     warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
                     bot_events_per_minute=cfg.ingest.bot_events_per_minute,
                     exclude_bots=cfg.ingest.exclude_bots_from_learning)
-    output = (t_env.to_data_stream(t_env.from_path("learner_batches"))
+    output = (t_env.to_data_stream(t_env.from_path("learner_events"))
               .key_by(lambda row: keys[row[0]], key_type=Types.INT())
               .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
                                     sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
-                                    sc.provider, sc.ort_threads),
+                                    sc.provider, sc.ort_threads, sc.batch_interval_ms),
                        output_type=BATCH_OUTPUT)
               .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)"))
     t_env.create_temporary_view("shard_output", t_env.from_data_stream(output))

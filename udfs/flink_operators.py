@@ -1,8 +1,7 @@
 """The thin Flink wrapper around the plain-Python shard (:class:`udfs.shard_model.ShardModel`).
 
-:class:`ShardLearner` is keyed by shard and called once per micro-batch (a processing-time window
-of a shard's cleaned events, aggregated in the JVM: sql/learner.sql). Per call it reads the
-batch's users from keyed MapState, lets the shard learn and score the batch, writes every changed
+:class:`ShardLearner` is keyed by shard; it appends each event to the batch in keyed ListState and
+works once per micro-batch: it reads the batch's users from keyed MapState, lets the shard learn and score the batch, writes every changed
 user and item back to MapState within the same call (PyFlink has no snapshot hook, so nothing
 lives only in Python memory across a checkpoint), and emits one row of JSON lines: the batch's
 recommendations and, at most every ``changelog_interval_ms``, the changed items and users for
@@ -25,7 +24,7 @@ import numpy as np
 from pyflink.common import Row, Types
 from pyflink.common.time import Duration, Time
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from udfs import online_mf
 from udfs.shard_model import Event, ShardModel, ShardSettings, decode_user
@@ -59,12 +58,14 @@ def _ttl(ms: int) -> StateTtlConfig:
 
 
 class ShardLearner(KeyedProcessFunction):
-    """Input rows ``(shard, events)``: ``events`` is JSON arrays ``[event_id, user_id, item_id,
-    weight, ts, src_partition, src_offset]``, one per line, in arrival order."""
+    """Input rows ``(shard, event_id, user_id, item_id, weight, ts, src_partition, src_offset)``,
+    one per cleaned event; a batch is flushed at ``max_batch_events``, ``batch_interval_ms`` after
+    its first event (processing time), or at the end of a bounded input (the final watermark)."""
 
     def __init__(self, learner: dict, settings: dict, state_ttl_ms: int, changelog_interval_ms: int,
                  serve: str, registry_dir: str, swap_check_interval_s: float, provider: str,
-                 ort_threads: int):
+                 ort_threads: int, batch_interval_ms: int):
+        self.batch_interval_ms = batch_interval_ms
         self.learner = learner
         self.settings = settings
         self.state_ttl_ms = state_ttl_ms
@@ -79,12 +80,16 @@ class ShardLearner(KeyedProcessFunction):
         from model.scoring import LiveScorer, choose_providers
 
         self.params = online_mf.LearnerParams.of(None, **self.learner)
+        self.max_batch = int(self.settings.get("max_batch_events", 256))
         self.providers = choose_providers(self.provider)
         self.scorer = LiveScorer(self.params.dim, self.providers, self.ort_threads)
         log.warning("shard learner: onnxruntime providers %s, serving %s", self.providers, self.serve)
         self.users = ctx.get_map_state(_map_state("users", self.state_ttl_ms))
         self.items = ctx.get_map_state(_map_state("items", self.state_ttl_ms))
         self.changelog = ctx.get_state(ValueStateDescriptor("changelog", Types.PICKLED_BYTE_ARRAY()))
+        # the micro-batch being collected: in keyed state, so a checkpoint never loses it
+        self.pending = ctx.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
+        self.pending_count = ctx.get_state(ValueStateDescriptor("batch-size", Types.PICKLED_BYTE_ARRAY()))
         self.shards: dict[int, ShardModel] = {}  # per shard key (a subtask may own several)
         self.watcher = None
         if self.serve == "registry":
@@ -136,10 +141,26 @@ class ShardLearner(KeyedProcessFunction):
         return shard
 
     def process_element(self, row, ctx):
+        self.pending.add(tuple(row)[1:])
+        count = (self.pending_count.value() or 0) + 1
+        if count >= self.max_batch:
+            yield from self._flush(ctx)
+            return
+        self.pending_count.update(count)
+        if count == 1:
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(timers.current_processing_time() + self.batch_interval_ms)
+            # processing-time timers do not fire after a bounded input ends; the final watermark does
+            timers.register_event_time_timer(_END_OF_INPUT)
+
+    def _flush(self, ctx):
+        events = [Event(*e) for e in self.pending.get()]
+        self.pending.clear()
+        self.pending_count.clear()
+        if not events:
+            return
         shard = self._shard(ctx.get_current_key())
-        lines = row[1]
         t0 = time.thread_time_ns()
-        events = [Event(*e) for e in json.loads("[" + lines.replace("\n", ",") + "]")]
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
         t1 = time.thread_time_ns()
         now_ms = int(time.time() * 1000)
@@ -184,6 +205,8 @@ class ShardLearner(KeyedProcessFunction):
                 f"{k} {v / 1e6:.1f} s ({100 * v / total:.0f} %)" for k, v in self.phase_totals.items()))
 
     def on_timer(self, timestamp, ctx):
+        if self.pending_count.value():
+            yield from self._flush(ctx)
         items, users, last_flush = self.changelog.value() or (set(), set(), 0)
         if not items and not users:
             return
