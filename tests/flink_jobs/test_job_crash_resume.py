@@ -95,10 +95,10 @@ def _assert_exactly_once(cfg, result: dict) -> None:
     source = {e["event_id"] for e in result["events"]}
     lost = source - set(per_event)
     duplicated = {k: n for k, n in per_event.items() if n > 1}
-    # a stream's first events have nothing to recommend while their user has had every known
-    # item (ML-100k opens with one user's burst): no record then, never an empty one
+    # an event whose user has had every item known then has nothing to recommend (ML-100k opens
+    # with one-user bursts): no record then, never an empty one
     clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-    lost -= may_lack_a_record(clean, cfg.scoring.warmup_items)
+    lost -= may_lack_a_record(clean)
     in_clean = lost & {c["event_id"] for c in clean}
     assert not lost and not duplicated, (f"{len(lost)} lost ({len(in_clean)} of them in events.clean), "
                                          f"{len(duplicated)} duplicated")
