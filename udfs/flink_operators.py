@@ -89,7 +89,12 @@ class ShardLearner(KeyedProcessFunction):
         self.changelog = ctx.get_state(ValueStateDescriptor("changelog", Types.PICKLED_BYTE_ARRAY()))
         # the micro-batch being collected: in keyed state, so a checkpoint never loses it
         self.pending = ctx.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
-        self.pending_count = ctx.get_state(ValueStateDescriptor("batch-size", Types.PICKLED_BYTE_ARRAY()))
+        # per shard key: [events in the open batch, its processing-time deadline]. Derived, not
+        # owned: after a restore the count is re-read from the list once, so no per-event state
+        # access is spent on it; the deadline tells a batch's own timer from an older batch's
+        # (whose timer would otherwise cut the next batch short)
+        self.open_batches: dict[int, list[int]] = {}
+        self.counted_keys: set[int] = set()
         self.shards: dict[int, ShardModel] = {}  # per shard key (a subtask may own several)
         self.watcher = None
         if self.serve == "registry":
@@ -141,22 +146,30 @@ class ShardLearner(KeyedProcessFunction):
         return shard
 
     def process_element(self, row, ctx):
+        key = ctx.get_current_key()
         self.pending.add(tuple(row)[1:])
-        count = (self.pending_count.value() or 0) + 1
-        if count >= self.max_batch:
-            yield from self._flush(ctx)
-            return
-        self.pending_count.update(count)
-        if count == 1:
+        batch = self.open_batches.get(key)
+        if batch is None:
+            if key in self.counted_keys:
+                count = 1
+            else:  # first event of this key since open(): a restored list may hold earlier ones
+                count = sum(1 for _ in self.pending.get())
+                self.counted_keys.add(key)
+                # processing-time timers do not fire after a bounded input ends; the final watermark does
+                ctx.timer_service().register_event_time_timer(_END_OF_INPUT)
             timers = ctx.timer_service()
-            timers.register_processing_time_timer(timers.current_processing_time() + self.batch_interval_ms)
-            # processing-time timers do not fire after a bounded input ends; the final watermark does
-            timers.register_event_time_timer(_END_OF_INPUT)
+            deadline = timers.current_processing_time() + self.batch_interval_ms
+            timers.register_processing_time_timer(deadline)
+            batch = self.open_batches[key] = [count, deadline]
+        else:
+            batch[0] += 1
+        if batch[0] >= self.max_batch:
+            yield from self._flush(ctx)
 
     def _flush(self, ctx):
+        self.open_batches.pop(ctx.get_current_key(), None)
         events = [Event(*e) for e in self.pending.get()]
         self.pending.clear()
-        self.pending_count.clear()
         if not events:
             return
         shard = self._shard(ctx.get_current_key())
@@ -176,8 +189,6 @@ class ShardLearner(KeyedProcessFunction):
         items |= out.changed_items
         users |= out.changed_users
         timers = ctx.timer_service()
-        if last_flush == 0:
-            timers.register_event_time_timer(_END_OF_INPUT)
         self.learned.inc(out.learned)
         self.bot_skipped.inc(out.bot_events)
         self.unservable.inc(out.unservable)
@@ -205,7 +216,10 @@ class ShardLearner(KeyedProcessFunction):
                 f"{k} {v / 1e6:.1f} s ({100 * v / total:.0f} %)" for k, v in self.phase_totals.items()))
 
     def on_timer(self, timestamp, ctx):
-        if self.pending_count.value():
+        batch = self.open_batches.get(ctx.get_current_key())
+        # the open batch's own deadline, the end of input, or a timer restored from a checkpoint
+        # (no open batch in memory yet: the list may hold the restored batch)
+        if batch is None or timestamp >= batch[1] or timestamp == _END_OF_INPUT:
             yield from self._flush(ctx)
         items, users, last_flush = self.changelog.value() or (set(), set(), 0)
         if not items and not users:
