@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from pyflink.common import Types
+from pyflink.datastream import KeyedStream
 
 from flink_jobs import lineage
 from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, render_sql
@@ -100,6 +101,27 @@ def _murmur(code: int) -> int:
     return -signed if signed != -(1 << 31) else 0
 
 
+#: One row of ``learner_events`` (sql/learner.sql), as the shard learner receives it.
+LEARNER_EVENT = Types.ROW_NAMED(
+    ["shard", "event_id", "user_id", "item_id", "weight", "ts", "src_partition", "src_offset"],
+    [Types.INT(), Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(),
+     Types.INT(), Types.LONG()])
+
+
+def key_by_first_field(t_env, table, key_type, value_type) -> KeyedStream:
+    """A table of ``(key, value ROW)`` as a stream keyed by ``key``, the values what the keyed
+    function receives: the wiring PyFlink's ``key_by`` builds (a stream of ``Row(key, value)``
+    keyed by Flink's ``KeyByKeySelector``), minus the Python function it calls per record to
+    make the pairs (the table holds them already). The key is hashed as PyFlink's is, so
+    :func:`shard_keys` holds for both."""
+    from pyflink.java_gateway import get_gateway
+
+    pairs = t_env.to_append_stream(table, Types.ROW([key_type, value_type]))
+    j_keyed = pairs._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
+                                         Types.ROW([key_type]).get_java_type_info())
+    return KeyedStream(j_keyed, value_type, pairs)
+
+
 def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
     """Add the whole pipeline to ``rt``; returns the StatementSet to attach before execute()."""
     t_env = rt.t_env
@@ -109,16 +131,16 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
     t_env.create_temporary_view("clean_events", clean)
     shards = shard_count(cfg)
     sc, lc = cfg.scoring, cfg.learner
-    for ddl in render_sql("learner", shards=shards):
-        t_env.execute_sql(ddl)
     keys = shard_keys(shards)
+    for ddl in render_sql("learner", shards=shards,
+                          shard_key_cases=" ".join(f"WHEN {n} THEN {k}" for n, k in enumerate(keys))):
+        t_env.execute_sql(ddl)
     settings = dict(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
                     seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
                     warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
                     bot_events_per_minute=cfg.ingest.bot_events_per_minute,
                     exclude_bots=cfg.ingest.exclude_bots_from_learning)
-    output = (t_env.to_data_stream(t_env.from_path("learner_events"))
-              .key_by(lambda row: keys[row[0]], key_type=Types.INT())
+    output = (key_by_first_field(t_env, t_env.from_path("learner_events_keyed"), Types.INT(), LEARNER_EVENT)
               .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
                                     sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
                                     sc.provider, sc.ort_threads, sc.batch_interval_ms),

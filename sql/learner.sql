@@ -1,4 +1,4 @@
--- The hot path's JVM side (docs/hot-path.md). Placeholder: shards.
+-- The hot path's JVM side (docs/hot-path.md). Placeholders: shards, shard_key_cases.
 --
 -- Every cleaned event goes to the shard of its user. The shard learner buffers a shard's events
 -- in keyed state and learns and scores them once per micro-batch (scoring.batch_interval_ms or
@@ -11,3 +11,12 @@ SELECT
   MOD(MOD(HASH_CODE(user_id), ${shards}) + ${shards}, ${shards}) AS shard,
   event_id, user_id, item_id, weight, ts, src_partition, src_offset
 FROM clean_events;
+
+-- The same rows keyed for the shard learner: (the shard's Flink key, the row). PyFlink's own
+-- key_by runs a Python function per record to build this pair (~70 µs each, under the
+-- interpreter lock the learner needs); built here it costs the JVM a CASE.
+CREATE TEMPORARY VIEW learner_events_keyed AS
+SELECT
+  CASE shard ${shard_key_cases} END AS shard_key,
+  ROW(shard, event_id, user_id, item_id, weight, ts, src_partition, src_offset) AS event
+FROM learner_events;
