@@ -13,41 +13,50 @@ topic (config key)     key          value (JSON) and what the exporter keeps
 ``features_item``      item_id      at least :data:`FEATURE_ITEM_ID` and
                                     :data:`FEATURE_POPULARITY`: the latest popularity per item
 ``clean``              user_id      cleaned events ``{"event_id", "user_id", "item_id", ...}``:
-                                    a ring buffer of the last ``exporter.gate_events`` events and
-                                    bounded per-user sets of seen items (for the gate)
+                                    bounded per-user sets of seen items, and the held-out events
+                                    of the pending candidate (see "Gate")
 =====================  ===========  =============================================================
 
 The three changelogs are read from the beginning at start (so a restarted exporter rebuilds the
 full item table); ``events.clean`` from :data:`EVENTS_LOOKBACK` x ``gate_events`` records before
-the end of each partition. Offsets are never committed: the exporter's state is derived, not
-owned. Records that do not parse, lack a field or carry a vector of the wrong dimension
-(``learner.dim``) are counted and skipped (the first few per topic are logged).
+the end of each partition (the seen sets). Offsets are never committed: the exporter's state is
+derived, not owned. Records that do not parse, lack a field or carry a vector of the wrong
+dimension (``learner.dim``) are counted and skipped (the first few per topic are logged).
 
 **Export.** After catching up to the end offsets present at start, and then every
 ``exporter.interval_s`` seconds or ``exporter.every_n_changes`` item changes, whichever comes
-first, and only if an item or a popularity changed since the last export:
+first, only if an item or a popularity changed since the last export, and only while no
+candidate is pending (a newer one would restart the wait for held-out events: at low traffic
+nothing would ever be decided):
 
 1. arrays in **sorted item-id order** (row *i* = ``item_ids[i]``): vectors, biases, popularity
    (0 for items without features), prior = :func:`model.onnx_model.popularity_prior`;
 2. :func:`model.onnx_model.export_model_bytes` with ``prior_weight = learner.popularity_prior``
    (the same alpha the learner scores with: one setting, so training and serving agree);
-3. :meth:`Registry.publish` with meta ``dim``, ``item_ids``, ``training_position`` (see
-   :meth:`Exporter.training_position`), ``exporter_config`` and the ``items.npz`` attachment
-   (:mod:`model.item_table`);
-4. the quality gate (:func:`model.gate.run_gate`, ``exporter.top_k``, ``exporter.gate_margin``)
-   on the buffered events with the latest user vectors (protocol: docs/registry.md, "The
-   exporter's gate inputs"); the first version is promoted. ``force`` promotes regardless, with
-   actor ``cli/force`` in the registry log (the figures are still computed and recorded);
-5. ``enforce_retention(exporter.retention)`` and ``clean_staging()``.
+3. the **cut**: the user vectors are snapshotted and the training position recorded: the
+   ``model.items`` offsets consumed, and the ``events.clean`` last stable offsets queried *after*
+   the item table was frozen (the job commits both topics with the same checkpoints, so every
+   event past that cut is one the exported items have not been trained on);
+4. :meth:`Registry.publish` with the metadata of :meth:`Exporter.metadata` and the ``items.npz``
+   attachment (:mod:`model.item_table`);
+5. :meth:`model.gate.HoldOutGate.submit`: refusals, a pin (``hold``) and ``force`` are settled at
+   once; otherwise the candidate is pending until ``exporter.gate_min_events`` clean events past
+   its cut arrived, then :meth:`~model.gate.HoldOutGate.decide` compares it with CURRENT (or, with
+   none, its popularity baseline) on those events (docs/registry.md, "Quality gate");
+6. ``enforce_retention`` (last ``exporter.retention``, hourly, daily; the pending candidate is
+   protected) and ``clean_staging()``, after every export and every decision.
 
-One log line per export. SIGTERM / SIGINT stop the loop after the current export (a second
-signal interrupts). The gate runs on the CPU provider: it measures ranking quality, which does not
-depend on the provider, and it must not compete with scoring for a GPU.
+One log line per export and per decision. SIGTERM / SIGINT stop the loop after the current
+export (a second signal interrupts); a pending candidate is then left undecided, and the next
+exporter's first export records it as superseded. The gate runs on the CPU provider: it measures
+ranking quality, which does not depend on the provider, and it must not compete with scoring for
+a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -55,17 +64,21 @@ import signal
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from model.gate import evaluate, gate_decision, run_gate
+# lineage imports streamrec.config only (no pyflink): no cycle, nothing heavy
+from flink_jobs.lineage import code_version, job_dir, retained_checkpoints
+from model.gate import FORCE_ACTOR, GATE_ACTOR, GateDecision, HoldOutGate
 from model.item_table import ITEMS_ATTACHMENT, ItemTable
 from model.onnx_model import export_model_bytes, popularity_prior
 from model.registry import Registry
 from model.scoring import CPU, ScoringModel
+from streamrec.config import is_secret
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +95,10 @@ SEEN_USERS_MAX = 200_000
 #: Seconds before a failed export is retried (at most ``exporter.interval_s``).
 RETRY_BACKOFF_S = 30.0
 
-GATE_ACTOR = "gate"
-FORCE_ACTOR = "cli/force"
 GATE_PROVIDERS = [CPU]
+#: The pipeline job's name (flink_jobs/pipeline.py JOB_NAME; importing that module would pull in
+#: pyflink): its checkpoint directory is where :func:`latest_checkpoint` looks.
+PIPELINE_JOB = "streamrec-pipeline"
 
 #: Logical names of the four inputs -> TopicsConfig field.
 INPUTS = {"items": "model_items", "users": "model_users", "features": "features_item", "events": "clean"}
@@ -93,31 +107,111 @@ _LOG_BAD_FIRST = 5
 
 @dataclass
 class ExportResult:
-    """What one export did (also logged as one line)."""
+    """What one export did (also logged as one line). ``decision`` is the gate's verdict: it
+    starts ``pending`` and is replaced when the gate decides (:attr:`Exporter.results`)."""
 
     version: str
     items: int
     dim: int
-    promoted: bool
     forced: bool
-    reason: str
-    metric: str
-    candidate_recall: float
-    current_recall: float | None
-    current_version: str | None
-    evaluated: int
     seconds: float
+    decision: GateDecision
     deleted: list[str] = field(default_factory=list)
-    held: bool = False  # not promoted because an operator's rollback pinned CURRENT
+
+    @property
+    def status(self) -> str:
+        return self.decision.status
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision.status == "promoted"
+
+    @property
+    def held(self) -> bool:  # not promoted because an operator's rollback pinned CURRENT
+        return self.decision.status == "held"
+
+    @property
+    def pending(self) -> bool:
+        return self.decision.status == "pending"
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
+
+    @property
+    def metric(self) -> str:
+        return str(self.decision.figures.get("metric", "recall"))
+
+    @property
+    def candidate_recall(self) -> float | None:
+        return self.decision.figures.get("candidate")
+
+    @property
+    def current_recall(self) -> float | None:
+        return self.decision.figures.get("current")
+
+    @property
+    def current_version(self) -> str | None:
+        return self.decision.figures.get("current_version")
+
+    @property
+    def evaluated(self) -> int:
+        return int(self.decision.figures.get("evaluated") or 0)
 
     def line(self) -> str:
-        cur = "n/a" if self.current_recall is None else f"{self.current_recall:.4f}"
-        vs = f" ({self.current_version})" if self.current_version else ""
-        verdict = ("held (CURRENT is pinned)" if self.held else "promoted (forced)" if self.forced
-                   else "promoted" if self.promoted else "rejected")
-        return (f"export {self.version}: {self.items} items, dim {self.dim}, {self.metric} candidate "
-                f"{self.candidate_recall:.4f} / current {cur}{vs} on {self.evaluated} events -> "
-                f"{verdict} in {self.seconds:.2f} s")
+        head = f"export {self.version}: {self.items} items, dim {self.dim}"
+        d = self.decision
+        if d.status == "pending":
+            return f"{head} -> pending ({d.reason}) in {self.seconds:.2f} s"
+        if self.candidate_recall is None:  # refused, held or forced: nothing was evaluated
+            verdict = ("held (CURRENT is pinned)" if self.held else "promoted (forced)" if d.forced
+                       else d.status)
+            return f"{head} -> {verdict}: {d.reason} in {self.seconds:.2f} s"
+        baseline = d.figures.get("baseline")
+        ref = (f"current {self.current_recall:.4f} ({self.current_version})" if self.current_recall is not None
+               else f"baseline {baseline:.4f}" if baseline is not None else "no comparison")
+        verdict = "held (CURRENT is pinned)" if self.held else d.status
+        return (f"{head}, {self.metric} candidate {self.candidate_recall:.4f} / {ref} on "
+                f"{self.evaluated} held-out events -> {verdict} in {self.seconds:.2f} s")
+
+
+def redacted_config(cfg: Any) -> dict[str, Any]:
+    """The whole configuration as JSON-able data without any secret (the keys
+    :func:`streamrec.config.is_secret` names are removed, not masked: a hash of a masked value
+    would still reveal whether it changed)."""
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items() if not is_secret(str(k))}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(cfg.model_dump(mode="json"))
+
+
+def config_sha256(cfg: Any) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of :func:`redacted_config`."""
+    text = json.dumps(redacted_config(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def latest_checkpoint(cfg: Any, job_name: str = PIPELINE_JOB) -> dict[str, Any] | None:
+    """The newest completed checkpoint of ``job_name``'s state directory, as Flink names it
+    (``{"id", "name", "job_id", "path", "completed_at"}``), or None; never raises (an export
+    must not fail over it)."""
+    try:
+        found = retained_checkpoints(job_dir(cfg, job_name))
+        if not found:
+            return None
+        chk = found[0]
+        mtime = (chk / "_metadata").stat().st_mtime
+        return {"id": int(chk.name[4:]), "name": chk.name, "job_id": chk.parent.name,
+                "path": f"file:{chk.absolute()}",  # Flink's own spelling of a local checkpoint
+                "completed_at": datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="milliseconds")}
+    except Exception as exc:  # noqa: BLE001 - metadata only
+        log.warning("exporter: cannot read the %s checkpoints (%s); meta.json checkpoint = null",
+                    job_name, exc)
+        return None
 
 
 def _vector(value: Any, dim: int) -> np.ndarray | None:
@@ -145,18 +239,22 @@ def _float(value: Any, default: float | None = None) -> float | None:
 class ExporterState:
     """Everything the exporter keeps, fed one record at a time (no Kafka here: unit-testable).
 
-    ``apply(kind, key, value)`` with ``kind`` one of :data:`INPUTS` and ``value`` the raw bytes
-    (``None`` = tombstone) returns whether the record was used.
+    ``apply(kind, key, value, partition, offset)`` with ``kind`` one of :data:`INPUTS` and
+    ``value`` the raw bytes (``None`` = tombstone) returns whether the record was used. A clean
+    event with its ``partition`` and ``offset`` is also offered to ``gate``
+    (:meth:`model.gate.HoldOutGate.observe`), which keeps it if it lies past the pending
+    candidate's cut.
     """
 
-    def __init__(self, dim: int, gate_events: int):
+    def __init__(self, dim: int, gate: HoldOutGate | None = None):
         self.dim = int(dim)
+        self.gate = gate
         self.items: dict[str, tuple[np.ndarray, float]] = {}
         self.users: dict[str, np.ndarray] = {}
         self.popularity: dict[str, float] = {}
         #: the learner's own popularity count per item (model.items ``popularity``)
         self.learned_popularity: dict[str, float] = {}
-        self.events: deque[tuple[str, str]] = deque(maxlen=max(0, int(gate_events)))
+        self.held_out = 0  # clean events the gate took as held-out
         self.seen: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
         self.items_watermark: int | None = None
         self.events_watermark: int | None = None
@@ -174,7 +272,8 @@ class ExporterState:
             log.warning("exporter: skipped %s record #%d (%s): %r", kind, n, why, shown)
         return False
 
-    def apply(self, kind: str, key: bytes | None, value: bytes | None) -> bool:
+    def apply(self, kind: str, key: bytes | None, value: bytes | None,
+              partition: int | None = None, offset: int | None = None) -> bool:
         self.records[kind] += 1
         key_s = key.decode("utf-8", errors="replace") if key is not None else None
         if value is None:  # tombstone: the key is gone
@@ -187,6 +286,8 @@ class ExporterState:
             return self._bad(kind, "not JSON", value)
         if not isinstance(rec, dict):
             return self._bad(kind, "not a JSON object", value)
+        if kind == "events":
+            return self._apply_events(rec, key_s, value, partition, offset)
         return getattr(self, f"_apply_{kind}")(rec, key_s, value)
 
     def _tombstone(self, kind: str, key: str) -> bool:
@@ -243,12 +344,13 @@ class ExporterState:
             self.feature_changes += 1
         return True
 
-    def _apply_events(self, rec: dict, key: str | None, raw: bytes) -> bool:
+    def _apply_events(self, rec: dict, key: str | None, raw: bytes,
+                      partition: int | None = None, offset: int | None = None) -> bool:
         user_id, item_id = rec.get("user_id"), rec.get("item_id")
         if not isinstance(user_id, str) or not user_id or not isinstance(item_id, str) or not item_id:
             return self._bad("events", "no user_id / item_id", raw)
-        if self.events.maxlen:
-            self.events.append((user_id, item_id))
+        if self.gate is not None and partition is not None and offset is not None:
+            self.held_out += self.gate.observe(partition, offset, user_id, item_id)
         seen = self.seen.get(user_id)
         if seen is None:
             seen = self.seen[user_id] = OrderedDict()
@@ -290,16 +392,15 @@ class ExporterState:
                               dtype=np.float32)
         return ItemTable(np.array(ids, dtype=str), vectors, bias, popularity)
 
-    def gate_inputs(self) -> tuple[dict[str, np.ndarray], list[tuple[str, str]], dict[str, set[str]]]:
-        """``(user_vectors, events, seen)`` for :func:`model.gate.run_gate`."""
-        events = list(self.events)
-        users = {u for u, _ in events}
-        seen = {u: set(self.seen.get(u, ())) for u in users}
-        return self.users, events, seen
+    def user_snapshot(self) -> dict[str, np.ndarray]:
+        """The user vectors now (a new dict; every update replaces its array, so it stays put)."""
+        return dict(self.users)
 
 
 class Exporter:
-    """The sidecar. ``run()`` loops until stopped; ``export_once()`` catches up and exports once."""
+    """The sidecar. ``run()`` loops until stopped; ``export_once()`` catches up and exports once.
+    :attr:`results` holds every export (its ``decision`` is updated when the gate decides),
+    :attr:`decisions` every decision of a pending candidate."""
 
     def __init__(
         self,
@@ -309,7 +410,9 @@ class Exporter:
         providers: Sequence[str] | None = None,
     ):
         self.cfg = cfg
-        self.registry = registry if registry is not None else Registry(cfg.paths_resolved.registry_dir)
+        self.registry = registry if registry is not None else Registry(
+            cfg.paths_resolved.registry_dir, log_max_bytes=cfg.exporter.log_max_bytes,
+            log_keep=cfg.exporter.log_keep)
         self.force = force
         self.providers = list(providers) if providers is not None else list(GATE_PROVIDERS)
         topics = cfg.kafka.topics
@@ -317,13 +420,19 @@ class Exporter:
         if len(set(self.topics.values())) != len(self.topics):
             raise ValueError(f"the exporter's input topics must be distinct, got {self.topics}")
         self.kind_of = {topic: kind for kind, topic in self.topics.items()}
-        self.state = ExporterState(cfg.learner.dim, cfg.exporter.gate_events)
+        ex = cfg.exporter
+        self.gate = HoldOutGate(
+            self.registry, lambda data, meta: ScoringModel.from_bytes(data, meta, self.providers),
+            expected_dim=cfg.learner.dim, k=ex.top_k, margin=ex.gate_margin,
+            min_events=ex.gate_min_events, max_events=ex.gate_events,
+            actor=GATE_ACTOR, force_actor=FORCE_ACTOR)
+        self.state = ExporterState(cfg.learner.dim, self.gate)
         self.results: list[ExportResult] = []
+        self.decisions: list[GateDecision] = []
         self.failures = 0
         self.positions: dict[tuple[str, int], int] = {}  # next offset to read, per topic/partition
         self._consumer = None
         self._stop = threading.Event()
-        self._current: tuple[str | None, ScoringModel | None] = (None, None)
         self._last_export = float("-inf")
         self._retry_at = float("-inf")  # after a failed export: no new attempt before this
 
@@ -379,7 +488,7 @@ class Exporter:
                 return 0
             raise KafkaException(err)
         self.positions[(msg.topic(), msg.partition())] = msg.offset() + 1
-        self.state.apply(self.kind_of[msg.topic()], msg.key(), msg.value())
+        self.state.apply(self.kind_of[msg.topic()], msg.key(), msg.value(), msg.partition(), msg.offset())
         return 1
 
     def poll(self, timeout: float = 0.2, max_records: int = 1000) -> int:
@@ -410,116 +519,141 @@ class Exporter:
                 del remaining[tp]
         return True
 
-    def training_position(self) -> dict[str, Any]:
+    def events_cut(self) -> dict[int, int]:
+        """Per ``events.clean`` partition, the first offset an export now has not trained on: the
+        last stable offset queried now (the item table is frozen while this runs: nothing is
+        consumed in between), at least the next offset this exporter reads. Without a consumer
+        (tests), the positions alone."""
+        topic = self.topics["events"]
+        cut = {p: pos for (t, p), pos in sorted(self.positions.items()) if t == topic}
+        if self._consumer is not None:
+            from confluent_kafka import KafkaException, TopicPartition
+
+            for p in cut:
+                try:
+                    _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
+                                                                      cached=False)
+                    cut[p] = max(cut[p], high)
+                except KafkaException as exc:  # the consumed position is then the cut
+                    log.warning("exporter: no end offset for %s[%d] (%s): cut at the position read", topic, p, exc)
+        return cut
+
+    def training_position(self, events_cut: dict[int, int] | None = None) -> dict[str, Any]:
         """What the exported item table reflects: the next offset to read per partition of
         ``model.items`` (Kafka's committed-offset convention), the max event time ``ts`` of the
-        item records consumed (``watermark``) and of the clean events (``events_watermark``)."""
+        item records consumed (``watermark``) and of the clean events (``events_watermark``), and
+        the ``events.clean`` cut (``events_offsets``, see :meth:`events_cut`)."""
         topic = self.topics["items"]
         offsets = {str(p): pos for (t, p), pos in sorted(self.positions.items()) if t == topic}
+        cut = self.events_cut() if events_cut is None else events_cut
         return {"topic": topic, "offsets": offsets, "watermark": self.state.items_watermark,
-                "events_watermark": self.state.events_watermark}
+                "events_watermark": self.state.events_watermark,
+                "events_topic": self.topics["events"],
+                "events_offsets": {str(p): o for p, o in sorted(cut.items())}}
+
+    def metadata(self, table: ItemTable, users: dict[str, np.ndarray], cut: dict[int, int]) -> dict[str, Any]:
+        """meta.json of an export, minus what :meth:`Registry.publish` fills in (docs/registry.md)."""
+        cfg = self.cfg
+        return {
+            "dim": table.dim,
+            "item_ids": table.item_ids.tolist(),
+            "training_position": self.training_position(cut),
+            "exporter_config": {**cfg.exporter.model_dump(mode="json"),
+                                "prior_weight": cfg.learner.popularity_prior},
+            "learner": cfg.learner.model_dump(mode="json"),
+            "config_sha256": config_sha256(cfg),
+            "code_version": code_version(),
+            "checkpoint": latest_checkpoint(cfg),
+            "counts": {
+                "items": len(table),
+                "users_with_vectors": len(users),
+                "items_with_features": int(sum(i in self.state.popularity for i in table.item_ids.tolist())),
+            },
+            "extra": {"skipped_records": dict(self.state.bad)},
+        }
 
     # ---------------------------------------------------------------- export
-    def _current_model(self) -> tuple[str | None, ScoringModel | None]:
-        version = self.registry.current()
-        if version is None:
-            return None, None
-        if self._current[0] == version:
-            return self._current
-        try:
-            model = ScoringModel.from_registry(self.registry, version, providers=self.providers)
-        except Exception as exc:  # corrupt / deleted: compare with nothing rather than stall
-            log.error("exporter: CURRENT %s cannot be loaded (%s); gating the candidate without a "
-                      "comparison model", version, exc)
-            return version, None
-        self._current = (version, model)
-        return self._current
+    def _baseline(self, version: str, table: ItemTable):
+        """The candidate's popularity ranking (item vectors zeroed), the first model's reference."""
+        data = export_model_bytes(np.zeros_like(table.vectors), table.bias, popularity_prior(table.popularity),
+                                  self.cfg.learner.popularity_prior)
+        meta = {"version": f"{version}-baseline", "item_ids": table.item_ids.tolist(), "dim": table.dim}
+        return ScoringModel.from_bytes(data, meta, self.providers)
+
+    def _retention(self) -> list[str]:
+        ex = self.cfg.exporter
+        pending = [self.gate.pending.version] if self.gate.pending is not None else []
+        deleted = self.registry.enforce_retention(ex.retention, ex.retention_hourly_hours,
+                                                  ex.retention_daily_days, protect=pending)
+        self.registry.clean_staging()
+        return deleted
 
     def export(self) -> ExportResult | None:
         """Export the current state now (if there are items). See the module docstring."""
         t0 = time.monotonic()
         table = self.state.item_table()
-        if len(table) == 0:
-            log.info("exporter: no items yet, nothing to export")
+        if len(table) == 0:  # no graph of zero items exists; the gate refuses one from elsewhere
+            log.info("exporter: no items, nothing to export")
             return None
-        cfg = self.cfg.exporter
         model_bytes = export_model_bytes(table.vectors, table.bias, popularity_prior(table.popularity),
                                          self.cfg.learner.popularity_prior)
-        user_vectors, events, seen = self.state.gate_inputs()
-        meta = {
-            "dim": table.dim,
-            "item_ids": table.item_ids.tolist(),
-            "training_position": self.training_position(),
-            "exporter_config": {**cfg.model_dump(mode="json"),
-                                "prior_weight": self.cfg.learner.popularity_prior},
-            "extra": {
-                "users_with_vectors": len(user_vectors),
-                "items_with_features": int(sum(i in self.state.popularity for i in table.item_ids.tolist())),
-                "gate_events": len(events),
-                "skipped_records": dict(self.state.bad),
-            },
-        }
+        users = self.state.user_snapshot()
+        cut = self.events_cut()
+        meta = self.metadata(table, users, cut)
         version = self.registry.publish(model_bytes, meta, {ITEMS_ATTACHMENT: table.to_npz_bytes()})
         self.state.mark_exported()
         self._last_export = time.monotonic()
-        candidate = ScoringModel.from_bytes(model_bytes, self.registry.read_meta(version), self.providers)
-        current_version, current = self._current_model()
-        k, margin = cfg.top_k, cfg.gate_margin
-        pin = self.registry.pinned()
-        if pin is not None:  # a rollback holds: keep exporting, promote nothing (not even --force)
-            cand = evaluate(candidate, user_vectors, events, seen, k)
-            cur = evaluate(current, user_vectors, events, seen, k) if current is not None else None
-            reason = (f"held: CURRENT is pinned to {pin['version']} by {pin.get('actor')} "
-                      f"({pin.get('reason')})")
-            self.registry.hold(version, reason, figures={
-                "metric": f"recall@{k}", "candidate": cand.recall,
-                "current": cur.recall if cur else None, "current_version": current_version,
-                "evaluated": cand.evaluated})
-            promoted, cand_recall, cur_recall, evaluated = False, cand.recall, (cur.recall if cur else None), cand.evaluated
-        elif self.force:
-            cand = evaluate(candidate, user_vectors, events, seen, k)
-            cur = evaluate(current, user_vectors, events, seen, k) if current is not None else None
-            would, why = gate_decision(cand.recall, cur.recall if cur else None, margin)
-            reason = f"forced (--force; the gate would have {'promoted' if would else 'rejected'}: {why})"
-            figures = {"metric": f"recall@{k}", "candidate": cand.recall,
-                       "current": cur.recall if cur else None, "current_version": current_version,
-                       "margin": margin, "evaluated": cand.evaluated,
-                       "skipped_no_vector": cand.skipped_no_vector, "candidate_detail": cand.as_dict(),
-                       "current_detail": cur.as_dict() if cur else None, "forced": True}
-            self.registry.promote(version, actor=FORCE_ACTOR, reason=reason, figures=figures)
-            promoted, cand_recall, cur_recall, evaluated = True, cand.recall, figures["current"], cand.evaluated
-        else:
-            res = run_gate(self.registry, version, candidate, current, user_vectors, events, seen,
-                           k=k, margin=margin, actor=GATE_ACTOR)
-            promoted, reason = res.promote, res.reason
-            cand_recall = res.candidate.recall
-            cur_recall = res.current.recall if res.current else None
-            evaluated = res.candidate.evaluated
-        if promoted:
-            self._current = (version, candidate)
-        deleted = self.registry.enforce_retention(cfg.retention)
-        self.registry.clean_staging()
-        result = ExportResult(
-            version=version, items=len(table), dim=table.dim, promoted=promoted, forced=self.force,
-            reason=reason, metric=f"recall@{k}", candidate_recall=cand_recall,
-            current_recall=cur_recall, current_version=current_version if current is not None else None,
-            evaluated=evaluated, seconds=time.monotonic() - t0, deleted=deleted, held=pin is not None,
-        )
+        decision = self.gate.submit(version, model_bytes, self.registry.read_meta(version), users, cut,
+                                    force=self.force, baseline=lambda: self._baseline(version, table))
+        result = ExportResult(version=version, items=len(table), dim=table.dim, forced=self.force,
+                              seconds=0.0, decision=decision)
         self.results.append(result)
+        if decision.status == "pending":
+            self.check_gate(log_result=False)  # with gate_min_events = 0 it decides at once
+        result.deleted = self._retention()
+        result.seconds = time.monotonic() - t0
         log.info("%s", result.line())
         return result
 
-    def export_once(self, timeout_s: float = 120.0) -> ExportResult | None:
-        """Catch up to the end offsets present now, then export if anything changed since the last
-        export of this process (a fresh exporter always exports when it has items)."""
+    def check_gate(self, log_result: bool = True) -> GateDecision | None:
+        """Let the gate decide the pending candidate if enough held-out events arrived."""
+        decision = self.gate.decide(self.state.seen)
+        if decision is None:
+            return None
+        self.decisions.append(decision)
+        for result in reversed(self.results):
+            if result.version == decision.version:
+                result.decision = decision
+                break
+        if log_result:
+            deleted = self._retention()
+            log.info("%s%s", decision.line(), f" (retention deleted {', '.join(deleted)})" if deleted else "")
+        return decision
+
+    def export_once(self, timeout_s: float = 120.0, wait_s: float = 0.0) -> ExportResult | None:
+        """Catch up to the end offsets present now, let the gate decide a pending candidate, then
+        export if anything changed and nothing is pending (a fresh exporter always exports when
+        it has items). With ``wait_s`` > 0, keep reading events up to that long for the gate's
+        decision on the new candidate."""
         self.catch_up(timeout_s)
+        self.check_gate()
+        if self.gate.pending is not None:
+            p = self.gate.pending
+            log.info("exporter: %s is pending (%d of %d held-out events): no new export yet",
+                     p.version, len(p.events), self.gate.min_events)
+            return None
         if not self.state.changed:
             log.info("exporter: nothing changed since the last export")
             return None
-        return self.export()
+        result = self.export()
+        deadline = time.monotonic() + wait_s
+        while result is not None and result.pending and time.monotonic() < deadline:
+            self.poll(0.2)
+            self.check_gate()
+        return result
 
     def _due(self, now: float) -> bool:
-        if not self.state.changed or now < self._retry_at:
+        if not self.state.changed or now < self._retry_at or self.gate.pending is not None:
             return False
         return (self.state.item_changes >= self.cfg.exporter.every_n_changes
                 or now - self._last_export >= self.cfg.exporter.interval_s)
@@ -538,8 +672,9 @@ class Exporter:
     def run(self, stop_after_exports: int | None = None, idle_exit_s: float | None = None) -> list[ExportResult]:
         """Catch up, then export on the interval / change-count triggers until stopped (signal,
         :meth:`stop`), ``stop_after_exports`` exports happened, or no record arrived for
-        ``idle_exit_s`` seconds (pending changes are exported before an idle exit). The first
-        export happens right after catching up. Returns this call's exports."""
+        ``idle_exit_s`` seconds (pending changes are exported before an idle exit unless a
+        candidate is pending). The first export happens right after catching up; the gate
+        decides a pending candidate after every consumed batch. Returns this call's exports."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -557,36 +692,45 @@ class Exporter:
                     last_record = time.monotonic()
                 now = time.monotonic()
                 idle = idle_exit_s is not None and now - last_record >= idle_exit_s
-                if self._due(now) or (idle and self.state.changed and self.failures == 0):
-                    try:
+                try:
+                    self.check_gate()
+                    if self._due(now) or (idle and self.state.changed and self.failures == 0
+                                          and self.gate.pending is None):
                         self.export()
-                    except Exception as exc:  # a sidecar keeps going: log, back off, retry
-                        self.failures += 1
-                        backoff = min(self.cfg.exporter.interval_s, RETRY_BACKOFF_S)
-                        self._retry_at = time.monotonic() + backoff
-                        log.exception("exporter: export failed (%d so far), retrying in %.0f s: %s",
-                                      self.failures, backoff, exc)
-                        if idle:
-                            break
-                elif idle:
-                    log.info("exporter: no records for %.1f s, exiting", idle_exit_s)
-                    break
+                    elif idle:
+                        log.info("exporter: no records for %.1f s, exiting", idle_exit_s)
+                        break
+                except Exception as exc:  # a sidecar keeps going: log, back off, retry
+                    self.failures += 1
+                    backoff = min(self.cfg.exporter.interval_s, RETRY_BACKOFF_S)
+                    self._retry_at = time.monotonic() + backoff
+                    log.exception("exporter: export failed (%d so far), retrying in %.0f s: %s",
+                                  self.failures, backoff, exc)
+                    if idle:
+                        break
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.close()
+            if self.gate.pending is not None:
+                p = self.gate.pending
+                log.warning("exporter: %s left pending with %d of %d held-out events; the next "
+                            "exporter's first export records it as superseded",
+                            p.version, len(p.events), self.gate.min_events)
         return self.results[start:]
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m model.exporter [--once] [--force]`` (same as ``streamrec exporter``)."""
+    """``python -m model.exporter [--once] [--force] [--wait S]`` (same as ``streamrec exporter``)."""
     from streamrec.cli import main as cli_main
 
     parser = argparse.ArgumentParser(prog="python -m model.exporter")
     parser.add_argument("--once", action="store_true")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--wait", type=float, default=0.0)
     args = parser.parse_args(list(argv) if argv is not None else None)
-    return cli_main(["exporter"] + (["--once"] if args.once else []) + (["--force"] if args.force else []))
+    return cli_main(["exporter"] + (["--once"] if args.once else []) + (["--force"] if args.force else [])
+                    + ["--wait", str(args.wait)])
 
 
 if __name__ == "__main__":

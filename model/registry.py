@@ -6,10 +6,11 @@ reads the same registry)::
     root/
       v000001/model.onnx      the scoring graph (immutable once the directory exists)
       v000001/meta.json       metadata; only ``status``/``quality``/``history`` ever change
-      v000001/items.npz       optional attachments (sha256 in meta.json ``attachments``)
+      v000001/items.npz       optional attachments (sha256 in meta.json ``attachments``/``files``)
       v000002/...
       CURRENT                 the promoted version's name, e.g. "v000002\\n"
       registry.log            append-only JSON lines: ts, action, version, from, actor, reason
+      registry.log.1 ...      rotated logs (newest first); each starts with a ``snapshot`` line
       .lock                   flock()ed around every change of CURRENT, meta.json or the log
       .staging-*/             a version being written (invisible to readers)
 
@@ -21,6 +22,8 @@ Atomicity:
   the next number (no lock needed to publish);
 * ``CURRENT`` and ``meta.json`` are replaced by writing a temporary file and ``os.replace``;
 * retention renames a version to ``.trash-*`` before deleting it, so it vanishes in one step;
+* the log is rotated under the lock; the new ``registry.log`` starts with a ``snapshot`` line that
+  carries the promotion stack, so rollback targets survive a rotation;
 * :meth:`Registry.load` checks the sha256 of ``model.onnx`` against ``meta.json`` and raises
   :class:`CorruptModelError` on any mismatch, missing file or unreadable metadata;
   :meth:`Registry.load_attachment` does the same for an attachment.
@@ -53,9 +56,9 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,15 @@ CURRENT_FILE = "CURRENT"
 PIN_FILE = "PINNED"
 LOG_FILE = "registry.log"
 LOCK_FILE = ".lock"
-STATUSES = ("candidate", "promoted", "rejected")
+#: ``candidate``: published, not decided (or held by a pin); ``superseded``: never decided, a newer
+#: version took its place (see docs/registry.md); ``promoted``: has been CURRENT.
+STATUSES = ("candidate", "promoted", "rejected", "superseded")
+#: registry.log is rotated past this size; this many rotated files are kept (exporter.log_*).
+DEFAULT_LOG_MAX_BYTES = 16 * 2**20
+DEFAULT_LOG_KEEP = 5
+#: Log actions that :meth:`Registry.promotion_stack` replays (a cheap filter before json.loads).
+_SNAPSHOT = '"action": "snapshot"'
+_STACK_ACTIONS = ('"action": "promote"', '"action": "rollback"', _SNAPSHOT)
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 #: Attachment file names: a plain name in the version directory, not one of the registry's own.
 _ATTACHMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -139,12 +150,65 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
-class Registry:
-    """The registry rooted at ``root`` (created if missing). Safe for several processes/threads."""
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
-    def __init__(self, root: str | os.PathLike[str]):
+
+def _brief(figures: dict[str, Any] | None) -> dict[str, Any]:
+    """The scalar gate figures (no per-model detail) that a log line carries."""
+    return {k: v for k, v in (figures or {}).items() if not isinstance(v, (dict, list))}
+
+
+def _buckets(summaries: dict[str, tuple[datetime | None, str | None, int]], now: datetime,
+             unit: str, count: int) -> list[str]:
+    """The newest non-rejected version of each of the last ``count`` UTC clock hours / days
+    (``unit``), the current one included. Clock-aligned buckets keep a representative stable:
+    once its hour is over, nothing newer can land in it."""
+    if count <= 0:
+        return []
+
+    def start(when: datetime) -> datetime:
+        when = when.astimezone(timezone.utc)
+        if unit == "hour":
+            return when.replace(minute=0, second=0, microsecond=0)
+        return when.replace(hour=0, minute=0, second=0, microsecond=0)
+
+    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
+    oldest = start(now) - (count - 1) * step
+    best: dict[datetime, tuple[datetime, int, str]] = {}
+    for version, (created, status, _) in summaries.items():
+        if created is None or status == "rejected":
+            continue  # a representative is a rollback target: never a rejected one
+        bucket = start(created)
+        if bucket < oldest:
+            continue
+        key = (created, version_number(version), version)
+        if bucket not in best or key > best[bucket]:
+            best[bucket] = key
+    return sorted((v for _, _, v in best.values()), key=version_number)
+
+
+class Registry:
+    """The registry rooted at ``root`` (created if missing). Safe for several processes/threads.
+
+    ``registry.log`` is rotated once it grows past ``log_max_bytes`` (0: never), keeping
+    ``log_keep`` rotated files (``registry.log.1`` is the newest)."""
+
+    def __init__(self, root: str | os.PathLike[str], log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+                 log_keep: int = DEFAULT_LOG_KEEP):
+        if log_max_bytes < 0 or log_keep < 1:
+            raise ValueError("log_max_bytes must be >= 0 and log_keep >= 1")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.log_max_bytes = int(log_max_bytes)
+        self.log_keep = int(log_keep)
+        # version -> (meta.json stat key, (created_at, status, history length)): retention runs
+        # after every export and must not re-parse every meta.json (item_ids make them large).
+        self._summaries: dict[str, tuple[tuple[int, int, int], tuple[datetime | None, str | None, int]]] = {}
 
     # ------------------------------------------------------------------ paths & locking
     def path(self, version: str) -> Path:
@@ -172,8 +236,51 @@ class Registry:
         try:
             os.write(fd, line)  # one write of one line: O_APPEND keeps lines whole
             os.fsync(fd)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if self.log_max_bytes and size > self.log_max_bytes:
+            self._rotate_log(size)
+
+    def _log_files(self) -> list[Path]:
+        """Rotated log files present, oldest first (``registry.log.N`` ... ``registry.log.1``)."""
+        found = []
+        for entry in os.listdir(self.root):
+            head, _, tail = entry.rpartition(".")
+            if head == LOG_FILE and tail.isdigit():
+                found.append((int(tail), self.root / entry))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def _rotate_log(self, size: int) -> None:
+        """Under the lock: registry.log -> registry.log.1 (older ones shift up, the oldest beyond
+        ``log_keep`` is deleted); the new log's first line is a ``snapshot`` of the promotion stack
+        and the pin, from which :meth:`promotion_stack` replays."""
+        try:
+            pin = self.pinned()
+        except RegistryError:
+            pin = None  # unreadable PINNED: the file, not the log, is what holds the pin
+        snapshot = {"ts": _now_iso(), "action": "snapshot", "version": None, "from": None,
+                    "actor": "registry", "reason": f"log rotated at {size} bytes",
+                    "current": self.current(), "stack": self.promotion_stack(), "pin": pin}
+        # the new log is complete before the renames: readers miss registry.log for one rename only
+        fd, tmp = tempfile.mkstemp(prefix=f".{LOG_FILE}.", suffix=".tmp", dir=self.root)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, (json.dumps(snapshot, sort_keys=True, default=str) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for path in self._log_files():
+            number = int(path.name.rpartition(".")[2])
+            if number >= self.log_keep:
+                path.unlink(missing_ok=True)
+        for number in range(self.log_keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.root / f"{LOG_FILE}.{number}", self.root / f"{LOG_FILE}.{number + 1}")
+        os.rename(self.root / LOG_FILE, self.root / f"{LOG_FILE}.1")
+        os.rename(tmp, self.root / LOG_FILE)
+        _fsync_dir(self.root)
+        log.info("registry %s: registry.log rotated at %d bytes", self.root, size)
 
     # ------------------------------------------------------------------ reading
     def list_versions(self) -> list[str]:
@@ -220,16 +327,41 @@ class Registry:
         """The newest non-rejected version created before ``when`` (for rollback by time)."""
         found = None
         for version in self.list_versions():
-            try:
-                meta = self.read_meta(version)
-            except CorruptModelError:
+            summary = self._summary(version)
+            if summary is None:
                 continue
-            created = datetime.fromisoformat(str(meta.get("created_at")))
-            if created < when and meta.get("status") != "rejected":
+            created, status, _ = summary
+            if created is not None and created < when and status != "rejected":
                 found = version
         if found is None:
             raise RegistryError(f"no retained version was created before {when.isoformat()}")
         return found
+
+    def _summary(self, version: str) -> tuple[datetime | None, str | None, int] | None:
+        """``(created_at, status, history length)`` of ``version`` (None if unreadable), cached
+        until its meta.json is replaced."""
+        path = self.path(version) / META_FILE
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._summaries.get(version)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            meta = self.read_meta(version)
+        except CorruptModelError:
+            return None
+        value = (_parse_time(meta.get("created_at")), meta.get("status"), len(meta.get("history") or []))
+        self._summaries[version] = (key, value)
+        return value
+
+    def undecided(self) -> list[str]:
+        """Versions still ``candidate`` that no decision ever touched (empty history): pending
+        in some exporter, or left behind by one that stopped."""
+        return [v for v in self.list_versions()
+                if (s := self._summary(v)) is not None and s[1] == "candidate" and s[2] == 0]
 
     def read_meta(self, version: str) -> dict[str, Any]:
         """``meta.json`` of ``version`` (no sha check; :meth:`load` does that)."""
@@ -286,12 +418,29 @@ class Registry:
             )
         return data
 
-    def read_log(self) -> list[dict[str, Any]]:
-        """All log entries, oldest first (a torn last line, if any, is skipped)."""
+    def verify(self, version: str) -> dict[str, Any]:
+        """Check every file meta.json ``files`` lists (model.onnx and the attachments) against its
+        sha256; return the meta, or raise :class:`CorruptModelError` naming the first bad file."""
+        _, meta = self.load(version)
+        for name, expected in sorted((meta.get("files") or {}).items()):
+            try:
+                data = (self.path(version) / name).read_bytes()
+            except FileNotFoundError:
+                raise CorruptModelError(f"model {version}: {name} is missing") from None
+            if sha256_hex(data) != expected:
+                raise CorruptModelError(f"model {version}: sha256 of {name} does not match meta.json "
+                                        f"files ({len(data)} bytes): file is corrupt or partial")
+        return meta
+
+    @staticmethod
+    def _read_lines(path: Path) -> list[str]:
         try:
-            lines = (self.root / LOG_FILE).read_text().splitlines()
+            return path.read_text().splitlines()
         except FileNotFoundError:
             return []
+
+    @staticmethod
+    def _parse_lines(lines: Iterable[str]) -> list[dict[str, Any]]:
         out = []
         for line in lines:
             with contextlib.suppress(json.JSONDecodeError):
@@ -299,16 +448,34 @@ class Registry:
                     out.append(json.loads(line))
         return out
 
+    def read_log(self, rotated: bool = True) -> list[dict[str, Any]]:
+        """All log entries, oldest first, the rotated files' too unless ``rotated`` is False (a
+        torn last line, if any, is skipped). Each rotated-into file starts with a ``snapshot``."""
+        paths = (self._log_files() if rotated else []) + [self.root / LOG_FILE]
+        return [entry for path in paths for entry in self._parse_lines(self._read_lines(path))]
+
     def promotion_stack(self) -> list[str]:
         """The chain of promoted versions replayed from the log; the last one is CURRENT.
 
         ``promote`` pushes; ``rollback`` to a version in the chain drops everything above it, so
-        rolling back twice walks further back rather than bouncing between two versions.
+        rolling back twice walks further back rather than bouncing between two versions. The
+        replay starts at the newest ``snapshot`` (the first line of a log after a rotation), so
+        it reads one file, not the whole history.
         """
+        chunks: list[list[str]] = []
+        for path in [self.root / LOG_FILE] + self._log_files()[::-1]:  # newest file first
+            lines = self._read_lines(path)
+            chunks.append(lines)
+            if lines and _SNAPSHOT in lines[0]:
+                break  # a snapshot: everything older is summed up in it
+        relevant = (line for lines in reversed(chunks) for line in lines
+                    if any(a in line for a in _STACK_ACTIONS))
         stack: list[str] = []
-        for entry in self.read_log():
+        for entry in self._parse_lines(relevant):
             action, version = entry.get("action"), entry.get("version")
-            if action == "promote":
+            if action == "snapshot":
+                stack = [v for v in entry.get("stack") or [] if isinstance(v, str)]
+            elif action == "promote":
                 stack.append(version)
             elif action == "rollback":
                 if version in stack:
@@ -328,9 +495,9 @@ class Registry:
         for version in reversed(stack[:-1]):
             if version == current or not (self.root / version).is_dir():
                 continue
-            with contextlib.suppress(CorruptModelError):
-                if self.read_meta(version).get("status") == "rejected":
-                    continue
+            summary = self._summary(version)
+            if summary is not None and summary[1] == "rejected":
+                continue
             return version
         return None
 
@@ -344,10 +511,12 @@ class Registry:
         """Store a new version as a ``candidate`` and return its name.
 
         ``meta`` supplies ``item_ids`` (index order), ``dim`` and optionally
-        ``training_position``, ``exporter_config``, ``extra``; the registry fills in
-        ``version``, ``sha256``, ``created_at``, ``item_count``, ``status``, ``quality`` and
-        ``attachments`` (``{name: sha256}`` of the extra files, e.g. the exporter's ``items.npz``,
-        written into the same staging directory, so they appear atomically with the model).
+        ``training_position``, ``exporter_config``, ``extra`` and any other key (the exporter's
+        are listed in docs/registry.md); the registry fills in ``version``, ``sha256``,
+        ``created_at``, ``item_count``, ``status``, ``quality``, ``attachments`` (``{name:
+        sha256}`` of the extra files, e.g. the exporter's ``items.npz``, written into the same
+        staging directory, so they appear atomically with the model) and ``files`` (``{name:
+        sha256}`` of every file of the version: model.onnx and the attachments).
         """
         meta = dict(meta)
         attachments = dict(attachments or {})
@@ -375,6 +544,7 @@ class Registry:
         meta.setdefault("quality", {"candidate": None, "current": None})
         meta.setdefault("extra", {})
         meta["attachments"] = {name: sha256_hex(bytes(blob)) for name, blob in sorted(attachments.items())}
+        meta["files"] = {MODEL_FILE: meta["sha256"], **meta["attachments"]}
         meta["history"] = []
 
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
@@ -458,7 +628,8 @@ class Registry:
 
             self._update_meta(version, change)
             self._set_current(version)
-            self._append_log("promote", version, previous, actor, reason, **(log_extra or {}))
+            extra = {**({"figures": _brief(figures)} if figures else {}), **(log_extra or {})}
+            self._append_log("promote", version, previous, actor, reason, **extra)
         log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
 
     def _record_decision(self, version: str, status: str, action: str, reason: str,
@@ -472,7 +643,8 @@ class Registry:
                 {"ts": _now_iso(), "action": action, "actor": actor, "reason": reason})
 
         self._update_meta(version, change)
-        self._append_log(action, version, self.current(), actor, reason)
+        extra = {"figures": _brief(figures)} if figures else {}
+        self._append_log(action, version, self.current(), actor, reason, **extra)
 
     def hold(self, version: str, reason: str, figures: dict[str, Any] | None = None,
              actor: str = "gate") -> None:
@@ -490,6 +662,17 @@ class Registry:
                 raise RegistryError(f"cannot reject {version}: it is CURRENT (roll back first)")
             self._record_decision(version, "rejected", "reject", reason, figures, actor)
         log.info("registry %s: rejected %s: %s", self.root, version, reason)
+
+    def supersede(
+        self, version: str, reason: str, figures: dict[str, Any] | None = None, actor: str = "gate"
+    ) -> None:
+        """Mark a never-decided ``version`` ``superseded``: a newer version took its place before
+        the gate could decide it (the reason says which and why)."""
+        with self._locked():
+            if self.current() == version:
+                raise RegistryError(f"cannot supersede {version}: it is CURRENT")
+            self._record_decision(version, "superseded", "supersede", reason, figures, actor)
+        log.info("registry %s: %s superseded: %s", self.root, version, reason)
 
     def rollback(
         self, to: str | None = None, actor: str = "operator", reason: str = "",
@@ -523,18 +706,58 @@ class Registry:
         log.warning("registry %s: rolled back %s -> %s by %s: %s", self.root, previous, target, actor, reason)
         return target
 
-    def enforce_retention(self, keep_last_n: int) -> list[str]:
-        """Delete all but the newest ``keep_last_n`` versions; CURRENT and the previously promoted
-        version are always kept. Returns the deleted version names."""
+    def enforce_retention(
+        self, keep_last_n: int, hourly_hours: int = 0, daily_days: int = 0,
+        now: datetime | None = None, protect: Iterable[str] = (),
+    ) -> list[str]:
+        """Delete every version no rule keeps; return the deleted names.
+
+        Kept: the newest ``keep_last_n``; the newest non-rejected version (by meta.json
+        ``created_at``) of each of the last ``hourly_hours`` UTC clock hours and of each of the
+        last ``daily_days`` UTC days, the current ones included (0 disables a rule); CURRENT,
+        the pin's version, the default rollback target and ``protect`` (e.g. a pending
+        candidate). ``now`` (aware) is the clock, for tests. The ``retention`` log entry lists the
+        deleted versions and, under ``kept``, every kept version under the first rule that kept it.
+
+        >>> import tempfile
+        >>> reg = Registry(tempfile.mkdtemp())
+        >>> for _ in range(4):
+        ...     _ = reg.publish(b"m", {"item_ids": ["a"], "dim": 2})
+        >>> reg.enforce_retention(2, hourly_hours=0)
+        ['v000001', 'v000002']
+        >>> reg.read_log()[-1]["kept"]
+        {'last_n': ['v000003', 'v000004']}
+        """
         if keep_last_n < 1:
             raise ValueError("keep_last_n must be >= 1")
+        if hourly_hours < 0 or daily_days < 0:
+            raise ValueError("hourly_hours and daily_days must be >= 0 (0 disables the rule)")
+        now = now if now is not None else datetime.now(timezone.utc)
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
         deleted = []
         with self._locked():
             versions = self.list_versions()
-            protected = set(versions[-keep_last_n:])
-            protected.update(v for v in (self.current(), self.previous_promoted()) if v)
+            summaries = {v: s for v in versions if (s := self._summary(v)) is not None}
+            pin = self.pinned()
+            rules: list[tuple[str, list[str]]] = [
+                ("current", [v for v in [self.current()] if v]),
+                ("pin", [pin["version"]] if pin and pin.get("version") else []),
+                ("rollback_target", [v for v in [self.previous_promoted()] if v]),
+                ("protected", sorted(set(protect), key=version_number)),
+                ("last_n", versions[-keep_last_n:]),
+                ("hourly", _buckets(summaries, now, "hour", hourly_hours)),
+                ("daily", _buckets(summaries, now, "day", daily_days)),
+            ]
+            kept: dict[str, list[str]] = {}
+            keep: set[str] = set()
+            for rule, names in rules:
+                fresh = [v for v in names if v not in keep]
+                if fresh:
+                    kept[rule] = fresh
+                    keep.update(fresh)
             for version in versions:
-                if version in protected:
+                if version in keep:
                     continue
                 trash = self.root / f".trash-{version}-{uuid.uuid4().hex[:8]}"
                 try:
@@ -542,10 +765,12 @@ class Registry:
                 except FileNotFoundError:
                     continue
                 shutil.rmtree(trash, ignore_errors=True)
+                self._summaries.pop(version, None)
                 deleted.append(version)
             if deleted:
                 self._append_log("retention", None, None, "registry",
-                                 f"keep_last_n={keep_last_n}", deleted=deleted)
+                                 f"keep_last_n={keep_last_n} hourly_hours={hourly_hours} "
+                                 f"daily_days={daily_days}", deleted=deleted, kept=kept)
         return deleted
 
     def clean_staging(self, older_than_s: float = 3600.0) -> list[str]:

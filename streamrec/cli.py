@@ -10,8 +10,8 @@
     streamrec cluster up | down | status  a standalone Flink cluster from the PyFlink wheel
     streamrec submit [--parallelism N] [--from-savepoint PATH]
     streamrec stop --savepoint JOB_ID
-    streamrec exporter [--once] [--force] the sidecar: model changelog -> ONNX registry versions
-    streamrec model list | promote V | rollback [V]   the model registry
+    streamrec exporter [--once [--wait S]] [--force]  the sidecar: model changelog -> ONNX registry versions
+    streamrec model list | promote V | rollback [V] | unpin | log [V]   the model registry
     streamrec bench [--limit N] [--scale] ML-100k benchmark (throughput, latency, quality) -> bench/results/
     streamrec setup [--relock]            fetch + verify the broker and connector jars, ML-100k
     streamrec config                      print the effective configuration
@@ -234,10 +234,14 @@ def cmd_exporter(args, cfg: Config) -> int:
     exporter = Exporter(cfg, force=args.force)
     if args.once:
         try:
-            result = exporter.export_once()
+            result = exporter.export_once(wait_s=args.wait)
         finally:
             exporter.close()
         print(result.line() if result else "nothing to export (no items in the changelog)")
+        if result is not None and result.pending:
+            print(f"{result.version} stays a candidate: the gate decides it on "
+                  f"{cfg.exporter.gate_min_events} clean events after its training position; "
+                  "`--wait S` waits for them, the long-running exporter decides as they arrive")
         return 0
     results = exporter.run()
     print(f"exporter stopped after {len(results)} exports ({exporter.failures} failed)", file=sys.stderr)
@@ -287,9 +291,22 @@ def _model_document(reg) -> dict:
             "version": version, "status": status, "created_at": meta.get("created_at"),
             "training_position": meta.get("training_position"), "gate": meta.get("quality"),
             "items": meta.get("item_count"), "dim": meta.get("dim"), "sha256": meta.get("sha256"),
-            "attachments_sha256": meta.get("attachments", {}),
+            "attachments_sha256": meta.get("attachments", {}), "files_sha256": meta.get("files"),
+            "config_sha256": meta.get("config_sha256"), "code_version": meta.get("code_version"),
+            "checkpoint": meta.get("checkpoint"), "counts": meta.get("counts"),
         })
     return {"registry": str(reg.root), "current": current, "pin": pin, "versions": versions}
+
+
+def _log_line(entry: dict) -> str:
+    """One registry.log entry for people: time, action, version, from, actor/user, reason, rest."""
+    rest = {k: v for k, v in entry.items() if k not in ("ts", "action", "version", "from", "actor", "reason", "user")}
+    head = f"{entry.get('ts')} {entry.get('action')} {entry.get('version') or '-'}"
+    if entry.get("from"):
+        head += f" from {entry['from']}"
+    who = str(entry.get("actor")) + (f"/{entry['user']}" if entry.get("user") else "")
+    tail = f" {json.dumps(rest, sort_keys=True, default=str)}" if rest else ""
+    return f"{head} by {who}: {entry.get('reason')}{tail}"
 
 
 def cmd_model(args, cfg: Config) -> int:
@@ -297,10 +314,15 @@ def cmd_model(args, cfg: Config) -> int:
 
     from model.registry import Registry, RegistryError
 
-    reg = Registry(cfg.paths_resolved.registry_dir)
+    reg = Registry(cfg.paths_resolved.registry_dir, log_max_bytes=cfg.exporter.log_max_bytes,
+                   log_keep=cfg.exporter.log_keep)
     who = {"user": getpass.getuser()}
     try:
-        if args.action == "list" and args.json:
+        if args.action == "log":
+            entries = [e for e in reg.read_log() if args.version in (None, e.get("version"))]
+            for entry in entries[-args.last:] if args.last else entries:
+                print(json.dumps(entry, sort_keys=True, default=str) if args.json else _log_line(entry))
+        elif args.action == "list" and args.json:
             print(json.dumps(_model_document(reg), indent=1, default=str))
         elif args.action == "list":
             rows = _model_rows(reg)
@@ -492,13 +514,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("exporter", help="the exporter sidecar: model changelog -> registry versions")
     p.add_argument("--once", action="store_true", help="catch up, export once, exit")
-    p.add_argument("--force", action="store_true", help="promote regardless of the quality gate")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="--once: read events up to S seconds for the gate's decision (default 0: the "
+                        "candidate stays pending)")
+    p.add_argument("--force", action="store_true",
+                   help="promote at once, without waiting for held-out events (never while pinned)")
     p.set_defaults(func=cmd_exporter)
 
-    p = sub.add_parser("model", help="list the model registry, promote or roll back a version")
-    p.add_argument("action", choices=["list", "promote", "rollback", "unpin"])
-    p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous")
-    p.add_argument("--json", action="store_true", help="list: one JSON document")
+    p = sub.add_parser("model", help="list the model registry, promote or roll back a version, read its log")
+    p.add_argument("action", choices=["list", "promote", "rollback", "unpin", "log"])
+    p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous; "
+                   "log: only this version's entries")
+    p.add_argument("--json", action="store_true", help="list: one JSON document; log: JSON lines")
+    p.add_argument("--last", type=int, default=20, metavar="N",
+                   help="log: the newest N entries, rotated files included (0: all)")
     p.add_argument("--before", help="rollback: to the newest version created before this time "
                    "(ISO-8601, UTC if no offset, or epoch ms)")
     p.add_argument("--reason", help="recorded in registry.log")

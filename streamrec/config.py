@@ -282,9 +282,28 @@ class ExporterConfig(_Section):
     interval_s: float = Field(5.0, gt=0)
     every_n_changes: int = Field(5_000, ge=1)
     top_k: int = Field(10, ge=1, le=1000)
+    #: Retention keeps the newest `retention` versions, plus the newest non-rejected version of
+    #: each of the last `retention_hourly_hours` UTC hours and `retention_daily_days` UTC days
+    #: (0 disables a rule), so that rollback by time reaches back that far (docs/registry.md).
     retention: int = Field(10, ge=2)
+    retention_hourly_hours: int = Field(24, ge=0, le=24 * 366)
+    retention_daily_days: int = Field(7, ge=0, le=3660)
     gate_margin: float = Field(0.02, ge=0, le=1)
+    #: A candidate is decided on clean events after its training position: at least
+    #: `gate_min_events` (it stays pending until then; 0 decides at export, on no evidence) and
+    #: at most `gate_events` of them.
     gate_events: int = Field(2_000, ge=0)
+    gate_min_events: int = Field(500, ge=0)
+    #: registry.log is rotated past this size (0: never), keeping `log_keep` rotated files.
+    log_max_bytes: int = Field(16 * 2**20, ge=0)
+    log_keep: int = Field(5, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _gate_bounds(self) -> "ExporterConfig":
+        if self.gate_min_events > self.gate_events:
+            raise ValueError(f"gate_min_events ({self.gate_min_events}) must not exceed gate_events "
+                             f"({self.gate_events}), the most held-out events a decision uses")
+        return self
 
 
 class ScoringConfig(_Section):

@@ -306,6 +306,7 @@ class ShardModel:
             filters = np.stack([np.frombuffer(u.seen.words, np.uint8) for u in users])
             for fetch, rows in groups.items():
                 scores, indices = serving.topk(vectors[rows], fetch)
+                scores = np.round(scores.astype(np.float64), 6)  # once per batch, not per item
                 pos = serving.positions[indices]  # [R, F, H]
                 bits = filters[slot[rows][:, None, None], pos >> 3]
                 keep = ~((bits >> (pos & 7).astype(np.uint8)) & 1).all(-1)
@@ -315,7 +316,7 @@ class ShardModel:
                     for i, sc in zip(row_idx[row_keep][:k + len(batch_items)].tolist(),
                                      row_scores[row_keep][:k + len(batch_items)].tolist()):
                         if ids[i] not in batch_items:
-                            ranked.append({"item_id": ids[i], "score": round(sc, 6)})
+                            ranked.append({"item_id": ids[i], "score": sc})
                             if len(ranked) == k:
                                 break
                     lists[n] = ranked

@@ -1,6 +1,6 @@
 """The exporter sidecar against the embedded broker: synthetic changelogs with planted structure
-(user groups prefer item groups), exports into a tmp registry, the quality gate, --force, the run
-loop's triggers and a clean stop on SIGTERM."""
+(user groups prefer item groups), exports into a tmp registry, the held-out quality gate (events
+after each candidate's cut), --force, the run loop's triggers and a clean stop on SIGTERM."""
 
 import json
 import os
@@ -26,8 +26,9 @@ GROUPS, PER_GROUP, USERS, DIM, EVENTS_PER_USER = 6, 15, 60, 8, 6
 
 
 def _cfg(cfg, tmp_path, **exporter):
-    settings = {"top_k": 10, "gate_margin": 0.05, "retention": 10,
-                "gate_events": 2000, "interval_s": 3600.0, "every_n_changes": 1_000_000}
+    # gate_min_events 0: tests not about the gate get a decision at export (on no events)
+    settings = {"top_k": 10, "gate_margin": 0.05, "retention": 10, "gate_events": 2000,
+                "gate_min_events": 0, "interval_s": 3600.0, "every_n_changes": 1_000_000}
     settings.update(exporter)
     return cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"registry_dir": tmp_path / "registry"}),
@@ -108,63 +109,81 @@ def produce_world(cfg, world):
     return produced
 
 
-def test_exports_gate_and_force(cfg, tmp_path, monkeypatch, capsys):
-    cfg = _cfg(cfg, tmp_path)
+def test_exports_are_gated_on_held_out_events_and_force(cfg, tmp_path, monkeypatch, capsys):
+    cfg = _cfg(cfg, tmp_path, gate_min_events=200)
     world = World()
-    produced = produce_world(cfg, world)
+    produced = produce_world(cfg, world)  # these events precede the first export: never held out
     reg = Registry(cfg.paths_resolved.registry_dir)
+    held_out = USERS * EVENTS_PER_USER
     exp = Exporter(cfg)
     try:
-        # 1. first export: promoted (no CURRENT), full meta + attachment + training position
+        # 1. first export: pending (no event after its cut yet); full meta + attachment + position
         r1 = exp.export_once()
-        assert r1.version == "v000001" and r1.promoted and r1.items == GROUPS * PER_GROUP
-        assert r1.evaluated == USERS * EVENTS_PER_USER and r1.candidate_recall > 0.4
-        assert reg.current() == "v000001"
+        assert r1.version == "v000001" and r1.pending and r1.items == GROUPS * PER_GROUP
+        assert reg.current() is None and reg.read_meta("v000001")["status"] == "candidate"
         meta = reg.read_meta("v000001")
         assert meta["item_ids"] == sorted(world.items) and meta["dim"] == DIM
-        assert set(meta["attachments"]) == {ITEMS_ATTACHMENT}
+        assert set(meta["attachments"]) == {ITEMS_ATTACHMENT} and set(meta["files"]) == {"model.onnx", ITEMS_ATTACHMENT}
         ends = kafka_io.end_offsets(cfg, cfg.kafka.topics.model_items)
         tp = meta["training_position"]
         assert tp["topic"] == cfg.kafka.topics.model_items
         assert tp["offsets"] == {str(p): end for p, end in ends.items()}  # incl. the txn markers
         assert tp["watermark"] == max(v["ts"] for _, v in produced["items"])
         assert tp["events_watermark"] == max(v["ts"] for _, v in produced["events"])
-        assert meta["exporter_config"]["top_k"] == 10 and meta["quality"]["metric"] == "recall@10"
+        clean_ends = kafka_io.end_offsets(cfg, cfg.kafka.topics.clean)
+        assert tp["events_topic"] == cfg.kafka.topics.clean
+        assert tp["events_offsets"] == {str(p): end for p, end in clean_ends.items()}
+        assert meta["exporter_config"]["top_k"] == 10 and meta["exporter_config"]["gate_min_events"] == 200
         table = load_item_table(reg, "v000001")
         assert table.item_ids.tolist() == sorted(world.items)
         np.testing.assert_array_equal(table.vectors, np.stack([world.items[i] for i in sorted(world.items)]))
         assert (table.popularity >= 0).all() and table.popularity.sum() > 0
-        assert exp.export_once() is None  # nothing changed
+        assert exp.export_once() is None  # nothing changed, and v000001 waits
 
-        # 2. more changes: 10 new items in group 0, fresh vectors for group 1 -> promoted
+        # 2. held-out events arrive (committed like the job's sink): the first model is compared
+        #    with its popularity baseline on exactly those, and promoted
+        produce(cfg, cfg.kafka.topics.clean, world.event_records(), transactional=True)
+        assert exp.export_once() is None and reg.current() == "v000001" and r1.promoted
+        d1 = exp.decisions[-1]
+        assert d1.figures["evaluated"] == held_out and d1.figures["skipped_before_cut"] == 0
+        assert d1.figures["compared_with"] == "popularity baseline"
+        assert d1.figures["candidate"] > 0.4 > d1.figures["baseline"]
+        assert d1.figures["events_cut"] == tp["events_offsets"]
+        assert reg.read_meta("v000001")["quality"]["evaluated"] == held_out
+
+        # 3. a degraded candidate (vectors shuffled across groups) waits, then is rejected
+        produce(cfg, cfg.kafka.topics.model_items, world.item_records(world.shuffled()), transactional=True)
+        r3 = exp.export_once()
+        assert r3.version == "v000002" and r3.pending
+        produce(cfg, cfg.kafka.topics.clean, world.event_records(), transactional=True)
+        exp.export_once()
+        assert not r3.promoted and r3.status == "rejected" and reg.current() == "v000001"
+        assert r3.candidate_recall < 0.25 < 0.4 < r3.current_recall and r3.evaluated == held_out
+        m3 = reg.read_meta("v000002")
+        assert m3["status"] == "rejected" and m3["quality"]["current_version"] == "v000001"
+        assert reg.read_log()[-1]["action"] == "reject"
+
+        # 4. the true vectors again plus 10 new items in group 0: better than v000001, promoted
         new = {f"item-0-new{j}": (world.centroids[0] + 0.5 * world.rng.normal(size=DIM)).astype(np.float32)
                for j in range(10)}
         world.items.update(new)
         world.group_of.update({i: 0 for i in new})
-        changed = {i: v for i, v in world.items.items() if world.group_of[i] == 1}
-        produce(cfg, cfg.kafka.topics.model_items, world.item_records(new | changed), transactional=True)
-        r2 = exp.export_once()
-        assert r2.version == "v000002" and r2.promoted and r2.items == GROUPS * PER_GROUP + 10
-        assert r2.current_version == "v000001" and r2.current_recall == pytest.approx(r1.candidate_recall)
-        tp2 = reg.read_meta("v000002")["training_position"]
-        assert sum(tp2["offsets"].values()) > sum(tp["offsets"].values())
-        assert tp2["watermark"] > tp["watermark"]
-        assert reg.current() == "v000002"
+        produce(cfg, cfg.kafka.topics.model_items, world.item_records(), transactional=True)
+        r4 = exp.export_once()
+        assert r4.version == "v000003" and r4.pending and r4.items == GROUPS * PER_GROUP + 10
+        produce(cfg, cfg.kafka.topics.clean, world.event_records(), transactional=True)
+        exp.export_once()
+        assert r4.promoted and reg.current() == "v000003" and r4.current_version == "v000001"
 
-        # 3. a degraded candidate (vectors shuffled across groups) is rejected; CURRENT stays
-        produce(cfg, cfg.kafka.topics.model_items, world.item_records(world.shuffled()), transactional=True)
-        r3 = exp.export_once()
-        assert r3.version == "v000003" and not r3.promoted
-        assert r3.candidate_recall < 0.25 < 0.4 < r3.current_recall
-        assert reg.current() == "v000002"
-        m3 = reg.read_meta("v000003")
-        assert m3["status"] == "rejected" and m3["quality"]["current_version"] == "v000002"
-        assert reg.read_log()[-1]["action"] == "reject"
+        # 5. one more export is left pending when this exporter stops
+        produce(cfg, cfg.kafka.topics.model_items, world.item_records(dict(sorted(world.items.items())[:5])),
+                transactional=True)
+        assert exp.export_once().pending
     finally:
         exp.close()
 
-    # 4. `streamrec exporter --once --force` (a fresh process would rebuild the same degraded
-    #    table): promoted regardless, actor cli/force; the earlier rejection stays recorded
+    # 6. `streamrec exporter --once --force` (a fresh process): promoted at once, actor cli/force;
+    #    it records the earlier exporter's undecided v000004 as superseded
     for name in [n for n in os.environ if n.startswith("STREAMREC_")]:
         monkeypatch.delenv(name)
     for name, value in to_env(cfg).items():
@@ -175,15 +194,16 @@ def test_exports_gate_and_force(cfg, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["exporter", "--once", "--force"]) == 0
     out = capsys.readouterr().out
-    assert "export v000004" in out and "promoted (forced)" in out
-    assert reg.current() == "v000004"
+    assert "export v000005" in out and "promoted (forced)" in out
+    assert reg.current() == "v000005"
     last = reg.read_log()[-1]
-    assert (last["action"], last["version"], last["actor"], last["from"]) == ("promote", "v000004", FORCE_ACTOR, "v000002")
-    assert "forced" in last["reason"] and "would have rejected" in last["reason"]
+    assert (last["action"], last["version"], last["actor"], last["from"]) == ("promote", "v000005", FORCE_ACTOR, "v000003")
+    assert "forced" in last["reason"]
+    m5 = reg.read_meta("v000005")
+    assert m5["status"] == "promoted" and m5["quality"]["forced"] is True
     m4 = reg.read_meta("v000004")
-    assert m4["status"] == "promoted" and m4["quality"]["forced"] is True
-    assert m4["quality"]["candidate"] < m4["quality"]["current"]
-    assert reg.read_meta("v000003")["status"] == "rejected"
+    assert m4["status"] == "superseded" and "left undecided by an earlier exporter" in m4["history"][-1]["reason"]
+    assert reg.read_meta("v000002")["status"] == "rejected"
 
 
 def test_run_loop_triggers_on_change_count(cfg, tmp_path):
@@ -221,6 +241,36 @@ def test_run_loop_triggers_on_change_count(cfg, tmp_path):
     assert reg.current() == "v000003"
     # retention 2: v000001 deleted (neither CURRENT nor the rollback target v000002)
     assert reg.list_versions() == ["v000002", "v000003"] and results[-1].deleted == ["v000001"]
+
+
+def test_run_loop_waits_for_the_gate_before_the_next_export(cfg, tmp_path):
+    cfg = _cfg(cfg, tmp_path, every_n_changes=20, gate_min_events=100)
+    world = World(seed=3)
+    produce_world(cfg, world)
+    reg = Registry(cfg.paths_resolved.registry_dir)
+    exp = Exporter(cfg)
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(results=exp.run(stop_after_exports=2, idle_exit_s=30)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while reg.list_versions() != ["v000001"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reg.list_versions() == ["v000001"], "no export after catching up"
+        produce(cfg, cfg.kafka.topics.model_items, world.item_records(dict(sorted(world.items.items())[:25])))
+        time.sleep(2.0)  # 25 changes >= every_n_changes, but v000001 is pending: no export
+        assert reg.list_versions() == ["v000001"] and reg.current() is None
+        produce(cfg, cfg.kafka.topics.clean, world.event_records(), transactional=True)
+        thread.join(60)
+        assert not thread.is_alive()
+    finally:
+        exp.stop()
+        thread.join(10)
+    first, second = out["results"]
+    assert first.promoted and reg.current() == "v000001" and second.pending
+    promoted_at = reg.read_meta("v000001")["history"][-1]["ts"]
+    assert reg.read_meta("v000002")["created_at"] > promoted_at  # exported after the decision
+    assert reg.read_meta("v000002")["status"] == "candidate"  # left pending at the stop
 
 
 def test_sigterm_stops_cleanly(cfg, tmp_path):

@@ -1,12 +1,24 @@
-"""The exporter's record handling without Kafka: last record wins, tombstones, bad records,
-sorted item order, gate inputs and bounded seen sets."""
+"""The exporter without Kafka: record handling (last record wins, tombstones, bad records, sorted
+item order, bounded seen sets), export triggers, the held-out gate fed through ExporterState
+with partitions and offsets, and every meta.json field of an export."""
 
 import json
+import os
 
 import numpy as np
 
 from model import exporter as ex
-from model.exporter import FEATURE_ITEM_ID, FEATURE_POPULARITY, ExporterState
+from model.exporter import (
+    FEATURE_ITEM_ID,
+    FEATURE_POPULARITY,
+    PIPELINE_JOB,
+    Exporter,
+    ExporterState,
+    config_sha256,
+)
+from model.item_table import ITEMS_ATTACHMENT
+from model.registry import Registry, sha256_hex
+from tests.support import make_config
 
 
 def _j(obj) -> bytes:
@@ -14,7 +26,7 @@ def _j(obj) -> bytes:
 
 
 def test_items_features_users_and_order():
-    st = ExporterState(dim=2, gate_events=3)
+    st = ExporterState(dim=2)
     assert not st.changed
     st.apply("items", b"b", _j({"item_id": "b", "vector": [1, 2], "bias": 0.5, "updates": 1, "ts": 10}))
     st.apply("items", b"a", _j({"item_id": "a", "vector": [3, 4], "bias": -1, "updates": 1, "ts": 30}))
@@ -34,12 +46,13 @@ def test_items_features_users_and_order():
     assert not st.changed
     st.apply("features", b"b", _j({FEATURE_ITEM_ID: "b", FEATURE_POPULARITY: 7.0}))  # no change
     assert not st.changed
-    users, _, _ = st.gate_inputs()
-    assert list(users) == ["u"]
+    snapshot = st.user_snapshot()
+    st.apply("users", b"u", _j({"user_id": "u", "vector": [0, 1], "events": 4, "ts": 2}))
+    assert snapshot["u"].tolist() == [1, 0] and st.users["u"].tolist() == [0, 1]  # the snapshot stays
 
 
 def test_bad_records_are_counted_and_skipped():
-    st = ExporterState(dim=2, gate_events=3)
+    st = ExporterState(dim=2)
     for raw in [b"{not json", _j([1, 2]), _j({"item_id": "x", "vector": [1]}),
                 _j({"item_id": "x", "vector": [1, float("nan")]}), _j({"vector": [1, 2]}),
                 _j({"item_id": "x", "vector": [1, 2], "bias": "high"})]:
@@ -50,28 +63,28 @@ def test_bad_records_are_counted_and_skipped():
     assert not st.changed
 
 
-def test_ring_buffer_and_bounded_seen(monkeypatch):
+def test_bounded_seen(monkeypatch):
     monkeypatch.setattr(ex, "SEEN_ITEMS_PER_USER", 3)
     monkeypatch.setattr(ex, "SEEN_USERS_MAX", 2)
-    st = ExporterState(dim=2, gate_events=4)
+    st = ExporterState(dim=2)
     for n in range(6):
         st.apply("events", b"u1", _j({"user_id": "u1", "item_id": f"i{n}", "ts": n}))
     st.apply("events", b"u2", _j({"user_id": "u2", "item_id": "j", "ts": 100}))
-    _, events, seen = st.gate_inputs()
-    assert events == [("u1", "i3"), ("u1", "i4"), ("u1", "i5"), ("u2", "j")]
-    assert seen == {"u1": {"i3", "i4", "i5"}, "u2": {"j"}}
+    assert {u: list(s) for u, s in st.seen.items()} == {"u1": ["i3", "i4", "i5"], "u2": ["j"]}
     st.apply("events", b"u3", _j({"user_id": "u3", "item_id": "k", "ts": 5}))
     assert list(st.seen) == ["u2", "u3"]  # least recently active user dropped
     assert st.events_watermark == 100 and not st.changed  # events alone do not trigger exports
 
 
-def test_export_triggers(tmp_path):
-    from model.exporter import Exporter
-    from tests.support import make_config
+def _exporter(tmp_path, dim=2, **overrides):
+    settings = {"learner.dim": dim, "paths.registry_dir": str(tmp_path / "reg"),
+                "paths.checkpoint_dir": str(tmp_path / "checkpoints")}
+    settings.update({f"exporter.{k}": v for k, v in overrides.items()})
+    return Exporter(make_config(tmp_path, 19999, **settings))  # no Kafka needed until poll()
 
-    cfg = make_config(tmp_path, 19999, **{"exporter.every_n_changes": 3, "exporter.interval_s": 60.0,
-                                      "learner.dim": 2, "paths.registry_dir": str(tmp_path / "reg")})
-    exp = Exporter(cfg)  # no Kafka needed until poll()
+
+def test_export_triggers(tmp_path):
+    exp = _exporter(tmp_path, every_n_changes=3, interval_s=60.0, gate_min_events=0)
     assert not exp._due(0.0)  # nothing changed
     exp.state.apply("items", b"a", _j({"item_id": "a", "vector": [1, 2], "bias": 0}))
     assert exp._due(0.0)  # never exported: due as soon as something changed
@@ -82,6 +95,131 @@ def test_export_triggers(tmp_path):
     assert exp._due(101.0)  # change count
     exp._retry_at = 200.0
     assert not exp._due(150.0) and exp._due(200.0)  # back-off after a failed export
-    r = exp.export()  # exports into the registry without Kafka
+    r = exp.export()  # exports into the registry without Kafka; min 0 events: decided at once
     assert r.version == "v000001" and r.promoted and r.items == 2 and not exp.state.changed
     assert exp.training_position()["watermark"] is None
+
+
+# --------------------------------------------------------------------------- the gate, end to end
+def _world_records():
+    from tests.model.test_gate import _world
+
+    items, ids, users, events, seen = _world()
+    item_recs = [(i, _j({"item_id": i, "vector": v.tolist(), "bias": 0.0, "updates": 1, "ts": 1}))
+                 for i, v in zip(ids, items)]
+    user_recs = [(u, _j({"user_id": u, "vector": v.tolist(), "events": 1, "ts": 1})) for u, v in users.items()]
+    history = [(u, i) for u, s in sorted(seen.items()) for i in sorted(s)]
+    return items, ids, item_recs, user_recs, history, [e for e in events if e[0] != "ghost-user"]
+
+
+def _feed(exp, records, kind="items"):
+    for key, value in records:
+        exp.state.apply(kind, key.encode(), value)
+
+
+def _events(exp, pairs, partition, start):
+    for n, (u, i) in enumerate(pairs):
+        exp.state.apply("events", u.encode(), _j({"user_id": u, "item_id": i, "ts": 1_000 + n}),
+                        partition, start + n)
+    exp.positions[(exp.topics["events"], partition)] = start + len(pairs)
+
+
+def test_exporter_gates_each_candidate_on_the_events_after_its_cut(tmp_path):
+    items, ids, item_recs, user_recs, history, events = _world_records()
+    exp = _exporter(tmp_path, dim=16, gate_min_events=300, gate_events=1000, gate_margin=0.02)
+    reg = exp.registry
+    _feed(exp, item_recs)
+    _feed(exp, user_recs, "users")
+    _events(exp, history + events, partition=0, start=0)  # all consumed before the export
+    cut = len(history) + len(events)
+
+    r1 = exp.export()
+    assert r1.pending and "pending" in r1.line() and reg.current() is None
+    tp = reg.read_meta(r1.version)["training_position"]
+    assert tp["events_topic"] == exp.topics["events"] and tp["events_offsets"] == {"0": cut}
+    _feed(exp, item_recs[:5])  # changes while pending: no new export until the gate decided
+    assert exp.state.changed and not exp._due(1e12)
+    assert exp.check_gate() is None  # the events it was trained on do not count
+    _events(exp, events, partition=0, start=cut)
+    decision = exp.check_gate()
+    assert decision.status == "promoted" and reg.current() == r1.version and r1.promoted
+    assert decision.figures["evaluated"] == len(events) and decision.figures["skipped_before_cut"] == 0
+    assert exp.results[-1].decision is decision and exp.decisions == [decision]
+
+    # a worse candidate: item vectors shuffled between items
+    perm = np.random.default_rng(7).permutation(len(ids))
+    shuffled = [(ids[n], item_recs[p][1].replace(ids[p].encode(), ids[n].encode(), 1))
+                for n, p in enumerate(perm)]
+    _feed(exp, shuffled)
+    r2 = exp.export()
+    assert r2.pending
+    _events(exp, events, partition=0, start=cut + len(events))
+    assert exp.check_gate().status == "rejected" and reg.current() == r1.version
+    assert r2.candidate_recall < 0.2 < 0.4 < r2.current_recall and "rejected" in r2.line()
+
+
+def test_every_meta_field_of_an_export(tmp_path, monkeypatch):
+    secret = "hunter2-never-in-meta"
+    exp = _exporter(tmp_path, dim=2, gate_min_events=0)
+    exp.cfg = exp.cfg.model_copy(update={"kafka": exp.cfg.kafka.model_copy(update={
+        "security": exp.cfg.kafka.security.model_copy(update={"protocol": "SASL_SSL", "sasl_password": secret}),
+        "client_properties": {"sasl.password": secret}})})
+    # a checkpoint directory as Flink writes it: chk-7 complete, chk-8 still in progress
+    job = tmp_path / "checkpoints" / PIPELINE_JOB / "0123abcd"
+    (job / "chk-7").mkdir(parents=True)
+    (job / "chk-7" / "_metadata").write_bytes(b"flink")
+    (job / "chk-8").mkdir()
+    exp.state.apply("items", b"a", _j({"item_id": "a", "vector": [1, 2], "bias": 0}))
+    exp.state.apply("items", b"b", _j({"item_id": "b", "vector": [2, 1], "bias": 0}))
+    exp.state.apply("features", b"a", _j({FEATURE_ITEM_ID: "a", FEATURE_POPULARITY: 3.0}))
+    exp.state.apply("users", b"u", _j({"user_id": "u", "vector": [1, 1]}))
+    exp.state.apply("items", b"x", _j({"item_id": "x", "vector": [1]}))  # skipped: wrong dim
+    version = exp.export().version
+    reg = exp.registry
+    text = (reg.path(version) / "meta.json").read_text()
+    assert secret not in text
+    meta = json.loads(text)
+    from flink_jobs.lineage import code_version
+
+    assert meta["learner"] == exp.cfg.learner.model_dump(mode="json") and meta["learner"]["dim"] == 2
+    assert meta["code_version"] == code_version() != ""
+    assert meta["config_sha256"] == config_sha256(exp.cfg) and len(meta["config_sha256"]) == 64
+    changed = exp.cfg.model_copy(update={"learner": exp.cfg.learner.model_copy(update={"negatives": 3})})
+    assert config_sha256(changed) != meta["config_sha256"]  # the hash follows the configuration
+    other_secret = exp.cfg.model_copy(update={"kafka": exp.cfg.kafka.model_copy(update={
+        "security": exp.cfg.kafka.security.model_copy(update={"sasl_password": "other"})})})
+    assert config_sha256(other_secret) == meta["config_sha256"]  # secrets are not in what is hashed
+    assert meta["checkpoint"]["id"] == 7 and meta["checkpoint"]["name"] == "chk-7"
+    assert meta["checkpoint"]["job_id"] == "0123abcd"
+    assert meta["checkpoint"]["path"].startswith("file:/") and meta["checkpoint"]["path"].endswith("/chk-7")
+    assert meta["counts"] == {"items": 2, "users_with_vectors": 1, "items_with_features": 1}
+    assert meta["extra"]["skipped_records"]["items"] == 1
+    files = {name: sha256_hex((reg.path(version) / name).read_bytes()) for name in os.listdir(reg.path(version))
+             if name != "meta.json"}
+    assert meta["files"] == files and set(files) == {"model.onnx", ITEMS_ATTACHMENT}
+    assert reg.verify(version)["version"] == version
+    assert meta["quality"]["compared_with"] == "popularity baseline"  # decided at once (min 0)
+    assert meta["training_position"]["events_offsets"] == {}
+
+
+def test_no_checkpoint_or_an_unreadable_one_never_fails_an_export(tmp_path):
+    exp = _exporter(tmp_path, dim=2, gate_min_events=0)
+    exp.state.apply("items", b"a", _j({"item_id": "a", "vector": [1, 2], "bias": 0}))
+    assert exp.registry.read_meta(exp.export().version)["checkpoint"] is None
+    blocked = tmp_path / "checkpoints"
+    blocked.mkdir(exist_ok=True)
+    (blocked / PIPELINE_JOB).write_text("a file where the job directory should be")
+    exp.state.apply("items", b"b", _j({"item_id": "b", "vector": [1, 2], "bias": 0}))
+    assert exp.registry.read_meta(exp.export().version)["checkpoint"] is None
+
+
+def test_the_pipeline_job_name_is_the_pipelines():
+    from flink_jobs import pipeline  # pyflink: the exporter itself must not import it
+
+    assert PIPELINE_JOB == pipeline.JOB_NAME
+
+
+def test_registry_settings_come_from_the_exporter_config(tmp_path):
+    exp = _exporter(tmp_path, log_max_bytes=4096, log_keep=2)
+    assert (exp.registry.log_max_bytes, exp.registry.log_keep) == (4096, 2)
+    assert isinstance(exp.registry, Registry)

@@ -135,3 +135,47 @@ def test_list_json_is_one_document_with_statuses_and_checksums(reg, capsys):
     assert status == {"v000001": "pinned", "v000002": "promoted", "v000003": "candidate"}
     for v in doc["versions"]:
         assert len(v["sha256"]) == 64 and v["created_at"] and set(v["attachments_sha256"]) == {ITEMS_ATTACHMENT}
+
+
+def test_list_json_shows_what_an_export_recorded(reg, capsys, monkeypatch):
+    import json
+
+    from model.exporter import Exporter, config_sha256
+    from streamrec.config import load_config
+
+    monkeypatch.setenv("STREAMREC_LEARNER__DIM", "3")
+    monkeypatch.setenv("STREAMREC_EXPORTER__GATE_MIN_EVENTS", "0")
+    cfg = load_config()
+    exp = Exporter(cfg)  # no Kafka: the state is fed directly
+    exp.state.apply("items", b"a", json.dumps({"item_id": "a", "vector": [1, 2, 3]}).encode())
+    version = exp.export().version
+    rc, out, _ = run(capsys, "model", "list", "--json")
+    doc = {v["version"]: v for v in json.loads(out)["versions"]}
+    assert rc == 0 and doc[version]["status"] == "current"
+    assert doc[version]["config_sha256"] == config_sha256(cfg) and doc[version]["code_version"]
+    assert doc[version]["checkpoint"] is None  # no pipeline checkpoint in this state directory
+    assert doc[version]["counts"] == {"items": 1, "users_with_vectors": 0, "items_with_features": 0}
+    assert set(doc[version]["files_sha256"]) == {"model.onnx", ITEMS_ATTACHMENT}
+    assert doc[version]["training_position"]["events_offsets"] == {}
+
+
+def test_log_reads_rotated_files_and_filters_by_version(reg, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("STREAMREC_EXPORTER__LOG_MAX_BYTES", "1024")
+    for v in ("v000001", "v000002", "v000003"):
+        assert run(capsys, "model", "promote", v, "--reason", "r" * 300)[0] == 0
+    assert list(reg.root.glob("registry.log.*")), "the CLI's registry rotates the log too"
+    rc, out, _ = run(capsys, "model", "log", "--last", "0")
+    lines = out.splitlines()
+    assert rc == 0 and sum(" promote " in line for line in lines) == 3  # rotated ones included
+    assert any(" snapshot " in line for line in lines)
+    assert f"promote v000002 from v000001 by cli/{getpass.getuser()}: {'r' * 300}" in out
+    rc, out, _ = run(capsys, "model", "log", "v000003", "--json")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert {e["version"] for e in entries} == {"v000003"} and [e["action"] for e in entries] == ["publish", "promote"]
+    rc, out, _ = run(capsys, "model", "log", "--last", "2")
+    assert len(out.splitlines()) == 2
+    # rollback after the rotation still walks back to the version promoted before it
+    rc, out, _ = run(capsys, "model", "rollback")
+    assert rc == 0 and "CURRENT: v000002" in out

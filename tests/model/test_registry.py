@@ -335,3 +335,158 @@ def test_rollback_by_time_takes_the_newest_version_before_it(tmp_path):
     assert reg.newest_before(created[v3] + timedelta(seconds=1)) == v3
     with pytest.raises(RegistryError, match="no retained version was created before"):
         reg.newest_before(created[v1])
+
+
+def _created(reg, version, when):
+    """Set a version's created_at (a new file: as the registry itself replaces meta.json)."""
+    path = reg.path(version) / "meta.json"
+    meta = json.loads(path.read_text())
+    meta["created_at"] = when.isoformat()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, path)
+
+
+def test_retention_keeps_the_last_n_plus_hourly_and_daily_representatives(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2025, 6, 10, 12, 30, tzinfo=timezone.utc)
+    reg = Registry(tmp_path)
+    plan = [  # (created_at, rejected?) oldest first
+        (datetime(2025, 5, 20, 9, 0), False),    # v1: CURRENT (promoted long ago)
+        (datetime(2025, 6, 1, 10, 0), False),    # v2: 9 days ago: outside 7 days -> deleted
+        (datetime(2025, 6, 5, 8, 0), False),     # v3: daily (newest of 06-05)
+        (datetime(2025, 6, 9, 8, 0), False),     # v4: older on 06-09 -> deleted
+        (datetime(2025, 6, 9, 20, 0), False),    # v5: daily (newest of 06-09)
+        (datetime(2025, 6, 10, 9, 40), False),   # v6: 09:00 is outside 3 hours, 06-10's newest is v14
+        (datetime(2025, 6, 10, 10, 20), False),  # v7: hourly (10:00)
+        (datetime(2025, 6, 10, 11, 10), False),  # v8: older in 11:00 -> deleted
+        (datetime(2025, 6, 10, 11, 50), False),  # v9: hourly (11:00): newest non-rejected
+        (datetime(2025, 6, 10, 11, 55), True),   # v10: rejected: never a representative
+        (datetime(2025, 6, 10, 12, 1), False),   # v11..v14: this hour; the last 3 are last_n
+        (datetime(2025, 6, 10, 12, 2), False),
+        (datetime(2025, 6, 10, 12, 3), False),
+        (datetime(2025, 6, 10, 12, 4), False),
+    ]
+    vs = []
+    for n, (when, rejected) in enumerate(plan):
+        v = _publish(reg, seed=n)
+        _created(reg, v, when.replace(tzinfo=timezone.utc))
+        vs.append(v)
+        if rejected:
+            reg.reject(v, reason="worse")
+    reg.promote(vs[0], actor="gate", reason="long ago")
+    deleted = reg.enforce_retention(3, hourly_hours=3, daily_days=7, now=now)
+    assert deleted == [vs[1], vs[3], vs[5], vs[7], vs[9], vs[10]]
+    assert reg.list_versions() == [vs[0], vs[2], vs[4], vs[6], vs[8], vs[11], vs[12], vs[13]]
+    entry = reg.read_log()[-1]
+    assert entry["action"] == "retention" and entry["deleted"] == deleted
+    assert entry["kept"] == {"current": [vs[0]], "last_n": vs[11:], "hourly": [vs[6], vs[8]],
+                             "daily": [vs[2], vs[4]]}
+    # a day later the hourly ones have aged out; the days still hold their newest
+    later = reg.enforce_retention(3, hourly_hours=3, daily_days=7, now=now + timedelta(days=1))
+    assert later == [vs[6], vs[8]]
+    # the rules disabled: only the last N and CURRENT remain
+    assert reg.enforce_retention(3, hourly_hours=0, daily_days=0, now=now) == [vs[2], vs[4]]
+    assert reg.list_versions() == [vs[0]] + vs[11:]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        reg.enforce_retention(3, now=datetime(2025, 1, 1))
+
+
+def test_retention_keeps_the_pin_the_rollback_target_and_protected_versions(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2025, 6, 10, 12, 0, tzinfo=timezone.utc)
+    reg = Registry(tmp_path)
+    vs = [_publish(reg, seed=s) for s in range(7)]
+    for n, v in enumerate(vs):
+        _created(reg, v, now - timedelta(days=30 - n))  # all far outside every time window
+    reg.promote(vs[0], actor="gate", reason="")
+    reg.promote(vs[1], actor="gate", reason="")
+    reg.promote(vs[2], actor="gate", reason="")
+    reg.rollback(to=vs[1], actor="alice", reason="pin it")  # CURRENT and pin: vs[1]; target vs[0]
+    deleted = reg.enforce_retention(2, hourly_hours=24, daily_days=7, now=now, protect=[vs[3]])
+    assert deleted == [vs[2], vs[4]]
+    kept = reg.read_log()[-1]["kept"]
+    assert kept == {"current": [vs[1]], "rollback_target": [vs[0]], "protected": [vs[3]],
+                    "last_n": [vs[5], vs[6]]}
+    assert "pin" not in kept  # the pinned version is CURRENT: listed once, under the first rule
+
+
+def test_rollback_by_time_reaches_back_as_far_as_retention_keeps(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2025, 6, 10, 12, 0, tzinfo=timezone.utc)
+    reg = Registry(tmp_path)
+    vs = []
+    for n in range(30):  # one version every 5 minutes for 2.5 hours
+        v = _publish(reg, seed=n)
+        _created(reg, v, now - timedelta(minutes=5 * (29 - n)))
+        reg.promote(v, actor="gate", reason="ok")
+        vs.append(v)
+    reg.enforce_retention(5, hourly_hours=24, daily_days=7, now=now)
+    # two hours ago: the newest version of that hour is still there to roll back to
+    target = reg.newest_before(now - timedelta(hours=1, minutes=1))
+    assert target == vs[16]  # 10:55, the last of the 10:00 hour
+    assert reg.rollback(to=target, actor="alice", reason="before the incident") == target
+
+
+def test_the_log_rotates_and_rollback_still_walks_back(tmp_path):
+    reg = Registry(tmp_path, log_max_bytes=1500, log_keep=2)
+    vs = [_publish(reg, seed=s) for s in range(4)]
+    for v in vs:
+        reg.promote(v, actor="gate", reason="better " + "x" * 200)
+        for _ in range(6):  # enough other entries to rotate between promotions
+            reg.hold(vs[-1], reason="filler " + "y" * 200)
+    rotated = sorted(p.name for p in tmp_path.glob("registry.log.*"))
+    assert rotated == ["registry.log.1", "registry.log.2"]  # log_keep: older ones deleted
+    for name in ("registry.log", "registry.log.1", "registry.log.2"):
+        first = json.loads((tmp_path / name).read_text().splitlines()[0])
+        assert first["action"] == "snapshot" and first["stack"][0] == vs[0]
+        assert (tmp_path / name).stat().st_size <= 1500 + 600  # rotated after the line that crossed it
+    promotes = [e for e in reg.read_log(rotated=False) if e["action"] == "promote"]
+    assert not any(e["version"] == vs[0] for e in promotes)  # its promote line was rotated away
+    assert reg.promotion_stack() == vs
+    # rollback walks back through versions whose promote lines live only in a snapshot now
+    assert reg.rollback(actor="alice", reason="bad", pin=False) == vs[2]
+    assert reg.rollback(actor="alice", reason="still bad", pin=False) == vs[1]
+    for _ in range(12):
+        reg.hold(vs[3], reason="more filler " + "z" * 200)  # rotate again after the rollbacks
+    assert json.loads((tmp_path / "registry.log").read_text().splitlines()[0])["stack"] == vs[:2]
+    assert reg.rollback(actor="alice", reason="further", pin=False) == vs[0]
+    # read_log reads the rotated files too, oldest first
+    entries = reg.read_log()
+    assert entries[0]["action"] == "snapshot" and [e["ts"] for e in entries] == sorted(e["ts"] for e in entries)
+    assert len(entries) > len(reg.read_log(rotated=False))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_rotated_log_keeps_the_pin_in_its_snapshot(tmp_path):
+    reg = Registry(tmp_path, log_max_bytes=800)
+    v1, v2 = _publish(reg, seed=1), _publish(reg, seed=2)
+    reg.promote(v1, actor="gate", reason="")
+    reg.promote(v2, actor="gate", reason="")
+    reg.rollback(actor="alice", reason="pinned " + "p" * 300)
+    for _ in range(4):
+        reg.hold(v2, reason="filler " + "f" * 200)
+    snapshot = json.loads((tmp_path / "registry.log").read_text().splitlines()[0])
+    assert snapshot["action"] == "snapshot" and snapshot["pin"]["version"] == v1 and snapshot["current"] == v1
+    assert reg.promotion_stack() == [v1] and reg.pinned()["version"] == v1
+
+
+def test_verify_checks_every_file(tmp_path):
+    from model.item_table import ITEMS_ATTACHMENT
+
+    reg = Registry(tmp_path)
+    data, meta = _model()
+    v = reg.publish(data, meta, {ITEMS_ATTACHMENT: b"items", "notes.txt": b"hello"})
+    m = reg.verify(v)
+    assert m["files"] == {"model.onnx": sha256_hex(data), ITEMS_ATTACHMENT: sha256_hex(b"items"),
+                          "notes.txt": sha256_hex(b"hello")}
+    (tmp_path / v / "notes.txt").write_bytes(b"hellO")
+    reg.load(v)  # model.onnx is fine ...
+    with pytest.raises(CorruptModelError, match="notes.txt"):
+        reg.verify(v)  # ... but not every file
+    (tmp_path / v / "notes.txt").unlink()
+    with pytest.raises(CorruptModelError, match="missing"):
+        reg.verify(v)

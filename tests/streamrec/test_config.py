@@ -130,3 +130,19 @@ def test_a_secret_never_appears_in_printed_config_or_unescaped_in_sql(capsys, mo
         assert SECRET not in options  # only escaped: quotes doubled inside the literal
         assert SECRET.replace("'", "''").replace('"', '\\"') in options
         assert "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule" in options
+
+
+def test_exporter_retention_gate_and_log_settings():
+    ex = load_config(config_file=None, env={}).exporter
+    assert (ex.retention, ex.retention_hourly_hours, ex.retention_daily_days) == (10, 24, 7)
+    assert (ex.gate_min_events, ex.gate_events) == (500, 2000)
+    assert (ex.log_max_bytes, ex.log_keep) == (16 * 2**20, 5)
+    ex = load_config(config_file=None, env={"STREAMREC_EXPORTER__RETENTION_HOURLY_HOURS": "0",
+                                            "STREAMREC_EXPORTER__GATE_MIN_EVENTS": "0"}).exporter
+    assert ex.retention_hourly_hours == 0 and ex.gate_min_events == 0  # 0 disables / decides at once
+    with pytest.raises(ConfigError, match=r"gate_min_events \(3000\) must not exceed gate_events \(2000\)"):
+        load_config(config_file=None, env={"STREAMREC_EXPORTER__GATE_MIN_EVENTS": "3000"})
+    with pytest.raises(ConfigError, match="exporter.log_keep = '0'"):
+        load_config(config_file=None, env={"STREAMREC_EXPORTER__LOG_KEEP": "0"})
+    with pytest.raises(ConfigError, match="exporter.retention_daily_days = '-1'"):
+        load_config(config_file=None, env={"STREAMREC_EXPORTER__RETENTION_DAILY_DAYS": "-1"})
