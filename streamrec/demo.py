@@ -5,7 +5,8 @@
 2. MovieLens-100k replayed into ``demo.events.raw``;
 3. the exporter sidecar (a subprocess) and the pipeline job (bounded: it stops at the end of the
    replayed data) run together; the exporter publishes and gates ONNX versions, the job hot-swaps;
-4. a report: events in, rejected, duplicates, versions exported / promoted, the onnxruntime
+4. a report: events in, rejected, duplicates, every registry action of the run (versions
+   exported / promoted / rejected / superseded / held, rollbacks, pins, retention), the onnxruntime
    provider, throughput, a few users' latest recommendations with titles, and prequential
    recall@10 next to popularity and the sequential reference on the same stream.
 """
@@ -27,6 +28,57 @@ from streamrec.config import Config, to_env
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
+
+
+#: registry.log actions in the order the demo reports them (docs/registry.md, "registry.log");
+#: an action not listed here is reported after them, so a new one is never silently left out.
+LOG_ACTIONS = ("publish", "promote", "reject", "hold", "supersede", "rollback", "pin", "unpin",
+               "retention", "snapshot")
+
+
+def retention_rule(keep_last_n: int, hourly_hours: int, daily_days: int) -> str:
+    """What ``Registry.enforce_retention`` keeps, in words (0 disables the hourly / daily rule).
+
+    >>> print(retention_rule(10, 24, 7))  # doctest: +NORMALIZE_WHITESPACE
+    the newest 10, the newest non-rejected of each of the last 24 UTC hours and 7 UTC days,
+    CURRENT, the pin and the rollback target
+    >>> retention_rule(3, 0, 0)
+    'the newest 3, CURRENT, the pin and the rollback target'
+    """
+    spans = [f"{n} UTC {unit}{'s' if n != 1 else ''}"
+             for n, unit in ((hourly_hours, "hour"), (daily_days, "day")) if n]
+    buckets = f"the newest non-rejected of each of the last {' and '.join(spans)}, " if spans else ""
+    return f"the newest {keep_last_n}, {buckets}CURRENT, the pin and the rollback target"
+
+
+def registry_summary(entries: list[dict], undecided: int = 0) -> list[str]:
+    """Two report lines from ``Registry.read_log()`` entries: the versions' fates, then every
+    action counted (zeros included; ``snapshot`` = a log rotation, shown only when one happened).
+
+    >>> log = [{"action": "publish"}] * 4 + [{"action": "promote"}, {"action": "reject"},
+    ...        {"action": "supersede"}, {"action": "retention", "deleted": ["v000001", "v000002"]}]
+    >>> for line in registry_summary(log, undecided=1):  # doctest: +NORMALIZE_WHITESPACE
+    ...     print(line)
+    model versions: 4 exported, 1 promoted, 1 rejected by the gate, 1 superseded, 0 held (pinned),
+      1 undecided (pending when the exporter stopped)
+    registry.log: publish 4, promote 1, reject 1, hold 0, supersede 1, rollback 0, pin 0, unpin 0,
+      retention 1 (2 versions deleted)
+    """
+    actions = Counter(str(entry.get("action")) for entry in entries)
+    deleted = sum(len(entry.get("deleted") or ())
+                  for entry in entries if entry.get("action") == "retention")
+    fates = (f"model versions: {actions['publish']} exported, {actions['promote']} promoted, "
+             f"{actions['reject']} rejected by the gate, {actions['supersede']} superseded, "
+             f"{actions['hold']} held (pinned), {undecided} undecided (pending when the exporter stopped)")
+    counted = []
+    for action in LOG_ACTIONS + tuple(sorted(set(actions) - set(LOG_ACTIONS))):
+        if action == "snapshot" and not actions[action]:
+            continue
+        text = f"{action} {actions[action]}"
+        if action == "retention":
+            text += f" ({deleted} versions deleted)"
+        counted.append(text)
+    return [fates, "registry.log: " + ", ".join(counted)]
 
 
 def demo_config(cfg: Config) -> Config:
@@ -133,10 +185,11 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         _say(f"pipeline: {result.delivered:,} events through the whole graph in {run.seconds:.0f} s "
              f"({result.delivered / run.seconds:,.0f} events/s incl. job start-up)")
         registry = Registry(cfg.paths_resolved.registry_dir)
-        actions = Counter(entry["action"] for entry in registry.read_log())
-        _say(f"model versions: {actions.get('publish', 0)} exported, {actions.get('promote', 0)} promoted, "
-             f"{actions.get('reject', 0)} rejected by the gate; CURRENT = {registry.current()} "
-             f"(retention keeps the last {cfg.exporter.retention})")
+        ex = cfg.exporter
+        fates, counted = registry_summary(registry.read_log(), undecided=len(registry.undecided()))
+        _say(f"{fates}; CURRENT = {registry.current()} (retention keeps "
+             f"{retention_rule(ex.retention, ex.retention_hourly_hours, ex.retention_daily_days)})")
+        _say(counted)
         recs = [r.json() for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
         strategies = Counter(r["strategy"] for r in recs)
         served = Counter(r["model_version"] for r in recs if r["strategy"] == "model")
