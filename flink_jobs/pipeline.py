@@ -139,7 +139,7 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
                     seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
                     warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
                     bot_events_per_minute=cfg.ingest.bot_events_per_minute,
-                    exclude_bots=cfg.ingest.exclude_bots_from_learning)
+                    exclude_bots=cfg.ingest.exclude_bots_from_learning, item_ttl_ms=lc.state_ttl_ms)
     output = (key_by_first_field(t_env, t_env.from_path("learner_events_keyed"), Types.INT(), LEARNER_EVENT)
               .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
                                     sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,

@@ -32,12 +32,22 @@ def admin(cfg: Config) -> AdminClient:
     return AdminClient(_base(cfg))
 
 
+def compacted_topics(cfg: Config) -> list[str]:
+    """The topics whose records are the latest state per key: the learner's changelogs and the
+    upsert feature tables."""
+    t = cfg.kafka.topics
+    return [t.model_items, t.model_users, t.features_user, t.features_item]
+
+
 def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float = 30.0,
                   partitions: int | None = None) -> dict[str, str]:
     """Create the configured topics that do not exist yet. Returns {topic: "created"|"exists"}.
 
     Every topic gets ``kafka.partitions`` partitions; producers key per-user streams by user_id
     and item streams by item_id, so one key always lands in one partition (and one Flink subtask).
+    The changelogs (:func:`compacted_topics`: the latest record per key is the state) are created
+    compacted, so they do not grow with the events and an expired key's tombstone removes it.
+    Existing topics are left as they are.
     """
     client = admin(cfg)
     wanted = topics if topics is not None else cfg.kafka.topics.all()
@@ -47,10 +57,12 @@ def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float =
         raise KafkaSetupError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from None
     result = {t: "exists" for t in wanted if t in existing}
     missing = [t for t in wanted if t not in existing]
+    compacted = set(compacted_topics(cfg))
     if missing:
         futures = client.create_topics(
             [NewTopic(t, num_partitions=partitions or cfg.kafka.partitions,
-                      replication_factor=cfg.kafka.replication_factor) for t in missing],
+                      replication_factor=cfg.kafka.replication_factor,
+                      config={"cleanup.policy": "compact"} if t in compacted else {}) for t in missing],
             operation_timeout=timeout,
         )
         for topic, fut in futures.items():

@@ -5,7 +5,8 @@ works once per micro-batch: it reads the batch's users from keyed MapState, lets
 user and item back to MapState within the same call (PyFlink has no snapshot hook, so nothing
 lives only in Python memory across a checkpoint), and emits one row of JSON lines: the batch's
 recommendations and, at most every ``changelog_interval_ms``, the changed items and users for
-the ``model.items`` / ``model.users`` changelogs (one output row per record: yielding rows costs
+the ``model.items`` / ``model.users`` changelogs (and a tombstone for each item the state's TTL
+expired) (one output row per record: yielding rows costs
 a few µs each, while unnesting one big string in SQL measured ~190 µs per event).
 
 The item table is also cached in Python (the shard scores it every batch); it is rebuilt from
@@ -173,6 +174,7 @@ class ShardLearner(KeyedProcessFunction):
         if not events:
             return
         shard = self._shard(ctx.get_current_key())
+        expired = self._expire(shard)  # before learning: an expired item starts afresh
         t0 = time.thread_time_ns()
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
         t1 = time.thread_time_ns()
@@ -195,7 +197,7 @@ class ShardLearner(KeyedProcessFunction):
         self.scored.inc(len(out.recommendations))
         self.batches.inc()
         t4 = time.thread_time_ns()
-        rows = [Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec)) for rec in out.recommendations]
+        rows = expired + [Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec)) for rec in out.recommendations]
         if now_ms - last_flush >= self.changelog_interval_ms:
             self.changelog.update((set(), set(), now_ms))
             rows += self._changelog(shard, items, users, max(e.ts for e in events))
@@ -227,6 +229,16 @@ class ShardLearner(KeyedProcessFunction):
         shard = self._shard(ctx.get_current_key())
         self.changelog.update((set(), set(), int(time.time() * 1000)))
         yield from self._changelog(shard, items, users, None)
+
+    def _expire(self, shard: ShardModel) -> list:
+        """Items keyed state's TTL expired (not written for ``state_ttl_ms``) leave the shard's
+        table and the state; their tombstones go to the compacted model.items, so the next
+        exported model drops them too."""
+        out = []
+        for item_id in shard.expire_items(int(time.time() * 1000)):
+            self.items.remove(item_id)
+            out.append(Row(ITEM, item_id, None))
+        return out
 
     def _changelog(self, shard: ShardModel, items: set, users: set, ts: int | None) -> list:
         # vectorised: one rounding and one tolist() per flush, not a Python round() per float

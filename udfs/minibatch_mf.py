@@ -37,16 +37,20 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from udfs.embeddings import init_vector, item_key
-from udfs.online_mf import FORMAT_VERSION, LearnerParams
+from udfs.online_mf import LearnerParams
 
 _ADAGRAD_EPS = 1e-6
 
 
+#: The item record: the layout of udfs.online_mf.item_state_to_bytes (its format 1) plus the
+#: processing time of the record's last write, so expiry is known after a restore too.
+ITEM_FORMAT = 2
+
+
 def _item_dtype(dim: int) -> np.dtype:
-    # byte for byte the layout of udfs.online_mf.item_state_to_bytes (format version 1)
     return np.dtype([("version", "u1"), ("dim", "<u2"), ("updates", "<u8"), ("popularity", "<f8"),
                      ("bias", "<f4"), ("bias_accum", "<f4"), ("vector", "<f4", (dim,)),
-                     ("accum", "<f4", (dim,))])
+                     ("accum", "<f4", (dim,)), ("written_ms", "<i8")])
 
 
 class ItemTable:
@@ -63,6 +67,7 @@ class ItemTable:
         self.bias_accum = np.zeros(capacity, np.float32)
         self.updates = np.zeros(capacity, np.int64)
         self.popularity = np.zeros(capacity, np.float64)
+        self.written_ms = np.zeros(capacity, np.int64)  # when each row was last written to state
         self._sorted: np.ndarray | None = None  # rows in id order (for sampling)
 
     def __len__(self) -> int:
@@ -73,7 +78,7 @@ class ItemTable:
         if needed <= cap:
             return
         new = max(needed, 2 * cap)
-        for name in ("vectors", "accum", "bias", "bias_accum", "updates", "popularity"):
+        for name in _COLUMNS:
             old = getattr(self, name)
             arr = np.zeros((new, *old.shape[1:]), old.dtype)
             arr[:cap] = old
@@ -101,11 +106,13 @@ class ItemTable:
         return self._sorted
 
     # keyed state ------------------------------------------------------------------------------
-    def encode(self, rows: Iterable[int]) -> dict[str, bytes]:
-        """Item records of ``rows`` (the format of :func:`udfs.online_mf.item_state_to_bytes`)."""
+    def encode(self, rows: Iterable[int], now_ms: int | None = None) -> dict[str, bytes]:
+        """Item records of ``rows`` (:data:`ITEM_FORMAT`), written at ``now_ms`` (if given)."""
         rows = np.fromiter(rows, dtype=np.int64)
+        if now_ms is not None:
+            self.written_ms[rows] = now_ms
         rec = np.zeros(len(rows), _item_dtype(self.params.dim))
-        rec["version"], rec["dim"] = FORMAT_VERSION, self.params.dim
+        rec["version"], rec["dim"], rec["written_ms"] = ITEM_FORMAT, self.params.dim, self.written_ms[rows]
         rec["updates"], rec["popularity"] = self.updates[rows], self.popularity[rows]
         rec["bias"], rec["bias_accum"] = self.bias[rows], self.bias_accum[rows]
         rec["vector"], rec["accum"] = self.vectors[rows], self.accum[rows]
@@ -116,9 +123,9 @@ class ItemTable:
         dtype = _item_dtype(self.params.dim)
         ids, blobs = [], []
         for item_id, raw in records:
-            if len(raw) != dtype.itemsize or raw[0] != FORMAT_VERSION:
+            if len(raw) != dtype.itemsize or raw[0] != ITEM_FORMAT:
                 raise ValueError(f"item record of {item_id!r}: {len(raw)} bytes, format {raw[:1]!r}; "
-                                 f"expected {dtype.itemsize} bytes of format {FORMAT_VERSION} (dim {self.params.dim})")
+                                 f"expected {dtype.itemsize} bytes of format {ITEM_FORMAT} (dim {self.params.dim})")
             ids.append(item_id)
             blobs.append(raw)
         if not ids:
@@ -128,7 +135,30 @@ class ItemTable:
         self.updates[rows], self.popularity[rows] = rec["updates"], rec["popularity"]
         self.bias[rows], self.bias_accum[rows] = rec["bias"], rec["bias_accum"]
         self.vectors[rows], self.accum[rows] = rec["vector"], rec["accum"]
+        self.written_ms[rows] = rec["written_ms"]
         return len(ids)
+
+    def expire(self, written_before_ms: int) -> list[str]:
+        """Drop the items last written before ``written_before_ms`` (keyed state's TTL expires
+        them there); returns their ids. The rows of the others are renumbered (in order)."""
+        n = len(self.ids)
+        gone = self.written_ms[:n] < written_before_ms
+        if not gone.any():
+            return []
+        expired = [self.ids[r] for r in np.flatnonzero(gone).tolist()]
+        keep = np.flatnonzero(~gone)
+        for name in _COLUMNS:
+            col = getattr(self, name)
+            fresh = np.zeros_like(col)
+            fresh[:len(keep)] = col[keep]
+            setattr(self, name, fresh)
+        self.ids = [self.ids[r] for r in keep.tolist()]
+        self.index = {item: row for row, item in enumerate(self.ids)}
+        self._sorted = None
+        return expired
+
+
+_COLUMNS = ("vectors", "accum", "bias", "bias_accum", "updates", "popularity", "written_ms")
 
 
 @dataclass

@@ -22,7 +22,7 @@ event whose user has had every known item gets no record at all, never an empty 
 
 State is plain bytes, so the Flink operator stores it as it is: a user record per user
 (:func:`encode_user` / :func:`decode_user`) and an item record per item
-(:func:`udfs.online_mf.item_state_to_bytes`).
+(:data:`udfs.minibatch_mf.ITEM_FORMAT`).
 
 >>> from udfs.online_mf import LearnerParams
 >>> shard = ShardModel(LearnerParams.of(None, dim=8, seed=1), ShardSettings(top_k=3, cold_start_min_events=1))
@@ -80,6 +80,9 @@ class ShardSettings:
     #: A user's events beyond this many per minute of event time are scored but not learned.
     bot_events_per_minute: float = 120.0
     exclude_bots: bool = True
+    #: Items not written for this long (processing time) leave the table, as keyed state's TTL
+    #: expires them (0: never).
+    item_ttl_ms: int = 0
 
 
 _USER_HEAD = struct.Struct("<BHQqI")  # format, dim, events, bot-counter minute, events in it
@@ -176,6 +179,16 @@ class ShardModel:
         self.live = self._catalogue()
         return n
 
+    def expire_items(self, now_ms: int) -> list[str]:
+        """Drop the items keyed state has expired (not written for ``item_ttl_ms``); returns their
+        ids, for the caller to delete from state and tombstone in the changelog."""
+        ttl = self.settings.item_ttl_ms
+        expired = self.items.expire(now_ms - ttl) if ttl > 0 else []
+        if expired:  # rows were renumbered: the seen-filter positions follow them
+            self._positions = np.zeros((0, self.settings.seen_filter_hashes), np.int64)
+            self.live = self._catalogue()
+        return expired
+
     def item_vector(self, item_id: str) -> np.ndarray:
         return self.items.vectors[self.items.index[item_id]].copy()
 
@@ -205,7 +218,7 @@ class ShardModel:
             changed |= self._run(events[lo:lo + step], cache, out, now_ms)
         out.changed_users = set(cache)
         out.user_records = {u: encode_user(rec) for u, rec in cache.items()}
-        out.item_records = self.items.encode(sorted(changed))
+        out.item_records = self.items.encode(sorted(changed), now_ms)
         out.changed_items = set(out.item_records)
         return out
 

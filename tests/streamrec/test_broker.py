@@ -52,6 +52,17 @@ def test_topics_created_with_configured_partitions(cfg):
     for topic in cfg.kafka.topics.all():
         assert len(md[topic].partitions) == cfg.kafka.partitions
     assert set(ensure_topics(cfg).values()) == {"exists"}  # idempotent
+    # the changelogs are compacted (the latest record per key is the state), the event topics not
+    from confluent_kafka.admin import ConfigResource
+
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in cfg.kafka.topics.all()]
+    client = admin(cfg)  # kept referenced until the futures resolve
+    policy = {r.name: f.result()["cleanup.policy"].value
+              for r, f in client.describe_configs(resources).items()}
+    t = cfg.kafka.topics
+    assert {n for n, p in policy.items() if p == "compact"} == {t.model_items, t.model_users,
+                                                               t.features_user, t.features_item}
+    assert policy[t.raw] == policy[t.clean] == policy[t.recommendations] == "delete"
 
 
 def test_data_survives_down_and_up(tmp_path):

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from udfs.embeddings import init_item_state, init_user_state
@@ -64,18 +65,31 @@ def test_negatives_are_drawn_the_same_for_the_same_batch_and_skip_avoided_items(
     assert set(np.flatnonzero(never.updates).tolist()) == {1, 2, 3}
 
 
-def test_item_records_are_the_online_mf_format_and_restore():
+def test_item_records_restore_with_their_write_time():
     p = _params()
     table = ItemTable(p)
     rows = table.rows(["x", "y"])
     table.vectors[rows] += 1.5
     table.popularity[rows] = [2.0, 3.0]
     table.updates[rows] = [4, 5]
-    records = table.encode(rows)
-    state = item_state_from_bytes(records["y"])
-    assert state.updates == 5 and state.popularity == 3.0
-    np.testing.assert_array_equal(state.vector, table.vectors[1])
+    records = table.encode(rows, now_ms=1_234)
     back = ItemTable(p)
     assert back.restore(records.items()) == 2
     np.testing.assert_array_equal(back.vectors[:2], table.vectors[:2])
-    assert back.ids == ["x", "y"]
+    assert back.ids == ["x", "y"] and back.updates[:2].tolist() == [4, 5]
+    assert back.popularity[:2].tolist() == [2.0, 3.0] and back.written_ms[:2].tolist() == [1_234, 1_234]
+    with pytest.raises(ValueError, match="format"):
+        back.restore([("z", b"\x01" + records["x"][1:])])
+
+
+def test_expire_drops_items_not_written_since_and_renumbers_the_rest():
+    table = ItemTable(_params())
+    table.encode(table.rows(["a", "b", "c", "d"]), now_ms=100)
+    table.vectors[table.rows(["b", "d"])] = 7.0
+    table.encode(table.rows(["b", "d"]), now_ms=500)
+    assert table.expire(written_before_ms=100) == []
+    assert table.expire(written_before_ms=300) == ["a", "c"]
+    assert table.ids == ["b", "d"] and table.index == {"b": 0, "d": 1} and len(table) == 2
+    assert (table.vectors[:2] == 7.0).all() and table.written_ms[:2].tolist() == [500, 500]
+    assert table.rows(["a"]).tolist() == [2]  # an expired item comes back as a new one
+    assert table.sorted_rows().tolist() == [2, 0, 1]

@@ -136,3 +136,20 @@ def test_shard_of_is_javas_string_hash(user, shards):
         h = (31 * h + ord(ch)) % 2**32
     signed = h - 2**32 if h >= 2**31 else h
     assert shard_of(user, shards) == signed % shards
+
+
+def test_items_keyed_state_expired_leave_the_shard():
+    shard = _shard(cold_start_min_events=1, warmup_items=0, item_ttl_ms=1_000)
+    events = _stream(300)
+    users = {}
+    out = shard.process(events[:200], users, now_ms=10_000)
+    users.update(out.user_records)
+    before = set(shard.items.ids)
+    late = shard.process(events[200:210], users, now_ms=10_900)  # rewrites only what it touched
+    users.update(late.user_records)
+    assert shard.expire_items(now_ms=10_950) == []  # nothing is older than the TTL yet
+    expired = shard.expire_items(now_ms=11_500)
+    assert expired and set(expired) == before - set(late.item_records)
+    assert set(shard.items.ids) == set(late.item_records) and not set(expired) & set(shard.live.ids)
+    out = shard.process(events[210:300], users, now_ms=11_600)  # the shard goes on
+    assert len(out.recommendations) + out.unservable == 90
