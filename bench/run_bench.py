@@ -728,6 +728,13 @@ def peer_phase(cfg, events: list[dict], say, n_events: int) -> dict:
     return out
 
 
+def _stable(count, seconds: float) -> bool:
+    """Whether ``count()`` is the same after ``seconds``."""
+    before = count()
+    time.sleep(seconds)
+    return count() == before
+
+
 def _wait(pred, timeout_s: float, step_s: float = 1.0) -> bool:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -821,15 +828,17 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
             # not what the latency figures are about
             replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(warm_stream), total=warm,
                            progress=False)
-            # (the first events of a stream may have nothing to recommend yet: a little slack)
-            if not _wait(lambda: scored() >= warm - max(5, warm // 100), 180):
+            # the first events of a stream may have nothing to recommend yet (no record): done
+            # when most were scored and the count has stopped moving
+            if not _wait(lambda: scored() >= warm // 2 and _stable(scored, 3.0), 180):
                 say(f"warning: only {scored()} of {warm} warm-up events scored after 180 s")
-            say(f"warm-up done ({scored():,} events scored); measuring")
+            say(f"warm-up done ({scored():,} records for {warm:,} events); measuring")
+        base = scored()
         measure_from_ms = int(time.time() * 1000)
         res = replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(stream), total=n, rate=rate,
                              progress=progress)
         say(f"replayed {res.delivered:,} events at {res.rate:,.0f} events/s; waiting for the job to drain")
-        drained_ok = _wait(lambda: scored() >= warm - max(5, warm // 100) + res.delivered, 180)
+        drained_ok = _wait(lambda: scored() >= base + res.delivered - max(5, res.delivered // 100), 180)
         if not drained_ok:
             say("warning: the scorer had not seen every event after 180 s")
         # the exactly-once sink commits on checkpoint completion: wait for two more checkpoints

@@ -103,7 +103,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         max_future_ms=ing.max_future_ms,
         min_ts_ms=ing.min_ts_ms,
         rating_min=_double(ing.rating_min), rating_max=_double(ing.rating_max),
-        **fast_path_patterns(),
+        **fast_path_patterns(ing.max_payload_bytes),
         w_view=_double(weights.view), w_click=_double(weights.click), w_cart=_double(weights.cart),
         w_purchase=_double(weights.purchase), w_rating_base=_double(weights.rating_base),
         w_rating_scale=_double(weights.rating_scale),

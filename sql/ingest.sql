@@ -29,21 +29,25 @@ CREATE TABLE raw_in (
 -- not the producer's record timestamp, which any client can set), and the partition's largest
 -- watermark timestamp so far (max_wm_ms: an event at or below max_wm_ms - watermark delay may
 -- already be behind the watermark, so it is flagged late; docs/ingestion.md, "Late events").
-CREATE TEMPORARY VIEW raw_records AS
+CREATE TEMPORARY VIEW raw_sized AS
 SELECT payload, src_partition, src_offset, ingest_ms, now_ms,
   -- the size in bytes (Flink SQL has no OCTET_LENGTH for BYTES): from the base64 text's length
   CHAR_LENGTH(TO_BASE64(payload)) / 4 * 3
     - (CHAR_LENGTH(TO_BASE64(payload)) - CHAR_LENGTH(TRIM(TRAILING '=' FROM TO_BASE64(payload)))) AS payload_bytes,
   MAX(wm_ms) OVER (PARTITION BY src_partition ORDER BY proc_time
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS max_wm_ms,
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS max_wm_ms
+FROM raw_in;
+
+CREATE TEMPORARY VIEW raw_records AS
+SELECT payload, src_partition, src_offset, ingest_ms, now_ms, payload_bytes, max_wm_ms,
   -- the text of a record the fast path may take: small, valid UTF-8, one flat JSON object
   -- whose required keys appear once (the patterns: udfs/validation.py)
-  CASE WHEN CHAR_LENGTH(TO_BASE64(payload)) <= ${fast_max_bytes} / 3 * 4
+  CASE WHEN payload_bytes <= ${fast_max_bytes}
         AND CAST(CAST(payload AS STRING) AS BYTES) = payload
         AND REGEXP(CAST(payload AS STRING), ${fast_flat_object})
         AND NOT REGEXP(CAST(payload AS STRING), ${fast_duplicate_key})
        THEN CAST(payload AS STRING) END AS flat_text
-FROM raw_in;
+FROM raw_sized;
 
 CREATE TEMPORARY VIEW raw_fields AS
 SELECT payload, src_partition, src_offset, ingest_ms, now_ms, payload_bytes, max_wm_ms,

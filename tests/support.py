@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import socket
+import time
 from pathlib import Path
 
 from streamrec.config import Config, load_config
+from streamrec.kafka_io import read_topic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,3 +58,31 @@ def may_lack_a_record(clean: list[dict]) -> set[str]:
             if had >= known:
                 out.add(e["event_id"])
     return out
+
+
+N_USERS, N_ITEMS, N_GROUPS = 120, 80, 4
+
+
+def planted_stream(n_events: int, seed: int = 7) -> list[dict]:
+    """A stream with planted structure (the end-to-end tests' input). Users of group g mostly interact with items of group g; a few late-coming new users."""
+    rng = random.Random(seed)
+    events = []
+    for n in range(n_events):
+        user = rng.randrange(N_USERS if n < n_events * 0.9 else N_USERS + 20)  # +20 new users at the end
+        group = user % N_GROUPS
+        per = N_ITEMS // N_GROUPS
+        item = group * per + rng.randrange(per) if rng.random() < 0.85 else rng.randrange(N_ITEMS)
+        events.append({"event_id": f"ev-{n}", "user_id": f"u{user}", "item_id": f"i{item}",
+                       "event_type": rng.choice(["view", "click", "cart", "purchase"]),
+                       "ts": 1_700_000_000_000 + n * 500})
+    return events
+
+
+def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[dict]:
+    """Committed records of ``topic`` once ``expected`` are there (or what is there at timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        recs = [r.json() for r in read_topic(cfg, topic, idle_timeout=2)]
+        if len(recs) >= expected or time.monotonic() > deadline:
+            return recs
+        time.sleep(2)

@@ -86,8 +86,9 @@ def validate(payload: bytes | str | None, partition: int | None, offset: int | N
              now_ms: int | None, cfg: IngestConfig) -> CleanEvent | Rejection:
     """Check one raw payload; return the cleaned event or the (first) reason it is rejected.
 
-    ``now_ms`` is the ingest time the future bound is measured from (the job passes the Kafka
-    record timestamp; ``None`` means the wall clock). ``partition``/``offset`` are not used by the
+    ``now_ms`` is the time the future bound is measured from (the job passes its processing
+    time, not the producer's record timestamp, which any client sets; ``None`` means the wall
+    clock). ``partition``/``offset`` are not used by the
     rules, they are part of the signature so every caller passes the record's coordinates.
     """
     try:
@@ -203,15 +204,16 @@ FAST_RATING_NOT_A_NUMBER = f'"rating"{_WS}:{_WS}[tf"]'
 FAST_MAX_BYTES = 4096
 
 
-def fast_path_patterns() -> dict[str, str]:
-    """The fast path's patterns as SQL string literals (quotes doubled), for sql/ingest.sql."""
+def fast_path_patterns(max_payload_bytes: int) -> dict[str, str | int]:
+    """The fast path's patterns as SQL string literals (quotes doubled), and its size limit (never
+    above ``ingest.max_payload_bytes``: a longer record is oversized_payload), for sql/ingest.sql."""
     def lit(pattern: str) -> str:
         return "'" + pattern.replace("'", "''") + "'"
 
     out = {"fast_flat_object": lit(FAST_FLAT_OBJECT), "fast_duplicate_key": lit(FAST_DUPLICATE_KEY),
            "fast_event_type": lit(FAST_EVENT_TYPE), "fast_ts": lit(FAST_TS),
            "fast_rating": lit(FAST_RATING), "fast_rating_not_a_number": lit(FAST_RATING_NOT_A_NUMBER),
-           "fast_max_bytes": FAST_MAX_BYTES}
+           "fast_max_bytes": min(FAST_MAX_BYTES, int(max_payload_bytes))}
     for field in ID_FIELDS:
         out[f"fast_{field}"] = lit(FAST_ID_VALUE.format(field=field))
     return out

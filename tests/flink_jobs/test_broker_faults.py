@@ -16,7 +16,7 @@ import pytest
 from flink_jobs import pipeline
 from streamrec import broker, replay
 from streamrec.kafka_io import ensure_topics, read_topic
-from tests.flink_jobs.test_pipeline_e2e import planted_stream, wait_for_records
+from tests.support import planted_stream, wait_for_records
 from tests.support import free_port, make_config
 
 pytestmark = pytest.mark.slow

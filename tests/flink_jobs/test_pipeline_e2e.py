@@ -5,7 +5,6 @@ the registry (hot swaps, and a corrupt version planted mid-run that is never ser
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections import Counter
@@ -18,26 +17,9 @@ from streamrec import replay
 from streamrec.demo import start_exporter, stop_process
 from streamrec.evaluate import evaluate
 from streamrec.kafka_io import ensure_topics, read_topic
+from tests.support import N_ITEMS, planted_stream, wait_for_records
 
 pytestmark = pytest.mark.slow
-
-N_USERS, N_ITEMS, N_GROUPS = 120, 80, 4
-
-
-def planted_stream(n_events: int, seed: int = 7) -> list[dict]:
-    """Users of group g mostly interact with items of group g; a few late-coming new users."""
-    rng = random.Random(seed)
-    events = []
-    for n in range(n_events):
-        user = rng.randrange(N_USERS if n < n_events * 0.9 else N_USERS + 20)  # +20 new users at the end
-        group = user % N_GROUPS
-        per = N_ITEMS // N_GROUPS
-        item = group * per + rng.randrange(per) if rng.random() < 0.85 else rng.randrange(N_ITEMS)
-        events.append({"event_id": f"ev-{n}", "user_id": f"u{user}", "item_id": f"i{item}",
-                       "event_type": rng.choice(["view", "click", "cart", "purchase"]),
-                       "ts": 1_700_000_000_000 + n * 500})
-    return events
-
 
 def _histories(clean: list[dict], recs: list[dict]):
     """(record, items its user had up to and including the record's event) for every record."""
@@ -52,16 +34,6 @@ def _histories(clean: list[dict], recs: list[dict]):
         key = (r["source_partition"], r["source_offset"])
         if key in by_offset:
             yield r, upto[key]
-
-
-def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[dict]:
-    """Committed records of ``topic`` once ``expected`` are there (or what is there at timeout)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        recs = [r.json() for r in read_topic(cfg, topic, idle_timeout=2)]
-        if len(recs) >= expected or time.monotonic() > deadline:
-            return recs
-        time.sleep(2)
 
 
 def plant_corrupt_version(registry: Registry, stop: threading.Event, planted: dict) -> None:
