@@ -101,11 +101,8 @@ def _murmur(code: int) -> int:
     return -signed if signed != -(1 << 31) else 0
 
 
-#: One row of ``learner_events`` (sql/learner.sql), as the shard learner receives it.
-LEARNER_EVENT = Types.ROW_NAMED(
-    ["shard", "event_id", "user_id", "item_id", "weight", "ts", "src_partition", "src_offset"],
-    [Types.INT(), Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(),
-     Types.INT(), Types.LONG()])
+#: An event as the shard learner receives it: one JSON line (sql/learner.sql, learner_events_keyed).
+LEARNER_EVENT = Types.STRING()
 
 
 def key_by_first_field(t_env, table, key_type, value_type) -> KeyedStream:

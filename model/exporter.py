@@ -27,7 +27,9 @@ dimension (``learner.dim``) are counted and skipped (the first few per topic are
 ``exporter.interval_s`` seconds or ``exporter.every_n_changes`` item changes, whichever comes
 first, only if an item or a popularity changed since the last export, and only while no
 candidate is pending (a newer one would restart the wait for held-out events: at low traffic
-nothing would ever be decided):
+nothing would ever be decided) or the pending one has waited ``exporter.gate_max_wait_s``
+(a young model, exported when its users had few events, may never collect enough held-out
+events of users it has vectors for; the next export then supersedes it):
 
 1. arrays in **sorted item-id order** (row *i* = ``item_ids[i]``): vectors, biases, popularity
    (0 for items without features), prior = :func:`model.onnx_model.popularity_prior`;
@@ -653,8 +655,11 @@ class Exporter:
         return result
 
     def _due(self, now: float) -> bool:
-        if not self.state.changed or now < self._retry_at or self.gate.pending is not None:
+        if not self.state.changed or now < self._retry_at:
             return False
+        max_wait = self.cfg.exporter.gate_max_wait_s
+        if self.gate.pending is not None and (max_wait <= 0 or now - self._last_export < max_wait):
+            return False  # the pending candidate is still collecting held-out events
         return (self.state.item_changes >= self.cfg.exporter.every_n_changes
                 or now - self._last_export >= self.cfg.exporter.interval_s)
 

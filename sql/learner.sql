@@ -12,11 +12,13 @@ SELECT
   event_id, user_id, item_id, weight, ts, src_partition, src_offset
 FROM clean_events;
 
--- The same rows keyed for the shard learner: (the shard's Flink key, the row). PyFlink's own
--- key_by runs a Python function per record to build this pair (~70 µs each, under the
--- interpreter lock the learner needs); built here it costs the JVM a CASE.
+-- The same events keyed for the shard learner: (the shard's Flink key, the event as one JSON
+-- line, the fields of udfs.shard_model.Event). PyFlink's own key_by runs a Python function per
+-- record to build this pair (~70 µs each, under the interpreter lock the learner needs); built
+-- here it costs the JVM a CASE. One STRING crosses into Python (and into the learner's buffer
+-- state) far more cheaply than a row of eight typed fields.
 CREATE TEMPORARY VIEW learner_events_keyed AS
 SELECT
   CASE shard ${shard_key_cases} END AS shard_key,
-  ROW(shard, event_id, user_id, item_id, weight, ts, src_partition, src_offset) AS event
+  JSON_ARRAY(event_id, user_id, item_id, weight, ts, src_partition, src_offset NULL ON NULL) AS event
 FROM learner_events;

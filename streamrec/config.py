@@ -266,8 +266,10 @@ class LearnerConfig(_Section):
     state_ttl_ms: int = Field(30 * 86_400_000, ge=60_000)
     #: Processing time between two flushes of the changed items and users to the model.items /
     #: model.users changelogs (each changed id once per flush): the exporter's and the broker's
-    #: load follows changed items per interval, not events.
-    changelog_interval_ms: int = Field(1_000, ge=0)
+    #: load follows changed items per interval, not events. At ~1,000 events/s nearly every item
+    #: changes within a second, and encoding them was ~15 % of the learner's Python time at a 1 s
+    #: interval (py-spy, docs/hot-path.md); 5 s matches the exporter's own interval.
+    changelog_interval_ms: int = Field(5_000, ge=0)
     #: Sampled softmax (with logQ correction) or pairwise BPR over the positive and its negatives.
     objective: Literal["softmax", "bpr"] = "softmax"
     #: Negatives drawn uniformly from the item snapshot or in proportion to its popularity counts.
@@ -294,6 +296,9 @@ class ExporterConfig(_Section):
     #: at most `gate_events` of them.
     gate_events: int = Field(2_000, ge=0)
     gate_min_events: int = Field(500, ge=0)
+    #: A pending candidate waits at most this long for its held-out events (a young model's
+    #: users have few events after its cut); then the next export supersedes it. 0: no limit.
+    gate_max_wait_s: float = Field(60.0, ge=0)
     #: registry.log is rotated past this size (0: never), keeping `log_keep` rotated files.
     log_max_bytes: int = Field(16 * 2**20, ge=0)
     log_keep: int = Field(5, ge=1, le=1000)

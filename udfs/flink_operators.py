@@ -59,8 +59,8 @@ def _ttl(ms: int) -> StateTtlConfig:
 
 
 class ShardLearner(KeyedProcessFunction):
-    """Input rows ``(shard, event_id, user_id, item_id, weight, ts, src_partition, src_offset)``,
-    one per cleaned event; a batch is flushed at ``max_batch_events``, ``batch_interval_ms`` after
+    """Input: one JSON line per cleaned event, ``[event_id, user_id, item_id, weight, ts,
+    src_partition, src_offset]`` (:class:`udfs.shard_model.Event`; sql/learner.sql builds it); a batch is flushed at ``max_batch_events``, ``batch_interval_ms`` after
     its first event (processing time), or at the end of a bounded input (the final watermark)."""
 
     def __init__(self, learner: dict, settings: dict, state_ttl_ms: int, changelog_interval_ms: int,
@@ -89,7 +89,9 @@ class ShardLearner(KeyedProcessFunction):
         self.items = ctx.get_map_state(_map_state("items", self.state_ttl_ms))
         self.changelog = ctx.get_state(ValueStateDescriptor("changelog", Types.PICKLED_BYTE_ARRAY()))
         # the micro-batch being collected: in keyed state, so a checkpoint never loses it
-        self.pending = ctx.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
+        # (each event is one JSON line: a STRING crosses into Python and into state far more
+        # cheaply than a row of eight typed fields)
+        self.pending = ctx.get_list_state(ListStateDescriptor("batch-lines", Types.STRING()))
         # per shard key: [events in the open batch, its processing-time deadline]. Derived, not
         # owned: after a restore the count is re-read from the list once, so no per-event state
         # access is spent on it; the deadline tells a batch's own timer from an older batch's
@@ -146,9 +148,9 @@ class ShardLearner(KeyedProcessFunction):
                 log.warning("shard %s: now serving model %s", key, version)
         return shard
 
-    def process_element(self, row, ctx):
+    def process_element(self, line, ctx):
         key = ctx.get_current_key()
-        self.pending.add(tuple(row)[1:])
+        self.pending.add(line)
         batch = self.open_batches.get(key)
         if batch is None:
             if key in self.counted_keys:
@@ -169,7 +171,7 @@ class ShardLearner(KeyedProcessFunction):
 
     def _flush(self, ctx):
         self.open_batches.pop(ctx.get_current_key(), None)
-        events = [Event(*e) for e in self.pending.get()]
+        events = [Event(*e) for e in json.loads("[" + ",".join(self.pending.get()) + "]")]
         self.pending.clear()
         if not events:
             return

@@ -51,7 +51,8 @@ def test_rollback_pins_for_a_minute_of_events_then_unpin_resumes_promotion(cfg, 
     cfg = cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"registry_dir": tmp_path / "registry"}),
         "exporter": cfg.exporter.model_copy(update={"interval_s": 1.0, "every_n_changes": 40,
-                                                    "gate_margin": 1.0, "gate_min_events": 50}),
+                                                    "gate_margin": 1.0, "gate_min_events": 50,
+                                                    "gate_max_wait_s": 10.0}),
         "learner": cfg.learner.model_copy(update={"changelog_interval_ms": 300}),
         "scoring": cfg.scoring.model_copy(update={"swap_check_interval_s": 0.5, "serve": "registry"}),
     })

@@ -62,7 +62,8 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
         "paths": cfg.paths.model_copy(update={"registry_dir": tmp_path / "registry"}),
         # the gate decides after 50 held-out events (at 80 events/s: a version every ~2 s)
         "exporter": cfg.exporter.model_copy(update={"interval_s": 1.0, "every_n_changes": 40,
-                                                    "gate_margin": 1.0, "gate_min_events": 50}),
+                                                    "gate_margin": 1.0, "gate_min_events": 50,
+                                                    "gate_max_wait_s": 5.0}),
         "learner": cfg.learner.model_copy(update={"changelog_interval_ms": 200}),
         "scoring": cfg.scoring.model_copy(update={"swap_check_interval_s": 0.5, "serve": serve}),
     })

@@ -138,7 +138,9 @@ def test_exporter_gates_each_candidate_on_the_events_after_its_cut(tmp_path):
     tp = reg.read_meta(r1.version)["training_position"]
     assert tp["events_topic"] == exp.topics["events"] and tp["events_offsets"] == {"0": cut}
     _feed(exp, item_recs[:5])  # changes while pending: no new export until the gate decided
-    assert exp.state.changed and not exp._due(1e12)
+    waited = exp._last_export + exp.cfg.exporter.gate_max_wait_s
+    assert exp.state.changed and not exp._due(waited - 1)
+    assert exp._due(waited)  # a candidate that cannot collect its events is superseded in the end
     assert exp.check_gate() is None  # the events it was trained on do not count
     _events(exp, events, partition=0, start=cut)
     decision = exp.check_gate()
