@@ -52,6 +52,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -454,6 +455,20 @@ class Registry:
         paths = (self._log_files() if rotated else []) + [self.root / LOG_FILE]
         return [entry for path in paths for entry in self._parse_lines(self._read_lines(path))]
 
+    def record_refusal(self, version: str, reason: str, actor: str) -> None:
+        """A reader (a scoring operator) refused to serve ``version``: logged (action ``refuse``),
+        so `streamrec model list` / `model log` show it; the version's files are not touched."""
+        with self._locked():
+            self._append_log("refuse", version, self.current(), actor, reason)
+
+    def refusals(self) -> dict[str, list[dict[str, Any]]]:
+        """``{version: [refuse log entries]}``: who refused which version, when and why."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for entry in self.read_log():
+            if entry.get("action") == "refuse":
+                out.setdefault(str(entry.get("version")), []).append(entry)
+        return out
+
     def promotion_stack(self) -> list[str]:
         """The chain of promoted versions replayed from the log; the last one is CURRENT.
 
@@ -808,6 +823,7 @@ class CurrentModelWatcher(Generic[T]):
         on_change: Callable[[str, T], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         retry_failed_s: float = 60.0,
+        actor: str | None = None,
     ):
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
@@ -820,6 +836,8 @@ class CurrentModelWatcher(Generic[T]):
         self._model: T | None = None
         self._version: str | None = None
         self.retry_failed_s = retry_failed_s
+        #: who a refusal is logged as: this process
+        self.actor = actor or f"scorer@{socket.gethostname()}:{os.getpid()}"
         self._failed: dict[str, float] = {}  # version -> when it last failed
         self._last_check = float("-inf")
         self._thread: threading.Thread | None = None
@@ -868,6 +886,10 @@ class CurrentModelWatcher(Generic[T]):
                         "model %s refused, still serving %s: %s",
                         target, self._version or "no model", exc,
                     )
+                    try:  # visible to operators: `streamrec model list` shows the refusal
+                        self.registry.record_refusal(target, str(exc), self.actor)
+                    except OSError as log_exc:  # serving never depends on the log being writable
+                        log.warning("model registry %s: cannot log the refusal: %s", self.registry.root, log_exc)
                 return False
             with self._lock:
                 previous = self._version

@@ -252,6 +252,7 @@ def _model_rows(reg) -> list[list[str]]:
     from model.registry import CorruptModelError
 
     current = reg.current()
+    refused = reg.refusals()
     rows = [["", "version", "created", "items", "dim", "recall cand/cur", "status"]]
     for version in reg.list_versions():
         try:
@@ -267,8 +268,17 @@ def _model_rows(reg) -> list[list[str]]:
         rows.append(["*" if version == current else "", version,
                      str(meta.get("created_at", "?"))[:19].replace("T", " "),
                      str(meta.get("item_count", "?")), str(meta.get("dim", "?")),
-                     f"{fmt(q.get('candidate'))}/{fmt(q.get('current'))}", str(meta.get("status", "?"))])
+                     f"{fmt(q.get('candidate'))}/{fmt(q.get('current'))}",
+                     str(meta.get("status", "?")) + _refused_note(refused.get(version))])
     return rows
+
+
+def _refused_note(entries) -> str:
+    """`` REFUSED by N reader(s): <first reason>`` for a version scoring operators refused."""
+    if not entries:
+        return ""
+    readers = len({e.get("actor") for e in entries})
+    return f" REFUSED by {readers} reader(s): {str(entries[0].get('reason'))[:80]}"
 
 
 def _model_document(reg) -> dict:
@@ -277,12 +287,15 @@ def _model_document(reg) -> dict:
     from model.registry import CorruptModelError
 
     current, pin = reg.current(), reg.pinned()
+    refused = reg.refusals()
     versions = []
     for version in reg.list_versions():
         try:
             meta = reg.read_meta(version)
         except CorruptModelError as exc:
-            versions.append({"version": version, "status": "corrupt", "error": str(exc)})
+            versions.append({"version": version, "status": "corrupt", "error": str(exc),
+                             "refused": [{k: e.get(k) for k in ("ts", "actor", "reason")}
+                                         for e in refused.get(version, [])]})
             continue
         status = meta.get("status", "candidate")
         if version == current:
@@ -294,6 +307,7 @@ def _model_document(reg) -> dict:
             "attachments_sha256": meta.get("attachments", {}), "files_sha256": meta.get("files"),
             "config_sha256": meta.get("config_sha256"), "code_version": meta.get("code_version"),
             "checkpoint": meta.get("checkpoint"), "counts": meta.get("counts"),
+            "refused": [{k: e.get(k) for k in ("ts", "actor", "reason")} for e in refused.get(version, [])],
         })
     return {"registry": str(reg.root), "current": current, "pin": pin, "versions": versions}
 

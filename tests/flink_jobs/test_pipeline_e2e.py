@@ -1,10 +1,15 @@
 """The whole product end to end on the embedded broker: replay -> pipeline job (ingestion, learning,
 scoring) + exporter sidecar -> recommendations. Served live (the shard's own item table) and from
-the registry (hot swaps, and a corrupt version planted mid-run that is never served)."""
+the registry (hot swaps, and poisoned versions made CURRENT mid-run: a checksum mismatch, another
+dimension, NaN weights, a truncated file, a missing attachment; none is served, each refusal is in
+the registry's log and `streamrec model list`, and the job runs with no restart allowed)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -12,8 +17,13 @@ from collections import Counter
 import pytest
 
 from flink_jobs import pipeline
+import numpy as np
+
+from model.item_table import ItemTable
+from model.onnx_model import export_model_bytes, popularity_prior
 from model.registry import Registry
 from streamrec import replay
+from streamrec.config import to_env
 from streamrec.demo import start_exporter, stop_process
 from streamrec.evaluate import evaluate
 from streamrec.kafka_io import ensure_topics, read_topic
@@ -36,24 +46,58 @@ def _histories(clean: list[dict], recs: list[dict]):
             yield r, upto[key]
 
 
-def plant_corrupt_version(registry: Registry, stop: threading.Event, planted: dict) -> None:
-    """Once two versions exist, publish a copy of CURRENT with a damaged model file and point
-    CURRENT at it directly (as a broken writer or a bad disk would)."""
+def _poisons(registry: Registry, good: str) -> dict[str, str]:
+    """Publish one poisoned copy of ``good`` per kind; returns kind -> version."""
+    model_bytes, meta = registry.load(good)
+    meta = {k: v for k, v in meta.items() if k in ("item_ids", "dim")}
+    table = ItemTable.from_npz_bytes(registry.load_attachment(good, "items.npz"))
+    out = {}
+    # checksum mismatch: the file damaged after publishing (a bad disk, a broken copy)
+    version = registry.publish(model_bytes, meta, {"items.npz": table.to_npz_bytes()})
+    path = registry.path(version) / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    out["checksum"] = version
+    # a model of another dimension (an old version, or a changed learner.dim), consistent in itself
+    small = ItemTable(table.item_ids, table.vectors[:, :8].copy(), table.bias, table.popularity)
+    out["dimension"] = registry.publish(
+        export_model_bytes(small.vectors, small.bias, popularity_prior(small.popularity), 0.5),
+        dict(meta, dim=8), {"items.npz": small.to_npz_bytes()})
+    # NaN weights behind a valid checksum
+    nan = ItemTable(table.item_ids, table.vectors.copy(), table.bias, table.popularity)
+    nan.vectors[0, 0] = np.nan
+    out["nan"] = registry.publish(model_bytes, meta, {"items.npz": nan.to_npz_bytes()})
+    # a truncated model file behind a valid checksum (a writer that crashed mid-write)
+    out["truncated"] = registry.publish(model_bytes[: len(model_bytes) // 3], meta,
+                                        {"items.npz": table.to_npz_bytes()})
+    # the item table attachment missing
+    out["attachment"] = registry.publish(model_bytes, meta)
+    return out
+
+
+def plant_poisoned_versions(registry: Registry, stop: threading.Event, planted: dict,
+                            wait_for_refusal: bool) -> None:
+    """Once two versions exist, point CURRENT directly (as a broken writer would) at each poisoned
+    version in turn, waiting for the job to refuse it (``wait_for_refusal``), then back at the
+    good version."""
     while not stop.is_set():
-        current = registry.current()
-        if current is not None and len(registry.list_versions()) >= 2:
-            model_bytes, meta = registry.load(current)
-            meta = {k: v for k, v in meta.items() if k in ("item_ids", "dim")}
-            attachments = {"items.npz": registry.load_attachment(current, "items.npz")}
-            version = registry.publish(model_bytes, meta, attachments)
-            path = registry.path(version) / "model.onnx"
-            data = bytearray(path.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            path.write_bytes(bytes(data))
+        good = registry.current()
+        if good is None or len(registry.list_versions()) < 2:
+            time.sleep(0.2)
+            continue
+        planted.update(previous=good, versions=_poisons(registry, good))
+        for kind, version in planted["versions"].items():
             (registry.root / "CURRENT").write_text(version)
-            planted.update(version=version, previous=current, at=time.monotonic())
-            return
-        time.sleep(0.2)
+            deadline = time.monotonic() + 20
+            while wait_for_refusal and not stop.is_set() and time.monotonic() < deadline \
+                    and version not in registry.refusals():
+                if registry.current() != version:  # the exporter promoted meanwhile: again
+                    (registry.root / "CURRENT").write_text(version)
+                time.sleep(0.2)
+        (registry.root / "CURRENT").write_text(good)
+        planted["done"] = time.monotonic()
+        return
 
 
 @pytest.mark.parametrize("serve", ["live", "registry"])
@@ -66,6 +110,7 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
                                                     "gate_max_wait_s": 5.0}),
         "learner": cfg.learner.model_copy(update={"changelog_interval_ms": 200}),
         "scoring": cfg.scoring.model_copy(update={"swap_check_interval_s": 0.5, "serve": serve}),
+        "flink": cfg.flink.model_copy(update={"restart_attempts": 0}),
     })
     registry_dir = cfg.paths_resolved.registry_dir
     registry_dir.mkdir(parents=True)
@@ -80,7 +125,8 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
     exporter = start_exporter(cfg, tmp_path / "exporter.log")
     registry = Registry(registry_dir)
     stop, planted = threading.Event(), {}
-    planter = threading.Thread(target=plant_corrupt_version, args=(registry, stop, planted), daemon=True)
+    planter = threading.Thread(target=plant_poisoned_versions, args=(registry, stop, planted, serve == "registry"),
+                               daemon=True)
     planter.start()
     # The job runs unbounded while events arrive at a steady rate, as in production: checkpoints
     # commit as it goes, the exporter sees the changelog move and publishes versions mid-run.
@@ -123,9 +169,27 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
     assert all(len(r["items"]) <= cfg.scoring.top_k for r in model_recs)
     short = [r for r in model_recs[len(model_recs) // 2:] if len(r["items"]) != cfg.scoring.top_k]
     assert not short, f"{len(short)} late records with fewer than K items, e.g. {short[:2]}"
-    # the corrupt version was planted mid-run and never served; scoring went on
-    assert planted, "the corrupt version was never planted (the exporter published < 2 versions)"
-    assert planted["version"] not in {r["model_version"] for r in recs}
+    # the poisoned versions were planted mid-run and never served; scoring went on, and the job
+    # never restarted (restart_attempts = 0: a failure would have ended it)
+    assert planted.get("done"), "the poisons were never planted (the exporter published < 2 versions)"
+    poisoned = set(planted["versions"].values())
+    assert not poisoned & {r["model_version"] for r in recs}
+    if serve == "registry":  # each refusal is in the registry's log with its reason
+        refusals = registry.refusals()
+        reasons = {kind: " ".join(e["reason"] for e in refusals.get(v, [])) for kind, v in planted["versions"].items()}
+        assert all(reasons.values()), reasons
+        assert "sha256" in reasons["checksum"] and "dim 8" in reasons["dimension"], reasons
+        assert "non-finite" in reasons["nan"] and "items.npz" in reasons["attachment"], reasons
+        def cli(*args: str) -> str:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
+            return subprocess.run([sys.executable, "-m", "streamrec.cli", *args], capture_output=True,
+                                  text=True, env=env, check=True).stdout
+
+        logged = [json.loads(line) for line in cli("model", "log", "--last", "0", "--json").splitlines()]
+        assert poisoned <= {e["version"] for e in logged if e["action"] == "refuse"}
+        # `model list` shows the refusal on every poisoned version retention has kept
+        listed = {v["version"]: v for v in json.loads(cli("model", "list", "--json"))["versions"]}
+        assert all(listed[v]["refused"] for v in poisoned if v in listed)
     # the popularity fallback is computed in the stream: no list waits for the first model version
     assert {r["strategy"] for r in recs} <= {"model", "popularity"}
     by_offset = sorted(recs, key=lambda r: r["emitted_ts"])

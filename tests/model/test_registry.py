@@ -195,6 +195,10 @@ def test_watcher_keeps_previous_model_when_new_one_is_corrupt(tmp_path, caplog):
         assert not watcher.check()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and v2 in errors[0].getMessage() and v1 in errors[0].getMessage()
+    # the refusal is in the registry's log once, with who and why (what `model list` shows)
+    refused = reg.refusals()
+    assert list(refused) == [v2] and len(refused[v2]) == 1 and "sha256" in refused[v2][0]["reason"]
+    assert refused[v2][0]["actor"].startswith("scorer@") and refused[v2][0]["from"] == v2
     version, model = watcher.get()
     assert version == v1 and model.version == v1
     assert model.topk(np.ones((1, 4), np.float32), 3)[0][0][0].startswith("item-1-")
