@@ -179,12 +179,13 @@ def _port_bindable(host: str, port: int) -> bool:
             return False
 
 
-def kafka_answers(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when a Kafka metadata request to ``bootstrap`` succeeds and names a broker."""
+def kafka_answers(bootstrap: str, timeout: float = 2.0, client: dict[str, str] | None = None) -> bool:
+    """True when a Kafka metadata request to ``bootstrap`` succeeds and names a broker;
+    ``client``: the clients' security properties (a SASL listener answers only to them)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
-                         "log_level": 0})  # a broker that is not up yet is not an error here
+                         "log_level": 0, **(client or {})})  # not up yet is not an error here
     try:
         return bool(admin.list_topics(timeout=timeout).brokers)
     except Exception:
@@ -225,9 +226,10 @@ def up(cfg: Config, log=print) -> BrokerStatus:
     if not cfg.uses_embedded_broker:
         return BrokerStatus(cfg.bootstrap_servers, embedded=False, pid=None, started=False)
     bootstrap = cfg.bootstrap_servers
+    client = cfg.kafka.security.python_properties()  # SASL via embedded.server_properties too
     pid = _read_pid(cfg)
     if pid is not None and _is_our_broker(pid, cfg):
-        if _wait_ready(bootstrap, time.monotonic() + cfg.embedded.startup_timeout_s):
+        if _wait_ready(bootstrap, time.monotonic() + cfg.embedded.startup_timeout_s, client=client):
             return BrokerStatus(bootstrap, embedded=True, pid=pid, started=False)
         raise BrokerError(f"the embedded broker (pid {pid}) is running but does not answer on "
                           f"{bootstrap}; run `streamrec down` and try again")
@@ -243,7 +245,7 @@ def up(cfg: Config, log=print) -> BrokerStatus:
                                 start_new_session=True, cwd=bdir)
     _pid_file(cfg).write_text(json.dumps({"pid": proc.pid, "bootstrap": bootstrap,
                                            "started_at": time.time()}))
-    if not _wait_ready(bootstrap, started + cfg.embedded.startup_timeout_s, proc):
+    if not _wait_ready(bootstrap, started + cfg.embedded.startup_timeout_s, proc, client=client):
         _stop(proc.pid, timeout=10.0)
         _pid_file(cfg).unlink(missing_ok=True)
         raise BrokerError(f"the embedded Kafka broker did not answer on {bootstrap} within "
@@ -262,12 +264,13 @@ def _log_tail(cfg: Config, chars: int = 1500) -> str:
     return "\n".join(parts)
 
 
-def _wait_ready(bootstrap: str, deadline: float, proc: subprocess.Popen | None = None) -> bool:
+def _wait_ready(bootstrap: str, deadline: float, proc: subprocess.Popen | None = None,
+                client: dict[str, str] | None = None) -> bool:
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return False
         host, _, port = bootstrap.rpartition(":")
-        if _port_open(host, int(port)) and kafka_answers(bootstrap, timeout=1.0):
+        if _port_open(host, int(port)) and kafka_answers(bootstrap, timeout=1.0, client=client):
             return True
         time.sleep(0.2)
     return False
