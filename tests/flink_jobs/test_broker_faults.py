@@ -16,12 +16,12 @@ import pytest
 from flink_jobs import pipeline
 from streamrec import broker, replay
 from streamrec.kafka_io import ensure_topics, read_topic
-from tests.support import planted_stream, wait_for_records
-from tests.support import free_port, make_config
+from tests.support import free_port, make_config, may_lack_a_record, planted_stream, wait_for_records
 
 pytestmark = pytest.mark.slow
 
 N_EVENTS = 1_500
+WARM_UP = 100
 
 
 def _kill9(cfg) -> None:
@@ -44,11 +44,15 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
         run = pipeline.run(cfg, bounded=False, quiet=True, wait=False)
         produced = {}
         feeder = threading.Thread(target=lambda: produced.update(result=replay.produce(
-            cfg, cfg.kafka.topics.raw, replay.encode_events(events), rate=100, progress=False)))
+            cfg, cfg.kafka.topics.raw, replay.encode_events(events[WARM_UP:]), rate=100, progress=False)))
         try:
-            time.sleep(12)  # job start-up
+            # the job is live once a warm-up's records are committed (start-up takes 10-40 s,
+            # depending on the machine's load); only then the steady feed, and the fault 4 s into it
+            assert replay.produce(cfg, cfg.kafka.topics.raw, replay.encode_events(events[:WARM_UP]),
+                                  progress=False).failed == 0
+            wait_for_records(cfg, cfg.kafka.topics.recommendations, WARM_UP // 2, timeout_s=120)
             feeder.start()
-            time.sleep(6)  # mid-stream: transactions of the sinks are open now
+            time.sleep(4)  # mid-stream: transactions of the sinks are open now
             before = len(list(read_topic(cfg, cfg.kafka.topics.recommendations, idle_timeout=1)))
             if fault == "kill-9":
                 _kill9(cfg)
@@ -59,8 +63,13 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
             assert restarted.started
             feeder.join(120)
             assert produced["result"].failed == 0  # the idempotent producer retried through it
-            recs = wait_for_records(cfg, cfg.kafka.topics.recommendations, N_EVENTS - 1, timeout_s=240)
+            # (a few events may have nothing to recommend: wait for nearly all, then for the
+            # checkpoints that commit the rest)
+            wait_for_records(cfg, cfg.kafka.topics.recommendations, N_EVENTS - 10, timeout_s=240)
+            time.sleep(5)
+            recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
             status = run.job_client.get_job_status().result().name
+            clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
         finally:
             run.job_client.cancel().result()
     finally:
@@ -71,6 +80,8 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
     per_event = Counter(r["source_event_id"] for r in recs)
     lost = {e["event_id"] for e in events} - set(per_event)
     duplicated = {k: n for k, n in per_event.items() if n > 1}
-    # (the stream's first event has nothing to recommend: no record, never an empty one)
-    assert len(lost) <= 1 and not duplicated, f"{len(lost)} lost, {len(duplicated)} duplicated"
-    assert len(recs) == N_EVENTS - len(lost)
+    # (an event whose user had every item of the earlier events of its partition, the stream's
+    # first ones in a burst, has nothing to recommend: no record, never an empty one)
+    allowed = may_lack_a_record(clean)
+    assert lost <= allowed and not duplicated, f"{len(lost - allowed)} lost, {len(duplicated)} duplicated"
+    assert len(recs) == N_EVENTS - len(lost) and len(clean) == N_EVENTS

@@ -25,14 +25,18 @@ SETTINGS = {"min_ts_ms": 1_000_000, "max_future_ms": 3_600_000, "max_payload_byt
             "dlq_payload_max_bytes": 64}
 #: Kafka record timestamps of every kind (the future bound must not depend on them).
 RECORD_TIMESTAMPS = [None, 0, 1, NOW, NOW - 10 * 365 * 86_400_000, NOW + 50 * 60_000]
-#: (payload, record timestamp): the future bound follows the processing time, not the record's
-#: timestamp (Kafka 4 refuses record timestamps over an hour ahead, hence 50 minutes).
-BOUND_CASES = [
-    (b'{"event_id":"b1","user_id":"u","item_id":"i","event_type":"view","ts":' + str(NOW + 70 * 60_000).encode()
-     + b'}', NOW + 50 * 60_000),  # 70 min ahead: out of range, though within the record time + 1 h
-    (b'{"event_id":"b2","user_id":"u","item_id":"i","event_type":"view","ts":' + str(NOW - 3_600_000).encode()
-     + b'}', 1),  # an hour ago: valid, though far after a record timestamp of 1 ms + 1 h
-]
+def bound_cases(now: int) -> list[tuple[bytes, int]]:
+    """(payload, record timestamp): the future bound follows the processing time, not the
+    record's timestamp (Kafka 4 refuses record timestamps over an hour ahead, hence 50 minutes).
+    Built when the test runs: a suite can import this module many minutes before."""
+    def view(event_id: str, ts: int) -> bytes:
+        return (f'{{"event_id":"{event_id}","user_id":"u","item_id":"i","event_type":"view",'
+                f'"ts":{ts}}}').encode()
+
+    return [
+        (view("b1", now + 70 * 60_000), now + 50 * 60_000),  # out of range, though within record time + 1 h
+        (view("b2", now - 3_600_000), 1),  # an hour ago: valid, though far after a record time of 1 ms + 1 h
+    ]
 
 SPACES = ["", " ", "\t", "\u00a0", "\u3000", "\x1c", "\n"]
 ODD_TEXT = ["", " ", "é", "ü-1", "a\u2028b", "\\", '"', "\ud800", "x\x00y", "😀", "K\u212a"]
@@ -175,8 +179,9 @@ def test_every_record_gets_the_verdict_of_validate(cfg):
     ensure_topics(cfg, ingest.ingestion_topics(cfg))
     payloads = FIXED + hypothesis_records(600)
     stamps = [RECORD_TIMESTAMPS[n % len(RECORD_TIMESTAMPS)] for n in range(len(payloads))]
-    sent = produce_recorded(cfg, cfg.kafka.topics.raw, list(zip(payloads, stamps)) + BOUND_CASES)
-    assert len(sent) == len(payloads) + len(BOUND_CASES)
+    bounds = bound_cases(int(time.time() * 1000))
+    sent = produce_recorded(cfg, cfg.kafka.topics.raw, list(zip(payloads, stamps)) + bounds)
+    assert len(sent) == len(payloads) + len(bounds)
 
     ingest.run(cfg, bounded=True)  # no restart allowed: any exception in an operator fails this
 
@@ -198,6 +203,6 @@ def test_every_record_gets_the_verdict_of_validate(cfg):
         else:
             assert dlq.get(offset) == verdict.reason, (payload, clean.get(offset))
     verdicts = {p: (clean[o]["event_id"] if o in clean else dlq[o]) for o, p in sent.items()}
-    assert [verdicts[p] for p, _ in BOUND_CASES] == ["ts_out_of_range", "b2"]
+    assert [verdicts[p] for p, _ in bounds] == ["ts_out_of_range", "b2"]
     # the stream exercises both outcomes in numbers
     assert valid >= 50 and len(dlq) >= 200, (valid, len(dlq))
