@@ -1,7 +1,7 @@
 -- Ingestion, part 1: read events.raw as raw bytes, validate (flat records in the JVM, every other
 -- one by the Python UDF validate_event).
 -- Placeholders: source_options, dlq_sink_options, watermark_delay, watermark_delay_ms,
--- min_ts_ms, max_future_ms, rating_min, rating_max, w_view, w_click, w_cart, w_purchase,
+-- min_ts_ms, max_future_ms, w_view, w_click, w_cart, w_purchase,
 -- w_rating_base, w_rating_scale.
 --
 -- The watermark is generated in the Kafka source, per partition, from the payload's "ts" (read
@@ -31,9 +31,6 @@ CREATE TABLE raw_in (
 -- already be behind the watermark, so it is flagged late; docs/ingestion.md, "Late events").
 CREATE TEMPORARY VIEW raw_sized AS
 SELECT payload, src_partition, src_offset, ingest_ms, now_ms,
-  -- the size in bytes (Flink SQL has no OCTET_LENGTH for BYTES): from the base64 text's length
-  CHAR_LENGTH(TO_BASE64(payload)) / 4 * 3
-    - (CHAR_LENGTH(TO_BASE64(payload)) - CHAR_LENGTH(TRIM(TRAILING '=' FROM TO_BASE64(payload)))) AS payload_bytes,
   MAX(wm_ms) OVER (PARTITION BY src_partition ORDER BY proc_time
                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS max_wm_ms
 FROM raw_in;
