@@ -1,5 +1,5 @@
--- Ingestion, part 1: read events.raw as raw bytes, validate (flat records in the JVM, every other
--- one by the Python UDF validate_event).
+-- Ingestion, part 1: read events.raw as raw bytes, validate every record (the Python UDF
+-- validate_event).
 -- Placeholders: source_options, dlq_sink_options, watermark_delay, watermark_delay_ms,
 -- min_ts_ms, max_future_ms, w_view, w_click, w_cart, w_purchase,
 -- w_rating_base, w_rating_scale.
