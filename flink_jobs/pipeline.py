@@ -13,7 +13,7 @@ The exporter sidecar (``streamrec exporter``) turns ``model.items`` into version
 the registry; with ``scoring.serve = registry`` the shards serve CURRENT instead of their live
 table (hot-swapped between batches). docs/hot-path.md has the design and its measurements.
 
-    python -m flink_jobs.pipeline [--bounded]
+    python -m flink_jobs.pipeline [--bounded] [--from-version V]
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ def key_by_first_field(t_env, table, key_type, value_type) -> KeyedStream:
     return KeyedStream(j_keyed, value_type, pairs)
 
 
-def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
-    """Add the whole pipeline to ``rt``; returns the StatementSet to attach before execute()."""
+def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = None):
+    """Add the whole pipeline to ``rt``; returns the StatementSet to attach before execute().
+    ``reset_to`` (``{"version", "token"}``): the shards put that version's vectors back first."""
     t_env = rt.t_env
     topics = cfg.kafka.topics
     statements = t_env.create_statement_set()
@@ -140,7 +141,7 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
     output = (key_by_first_field(t_env, t_env.from_path("learner_events_keyed"), Types.INT(), LEARNER_EVENT)
               .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
                                     sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
-                                    sc.provider, sc.ort_threads, sc.batch_interval_ms),
+                                    sc.provider, sc.ort_threads, sc.batch_interval_ms, reset_to),
                        output_type=BATCH_OUTPUT)
               .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)"))
     t_env.create_temporary_view("shard_output", t_env.from_data_stream(output))
@@ -157,22 +158,78 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool):
     return statements
 
 
+class FromVersionError(RuntimeError):
+    """``--from-version`` names a version the learner cannot be rolled back to."""
+
+
+def check_from_version(cfg: Config, version: str) -> None:
+    """Fail before anything starts if ``version`` cannot be put back into the learner: unknown,
+    rejected, corrupt (sha256), of another dimension, or exported without ``users.npz``."""
+    from model.item_table import load_item_table
+    from model.registry import Registry, RegistryError
+    from model.user_table import load_user_table
+
+    registry = Registry(cfg.paths_resolved.registry_dir)
+    if version not in registry.list_versions():
+        raise FromVersionError(f"--from-version {version}: no such version in {registry.root} "
+                               "(`streamrec model list` shows them)")
+    if registry.read_meta(version).get("status") == "rejected":
+        raise FromVersionError(f"--from-version {version}: it was rejected by the gate")
+    try:
+        registry.load(version)
+        load_item_table(registry, version, expected_dim=cfg.learner.dim)
+        load_user_table(registry, version, expected_dim=cfg.learner.dim)
+    except RegistryError as exc:
+        raise FromVersionError(f"--from-version {version}: {exc}") from None
+
+
+def pin_from_version(cfg: Config, version: str, run_id: str) -> str:
+    """Model and learner go back together: CURRENT is pinned to ``version`` (the exporter keeps
+    exporting, promotes nothing until `streamrec model unpin`). Returns the reset's token: the
+    pin's time. The same command run again after a crash finds its own pin and keeps its token,
+    so the shards (whose state records the token applied) do not reset a second time."""
+    from model.registry import Registry
+
+    registry = Registry(cfg.paths_resolved.registry_dir)
+    pin = registry.pinned()
+    if not (pin and pin.get("version") == version and pin.get("run_id") == run_id
+            and pin.get("actor") == FROM_VERSION_ACTOR):
+        registry.rollback(version, actor=FROM_VERSION_ACTOR, reason=f"run --from-version {version}",
+                          log_extra={"run_id": run_id})
+        pin = registry.pinned()
+    return f"{version}@{pin['ts']}"
+
+
+FROM_VERSION_ACTOR = "streamrec run --from-version"
+
+
 def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True,
-        quiet: bool = False, fresh: bool = False) -> PipelineRun:
+        quiet: bool = False, fresh: bool = False, from_version: str | None = None) -> PipelineRun:
     """Run the pipeline; by default it resumes from its lineage's latest retained checkpoint
     (flink_jobs/lineage.py), ``fresh`` starts over and discards it. Bounded: stop at the end
-    offsets present when the lineage started (a restored run keeps its splits' stopping offsets)."""
+    offsets present when the lineage started (a restored run keeps its splits' stopping offsets).
+    ``from_version``: the learner's item and user vectors become that registry version's (and
+    CURRENT is pinned to it), while the stream goes on from where the run starts; an older
+    checkpoint is never restored for it: the events after it would be recommended again
+    (docs/registry.md, "Learner rollback")."""
     if not quiet:
         print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
     ensure_topics(cfg)
     cfg.paths_resolved.registry_dir.mkdir(parents=True, exist_ok=True)
+    if from_version:
+        check_from_version(cfg, from_version)
     plan = lineage.plan_run(cfg, JOB_NAME, fresh=fresh, restore_from=restore_from, bounded=bounded)
     print(f"[{JOB_NAME}] {plan.reason}", file=sys.stderr)
+    reset_to = None
+    if from_version:
+        reset_to = {"version": from_version, "token": pin_from_version(cfg, from_version, plan.run_id)}
+        print(f"[{JOB_NAME}] the learner's vectors go back to {from_version}; CURRENT is pinned to "
+              "it (`streamrec model unpin` resumes promotion)", file=sys.stderr)
     trigger = restore_trigger_topic(cfg, plan) if bounded and plan.restore_from else None
     if trigger:
         ensure_topics(cfg, [trigger], partitions=1)
     rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
-    statements = build(rt, cfg, bounded)
+    statements = build(rt, cfg, bounded, reset_to)
     statements.attach_as_datastream()
     started = time.monotonic()
     if not wait:  # under `flink run -d`, or a caller that stops the job itself: submit and return
@@ -219,9 +276,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
     parser.add_argument("--fresh", action="store_true", help="start over: discard the retained checkpoints")
     parser.add_argument("--no-wait", action="store_true", help="return once submitted (cluster mode)")
+    parser.add_argument("--from-version", help="put this registry version's vectors back into the learner")
     args = parser.parse_args(argv)
     run(load_config(), bounded=args.bounded, restore_from=args.restore_from, wait=not args.no_wait,
-        fresh=args.fresh)
+        fresh=args.fresh, from_version=args.from_version)
 
 
 if __name__ == "__main__":

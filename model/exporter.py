@@ -40,7 +40,8 @@ events of users it has vectors for; the next export then supersedes it):
    the item table was frozen (the job commits both topics with the same checkpoints, so every
    event past that cut is one the exported items have not been trained on);
 4. :meth:`Registry.publish` with the metadata of :meth:`Exporter.metadata` and the ``items.npz``
-   attachment (:mod:`model.item_table`);
+   and ``users.npz`` attachments (:mod:`model.item_table`, :mod:`model.user_table`: the cut's
+   user vectors, which ``streamrec run --from-version`` puts back into the learner);
 5. :meth:`model.gate.HoldOutGate.submit`: refusals, a pin (``hold``) and ``force`` are settled at
    once; otherwise the candidate is pending until ``exporter.gate_min_events`` clean events past
    its cut arrived, then :meth:`~model.gate.HoldOutGate.decide` compares it with CURRENT (or, with
@@ -77,6 +78,7 @@ import numpy as np
 from flink_jobs.lineage import code_version, job_dir, retained_checkpoints
 from model.gate import FORCE_ACTOR, GATE_ACTOR, GateDecision, HoldOutGate
 from model.item_table import ITEMS_ATTACHMENT, ItemTable
+from model.user_table import USERS_ATTACHMENT, UserTable
 from model.onnx_model import export_model_bytes, popularity_prior
 from model.registry import Registry
 from model.scoring import CPU, ScoringModel
@@ -602,7 +604,10 @@ class Exporter:
         users = self.state.user_snapshot()
         cut = self.events_cut()
         meta = self.metadata(table, users, cut)
-        version = self.registry.publish(model_bytes, meta, {ITEMS_ATTACHMENT: table.to_npz_bytes()})
+        version = self.registry.publish(model_bytes, meta, {
+            ITEMS_ATTACHMENT: table.to_npz_bytes(),
+            USERS_ATTACHMENT: UserTable.of(users, table.dim).to_npz_bytes(),  # for run --from-version
+        })
         self.state.mark_exported()
         self._last_export = time.monotonic()
         decision = self.gate.submit(version, model_bytes, self.registry.read_meta(version), users, cut,

@@ -5,6 +5,7 @@
     streamrec replay [ml-100k | FILE]     produce a dataset into events.raw
     streamrec consume TOPIC               print records (read_committed)
     streamrec run [--bounded] [--fresh]   the pipeline job on Flink's local mini-cluster (resumes by default)
+        [--from-version V]                ... with the learner's vectors rolled back to version V
     streamrec sql "SELECT ..."            a Flink SQL query over the topics (bounded), as a table
     streamrec demo                        everything above, end to end, then stops it all
     streamrec cluster up | down | status  a standalone Flink cluster from the PyFlink wheel
@@ -139,8 +140,15 @@ def cmd_consume(args, cfg: Config) -> int:
 def cmd_run(args, cfg: Config) -> int:
     from flink_jobs import pipeline
 
-    ensure_kafka(cfg)
-    pipeline.run(cfg, bounded=args.bounded, restore_from=args.restore_from, fresh=args.fresh)
+    try:
+        if args.from_version:  # before a broker or a job is started for nothing
+            pipeline.check_from_version(cfg, args.from_version)
+        ensure_kafka(cfg)
+        pipeline.run(cfg, bounded=args.bounded, restore_from=args.restore_from, fresh=args.fresh,
+                     from_version=args.from_version)
+    except pipeline.FromVersionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -201,6 +209,15 @@ def cmd_submit(args, cfg: Config) -> int:
     job_args = ["--no-wait"] + (["--bounded"] if args.bounded else []) + (["--fresh"] if args.fresh else [])
     if args.from_savepoint:
         job_args += ["--restore-from", args.from_savepoint]
+    if args.from_version:
+        from flink_jobs.pipeline import FromVersionError, check_from_version
+
+        try:  # here, before submitting: the driver on the cluster would fail less visibly
+            check_from_version(cfg, args.from_version)
+        except FromVersionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        job_args += ["--from-version", args.from_version]
     job_id = cluster.submit(cfg, parallelism=args.parallelism, job_args=job_args)
     print(f"submitted job {job_id}")
     print(f"web UI: {cluster.rest_url(cfg)}/#/job/running/{job_id}/overview")
@@ -494,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "latest retained checkpoint of this state dir, if any)")
     p.add_argument("--fresh", action="store_true", help="start over on purpose: discard the retained "
                    "checkpoints (learner state, source offsets) and say what was discarded")
+    p.add_argument("--from-version", metavar="V", help="roll the learner back with the model: its item "
+                   "and user vectors become registry version V's and CURRENT is pinned to V; the "
+                   "stream goes on from where the run starts (docs/registry.md)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sql", help="run a Flink SQL query over bounded reads of the topics")
@@ -519,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "retained checkpoint or recorded savepoint of this state dir)")
     p.add_argument("--fresh", action="store_true", help="start over on purpose (discards retained state)")
     p.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
+    p.add_argument("--from-version", metavar="V", help="roll the learner back with the model: its item "
+                   "and user vectors become registry version V's and CURRENT is pinned to V; the "
+                   "stream goes on from where the run starts (docs/registry.md)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("stop", help="stop a job on the cluster with a savepoint; prints its path")

@@ -11,8 +11,9 @@ a few µs each, while unnesting one big string in SQL measured ~190 µs per even
 
 The item table is also cached in Python (the shard scores it every batch); it is rebuilt from
 MapState when the operator opens, so a restore loses nothing. State: ``users`` (user id -> user
-record), ``items`` (item id -> item record), both with the learner's TTL, and ``changelog``
-(items and users changed since the last changelog flush).
+record), ``items`` (item id -> item record), both with the learner's TTL, ``changelog``
+(items and users changed since the last changelog flush), ``batch-lines`` (the open batch) and
+``reset-token`` (the last ``--from-version`` reset this shard applied: docs/registry.md).
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ class ShardLearner(KeyedProcessFunction):
 
     def __init__(self, learner: dict, settings: dict, state_ttl_ms: int, changelog_interval_ms: int,
                  serve: str, registry_dir: str, swap_check_interval_s: float, provider: str,
-                 ort_threads: int, batch_interval_ms: int):
+                 ort_threads: int, batch_interval_ms: int, reset_to: dict | None = None):
         self.batch_interval_ms = batch_interval_ms
+        #: ``{"version", "token"}``: put that registry version's vectors back once per shard
+        #: (``streamrec run --from-version``); the token, kept in state, makes it once per run
+        self.reset_to = reset_to
         self.learner = learner
         self.settings = settings
         self.state_ttl_ms = state_ttl_ms
@@ -99,6 +103,16 @@ class ShardLearner(KeyedProcessFunction):
         self.open_batches: dict[int, list[int]] = {}
         self.counted_keys: set[int] = set()
         self.shards: dict[int, ShardModel] = {}  # per shard key (a subtask may own several)
+        self.reset_applied = ctx.get_state(ValueStateDescriptor("reset-token", Types.STRING()))
+        self.reset_tables = None
+        if self.reset_to:
+            from model.item_table import load_item_table
+            from model.registry import Registry
+            from model.user_table import load_user_table
+
+            registry, version = Registry(self.registry_dir), self.reset_to["version"]
+            self.reset_tables = (load_item_table(registry, version, expected_dim=self.params.dim),
+                                 load_user_table(registry, version, expected_dim=self.params.dim).as_dict())
         self.watcher = None
         if self.serve == "registry":
             from model.registry import CurrentModelWatcher, Registry
@@ -176,7 +190,7 @@ class ShardLearner(KeyedProcessFunction):
         if not events:
             return
         shard = self._shard(ctx.get_current_key())
-        expired = self._expire(shard)  # before learning: an expired item starts afresh
+        expired = self._reset(shard) + self._expire(shard)  # before learning: an expired item starts afresh
         t0 = time.thread_time_ns()
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
         t1 = time.thread_time_ns()
@@ -229,8 +243,29 @@ class ShardLearner(KeyedProcessFunction):
         if not items and not users:
             return
         shard = self._shard(ctx.get_current_key())
+        yield from self._reset(shard)  # a restored timer may fire before any batch
         self.changelog.update((set(), set(), int(time.time() * 1000)))
         yield from self._changelog(shard, items, users, None)
+
+    def _reset(self, shard: ShardModel) -> list:
+        """Once per shard and run of ``--from-version``: the version's item and user vectors
+        replace the shard's (state too), and every item and user goes to the changelogs, so the
+        exporter's table becomes the version's; the items it lacks are tombstoned."""
+        if self.reset_tables is None or self.reset_applied.value() == self.reset_to["token"]:
+            return []
+        items, users = self.reset_tables
+        dropped = shard.reset_vectors(items.item_ids.tolist(), items.vectors, items.bias)
+        for item_id in dropped:
+            self.items.remove(item_id)
+        self.items.put_all(shard.items.encode(range(len(shard.items)), int(time.time() * 1000)))
+        restored = {u: shard.reset_user(u, raw, users.get(u)) for u, raw in self.users.items()}
+        self.users.put_all(restored)
+        self.reset_applied.update(self.reset_to["token"])
+        log.warning("shard: vectors of %s restored (%d items, %d of its %d users in it; %d items "
+                    "it lacks dropped)", self.reset_to["version"], len(shard.items),
+                    sum(u in users for u in restored), len(restored), len(dropped))
+        return ([Row(ITEM, item_id, None) for item_id in dropped]
+                + self._changelog(shard, set(shard.items.ids), set(restored), None))
 
     def _expire(self, shard: ShardModel) -> list:
         """Items keyed state's TTL expired (not written for ``state_ttl_ms``) leave the shard's

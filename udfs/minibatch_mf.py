@@ -142,10 +142,16 @@ class ItemTable:
         """Drop the items last written before ``written_before_ms`` (keyed state's TTL expires
         them there); returns their ids. The rows of the others are renumbered (in order)."""
         n = len(self.ids)
-        gone = self.written_ms[:n] < written_before_ms
+        return self._drop(self.written_ms[:n] < written_before_ms)
+
+    def drop_all_but(self, keep_ids: set[str]) -> list[str]:
+        """Drop every item not in ``keep_ids``; returns their ids (rows renumbered, in order)."""
+        return self._drop(np.fromiter((i not in keep_ids for i in self.ids), bool, len(self.ids)))
+
+    def _drop(self, gone: np.ndarray) -> list[str]:
         if not gone.any():
             return []
-        expired = [self.ids[r] for r in np.flatnonzero(gone).tolist()]
+        dropped = [self.ids[r] for r in np.flatnonzero(gone).tolist()]
         keep = np.flatnonzero(~gone)
         for name in _COLUMNS:
             col = getattr(self, name)
@@ -155,7 +161,7 @@ class ItemTable:
         self.ids = [self.ids[r] for r in keep.tolist()]
         self.index = {item: row for row, item in enumerate(self.ids)}
         self._sorted = None
-        return expired
+        return dropped
 
 
 _COLUMNS = ("vectors", "accum", "bias", "bias_accum", "updates", "popularity", "written_ms")

@@ -189,6 +189,38 @@ class ShardModel:
             self.live = self._catalogue()
         return expired
 
+    def reset_vectors(self, item_ids: Sequence[str], vectors: np.ndarray, bias: np.ndarray) -> list[str]:
+        """Put an exported version's item vectors and biases back (``streamrec run --from-version``):
+        items the version lacks leave the table (returned, for the caller to delete from state and
+        tombstone), items only it has come back. Update counts, popularity and AdaGrad sums stay:
+        they are history, which the version does not record. Write every row back to state after.
+
+        >>> from udfs.online_mf import LearnerParams
+        >>> shard = ShardModel(LearnerParams.of(None, dim=2, seed=1))
+        >>> _ = shard.items.rows(["a", "b"])
+        >>> shard.reset_vectors(["b", "c"], np.ones((2, 2), np.float32), np.zeros(2, np.float32))
+        ['a']
+        >>> shard.items.ids, shard.item_vector("c").tolist()
+        (['b', 'c'], [1.0, 1.0])
+        """
+        dropped = self.items.drop_all_but(set(item_ids))
+        rows = self.items.rows(item_ids)
+        self.items.vectors[rows] = np.asarray(vectors, np.float32)
+        self.items.bias[rows] = np.asarray(bias, np.float32)
+        self._positions = np.zeros((0, self.settings.seen_filter_hashes), np.int64)
+        self.live = self._catalogue()
+        return dropped
+
+    def reset_user(self, user_id: str, raw: bytes, vector: np.ndarray | None) -> bytes:
+        """A user's state record with its vector set to ``vector`` (an exported version's), or to
+        its deterministic initial vector if the version had none for it (a user it never saw);
+        its seen items, event count and AdaGrad sums stay."""
+        rec = decode_user(raw)
+        p = self.params
+        rec.vector = (np.asarray(vector, np.float32).copy() if vector is not None
+                      else init_vector(user_key(user_id), p.dim, p.seed, p.init_scale))
+        return encode_user(rec)
+
     def item_vector(self, item_id: str) -> np.ndarray:
         return self.items.vectors[self.items.index[item_id]].copy()
 

@@ -17,6 +17,7 @@ from model.exporter import (
     config_sha256,
 )
 from model.item_table import ITEMS_ATTACHMENT
+from model.user_table import load_user_table
 from model.registry import Registry, sha256_hex
 from tests.support import make_config
 
@@ -198,7 +199,9 @@ def test_every_meta_field_of_an_export(tmp_path, monkeypatch):
     assert meta["extra"]["skipped_records"]["items"] == 1
     files = {name: sha256_hex((reg.path(version) / name).read_bytes()) for name in os.listdir(reg.path(version))
              if name != "meta.json"}
-    assert meta["files"] == files and set(files) == {"model.onnx", ITEMS_ATTACHMENT}
+    assert meta["files"] == files and set(files) == {"model.onnx", ITEMS_ATTACHMENT, "users.npz"}
+    users = load_user_table(reg, version, expected_dim=2)  # the cut's user vectors
+    assert len(users) == meta["counts"]["users_with_vectors"] == 1
     assert reg.verify(version)["version"] == version
     assert meta["quality"]["compared_with"] == "popularity baseline"  # decided at once (min 0)
     assert meta["training_position"]["events_offsets"] == {}

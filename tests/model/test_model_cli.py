@@ -155,7 +155,7 @@ def test_list_json_shows_what_an_export_recorded(reg, capsys, monkeypatch):
     assert doc[version]["config_sha256"] == config_sha256(cfg) and doc[version]["code_version"]
     assert doc[version]["checkpoint"] is None  # no pipeline checkpoint in this state directory
     assert doc[version]["counts"] == {"items": 1, "users_with_vectors": 0, "items_with_features": 0}
-    assert set(doc[version]["files_sha256"]) == {"model.onnx", ITEMS_ATTACHMENT}
+    assert set(doc[version]["files_sha256"]) == {"model.onnx", ITEMS_ATTACHMENT, "users.npz"}
     assert doc[version]["training_position"]["events_offsets"] == {}
 
 
