@@ -82,6 +82,7 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         "restart-strategy.fixed-delay.attempts": str(cfg.flink.restart_attempts),
         "restart-strategy.fixed-delay.delay": f"{cfg.flink.restart_delay_ms} ms",
         "execution.checkpointing.tolerable-failed-checkpoints": str(cfg.flink.tolerable_checkpoint_failures),
+        "table.exec.source.idle-timeout": "2 s",
         # Python operators process records in bundles; the default (100k records) lets them swallow
         # a whole replay, so backpressure never reaches the source and a bounded job's data sits
         # in bundles while checkpoints are declined. Small bundles keep latency and flow control.

@@ -31,7 +31,7 @@ from pyflink.table import Schema, StatementSet, Table
 from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, kafka_source_options, render_sql
 from streamrec.config import Config, load_config
 from streamrec.kafka_io import ensure_topics, read_topic
-from udfs.validation import fast_path_patterns, make_udfs
+from udfs.validation import make_udfs
 
 JOB_NAME = "streamrec-ingest"
 #: Columns of the Table add_ingestion returns (plus the rowtime attribute ``event_time``).
@@ -89,12 +89,6 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     # bounds the dedup's state (sql/ingest.sql); the other stateful SQL operators of these jobs
     # are windows and interval joins, which clear their state by the watermark anyway
     conf.set("table.exec.state.ttl", f"{ing.dedup_horizon_ms} ms")
-    # Unbounded: a partition (or a reader without one) silent for 2 s stops holding the watermark
-    # back. Bounded: no idleness. A bounded source that went idle before its end lost the final
-    # watermark on the way to the feature windows (they never fired: 0 feature rows, 4 of 4 runs
-    # of the ingestion test with the JVM-only validation path, 3 of 3 fine without idleness;
-    # docs/ingestion.md); its finished splits release the watermark anyway.
-    conf.set("table.exec.source.idle-timeout", "0 ms" if bounded else "2 s")
     for name, fn in make_udfs(ing).items():
         t_env.create_temporary_function(name, fn)
     weights = ing.weights
@@ -108,8 +102,6 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         watermark_delay_ms=ing.watermark_delay_ms,
         max_future_ms=ing.max_future_ms,
         min_ts_ms=ing.min_ts_ms,
-        rating_min=_double(ing.rating_min), rating_max=_double(ing.rating_max),
-        **fast_path_patterns(ing.max_payload_bytes),
         w_view=_double(weights.view), w_click=_double(weights.click), w_cart=_double(weights.cart),
         w_purchase=_double(weights.purchase), w_rating_base=_double(weights.rating_base),
         w_rating_scale=_double(weights.rating_scale),
