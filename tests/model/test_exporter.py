@@ -15,6 +15,7 @@ import pytest
 
 from model.exporter import FEATURE_ITEM_ID, FEATURE_POPULARITY, FORCE_ACTOR, Exporter
 from model.item_table import ITEMS_ATTACHMENT, load_item_table
+from model.user_table import USERS_ATTACHMENT
 from model.registry import Registry
 from streamrec import kafka_io
 from streamrec.config import to_env
@@ -123,7 +124,8 @@ def test_exports_are_gated_on_held_out_events_and_force(cfg, tmp_path, monkeypat
         assert reg.current() is None and reg.read_meta("v000001")["status"] == "candidate"
         meta = reg.read_meta("v000001")
         assert meta["item_ids"] == sorted(world.items) and meta["dim"] == DIM
-        assert set(meta["attachments"]) == {ITEMS_ATTACHMENT} and set(meta["files"]) == {"model.onnx", ITEMS_ATTACHMENT}
+        assert set(meta["attachments"]) == {ITEMS_ATTACHMENT, USERS_ATTACHMENT}
+        assert set(meta["files"]) == {"model.onnx", ITEMS_ATTACHMENT, USERS_ATTACHMENT}
         ends = kafka_io.end_offsets(cfg, cfg.kafka.topics.model_items)
         tp = meta["training_position"]
         assert tp["topic"] == cfg.kafka.topics.model_items
