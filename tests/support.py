@@ -32,27 +32,34 @@ def make_config(state_dir: Path, port: int, **overrides) -> Config:
     return load_config(config_file=None, env={}, overrides=base)
 
 
-def may_lack_a_record(clean: list[dict]) -> set[str]:
+def may_lack_a_record(clean: list[dict], batch: int = 256) -> set[str]:
     """Event ids that may get no recommendation: an event whose user, by then, had every item the
-    shard knew (nothing to recommend, and an empty list is never published). The shard knows at
-    least the items of the earlier events of the event's own partition (a partition is read in
-    order), so only an event whose user had all of those can be one; with a backlog the source may
-    read a whole burst of one partition first (ML-100k's first 3,000 events: one user's 56).
+    shard's catalogue held (nothing to recommend, and an empty list is never published). A batch
+    is scored against the catalogue as of its start, and a batch holds at most ``batch`` events
+    (``scoring.max_batch_events``), so the catalogue holds at least the items of the events of
+    the event's own partition ``batch`` or more positions earlier (a partition is read in order):
+    only an event whose user had all of those can be one. With a backlog the source may read a
+    whole burst of one partition first (ML-100k's first 3,000 events: one user's 56; in a CI run
+    two events of another heavy user, whose batch brought the items it lacked).
 
     >>> clean = [dict(event_id=f"e{n}", user_id="u" if n < 3 else "v", item_id=f"i{n}",
     ...               src_partition=0, src_offset=n) for n in range(5)]
-    >>> sorted(may_lack_a_record(clean))
+    >>> sorted(may_lack_a_record(clean, batch=1))
     ['e0', 'e1', 'e2']
+    >>> sorted(may_lack_a_record(clean, batch=4))  # e3 may share a batch with all of them
+    ['e0', 'e1', 'e2', 'e3']
     """
     out: set[str] = set()
     by_partition: dict[int, list[dict]] = {}
     for e in clean:
         by_partition.setdefault(e.get("src_partition", 0), []).append(e)
     for events in by_partition.values():
+        ordered = sorted(events, key=lambda e: e["src_offset"])
         known: set[str] = set()
         history: dict[str, set[str]] = {}
-        for e in sorted(events, key=lambda e: e["src_offset"]):
-            known.add(e["item_id"])
+        for n, e in enumerate(ordered):
+            if n >= batch:
+                known.add(ordered[n - batch]["item_id"])
             had = history.setdefault(e["user_id"], set())
             had.add(e["item_id"])
             if had >= known:
