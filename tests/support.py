@@ -32,6 +32,20 @@ def make_config(state_dir: Path, port: int, **overrides) -> Config:
     return load_config(config_file=None, env={}, overrides=base)
 
 
+def export_forced(cfg: Config, timeout_s: float = 60.0):
+    """One forced export by a fresh exporter (catch up, export, close): the version it published,
+    promoted without the gate."""
+    from model.exporter import Exporter
+
+    exporter = Exporter(cfg, force=True)
+    try:
+        result = exporter.export_once(timeout_s=timeout_s)
+    finally:
+        exporter.close()
+    assert result is not None, "the forced export published nothing"
+    return result
+
+
 def may_lack_a_record(clean: list[dict], batch: int = 256) -> set[str]:
     """Event ids that may get no recommendation: an event whose user, by then, had every item the
     shard's catalogue held (nothing to recommend, and an empty list is never published). A batch

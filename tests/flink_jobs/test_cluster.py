@@ -29,12 +29,11 @@ import urllib.request
 
 import pytest
 
-from model.exporter import Exporter
 from streamrec import broker, cluster
 from streamrec.cli import main
 from streamrec.config import to_env
 from streamrec.kafka_io import ensure_topics, producer, read_topic
-from tests.support import free_port, make_config
+from tests.support import export_forced, free_port, make_config
 
 pytestmark = pytest.mark.slow
 
@@ -205,12 +204,7 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     assert [s["metrics"]["write-records"] > 0 for s in subtasks] == [True, True], subtasks
 
     # -- the exporter publishes a version into the registry the TaskManagers read ----------------
-    exporter = Exporter(cfg, force=True)
-    try:
-        exported = exporter.export_once(timeout_s=60)
-    finally:
-        exporter.close()
-    assert exported is not None
+    exported = export_forced(cfg)
 
     # -- upgrade: stop with savepoint, change a non-state setting, resume -------------------------
     t = time.monotonic()

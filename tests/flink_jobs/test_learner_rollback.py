@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 from flink_jobs import pipeline
-from model.exporter import Exporter
 from model.item_table import load_item_table
 from model.registry import Registry
 from model.user_table import load_user_table
 from streamrec import replay
 from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
-from tests.support import planted_stream
+from tests.support import export_forced, planted_stream
 from udfs.embeddings import init_vector, user_key
 from udfs.online_mf import LearnerParams
 
@@ -53,16 +52,6 @@ def _run_until(cfg, done, **kwargs):
     return run
 
 
-def _export(cfg) -> str:
-    exporter = Exporter(cfg, force=True)
-    try:
-        result = exporter.export_once(timeout_s=60)
-    finally:
-        exporter.close()
-    assert result is not None
-    return result.version
-
-
 def _first_after(cfg, topic: str, marks: dict[int, int]) -> dict[str, dict | None]:
     """The first record per key past ``marks`` (end offsets before the restart): None = tombstone."""
     out: dict[str, dict | None] = {}
@@ -84,12 +73,12 @@ def test_run_from_version_puts_the_versions_vectors_back_and_pins_it(cfg, tmp_pa
     run = _run_until(cfg, lambda: _committed(cfg, topics.clean) >= len(first))
     try:
         time.sleep(3)  # the changelog flush after the last batch is committed
-        v1 = _export(cfg)
+        v1 = export_forced(cfg).version
         replay.produce(cfg, topics.raw, replay.encode_events(second), progress=False)
         while _committed(cfg, topics.clean) < len(first) + len(second):
             time.sleep(1)
         time.sleep(3)
-        v2 = _export(cfg)
+        v2 = export_forced(cfg).version
         time.sleep(2)  # one more checkpoint after the last commit
     finally:
         run.job_client.cancel().result()
