@@ -158,6 +158,10 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
     return statements
 
 
+#: The registry actor of the pin a ``--from-version`` run sets.
+FROM_VERSION_ACTOR = "streamrec run --from-version"
+
+
 class FromVersionError(RuntimeError):
     """``--from-version`` names a version the learner cannot be rolled back to."""
 
@@ -198,9 +202,6 @@ def pin_from_version(cfg: Config, version: str, run_id: str) -> str:
                           log_extra={"run_id": run_id})
         pin = registry.pinned()
     return f"{version}@{pin['ts']}"
-
-
-FROM_VERSION_ACTOR = "streamrec run --from-version"
 
 
 def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True,

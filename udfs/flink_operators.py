@@ -105,6 +105,7 @@ class ShardLearner(KeyedProcessFunction):
         self.shards: dict[int, ShardModel] = {}  # per shard key (a subtask may own several)
         self.reset_applied = ctx.get_state(ValueStateDescriptor("reset-token", Types.STRING()))
         self.reset_tables = None
+        self.reset_keys: set[int] = set()  # keys known reset: the state is read once per key, not per batch
         if self.reset_to:
             from model.item_table import load_item_table
             from model.registry import Registry
@@ -190,7 +191,8 @@ class ShardLearner(KeyedProcessFunction):
         if not events:
             return
         shard = self._shard(ctx.get_current_key())
-        expired = self._reset(shard) + self._expire(shard)  # before learning: an expired item starts afresh
+        # before learning: a --from-version reset, and an expired item starts afresh
+        expired = self._reset(ctx.get_current_key(), shard) + self._expire(shard)
         t0 = time.thread_time_ns()
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
         t1 = time.thread_time_ns()
@@ -243,15 +245,18 @@ class ShardLearner(KeyedProcessFunction):
         if not items and not users:
             return
         shard = self._shard(ctx.get_current_key())
-        yield from self._reset(shard)  # a restored timer may fire before any batch
+        yield from self._reset(ctx.get_current_key(), shard)  # a restored timer may fire before any batch
         self.changelog.update((set(), set(), int(time.time() * 1000)))
         yield from self._changelog(shard, items, users, None)
 
-    def _reset(self, shard: ShardModel) -> list:
+    def _reset(self, key: int, shard: ShardModel) -> list:
         """Once per shard and run of ``--from-version``: the version's item and user vectors
         replace the shard's (state too), and every item and user goes to the changelogs, so the
         exporter's table becomes the version's; the items it lacks are tombstoned."""
-        if self.reset_tables is None or self.reset_applied.value() == self.reset_to["token"]:
+        if self.reset_tables is None or key in self.reset_keys:
+            return []
+        if self.reset_applied.value() == self.reset_to["token"]:  # applied before a restore
+            self.reset_keys.add(key)
             return []
         items, users = self.reset_tables
         dropped = shard.reset_vectors(items.item_ids.tolist(), items.vectors, items.bias)
@@ -261,6 +266,7 @@ class ShardLearner(KeyedProcessFunction):
         restored = {u: shard.reset_user(u, raw, users.get(u)) for u, raw in self.users.items()}
         self.users.put_all(restored)
         self.reset_applied.update(self.reset_to["token"])
+        self.reset_keys.add(key)
         log.warning("shard: vectors of %s restored (%d items, %d of its %d users in it; %d items "
                     "it lacks dropped)", self.reset_to["version"], len(shard.items),
                     sum(u in users for u in restored), len(restored), len(dropped))
