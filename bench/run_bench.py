@@ -612,6 +612,8 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
     emitted = [r["emitted_ts"] for r in recs]
     first, last = (min(emitted), max(emitted)) if emitted else (None, None)
     registry_versions = len(list((tcfg.paths_resolved.registry_dir).glob("v*")))
+    say("checking the feature windows against the plain-Python reference")
+    features = feature_completeness(tcfg, events)
     out = {
         "events": res.delivered,
         "recommendations": len(recs),
@@ -631,6 +633,7 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "checkpoints": monitor.checkpoint_summary(),
         "vertices": monitor.busy_table(),
         "ingest": run.ingest.line() if run.ingest else None,
+        "features": features,
         "model_versions_in_registry": registry_versions,
         "series": {
             "recommendations_per_s": rate_series(emitted, 1.0, first),
@@ -640,6 +643,27 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         },
     }
     return out, tcfg
+
+
+def feature_completeness(tcfg, events: list[dict]) -> dict:
+    """The feature topics' rows against udfs.features.window_features on the replayed events (a
+    throughput figure only counts if the windows it paid for are complete): rows read, rows
+    expected, and rows equal to the reference in every count."""
+    from streamrec import kafka_io
+    from udfs.features import event_weight, window_features
+
+    weighted = [{**e, "weight": event_weight(e["event_type"], e.get("rating"), tcfg.ingest)} for e in events]
+    out = {}
+    for name, topic, key in (("user", tcfg.kafka.topics.features_user, "user_id"),
+                             ("item", tcfg.kafka.topics.features_item, "item_id")):
+        want = {(w[key], w["window_end"]): w for w in window_features(weighted, tcfg.ingest, key)}
+        got = [r.json() for r in kafka_io.read_topic(tcfg, topic)]
+        counts = [k for k in want[next(iter(want))] if k.endswith(("_events", "_views", "_clicks", "_carts",
+                                                                   "_purchases", "_ratings", "_items", "_users"))]
+        equal = sum(1 for g in got if (w := want.get((g[key], g["window_end"]))) is not None
+                    and all(g[c] == w[c] for c in counts))
+        out[name] = {"rows": len(got), "expected": len(want), "equal": equal}
+    return out
 
 
 def quality_phase(tcfg, say) -> dict:
@@ -960,6 +984,9 @@ def table(result: dict) -> str:
         ("CPU µs per event: Flink JVM / broker / exporter",
          " / ".join(_fmt((t.get("cpu_us_per_event") or {}).get(k), ".0f")
                     for k in ("flink_jvm", "broker", "exporter"))),
+        ("feature rows equal to the reference: user / item",
+         " / ".join(f"{_fmt(f.get('equal'))} of {_fmt(f.get('expected'))}"
+                    for f in ((t.get("features") or {}).get(k) or {} for k in ("user", "item")))),
         ("checkpoints completed / failed", f"{(cp.get('counts') or {}).get('completed', '-')} / "
                                            f"{(cp.get('counts') or {}).get('failed', '-')}"),
         ("checkpoint duration p50 / max", f"{_fmt((cp.get('duration_ms') or {}).get('p50'))} / "

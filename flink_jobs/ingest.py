@@ -89,6 +89,10 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     # bounds the dedup's state (sql/ingest.sql); the other stateful SQL operators of these jobs
     # are windows and interval joins, which clear their state by the watermark anyway
     conf.set("table.exec.state.ttl", f"{ing.dedup_horizon_ms} ms")
+    # complete feature windows: no idleness unless configured, never for a bounded run
+    # (streamrec.config.IngestConfig.source_idle_timeout_ms says why)
+    idle_ms = 0 if bounded else ing.source_idle_timeout_ms
+    conf.set("table.exec.source.idle-timeout", f"{idle_ms} ms")
     for name, fn in make_udfs(ing).items():
         t_env.create_temporary_function(name, fn)
     weights = ing.weights
