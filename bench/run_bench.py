@@ -454,9 +454,11 @@ class Monitor(threading.Thread):
             parts.append(f"source out {done:,}" + (f"/{self.expected:,}" if self.expected else ""))
         if scorer and self.vertex_records.get(scorer, {}).get("read") is not None:
             parts.append(f"scorer in {self.vertex_records[scorer]['read']:,}")
-        busy = [(e.get("busyTimeMsPerSecond") or 0, vid) for vid, e in (sample.get("vertices") or {}).items()]
+        # the REST API reports a vertex without a measurement yet as a string ("NaN")
+        busy = [(b if isinstance(b := e.get("busyTimeMsPerSecond"), (int, float)) else 0, vid)
+                for vid, e in (sample.get("vertices") or {}).items()]
         if busy:
-            b, vid = max(busy)
+            b, vid = max(busy, key=lambda bv: bv[0])
             parts.append(f"busiest {_short(self.vertex_names[vid], 40)} {b:.0f} ms/s")
         if self.checkpoint_counts:
             parts.append(f"checkpoints {self.checkpoint_counts.get('completed', 0)} ok"
