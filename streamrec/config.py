@@ -224,7 +224,7 @@ class IngestConfig(_Section):
     #: A partition with no record for this long stops holding the watermark back (0 = never).
     #: Off by default: under a backlog the source reader drains one partition's fetch at a time,
     #: so the others look idle, the watermark jumps past their queued events and the feature
-    #: windows drop them silently (measured: 30-70 % of the window rows lost on ML-100k;
+    #: windows drop them silently (measured: 60-75 % of the window rows lost on ML-100k;
     #: docs/ingestion.md, "Source idleness"). Set it only where a partition can stay empty for
     #: long (a source parallelism above the partition count on a cluster), knowing that price.
     #: Bounded runs never use it: a partition that has reached its end offset no longer counts.
