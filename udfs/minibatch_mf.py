@@ -217,42 +217,53 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     c_neg = np.zeros((b, m))
     u_at = np.empty((b, p.dim), np.float32)  # the user vector each event's gradient was taken at
     event_vectors = np.empty((b, p.dim), np.float32)
-    occurrence = _occurrence(user_slot)
-    for r in range(int(occurrence.max()) + 1 if b else 0):
-        ev = np.flatnonzero(occurrence == r)
+    # A heavy user makes a batch run ~100 rounds of a few events each, so numpy's per-call cost
+    # dominates: the positive and the negatives are one [B, 1 + M] candidate block (column 0 the
+    # positive), scored and differentiated with one einsum each per round, and what does not
+    # depend on the user vector (biases, logQ, masks) is computed once per batch.
+    cand_v = np.concatenate([v_pos[:, None, :], v_neg], axis=1)  # [B, 1 + M, D]
+    cand_b = np.concatenate([b_pos[:, None], b_neg], axis=1)  # [B, 1 + M]
+    if m and p.objective == "softmax":
+        shift = np.zeros((b, 1 + m))
+        if log_q is not None:
+            shift -= log_q
+        shift[:, 1:][~valid] = -np.inf
+        cand_b = cand_b + shift  # softmax logits: score - logQ, invalid negatives excluded
+    elif m and p.objective != "bpr":
+        raise ValueError(f"unknown objective {p.objective!r}")
+    any_lonely, all_learn = bool(lonely.any()), bool(learn.all())
+    for ev in _rounds(_occurrence(user_slot)):
         sl = user_slot[ev]
         u = users[sl]
         u_at[ev] = u
-        s_pos = np.einsum("bd,bd->b", u, v_pos[ev]) + b_pos[ev]
+        cv = cand_v[ev]
+        s = np.einsum("bd,bkd->bk", u, cv) + cand_b[ev]
+        we = w[ev]
+        if not m:
+            c = (we * _sigmoid(-s[:, 0]))[:, None]
+        elif p.objective == "softmax":
+            s_pos = s[:, 0] - shift[ev, 0]  # the positive's raw score, for a lonely event
+            s -= s.max(axis=1, keepdims=True)
+            c = np.exp(s)
+            c *= -(we / c.sum(axis=1))[:, None]
+            c[:, 0] += we
+        else:  # bpr
+            s_pos = s[:, 0]
+            ok = valid[ev]
+            g = we[:, None] * _sigmoid(s[:, 1:] - s_pos[:, None]) * ok / np.maximum(ok.sum(1), 1)[:, None]
+            c = np.concatenate([g.sum(1)[:, None], -g], axis=1)
+        if m and any_lonely:  # an event without any valid negative takes a pointwise logistic step
+            c[:, 0] = np.where(lonely[ev], we * _sigmoid(-s_pos), c[:, 0])
+        c_pos[ev] = c[:, 0]
         if m:
-            s_neg = np.einsum("bd,bmd->bm", u, v_neg[ev]) + b_neg[ev]
-            if p.objective == "bpr":
-                ok = valid[ev]
-                g = w[ev, None] * _sigmoid(s_neg - s_pos[:, None]) * ok / np.maximum(ok.sum(1), 1)[:, None]
-                cn, cp = -g, g.sum(1)
-            elif p.objective == "softmax":
-                logits = np.concatenate([s_pos[:, None], s_neg], axis=1)
-                if log_q is not None:
-                    logits = logits - log_q[ev]
-                logits[:, 1:][~valid[ev]] = -np.inf
-                logits -= logits.max(axis=1, keepdims=True)
-                prob = np.exp(logits)
-                prob /= prob.sum(axis=1, keepdims=True)
-                cp, cn = w[ev] * (1.0 - prob[:, 0]), -w[ev, None] * prob[:, 1:]
-            else:
-                raise ValueError(f"unknown objective {p.objective!r}")
-            # an event without any valid negative takes a pointwise logistic step
-            cp = np.where(lonely[ev], w[ev] * _sigmoid(-s_pos), cp)
-            grad = cp[:, None] * v_pos[ev] + np.einsum("bm,bmd->bd", cn.astype(np.float32), v_neg[ev])
-            c_neg[ev] = cn
-        else:
-            cp = w[ev] * _sigmoid(-s_pos)
-            grad = cp[:, None] * v_pos[ev]
-        c_pos[ev] = cp
-        grad = ((grad - p.regularization * u) * learn[ev, None]).astype(np.float32)
+            c_neg[ev] = c[:, 1:]
+        grad = np.einsum("bk,bkd->bd", c.astype(np.float32), cv) - np.float32(p.regularization) * u
+        if not all_learn:
+            grad *= learn[ev, None]
         if p.optimizer == "adagrad":
-            accum[sl] += grad * grad
-            users[sl] = u + p.learning_rate * grad / (np.sqrt(accum[sl]) + _ADAGRAD_EPS)
+            acc = accum[sl] + grad * grad
+            accum[sl] = acc
+            users[sl] = u + p.learning_rate * grad / (np.sqrt(acc) + _ADAGRAD_EPS)
         else:
             users[sl] = u + p.learning_rate * grad
         event_vectors[ev] = users[sl]
@@ -293,6 +304,16 @@ def _occurrence(slot: np.ndarray) -> np.ndarray:
     out = np.empty(len(s), np.int64)
     out[order] = np.arange(len(s)) - start
     return out
+
+
+def _rounds(occurrence: np.ndarray) -> list[np.ndarray]:
+    """The events of each round, in batch order: round ``r`` holds every user's ``r``-th event.
+
+    >>> [r.tolist() for r in _rounds(np.array([0, 0, 1, 2, 1]))]
+    [[0, 1], [2, 4], [3]]
+    """
+    order = np.argsort(occurrence, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(occurrence))[:-1]) if len(order) else []
 
 
 def _sample(table: ItemTable, b: int, p: LearnerParams, event_ids: Sequence[str]) -> np.ndarray:
