@@ -34,6 +34,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -274,6 +275,91 @@ def cpu_us_per_event(before: float | None, after: float | None, events: int) -> 
     return round((after - (before or 0.0)) * 1e6 / events, 1)
 
 
+#: JVM-internal threads by the start of their name, at most the 15 characters the kernel keeps
+#: (the rest are Flink's task threads, one per subtask and chain, named after the chain, and
+#: "other": start-up, REST, RPC, ...).
+_THREAD_GROUPS = (("C1 CompilerThre", "JIT compilers"), ("C2 CompilerThre", "JIT compilers"),
+                  ("GC Thread", "garbage collector"), ("G1 ", "garbage collector"),
+                  ("rocksdb:", "RocksDB background (flush, compaction)"),
+                  ("kafka-producer-", "Kafka producers' network threads"),
+                  ("Source Data Fet", "Kafka source fetcher"))
+_SUBTASK = re.compile(r" \(\d+/\d+\)(#\d+)?$")
+
+
+def thread_group(name: str) -> str:
+    """Where a JVM thread's CPU is reported: a task thread under its chain's name (one line per
+    operator chain, subtasks summed), JVM and client internals by kind.
+
+    >>> thread_group("C2 CompilerThread0"), thread_group("rocksdb:low")
+    ('JIT compilers', 'RocksDB background (flush, compaction)')
+    >>> thread_group("Deduplicate[12] -> Calc[13] (1/2)#0"), thread_group("Thread-3")
+    ('task: Deduplicate[12] -> Calc[13]', 'other')
+    """
+    for prefix, group in _THREAD_GROUPS:
+        if name.startswith(prefix):
+            return group
+    if _SUBTASK.search(name):
+        return "task: " + _SUBTASK.sub("", name)
+    return "other"
+
+
+def thread_cpu(pid: int | None) -> dict[int, tuple[str, float]]:
+    """``{tid: (comm, CPU seconds)}`` of every thread of ``pid`` (``comm``: the kernel's first 15
+    characters of the thread's name)."""
+    out: dict[int, tuple[str, float]] = {}
+    if not pid:
+        return out
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in tids:
+        stat = _read(f"/proc/{pid}/task/{tid}/stat")
+        if stat:
+            out[int(tid)] = (stat[stat.index("(") + 1:stat.rindex(")")], parse_cpu_ticks(stat) / tick)
+    return out
+
+
+def parse_jstack_names(text: str) -> dict[int, str]:
+    """``{tid: full thread name}`` from a ``jstack`` dump (``nid`` is the Linux thread id).
+
+    >>> parse_jstack_names('"C2 CompilerThread0" #14 daemon prio=9 os_prio=0 cpu=1.2ms tid=0x7f nid=0x4a2b waiting')
+    {18987: 'C2 CompilerThread0'}
+    """
+    return {int(m.group(2), 16): m.group(1)
+            for m in re.finditer(r'^"(.*)" .*?\bnid=(0x[0-9a-f]+)', text, re.M)}
+
+
+def java_thread_names(pid: int) -> dict[int, str]:
+    """The JVM's full thread names (Flink names a task thread after its whole operator chain;
+    the kernel keeps 15 characters), from ``jstack`` next to the JVM's own ``java``."""
+    java = Path(os.path.realpath(f"/proc/{pid}/exe"))
+    jstack = java.with_name("jstack") if java.with_name("jstack").exists() else shutil.which("jstack")
+    if not jstack:
+        return {}
+    try:
+        dump = subprocess.run([str(jstack), str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return parse_jstack_names(dump)
+
+
+def thread_cpu_table(threads: dict[int, tuple[str, float]], names: dict[int, str], events: int) -> list[dict]:
+    """CPU µs per event by :func:`thread_group` (the JVM's threads as last sampled), largest first.
+
+    >>> thread_cpu_table({1: ("C2 CompilerThre", 2.0), 2: ("Dedup (1/1)#0", 1.0), 3: ("C1 CompilerThre", 1.0)},
+    ...                  {2: "Dedup -> Calc (1/1)#0"}, 1_000_000)[0]
+    {'threads': 'JIT compilers', 'cpu_us_per_event': 3.0, 'cpu_s': 3.0, 'count': 2}
+    """
+    groups: dict[str, list[float]] = {}
+    for tid, (comm, seconds) in threads.items():
+        groups.setdefault(thread_group(names.get(tid, comm)), []).append(seconds)
+    rows = [{"threads": g, "cpu_us_per_event": round(sum(v) * 1e6 / events, 1) if events else None,
+             "cpu_s": round(sum(v), 2), "count": len(v)} for g, v in groups.items()]
+    return sorted(rows, key=lambda r: -r["cpu_s"])
+
+
 def listening_ports(pid: int) -> list[int]:
     inodes = set()
     try:
@@ -367,6 +453,11 @@ class Monitor(threading.Thread):
         self.vertex_records: dict[str, dict] = {}
         self.peak = {"jvm_rss": 0, "exporter_rss": 0}
         self._last_progress = 0.0
+        # the JVM's threads as last seen (a task thread's CPU stays counted after it exits) and
+        # their full names (jstack, re-read at most every 20 s while unnamed threads work)
+        self.threads: dict[int, tuple[str, float]] = {}
+        self.thread_names: dict[int, str] = {}
+        self._names_read_at = 0.0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -398,6 +489,7 @@ class Monitor(threading.Thread):
             self.jvm = flink_jvm_pid()
         jvm_rss, _ = memory(self.jvm)
         exp_rss, _ = memory(self.exporter_pid)
+        self._sample_threads(now)
         sample: dict = {"t": round(now - self.started_at, 2), "jvm_rss": jvm_rss, "exporter_rss": exp_rss}
         self.peak["jvm_rss"] = max(self.peak["jvm_rss"], jvm_rss or 0)
         self.peak["exporter_rss"] = max(self.peak["exporter_rss"], exp_rss or 0)
@@ -436,6 +528,15 @@ class Monitor(threading.Thread):
         if now - self._last_progress >= self.progress_s:
             self._last_progress = now
             self.say(self.progress_line(sample))
+
+    def _sample_threads(self, now: float) -> None:
+        current = thread_cpu(self.jvm)
+        self.threads.update(current)
+        unnamed = any(tid not in self.thread_names and cpu > 0.5 and thread_group(comm) == "other"
+                      for tid, (comm, cpu) in current.items())
+        if unnamed and now - self._names_read_at >= 20.0:
+            self._names_read_at = now
+            self.thread_names.update(java_thread_names(self.jvm))
 
     def vertex_id(self, contains: str) -> str | None:
         for vid, name in self.vertex_names.items():
@@ -608,6 +709,8 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
     cpu = {"flink_jvm": cpu_us_per_event(0.0, cpu_seconds(monitor.jvm), n),
            "broker": cpu_us_per_event(broker_cpu0, broker_cpu1, n),
            "exporter": cpu_us_per_event(exporter_cpu0, exporter_cpu1, n)}
+    # the JVM's CPU by thread: each operator chain's task thread, the JIT compilers, GC, RocksDB
+    threads = thread_cpu_table(monitor.threads, monitor.thread_names, n)
     say(f"pipeline finished in {wall:.0f} s; reading the recommendations")
 
     recs = [r.json() for r in kafka_io.read_topic(tcfg, tcfg.kafka.topics.recommendations)]
@@ -628,6 +731,7 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "replay_events_per_s": res.rate,
         "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
         "cpu_us_per_event": cpu,
+        "cpu_us_per_event_flink_jvm_threads": threads,
         "memory": {"jvm_peak_rss": jvm_hwm, "exporter_peak_rss": exporter_hwm,
                    "broker_rss": broker_rss, "broker_peak_rss": broker_hwm,
                    "jvm_peak_rss_sampled": monitor.peak["jvm_rss"] or None,
@@ -1023,6 +1127,11 @@ def table(result: dict) -> str:
         rows.append(("coverage (first interactions with a prior list)", _fmt(q.get("coverage"), ".3f")))
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    threads = (t.get("cpu_us_per_event_flink_jvm_threads") or [])[:8]
+    if threads:
+        lines.append("Flink JVM CPU µs per event by thread (task threads: one per operator chain):")
+        for th in threads:
+            lines.append(f"  {_fmt(th['cpu_us_per_event'], '6.0f')}  {_short(th['threads'], 90)}")
     busy = (t.get("vertices") or [])[:5]
     if busy:
         lines.append("busiest operators (throughput phase, mean busy / back-pressured ms per s):")

@@ -108,3 +108,23 @@ def test_zipf_weights_normalised_and_decreasing():
     w = zipf_weights(1000, 1.1)
     assert math.isclose(w.sum(), 1.0)
     assert all(w[i] > w[i + 1] for i in range(999))
+
+
+def test_thread_cpu_reads_this_process_threads_and_groups_them():
+    import os
+    import time
+
+    from bench.run_bench import thread_cpu, thread_cpu_table
+
+    before = thread_cpu(os.getpid())
+    assert os.getpid() in before  # the main thread's id is the process id
+    t = time.process_time()
+    while time.process_time() - t < 0.05:
+        pass
+    after = thread_cpu(os.getpid())
+    assert after[os.getpid()][1] >= before[os.getpid()][1]
+    rows = thread_cpu_table({**after, 10**9: ("rocksdb:low", 2.0)}, {}, 1_000)
+    assert rows[0] == {"threads": "RocksDB background (flush, compaction)", "cpu_us_per_event": 2000.0,
+                       "cpu_s": 2.0, "count": 1}
+    assert {r["threads"] for r in rows} >= {"other"}
+    assert thread_cpu(None) == {}
