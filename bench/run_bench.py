@@ -717,6 +717,11 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
     emitted = [r["emitted_ts"] for r in recs]
     first, last = (min(emitted), max(emitted)) if emitted else (None, None)
     registry_versions = len(list((tcfg.paths_resolved.registry_dir).glob("v*")))
+    # the learner's changelogs (what the broker stores and the exporter reads): they should follow
+    # the changed items per changelog interval, not the events
+    changelog = {name: sum(1 for _ in kafka_io.read_topic(tcfg, topic))
+                 for name, topic in (("model_items", tcfg.kafka.topics.model_items),
+                                     ("model_users", tcfg.kafka.topics.model_users))}
     say("checking the feature windows against the plain-Python reference")
     features = feature_completeness(tcfg, events)
     out = {
@@ -741,6 +746,8 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "ingest": run.ingest.line() if run.ingest else None,
         "features": features,
         "model_versions_in_registry": registry_versions,
+        "changelog_records": changelog,
+        "changelog_records_per_event": round(sum(changelog.values()) / n, 3) if n else None,
         "series": {
             "recommendations_per_s": rate_series(emitted, 1.0, first),
             "jvm_rss_mib": [[s["t"], round(s["jvm_rss"] / 2**20, 1)] for s in monitor.samples if s.get("jvm_rss")],
@@ -1093,6 +1100,10 @@ def table(result: dict) -> str:
         ("feature rows equal to the reference: user / item",
          " / ".join(f"{_fmt(f.get('equal'))} of {_fmt(f.get('expected'))}"
                     for f in ((t.get("features") or {}).get(k) or {} for k in ("user", "item")))),
+        ("changelog records: model.items / model.users (per event)",
+         f"{_fmt((t.get('changelog_records') or {}).get('model_items'))} / "
+         f"{_fmt((t.get('changelog_records') or {}).get('model_users'))} "
+         f"({_fmt(t.get('changelog_records_per_event'), '.2f')})"),
         ("checkpoints completed / failed", f"{(cp.get('counts') or {}).get('completed', '-')} / "
                                            f"{(cp.get('counts') or {}).get('failed', '-')}"),
         ("checkpoint duration p50 / max", f"{_fmt((cp.get('duration_ms') or {}).get('p50'))} / "
