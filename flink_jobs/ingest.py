@@ -9,12 +9,14 @@ prints one summary line. See docs/ingestion.md for the design.
 Graph (one Kafka source, shared by every output):
 
     raw_in (Kafka, raw BYTES, per-partition watermark)  -- sql/ingest.sql
-      -> flat records validated in SQL, the rest by validate_event() (Python UDF), weight,
-         late flag (view `validated`)
+      -> every record validated by validate_event() (Python UDF), weight, late flag
+         (view `validated`)
            |- reason IS NOT NULL -> `rejected` -> events.dlq                 -- sql/ingest_sinks.sql
            '- reason IS NULL -> `deduped` (first occurrence per event_id, state TTL = horizon)
                 -> `deduped_all` (rowtime event_time, SOURCE_WATERMARK)
-                     -> events.clean, features.user, features.item        -- sql/ingest_sinks.sql
+                     -> events.clean; one (user, item, slice) row per pair  -- sql/ingest_sinks.sql
+                          -> `pair_slices_timed` (+ the pair's previous slice)
+                               -> features.user, features.item              -- sql/ingest_features.sql
 """
 
 from __future__ import annotations
@@ -147,6 +149,25 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         user_sink_options=_upsert(kafka_sink_options(cfg, t.features_user, rt.transaction_prefix)),
         item_sink_options=_upsert(kafka_sink_options(cfg, t.features_item, rt.transaction_prefix)),
         dlq_max_bytes=ing.dlq_payload_max_bytes,
+        slide=sql_interval(ing.window_slide_ms),
+    ):
+        if stmt.lstrip().upper().startswith("INSERT"):
+            statements.add_insert_sql(stmt)
+        else:
+            t_env.execute_sql(stmt)
+    # The pair slices get their event time back (window_time = slice end - 1 ms), with the
+    # source's watermarks, and a processing-time attribute for their order per pair (JVM only).
+    pair_slices = t_env.sql_query(
+        "SELECT user_id, item_id, slice_end_ms, n_events, n_views, n_clicks, n_carts, n_purchases, "
+        "n_ratings, w_sum, last_ts FROM pair_slices")
+    t_env.create_temporary_view("pair_slices_timed", t_env.from_data_stream(
+        t_env.to_data_stream(pair_slices),
+        Schema.new_builder().from_row_data_type(pair_slices.get_schema().to_row_data_type())
+        .column_by_expression("slice_time", "TO_TIMESTAMP_LTZ(slice_end_ms - 1, 3)")
+        .column_by_expression("proc_time", "PROCTIME()")
+        .watermark("slice_time", "SOURCE_WATERMARK()").build()))
+    for stmt in render_sql(
+        "ingest_features",
         slide=sql_interval(ing.window_slide_ms),
         long_window=sql_interval(ing.long_window_ms),
         long_window_ms=ing.long_window_ms,

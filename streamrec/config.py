@@ -236,9 +236,9 @@ class IngestConfig(_Section):
     #: The short window is the last part of each long window (6 h of 24 h by default).
     short_window_ms: int = Field(21_600_000, ge=1_000)
     long_window_ms: int = Field(86_400_000, ge=1_000)
-    #: Every event lands in long_window_ms / window_slide_ms windows (the hop table function
-    #: materialises each): 4 with the defaults. A 1 h slide (24 copies) made the feature
-    #: aggregates the pipeline's bottleneck at ~950 events/s (docs/ingestion.md).
+    #: Windows are built from slices of one slide: each event is aggregated once per (user,
+    #: item, slice), and each pair slice lands in long_window_ms / window_slide_ms windows of the
+    #: second level (4 with the defaults; a finer slide costs proportionally more there).
     window_slide_ms: int = Field(21_600_000, ge=1_000)
     bot_events_per_minute: float = Field(120.0, gt=0)
     exclude_bots_from_learning: bool = True
