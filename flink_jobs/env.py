@@ -207,6 +207,16 @@ def _with(opts: dict[str, str]) -> str:
     return ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in opts.items())
 
 
+def apply_sql(t_env, statements, name: str, **params: object) -> None:
+    """Run ``sql/<name>.sql`` (:func:`render_sql`): its INSERTs join ``statements`` (executed with
+    the job), every other statement (tables, views) runs now."""
+    for stmt in render_sql(name, **params):
+        if stmt.lstrip().upper().startswith("INSERT"):
+            statements.add_insert_sql(stmt)
+        else:
+            t_env.execute_sql(stmt)
+
+
 def render_sql(name: str, **params: object) -> list[str]:
     """Load ``sql/<name>.sql``, fill ``${param}`` placeholders, split into statements.
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from pyflink.table import Schema, StatementSet, Table
 
-from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, kafka_source_options, render_sql
+from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
+                            render_sql)
 from streamrec.config import Config, load_config
 from streamrec.kafka_io import ensure_topics, read_topic
 from udfs.validation import make_udfs
@@ -143,18 +144,14 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         .watermark("event_time", "SOURCE_WATERMARK()")
         .build()))
 
-    for stmt in render_sql(
-        "ingest_sinks",
+    apply_sql(
+        t_env, statements, "ingest_sinks",
         clean_sink_options=kafka_sink_options(cfg, t.clean, rt.transaction_prefix),
         user_sink_options=_upsert(kafka_sink_options(cfg, t.features_user, rt.transaction_prefix)),
         item_sink_options=_upsert(kafka_sink_options(cfg, t.features_item, rt.transaction_prefix)),
         dlq_max_bytes=ing.dlq_payload_max_bytes,
         slide=sql_interval(ing.window_slide_ms),
-    ):
-        if stmt.lstrip().upper().startswith("INSERT"):
-            statements.add_insert_sql(stmt)
-        else:
-            t_env.execute_sql(stmt)
+    )
     # The pair slices get their event time back (window_time = slice end - 1 ms), with the
     # source's watermarks, and a processing-time attribute for their order per pair (JVM only).
     pair_slices = t_env.sql_query(
@@ -166,8 +163,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         .column_by_expression("slice_time", "TO_TIMESTAMP_LTZ(slice_end_ms - 1, 3)")
         .column_by_expression("proc_time", "PROCTIME()")
         .watermark("slice_time", "SOURCE_WATERMARK()").build()))
-    for stmt in render_sql(
-        "ingest_features",
+    apply_sql(
+        t_env, statements, "ingest_features",
         slide=sql_interval(ing.window_slide_ms),
         long_window=sql_interval(ing.long_window_ms),
         long_window_ms=ing.long_window_ms,
@@ -175,11 +172,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         short_minutes=_double(ing.short_window_ms / 60_000),
         long_over_short=_double(ing.long_window_ms / ing.short_window_ms),
         bot_epm=_double(ing.bot_events_per_minute),
-    ):
-        if stmt.lstrip().upper().startswith("INSERT"):
-            statements.add_insert_sql(stmt)
-        else:
-            t_env.execute_sql(stmt)
+    )
     cols = ", ".join(CLEAN_COLUMNS)
     return t_env.sql_query(f"SELECT {cols}, event_time, proc_time FROM deduped_all")
 

@@ -28,7 +28,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedStream
 
 from flink_jobs import lineage
-from flink_jobs.env import FlinkRuntime, build_runtime, kafka_sink_options, render_sql
+from flink_jobs.env import FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, render_sql
 from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.config import Config, describe, load_config
 from streamrec.kafka_io import delete_topics, ensure_topics
@@ -145,16 +145,12 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
                        output_type=BATCH_OUTPUT)
               .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)"))
     t_env.create_temporary_view("shard_output", t_env.from_data_stream(output))
-    for stmt in render_sql(
-        "pipeline_sinks",
+    apply_sql(
+        t_env, statements, "pipeline_sinks",
         model_items_options=kafka_sink_options(cfg, topics.model_items, rt.transaction_prefix),
         model_users_options=kafka_sink_options(cfg, topics.model_users, rt.transaction_prefix),
         recommendations_options=kafka_sink_options(cfg, topics.recommendations, rt.transaction_prefix),
-    ):
-        if stmt.lstrip().upper().startswith("INSERT"):
-            statements.add_insert_sql(stmt)
-        else:
-            t_env.execute_sql(stmt)
+    )
     return statements
 
 
