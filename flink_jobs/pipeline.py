@@ -3,9 +3,10 @@
     events.raw ─► [SQL] validate ─► events.dlq
                        │ clean, dedup (keyed, event-time horizon) ─► events.clean, features.user/item
                        ▼
-                 keyBy(shard of the user) ShardLearner: buffer a micro-batch in keyed state, then
-                       │      learn it (online MF, keyed MapState) and score it (onnxruntime over
-                       │      the live item table), once per batch
+                 [SQL] a window of scoring.batch_interval_ms per shard (of the user) ─► one row
+                       ▼
+                 keyBy(shard) ShardLearner: learn the batch (online MF, keyed MapState) and
+                       │      score it (onnxruntime over the live item table), once per batch
                        ▼
                  [SQL] unnest ─► recommendations, model.items, model.users
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 
 from pyflink.common import Types
 from pyflink.datastream import KeyedStream
+from pyflink.table import Schema
 
 from flink_jobs import lineage
 from flink_jobs.env import FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, render_sql
-from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
+from flink_jobs.ingest import IngestSummary, add_ingestion, sql_interval, summarize
 from streamrec.config import Config, describe, load_config
 from streamrec.kafka_io import delete_topics, ensure_topics
 from udfs.flink_operators import BATCH_OUTPUT, ShardLearner
@@ -101,8 +103,12 @@ def _murmur(code: int) -> int:
     return -signed if signed != -(1 << 31) else 0
 
 
-#: An event as the shard learner receives it: one JSON line (sql/learner.sql, learner_events_keyed).
-LEARNER_EVENT = Types.STRING()
+#: A micro-batch as the shard learner receives it: the events' JSON arrays joined by commas
+#: (sql/learner_batches.sql).
+LEARNER_BATCH = Types.STRING()
+#: The time attribute a shard's micro-batch window runs on, by run mode (sql/learner_batches.sql:
+#: a processing-time window is dropped when a bounded input ends).
+BATCH_TIME = {False: "proc_time", True: "arrival"}
 
 
 def key_by_first_field(t_env, table, key_type, value_type) -> KeyedStream:
@@ -133,15 +139,28 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
     for ddl in render_sql("learner", shards=shards,
                           shard_key_cases=" ".join(f"WHEN {n} THEN {k}" for n, k in enumerate(keys))):
         t_env.execute_sql(ddl)
+    # The batch-time attributes, through a DataStream (JVM only): the same graph for both modes,
+    # so a bounded and an unbounded run of one lineage restore each other's state.
+    events = t_env.from_path("learner_events")
+    t_env.create_temporary_view("learner_events_timed", t_env.from_data_stream(
+        t_env.to_data_stream(events),
+        Schema.new_builder().from_row_data_type(events.get_schema().to_row_data_type())
+        .column_by_expression("proc_time", "PROCTIME()")
+        .column_by_expression("arrival", "CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP_LTZ(3))")
+        .watermark("arrival", "arrival")
+        .build()))
+    for ddl in render_sql("learner_batches", batch_time=BATCH_TIME[bounded],
+                          batch_interval=sql_interval(sc.batch_interval_ms)):
+        t_env.execute_sql(ddl)
     settings = dict(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
                     seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
                     warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
                     bot_events_per_minute=cfg.ingest.bot_events_per_minute,
                     exclude_bots=cfg.ingest.exclude_bots_from_learning, item_ttl_ms=lc.state_ttl_ms)
-    output = (key_by_first_field(t_env, t_env.from_path("learner_events_keyed"), Types.INT(), LEARNER_EVENT)
+    output = (key_by_first_field(t_env, t_env.from_path("learner_batches"), Types.INT(), LEARNER_BATCH)
               .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
                                     sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
-                                    sc.provider, sc.ort_threads, sc.batch_interval_ms, reset_to),
+                                    sc.provider, sc.ort_threads, reset_to),
                        output_type=BATCH_OUTPUT)
               .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)"))
     t_env.create_temporary_view("shard_output", t_env.from_data_stream(output))

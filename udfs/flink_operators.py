@@ -1,19 +1,18 @@
 """The thin Flink wrapper around the plain-Python shard (:class:`udfs.shard_model.ShardModel`).
 
-:class:`ShardLearner` is keyed by shard; it appends each event to the batch in keyed ListState and
-works once per micro-batch: it reads the batch's users from keyed MapState, lets the shard learn and score the batch, writes every changed
-user and item back to MapState within the same call (PyFlink has no snapshot hook, so nothing
-lives only in Python memory across a checkpoint), and emits one row of JSON lines: the batch's
-recommendations and, at most every ``changelog_interval_ms``, the changed items and users for
-the ``model.items`` / ``model.users`` changelogs (and a tombstone for each item the state's TTL
-expired) (one output row per record: yielding rows costs
-a few µs each, while unnesting one big string in SQL measured ~190 µs per event).
+:class:`ShardLearner` is keyed by shard and called once per micro-batch (a window of a shard's
+cleaned events, aggregated in the JVM: sql/learner_batches.sql). Per call it reads the batch's
+users from keyed MapState, lets the shard learn and score the batch, writes every changed user and
+item back to MapState within the same call (PyFlink has no snapshot hook, so nothing lives only in
+Python memory across a checkpoint), and emits one row per record: the batch's recommendations and,
+at most every ``changelog_interval_ms``, the changed items and users for the ``model.items`` /
+``model.users`` changelogs (and a tombstone for each item the state's TTL expired). Yielding rows
+costs a few µs each, while unnesting one big string in SQL measured ~190 µs per event.
 
 The item table is also cached in Python (the shard scores it every batch); it is rebuilt from
 MapState when the operator opens, so a restore loses nothing. State: ``users`` (user id -> user
 record), ``items`` (item id -> item record), both with the learner's TTL, ``changelog``
-(items and users changed since the last changelog flush), ``batch-lines`` (the open batch) and
-``reset-token`` (the last ``--from-version`` reset this shard applied: docs/registry.md).
+(items and users changed since the last changelog flush) and ``reset-token`` (the last ``--from-version`` reset this shard applied: docs/registry.md).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import numpy as np
 from pyflink.common import Row, Types
 from pyflink.common.time import Duration, Time
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from udfs import online_mf
 from udfs.shard_model import Event, ShardModel, ShardSettings, decode_user
@@ -60,14 +59,13 @@ def _ttl(ms: int) -> StateTtlConfig:
 
 
 class ShardLearner(KeyedProcessFunction):
-    """Input: one JSON line per cleaned event, ``[event_id, user_id, item_id, weight, ts,
-    src_partition, src_offset]`` (:class:`udfs.shard_model.Event`; sql/learner.sql builds it); a batch is flushed at ``max_batch_events``, ``batch_interval_ms`` after
-    its first event (processing time), or at the end of a bounded input (the final watermark)."""
+    """Input: one micro-batch of a shard per record (sql/learner_batches.sql), the events' JSON
+    arrays ``[event_id, user_id, item_id, weight, ts, src_partition, src_offset]``
+    (:class:`udfs.shard_model.Event`) joined by commas, in arrival order."""
 
     def __init__(self, learner: dict, settings: dict, state_ttl_ms: int, changelog_interval_ms: int,
                  serve: str, registry_dir: str, swap_check_interval_s: float, provider: str,
-                 ort_threads: int, batch_interval_ms: int, reset_to: dict | None = None):
-        self.batch_interval_ms = batch_interval_ms
+                 ort_threads: int, reset_to: dict | None = None):
         #: ``{"version", "token"}``: put that registry version's vectors back once per shard
         #: (``streamrec run --from-version``); the token, kept in state, makes it once per run
         self.reset_to = reset_to
@@ -85,23 +83,13 @@ class ShardLearner(KeyedProcessFunction):
         from model.scoring import LiveScorer, choose_providers
 
         self.params = online_mf.LearnerParams.of(None, **self.learner)
-        self.max_batch = int(self.settings.get("max_batch_events", 256))
         self.providers = choose_providers(self.provider)
         self.scorer = LiveScorer(self.params.dim, self.providers, self.ort_threads)
         log.warning("shard learner: onnxruntime providers %s, serving %s", self.providers, self.serve)
         self.users = ctx.get_map_state(_map_state("users", self.state_ttl_ms))
         self.items = ctx.get_map_state(_map_state("items", self.state_ttl_ms))
         self.changelog = ctx.get_state(ValueStateDescriptor("changelog", Types.PICKLED_BYTE_ARRAY()))
-        # the micro-batch being collected: in keyed state, so a checkpoint never loses it
-        # (each event is one JSON line: a STRING crosses into Python and into state far more
-        # cheaply than a row of eight typed fields)
-        self.pending = ctx.get_list_state(ListStateDescriptor("batch-lines", Types.STRING()))
-        # per shard key: [events in the open batch, its processing-time deadline]. Derived, not
-        # owned: after a restore the count is re-read from the list once, so no per-event state
-        # access is spent on it; the deadline tells a batch's own timer from an older batch's
-        # (whose timer would otherwise cut the next batch short)
-        self.open_batches: dict[int, list[int]] = {}
-        self.counted_keys: set[int] = set()
+        self.timed_keys: set[int] = set()  # keys whose end-of-input timer is registered since open()
         self.shards: dict[int, ShardModel] = {}  # per shard key (a subtask may own several)
         self.reset_applied = ctx.get_state(ValueStateDescriptor("reset-token", Types.STRING()))
         self.reset_tables = None
@@ -163,36 +151,19 @@ class ShardLearner(KeyedProcessFunction):
                 log.warning("shard %s: now serving model %s", key, version)
         return shard
 
-    def process_element(self, line, ctx):
+    def process_element(self, events_line, ctx):
         key = ctx.get_current_key()
-        self.pending.add(line)
-        batch = self.open_batches.get(key)
-        if batch is None:
-            if key in self.counted_keys:
-                count = 1
-            else:  # first event of this key since open(): a restored list may hold earlier ones
-                count = sum(1 for _ in self.pending.get())
-                self.counted_keys.add(key)
-                # processing-time timers do not fire after a bounded input ends; the final watermark does
-                ctx.timer_service().register_event_time_timer(_END_OF_INPUT)
-            timers = ctx.timer_service()
-            deadline = timers.current_processing_time() + self.batch_interval_ms
-            timers.register_processing_time_timer(deadline)
-            batch = self.open_batches[key] = [count, deadline]
-        else:
-            batch[0] += 1
-        if batch[0] >= self.max_batch:
-            yield from self._flush(ctx)
-
-    def _flush(self, ctx):
-        self.open_batches.pop(ctx.get_current_key(), None)
-        events = [Event(*e) for e in json.loads("[" + ",".join(self.pending.get()) + "]")]
-        self.pending.clear()
+        if key not in self.timed_keys:
+            # processing-time timers do not fire after a bounded input ends; the final watermark
+            # does: it flushes the changelog's last records (once per key and open())
+            ctx.timer_service().register_event_time_timer(_END_OF_INPUT)
+            self.timed_keys.add(key)
+        events = [Event(*e) for e in json.loads("[" + events_line + "]")]
         if not events:
             return
-        shard = self._shard(ctx.get_current_key())
+        shard = self._shard(key)
         # before learning: a --from-version reset, and an expired item starts afresh
-        expired = self._reset(ctx.get_current_key(), shard) + self._expire(shard)
+        expired = self._reset(key, shard) + self._expire(shard)
         t0 = time.thread_time_ns()
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
         t1 = time.thread_time_ns()
@@ -208,7 +179,6 @@ class ShardLearner(KeyedProcessFunction):
         items, users, last_flush = self.changelog.value() or (set(), set(), 0)
         items |= out.changed_items
         users |= out.changed_users
-        timers = ctx.timer_service()
         self.learned.inc(out.learned)
         self.bot_skipped.inc(out.bot_events)
         self.unservable.inc(out.unservable)
@@ -221,7 +191,7 @@ class ShardLearner(KeyedProcessFunction):
             rows += self._changelog(shard, items, users, max(e.ts for e in events))
         else:
             self.changelog.update((items, users, last_flush))
-            timers.register_processing_time_timer(last_flush + self.changelog_interval_ms)
+            ctx.timer_service().register_processing_time_timer(last_flush + self.changelog_interval_ms)
         self._spent("emit", time.thread_time_ns() - t4)
         yield from rows
 
@@ -236,11 +206,6 @@ class ShardLearner(KeyedProcessFunction):
                 f"{k} {v / 1e6:.1f} s ({100 * v / total:.0f} %)" for k, v in self.phase_totals.items()))
 
     def on_timer(self, timestamp, ctx):
-        batch = self.open_batches.get(ctx.get_current_key())
-        # the open batch's own deadline, the end of input, or a timer restored from a checkpoint
-        # (no open batch in memory yet: the list may hold the restored batch)
-        if batch is None or timestamp >= batch[1] or timestamp == _END_OF_INPUT:
-            yield from self._flush(ctx)
         items, users, last_flush = self.changelog.value() or (set(), set(), 0)
         if not changelog_due(timestamp, last_flush, self.changelog_interval_ms, bool(items or users),
                              end_of_input=timestamp == _END_OF_INPUT):
@@ -310,12 +275,12 @@ class ShardLearner(KeyedProcessFunction):
 
 def changelog_due(timer_ms: int, last_flush_ms: int, interval_ms: int, pending: bool,
                   end_of_input: bool = False) -> bool:
-    """Whether a timer firing at ``timer_ms`` flushes the changelog: only its own timer (due an
-    interval after the last flush) or the end of input does, never a batch's deadline timer (one
-    per batch: flushing on those made ~2.5 changelog records per event on ML-100k, the items
-    touched by every batch, instead of one per changed id per interval).
+    """Whether a timer firing at ``timer_ms`` flushes the changelog: its own timer (due an interval
+    after the last flush) or the end of input does; an earlier timer (one restored from before a
+    flush) does not. (Flushing on every batch made ~2.5 changelog records per event on ML-100k,
+    the items touched by every batch, instead of one per changed id per interval.)
 
-    >>> changelog_due(10_100, 10_000, 5_000, pending=True)  # a batch deadline 100 ms later
+    >>> changelog_due(10_100, 10_000, 5_000, pending=True)  # registered before the last flush
     False
     >>> changelog_due(15_000, 10_000, 5_000, pending=True), changelog_due(15_000, 10_000, 5_000, pending=False)
     (True, False)
