@@ -1191,6 +1191,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             "state_backend": cfg.flink.state_backend, "checkpoint_interval_ms": cfg.flink.checkpoint_interval_ms,
             "exactly_once": True, "python_bundle_size": cfg.flink.python_bundle_size,
             "python_bundle_time_ms": cfg.flink.python_bundle_time_ms,
+            "buffer_timeout_ms": cfg.flink.buffer_timeout_ms,
             "batch_interval_ms": cfg.scoring.batch_interval_ms, "serve": cfg.scoring.serve,
             "changelog_interval_ms": cfg.learner.changelog_interval_ms, "dim": cfg.learner.dim,
             "negatives": cfg.learner.negatives, "window_slide_ms": cfg.ingest.window_slide_ms,

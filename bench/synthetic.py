@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -84,8 +85,7 @@ def quality(cfg, events: list[dict], batch: int = 256, say=print) -> dict:
             heavy += len(had) >= cfg.learner.recent_items
         had.add(e["item_id"])
     return {"events": len(events), "items": len({e["item_id"] for e in events}),
-            "users": len(history), "max_user_events": max(np.bincount(
-                [int(e["user_id"][2:]) for e in events])).item(),
+            "users": len(history), "max_user_events": max(Counter(e["user_id"] for e in events).values()),
             "years": round((events[-1]["ts"] - events[0]["ts"]) / (365 * DAY_MS), 2),
             "evaluated_from_users_past_recent_items": heavy / evaluated if evaluated else None,
             "batch": batch, "core_cpu_us_per_event": round(core_cpu, 1),

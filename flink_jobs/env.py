@@ -93,6 +93,7 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         # in bundles while checkpoints are declined. Small bundles keep latency and flow control.
         "python.fn-execution.bundle.size": str(cfg.flink.python_bundle_size),
         "python.fn-execution.bundle.time": f"{cfg.flink.python_bundle_time_ms}",
+        "execution.buffer-timeout.interval": f"{cfg.flink.buffer_timeout_ms} ms",
         "taskmanager.memory.process.size": "1600m",
         "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
     }

@@ -70,7 +70,7 @@ class Event(NamedTuple):
 @dataclass(frozen=True)
 class ShardSettings:
     top_k: int = 10
-    cold_start_min_events: int = 3
+    cold_start_min_events: int = 1
     seen_filter_bits: int = 32_768
     seen_filter_hashes: int = 4
     #: Below this many known items a batch is learned and scored one event at a time.

@@ -109,7 +109,9 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
                                                     "gate_margin": 1.0, "gate_min_events": 50,
                                                     "gate_max_wait_s": 5.0}),
         "learner": cfg.learner.model_copy(update={"changelog_interval_ms": 200}),
-        "scoring": cfg.scoring.model_copy(update={"swap_check_interval_s": 0.5, "serve": serve}),
+        # a cold start of 3 events (the default is 1): the popularity fallback is exercised
+        "scoring": cfg.scoring.model_copy(update={"swap_check_interval_s": 0.5, "serve": serve,
+                                                  "cold_start_min_events": 3}),
         "flink": cfg.flink.model_copy(update={"restart_attempts": 0}),
     })
     registry_dir = cfg.paths_resolved.registry_dir
@@ -195,12 +197,15 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
     by_offset = sorted(recs, key=lambda r: r["emitted_ts"])
     assert by_offset[-1]["strategy"] in ("model", "popularity")
 
-    # cold start: a user's first events get the popularity list, and say so
+    # cold start: a user's events before the model learned 3 of them get the popularity list,
+    # and say so; from the 3rd on the model's
     first_rec = {}
     for rec in sorted(recs, key=lambda r: r["source_offset"]):
         first_rec.setdefault(rec["user_id"], rec)
     cold = list(first_rec.values())
     assert cold and all(r["strategy"] == "popularity" and r["cold_start"] for r in cold)
+    if serve == "live":  # (a registry-served job has no model before the first version)
+        assert all(r["strategy"] == ("model" if r["user_events"] >= 3 else "popularity") for r in recs)
 
     # the learned model found the planted structure: prequential recall@10 of the pipeline's own
     # lists beats popularity on the same events (in memory: MF 0.30 sequential / 0.21 stale, popularity 0.13)
