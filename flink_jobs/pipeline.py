@@ -139,8 +139,8 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
     for ddl in render_sql("learner", shards=shards,
                           shard_key_cases=" ".join(f"WHEN {n} THEN {k}" for n, k in enumerate(keys))):
         t_env.execute_sql(ddl)
-    # The batch-time attributes, through a DataStream (JVM only): the same graph for both modes,
-    # so a bounded and an unbounded run of one lineage restore each other's state.
+    # The batch-time attributes, through a DataStream (JVM only); both modes build the same graph
+    # shape, only the window's time attribute differs (restoring across modes is not tested).
     events = t_env.from_path("learner_events")
     t_env.create_temporary_view("learner_events_timed", t_env.from_data_stream(
         t_env.to_data_stream(events),

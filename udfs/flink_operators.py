@@ -12,7 +12,8 @@ costs a few µs each, while unnesting one big string in SQL measured ~190 µs pe
 The item table is also cached in Python (the shard scores it every batch); it is rebuilt from
 MapState when the operator opens, so a restore loses nothing. State: ``users`` (user id -> user
 record), ``items`` (item id -> item record), both with the learner's TTL, ``changelog``
-(items and users changed since the last changelog flush) and ``reset-token`` (the last ``--from-version`` reset this shard applied: docs/registry.md).
+(items and users changed since the last changelog flush) and ``reset-token`` (the last
+``--from-version`` reset this shard applied: docs/registry.md).
 """
 
 from __future__ import annotations
