@@ -20,7 +20,7 @@ from string import Template
 
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
-from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+from pyflink.table import EnvironmentSettings, Schema, StreamTableEnvironment, Table
 
 from streamrec.assets import connector_jars
 from streamrec.config import Config
@@ -206,6 +206,19 @@ def sql_string(value: object) -> str:
 
 def _with(opts: dict[str, str]) -> str:
     return ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in opts.items())
+
+
+def with_time_attributes(t_env, table: Table, columns: list[tuple[str, str]],
+                         watermark: tuple[str, str]) -> Table:
+    """``table`` through a DataStream (JVM only) with computed ``columns`` (name, SQL expression)
+    appended in order, one of them a rowtime with ``watermark`` (column, SQL expression). The
+    round trip is how a view gets time attributes; the watermark must be declared (with
+    ``SOURCE_WATERMARK()`` to keep the stream's own), or the table drops the stream's
+    watermarks."""
+    schema = Schema.new_builder().from_row_data_type(table.get_schema().to_row_data_type())
+    for name, expression in columns:
+        schema = schema.column_by_expression(name, expression)
+    return t_env.from_data_stream(t_env.to_data_stream(table), schema.watermark(*watermark).build())
 
 
 def apply_sql(t_env, statements, name: str, **params: object) -> None:

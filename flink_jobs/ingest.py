@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pyflink.table import Schema, StatementSet, Table
 
 from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
-                            render_sql)
+                            render_sql, with_time_attributes)
 from streamrec.config import Config, load_config
 from streamrec.kafka_io import ensure_topics, read_topic
 from udfs.validation import make_udfs
@@ -118,16 +118,12 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     # Route and dedup read the validated rows through ONE DataStream (JVM only): two SQL views
     # straight on `validated` made the planner read the source, and run the validation UDF,
     # twice. The rows get a processing-time attribute for the dedup's order, and the source's
-    # watermarks.
-    validated = t_env.from_path("validated")
-    t_env.create_temporary_view("validated_rows", t_env.from_data_stream(
-        t_env.to_data_stream(validated),
-        Schema.new_builder().from_row_data_type(validated.get_schema().to_row_data_type())
-        .column_by_expression("proc_time", "PROCTIME()")
-        # without a declared watermark the table drops the stream's watermarks: the dedup, and so
-        # every event-time window after it, would see none until the end of a bounded input
-        .column_by_expression("row_time", "TO_TIMESTAMP_LTZ(COALESCE(ts, CAST(0 AS BIGINT)), 3)")
-        .watermark("row_time", "SOURCE_WATERMARK()").build()))
+    # watermarks (declared: without them the dedup, and so every event-time window after it,
+    # would see none until the end of a bounded input).
+    t_env.create_temporary_view("validated_rows", with_time_attributes(
+        t_env, t_env.from_path("validated"),
+        [("proc_time", "PROCTIME()"), ("row_time", "TO_TIMESTAMP_LTZ(COALESCE(ts, CAST(0 AS BIGINT)), 3)")],
+        watermark=("row_time", "SOURCE_WATERMARK()")))
     for ddl in render_sql("ingest_route"):
         t_env.execute_sql(ddl)
     # The deduplicated rows get their event-time attribute back (the clean ts, with the source's
@@ -157,12 +153,9 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     pair_slices = t_env.sql_query(
         "SELECT user_id, item_id, slice_end_ms, n_events, n_views, n_clicks, n_carts, n_purchases, "
         "n_ratings, w_sum, last_ts FROM pair_slices")
-    t_env.create_temporary_view("pair_slices_timed", t_env.from_data_stream(
-        t_env.to_data_stream(pair_slices),
-        Schema.new_builder().from_row_data_type(pair_slices.get_schema().to_row_data_type())
-        .column_by_expression("slice_time", "TO_TIMESTAMP_LTZ(slice_end_ms - 1, 3)")
-        .column_by_expression("proc_time", "PROCTIME()")
-        .watermark("slice_time", "SOURCE_WATERMARK()").build()))
+    t_env.create_temporary_view("pair_slices_timed", with_time_attributes(
+        t_env, pair_slices, [("slice_time", "TO_TIMESTAMP_LTZ(slice_end_ms - 1, 3)"), ("proc_time", "PROCTIME()")],
+        watermark=("slice_time", "SOURCE_WATERMARK()")))
     apply_sql(
         t_env, statements, "ingest_features",
         slide=sql_interval(ing.window_slide_ms),

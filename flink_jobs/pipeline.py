@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 from pyflink.common import Types
 from pyflink.datastream import KeyedStream
-from pyflink.table import Schema
 
 from flink_jobs import lineage
-from flink_jobs.env import FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, render_sql
+from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, render_sql,
+                            with_time_attributes)
 from flink_jobs.ingest import IngestSummary, add_ingestion, sql_interval, summarize
 from streamrec.config import Config, describe, load_config
 from streamrec.kafka_io import delete_topics, ensure_topics
@@ -141,14 +141,10 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
         t_env.execute_sql(ddl)
     # The batch-time attributes, through a DataStream (JVM only); both modes build the same graph
     # shape, only the window's time attribute differs (restoring across modes is not tested).
-    events = t_env.from_path("learner_events")
-    t_env.create_temporary_view("learner_events_timed", t_env.from_data_stream(
-        t_env.to_data_stream(events),
-        Schema.new_builder().from_row_data_type(events.get_schema().to_row_data_type())
-        .column_by_expression("proc_time", "PROCTIME()")
-        .column_by_expression("arrival", "CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP_LTZ(3))")
-        .watermark("arrival", "arrival")
-        .build()))
+    t_env.create_temporary_view("learner_events_timed", with_time_attributes(
+        t_env, t_env.from_path("learner_events"),
+        [("proc_time", "PROCTIME()"), ("arrival", "CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP_LTZ(3))")],
+        watermark=("arrival", "arrival")))
     for ddl in render_sql("learner_batches", batch_time=BATCH_TIME[bounded],
                           batch_interval=sql_interval(sc.batch_interval_ms)):
         t_env.execute_sql(ddl)
