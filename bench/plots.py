@@ -2,9 +2,10 @@
 
     python bench/plots.py bench/results/2025-01-01-ml100k.json   # re-draws the .png next to it
 
-One PNG, four panels: rolling recall@10 over the stream (pipeline, popularity, sequential
+One PNG, six panels: rolling recall@10 over the stream (pipeline, popularity, sequential
 reference); recommendations per second over the throughput run; latency p50/p99 per second of
-the fixed-rate run; RSS of the Flink JVM and the exporter over the throughput run.
+the fixed-rate run; RSS of the Flink JVM and the exporter over the throughput run; the Flink
+JVM's cores used by thread group (JIT, each operator chain's task thread, ...) over that run.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ def plot_result(result: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
-    (ax_q, ax_t), (ax_l, ax_m) = axes
+    fig, axes = plt.subplots(2, 3, figsize=(19, 8.5))
+    (ax_q, ax_t, ax_c), (ax_l, ax_m, ax_blank) = axes
+    ax_blank.axis("off")
     title = f"streamrec bench {result.get('name')} ({result.get('date')})"
     fig.suptitle(title)
 
@@ -65,6 +67,16 @@ def plot_result(result: dict, path: Path) -> Path:
     ax_m.set_xlabel("seconds since the job was started")
     if mem.get("jvm_rss_mib") or mem.get("exporter_rss_mib"):
         ax_m.legend()
+
+    by_thread = mem.get("jvm_cores_by_thread") or {}
+    if by_thread:
+        names = list(by_thread)
+        xs = [p[0] for p in by_thread[names[0]]]
+        ax_c.stackplot(xs, *[[p[1] for p in by_thread[n]] for n in names],
+                       labels=[n if len(n) <= 45 else n[:44] + "…" for n in names])
+        ax_c.legend(fontsize=7, loc="upper left")
+    ax_c.set_title("Flink JVM: cores used by thread (throughput run)")
+    ax_c.set_xlabel("seconds since the job was started")
 
     fig.tight_layout()
     path = Path(path)

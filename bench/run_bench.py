@@ -360,6 +360,33 @@ def thread_cpu_table(threads: dict[int, tuple[str, float]], names: dict[int, str
     return sorted(rows, key=lambda r: -r["cpu_s"])
 
 
+def cpu_timeline(samples: Sequence[tuple[float, dict[str, float]]], bin_s: float = 10.0,
+                 top: int = 7) -> dict[str, list[list[float]]]:
+    """Cores used per thread group over time, from cumulative CPU seconds sampled as
+    ``(t, {group: cpu_s})``: one point per ``bin_s`` for the ``top`` groups of most CPU, the rest
+    summed as "rest" (shows which stage takes the machine in which part of a run).
+
+    >>> cpu_timeline([(0, {"a": 0.0, "b": 0.0}), (10, {"a": 5.0, "b": 1.0}), (20, {"a": 15.0, "b": 1.0})], top=1)
+    {'a': [[10, 0.5], [20, 1.0]], 'rest': [[10, 0.1], [20, 0.0]]}
+    """
+    points: list[tuple[float, dict[str, float]]] = []
+    for t, groups in samples:
+        if not points or t - points[-1][0] >= bin_s:
+            points.append((t, groups))
+    if len(points) < 2:
+        return {}
+    final = points[-1][1]
+    keep = sorted(final, key=lambda g: -final[g])[:top]
+    out: dict[str, list[list[float]]] = {g: [] for g in (*keep, "rest")}
+    for (t0, g0), (t1, g1) in zip(points, points[1:]):
+        dt = t1 - t0
+        used = {g: max(0.0, g1.get(g, 0.0) - g0.get(g, 0.0)) / dt for g in set(g0) | set(g1)}
+        for g in keep:
+            out[g].append([round(t1, 2), round(used.get(g, 0.0), 3)])
+        out["rest"].append([round(t1, 2), round(sum(v for g, v in used.items() if g not in keep), 3)])
+    return out
+
+
 def listening_ports(pid: int) -> list[int]:
     inodes = set()
     try:
@@ -458,6 +485,8 @@ class Monitor(threading.Thread):
         self.threads: dict[int, tuple[str, float]] = {}
         self.thread_names: dict[int, str] = {}
         self._names_read_at = 0.0
+        # (seconds since start, {tid: cumulative CPU s}) per sample, for thread_timeline()
+        self.thread_samples: list[tuple[float, dict[int, float]]] = []
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -537,6 +566,23 @@ class Monitor(threading.Thread):
         if unnamed and now - self._names_read_at >= 20.0:
             self._names_read_at = now
             self.thread_names.update(java_thread_names(self.jvm))
+        if self.threads:
+            self.thread_samples.append((now - self.started_at,
+                                        {tid: seconds for tid, (_, seconds) in self.threads.items()}))
+
+    def thread_timeline(self) -> dict[str, list[list[float]]]:
+        """:func:`cpu_timeline` of the run, threads grouped by their final names (a task thread's
+        full name is read by jstack only after it starts working)."""
+        def group(tid: int) -> str:
+            return _short(thread_group(self.thread_names.get(tid, self.threads[tid][0])), 60)
+
+        grouped = []
+        for t, per_thread in self.thread_samples:
+            groups: dict[str, float] = {}
+            for tid, seconds in per_thread.items():
+                groups[group(tid)] = groups.get(group(tid), 0.0) + seconds
+            grouped.append((t, groups))
+        return cpu_timeline(grouped)
 
     def vertex_id(self, contains: str) -> str | None:
         for vid, name in self.vertex_names.items():
@@ -753,6 +799,7 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
             "jvm_rss_mib": [[s["t"], round(s["jvm_rss"] / 2**20, 1)] for s in monitor.samples if s.get("jvm_rss")],
             "exporter_rss_mib": [[s["t"], round(s["exporter_rss"] / 2**20, 1)]
                                  for s in monitor.samples if s.get("exporter_rss")],
+            "jvm_cores_by_thread": monitor.thread_timeline(),
         },
     }
     return out, tcfg
