@@ -360,7 +360,7 @@ def thread_cpu_table(threads: dict[int, tuple[str, float]], names: dict[int, str
     return sorted(rows, key=lambda r: -r["cpu_s"])
 
 
-def cpu_timeline(samples: Sequence[tuple[float, dict[str, float]]], bin_s: float = 10.0,
+def cpu_timeline(samples: Sequence[tuple[float, dict[str, float]]], bin_s: float = 5.0,
                  top: int = 7) -> dict[str, list[list[float]]]:
     """Cores used per thread group over time, from cumulative CPU seconds sampled as
     ``(t, {group: cpu_s})``: one point per ``bin_s`` for the ``top`` groups of most CPU, the rest

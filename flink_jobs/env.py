@@ -4,7 +4,8 @@
   in process mode. Never change the mode across a restore: state comes back empty, silently.
 - RocksDB state backend, incremental checkpoints under ``paths.checkpoint_dir/<job>``, retained on
   cancellation (restore with ``execution.state-recovery.path``).
-- The Kafka connector jar goes on ``pipeline.jars`` (unless the cluster has it in lib/).
+- The Kafka connector jar and streamrec's UDF jar go on ``pipeline.jars`` (unless the cluster has
+  them in lib/).
 - Kafka sinks are exactly-once: transactions commit when a checkpoint completes, with a
   transaction timeout the broker accepts (brokers cap it at 15 min by default).
 """
@@ -22,7 +23,7 @@ from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import EnvironmentSettings, Schema, StreamTableEnvironment, Table
 
-from streamrec.assets import connector_jars
+from streamrec.assets import job_jars
 from streamrec.config import Config
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -98,12 +99,23 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
     }
     if cfg.flink.ship_connector:
-        settings["pipeline.jars"] = ";".join(p.resolve().as_uri() for p in connector_jars(cfg))
+        settings["pipeline.jars"] = ";".join(p.resolve().as_uri() for p in job_jars(cfg))
     if restore_from:
         settings["execution.state-recovery.path"] = restore_from
     for key, value in settings.items():
         conf.set_string(key, value)
     return conf
+
+
+def _gateway_jvm_options(cfg: Config) -> None:
+    """Put ``flink.jvm_options()`` into ``JVM_ARGS`` before PyFlink launches its gateway JVM (the
+    local mini-cluster runs in it; once launched, a process's later jobs share it)."""
+    import os
+
+    current = os.environ.get("JVM_ARGS", "").split()
+    missing = [opt for opt in cfg.flink.jvm_options() if opt not in current]
+    if missing:
+        os.environ["JVM_ARGS"] = " ".join([*current, *missing])
 
 
 def _this_python_first_on_path() -> None:
@@ -124,6 +136,7 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
     """A StreamExecutionEnvironment and a StreamTableEnvironment on it, configured for streamrec.
     Without ``run_id`` (a job with no lineage) the run gets a new one."""
     _this_python_first_on_path()
+    _gateway_jvm_options(cfg)
     conf = flink_configuration(cfg, job_name, restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.flink.parallelism)

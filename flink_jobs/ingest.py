@@ -9,7 +9,8 @@ prints one summary line. See docs/ingestion.md for the design.
 Graph (one Kafka source, shared by every output):
 
     raw_in (Kafka, raw BYTES, per-partition watermark)  -- sql/ingest.sql
-      -> every record validated by validate_event() (Python UDF), weight, late flag
+      -> every record validated: plain ones by accept_flat_event() (Java), every other one by
+         validate_event() (Python UDF, the definition of a valid event), weight, late flag
          (view `validated`)
            |- reason IS NOT NULL -> `rejected` -> events.dlq                 -- sql/ingest_sinks.sql
            '- reason IS NULL -> `deduped` (first occurrence per event_id, state TTL = horizon)
@@ -37,6 +38,8 @@ from streamrec.kafka_io import ensure_topics, read_topic
 from udfs.validation import make_udfs
 
 JOB_NAME = "streamrec-ingest"
+#: The JVM fast path of validation (udfs/jvm/streamrec/udfs/AcceptFlatEvent.java).
+FAST_PATH_FUNCTION, FAST_PATH_CLASS = "accept_flat_event", "streamrec.udfs.AcceptFlatEvent"
 #: Columns of the Table add_ingestion returns (plus the rowtime attribute ``event_time``).
 CLEAN_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "rating", "weight", "ts",
                  "src_partition", "src_offset")
@@ -98,6 +101,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     conf.set("table.exec.source.idle-timeout", f"{idle_ms} ms")
     for name, fn in make_udfs(ing).items():
         t_env.create_temporary_function(name, fn)
+    # the fast path in the JVM (streamrec's UDF jar, on pipeline.jars or the cluster's lib/)
+    t_env.create_java_temporary_function(FAST_PATH_FUNCTION, FAST_PATH_CLASS)
     weights = ing.weights
     for ddl in render_sql(
         "ingest",
@@ -109,6 +114,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         watermark_delay_ms=ing.watermark_delay_ms,
         max_future_ms=ing.max_future_ms,
         min_ts_ms=ing.min_ts_ms,
+        rating_min=_double(ing.rating_min), rating_max=_double(ing.rating_max),
+        max_payload_bytes=int(ing.max_payload_bytes),
         w_view=_double(weights.view), w_click=_double(weights.click), w_cart=_double(weights.cart),
         w_purchase=_double(weights.purchase), w_rating_base=_double(weights.rating_base),
         w_rating_scale=_double(weights.rating_scale),

@@ -1,8 +1,8 @@
--- Ingestion, part 1: read events.raw as raw bytes, validate every record (the Python UDF
--- validate_event).
+-- Ingestion, part 1: read events.raw as raw bytes, validate every record (plain records in the
+-- JVM by accept_flat_event, every other one by the Python UDF validate_event).
 -- Placeholders: source_options, dlq_sink_options, watermark_delay, watermark_delay_ms,
--- min_ts_ms, max_future_ms, w_view, w_click, w_cart, w_purchase,
--- w_rating_base, w_rating_scale.
+-- min_ts_ms, max_future_ms, rating_min, rating_max, max_payload_bytes, w_view, w_click, w_cart,
+-- w_purchase, w_rating_base, w_rating_scale.
 --
 -- The watermark is generated in the Kafka source, per partition, from the payload's "ts" (read
 -- with JSON_VALUE only for this purpose); a ts outside [min_ts_ms, processing time + max_future_ms]
@@ -35,12 +35,19 @@ SELECT payload, src_partition, src_offset, ingest_ms, now_ms,
                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS max_wm_ms
 FROM raw_in;
 
--- (A JVM fast path for flat records, udfs.validation.FAST_*, is not wired in: with complete
--- feature windows it measured no gain on ML-100k, 2,173 JVM CPU us/event against 1,875 without it;
--- docs/ingestion.md, "Source idleness".)
+-- Every raw record with the verdict of the JVM fast path: accept_flat_event (Java, udfs/jvm)
+-- returns the cleaned event of a plain record, one that validate() accepts with exactly these
+-- fields, and NULL for every other record. now_ms is a column here (computed once, before the
+-- OVER aggregate), so the two routes below see the same clock and each record takes exactly one.
+CREATE TEMPORARY VIEW raw_routed AS
+SELECT payload, src_partition, src_offset, ingest_ms, now_ms, max_wm_ms,
+  accept_flat_event(payload, now_ms, CAST(${min_ts_ms} AS BIGINT), CAST(${max_future_ms} AS BIGINT),
+                    ${rating_min}, ${rating_max}, ${max_payload_bytes}) AS fast
+FROM raw_sized;
 
--- One row per raw record: the verdict of validate_event (Python; reason NULL = valid), the
--- cleaned fields, weight, late flag.
+-- One row per raw record: the verdict (reason NULL = valid), the cleaned fields, weight, late
+-- flag. A record the fast path did not take goes through validate_event (Python,
+-- udfs/validation.py), which decides every rejection and its reason.
 CREATE TEMPORARY VIEW validated AS
 SELECT
   reason, event_id, user_id, item_id, event_type, rating,
@@ -57,12 +64,17 @@ SELECT
   dlq_text AS dlq_payload,
   payload_bytes
 FROM (
+  SELECT CAST(NULL AS STRING) AS reason, fast.event_id, fast.user_id, fast.item_id, fast.event_type,
+    fast.rating, fast.ts, CAST(NULL AS STRING) AS dlq_text, fast.payload_bytes,
+    src_partition, src_offset, ingest_ms, max_wm_ms
+  FROM raw_routed WHERE fast IS NOT NULL
+  UNION ALL
   SELECT v.reason, v.event_id, v.user_id, v.item_id, v.event_type, v.rating, v.ts,
     v.dlq_text, v.payload_bytes, src_partition, src_offset, ingest_ms, max_wm_ms
   FROM (
     SELECT validate_event(payload, src_partition, src_offset, now_ms) AS v,
            src_partition, src_offset, ingest_ms, max_wm_ms
-    FROM raw_sized
+    FROM raw_routed WHERE fast IS NULL
   )
 );
 

@@ -5,6 +5,8 @@
   are resolved by ``mvn`` from committed, pinned POMs; every jar is checked against the sha256 lock
   beside its POM before it is used. Maven's local repository keeps the downloads, so a second
   set-up fetches nothing.
+- streamrec's own JVM code (``udfs/jvm``: the validation fast path) is compiled at set-up by the
+  JDK's javac against the Flink jars PyFlink ships, into a jar named by the sources' hash.
 - Data: ``recbole==1.2.1`` (a PyPI wheel) ships ``dataset_example/ml-100k``; MovieLens' licence
   forbids redistribution, so it is extracted at set-up and never committed.
 """
@@ -197,6 +199,71 @@ def connector_jars(cfg: Config, log=print) -> list[Path]:
     return maven_jars(FLINK_CONNECTOR, cfg, log)
 
 
+#: streamrec's own JVM code: the fast path of validation (udfs/jvm, Java sources, no dependency
+#: beyond the Flink API that PyFlink ships), compiled at set-up by the JDK's javac.
+UDF_SOURCES = "jvm"
+
+
+def _udf_sources() -> list[Path]:
+    root = Path(str(files("udfs").joinpath(UDF_SOURCES)))
+    return sorted(root.rglob("*.java"))
+
+
+def find_javac() -> str:
+    """javac of the JDK that runs ``java`` (or the first on PATH), or a clear error."""
+    java = shutil.which("java")
+    candidates = [Path(java).resolve().with_name("javac")] if java else []
+    candidates += [Path(p) for p in [shutil.which("javac")] if p]
+    for javac in candidates:
+        if javac.is_file():
+            return str(javac)
+    raise AssetError("javac was not found: streamrec compiles its validation fast path (udfs/jvm) at "
+                     "set-up and needs a Java 17+ JDK, not only a runtime (e.g. `apt-get install "
+                     "openjdk-17-jdk-headless`).")
+
+
+def udf_jar(cfg: Config, log=print) -> Path:
+    """streamrec's UDF jar (``streamrec.udfs.*``), built on first use from udfs/jvm and named by
+    the sources' sha256, so a changed source is rebuilt and a stale jar is never used."""
+    import pyflink
+
+    sources = _udf_sources()
+    if not sources:
+        raise AssetError(f"no Java sources under udfs/{UDF_SOURCES}: the installation is incomplete")
+    digest = hashlib.sha256()
+    for src in sources:
+        digest.update(src.name.encode() + b"\0" + src.read_bytes())
+    target = cfg.paths_resolved.cache_dir / "udfs" / f"streamrec-udfs-{digest.hexdigest()[:16]}.jar"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    flink_lib = Path(pyflink.__file__).parent / "lib"
+    log(f"compiling streamrec's UDF jar ({len(sources)} Java sources) ...")
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        classes = Path(tmp) / "classes"
+        cmd = [find_javac(), "--release", "17", "-nowarn", "-cp", str(flink_lib / "*"),
+               "-d", str(classes), *map(str, sources)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AssetError("javac could not compile udfs/jvm:\n" + (proc.stdout + proc.stderr)[-1500:])
+        jar = Path(tmp) / target.name
+        with zipfile.ZipFile(jar, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: streamrec setup\n\n")
+            for cls in sorted(classes.rglob("*.class")):
+                zf.write(cls, cls.relative_to(classes).as_posix())
+        jar.replace(target)
+    for old in target.parent.glob("streamrec-udfs-*.jar"):
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
+def job_jars(cfg: Config, log=print) -> list[Path]:
+    """Every jar a streamrec job needs beside Flink's own: the Kafka connector and streamrec's UDFs
+    (``pipeline.jars``, or a cluster's lib/)."""
+    return [*connector_jars(cfg, log), udf_jar(cfg, log)]
+
+
 def kafka_broker_jars(cfg: Config, log=print) -> list[Path]:
     """The embedded Kafka broker's classpath."""
     return maven_jars(KAFKA_BROKER, cfg, log)
@@ -246,4 +313,5 @@ def ensure_all(cfg: Config, log=print) -> None:
     check_java()
     kafka_broker_jars(cfg, log)
     connector_jars(cfg, log)
+    udf_jar(cfg, log)
     ml100k_dir(cfg, log)

@@ -460,6 +460,7 @@ def cmd_setup(args, cfg: Config) -> int:
           f"({next(j.name for j in broker_jars if j.name.startswith('kafka_2.13'))})")
     for jar in assets.connector_jars(cfg):
         print(f"flink connector: {jar.name} verified")
+    print(f"streamrec UDFs: {assets.udf_jar(cfg).name}")
     print(f"ml-100k: {assets.ml100k_dir(cfg)}")
     return 0
 

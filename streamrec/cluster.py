@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyflink
 
-from streamrec.assets import connector_jars
+from streamrec.assets import job_jars
 from streamrec.config import Config, to_env
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
@@ -88,7 +88,7 @@ def _prepare(cfg: Config) -> dict[str, str]:
         d.mkdir(parents=True, exist_ok=True)
     paths = cfg.paths_resolved
     settings = {
-        "env.java.opts.all": _java_opts(),
+        "env.java.opts.all": " ".join([_java_opts(), *cfg.flink.jvm_options()]).strip(),
         "jobmanager.rpc.address": "localhost",
         "jobmanager.bind-host": "localhost",
         "jobmanager.memory.process.size": "1024m",
@@ -118,9 +118,10 @@ def _prepare(cfg: Config) -> dict[str, str]:
         if src.is_file():
             (conf / name).write_text(src.read_text())
     jars = list((FLINK_HOME / "lib").glob("*.jar")) + list((FLINK_HOME / "opt").glob("flink-python-*.jar"))
-    # The Kafka connector lives in the cluster's lib/, as on any Flink cluster; jobs submitted here
-    # do not ship it again (flink.ship_connector=false in submit()): twice fails with ClassCastException.
-    jars += connector_jars(cfg)
+    # The Kafka connector and streamrec's UDF jar live in the cluster's lib/, as on any Flink
+    # cluster; jobs submitted here do not ship them again (flink.ship_connector=false in submit()):
+    # twice fails with ClassCastException.
+    jars += job_jars(cfg)
     for old in lib.iterdir():
         old.unlink()
     for jar in jars:

@@ -182,11 +182,17 @@ class FlinkConfig(_Section):
     #: job has 7) adds up to this much latency to a record that does not fill its buffer; 0 sends
     #: every record on its own (costly).
     buffer_timeout_ms: int = Field(100, ge=0, le=60_000)
+    #: Run the JVM's JIT compiler threads at a lower OS priority (nice +4: HotSpot's
+    #: -XX:ThreadPriorityPolicy=1 -XX:CompilerThreadPriority=1), so where cores are few the task
+    #: threads, the shard learner above all, get the CPU first and the JIT compiles in what is
+    #: left. Measured on 2 cores, where a run-queue sample had the learner thread waiting for a
+    #: core ~60 % of its busy time: docs/hot-path.md. Lowering a priority needs no privilege.
+    low_priority_jit: bool = True
     #: Python interpreter on the TaskManagers; empty = the one running the driver (this venv).
     python_executable: str = ""
-    #: Ship the Kafka connector with each job (``pipeline.jars``). False where the cluster has it
-    #: in lib/ (``streamrec cluster``, the docker-compose images): on both classpaths its classes
-    #: load twice and the job fails with ClassCastException.
+    #: Ship the Kafka connector and streamrec's UDF jar with each job (``pipeline.jars``). False
+    #: where the cluster has them in lib/ (``streamrec cluster``, the docker-compose images): on
+    #: both classpaths their classes load twice and the job fails with ClassCastException.
     ship_connector: bool = True
     #: A remote JobManager ``host:port`` for ``streamrec submit``; empty = the local standalone cluster.
     jobmanager_address: str = ""
@@ -194,6 +200,19 @@ class FlinkConfig(_Section):
     taskmanagers: int = Field(2, ge=1, le=16)
     task_slots: int = Field(2, ge=1, le=64)
 
+
+    def jvm_options(self) -> list[str]:
+        """Extra options for every Flink JVM streamrec starts (PyFlink's gateway with the local
+        mini-cluster; ``streamrec cluster``'s JobManager and TaskManagers).
+
+        >>> FlinkConfig().jvm_options()
+        ['-XX:ThreadPriorityPolicy=1', '-XX:CompilerThreadPriority=1']
+        >>> FlinkConfig(low_priority_jit=False).jvm_options()
+        []
+        """
+        # Java priority 1 is nice +4 under ThreadPriorityPolicy=1; a thread asking for a higher
+        # Java priority than normal gets it only as root (lowering needs no privilege)
+        return ["-XX:ThreadPriorityPolicy=1", "-XX:CompilerThreadPriority=1"] if self.low_priority_jit else []
 
 class EventWeights(_Section):
     """Implicit-feedback weight of each event type; must rise view < click < cart < purchase."""

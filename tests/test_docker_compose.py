@@ -43,6 +43,8 @@ def test_flink_runs_the_official_image_with_pyflink_and_the_connector():
     assert re.search(r"^FROM flink:2\.\d+\.\d+-java17$", dockerfile, re.M)
     assert "flink-connector.lock" in dockerfile and "sha256sum -c" in dockerfile
     assert "/opt/flink/lib/" in dockerfile and "uv pip install -e ." in dockerfile
+    # the jobs register the validation fast path by class name: the cluster needs the UDF jar
+    assert "javac" in dockerfile and "udfs/jvm" in dockerfile and "streamrec-udfs.jar" in dockerfile
 
 
 def test_rest_port_is_bound_to_loopback_only(stack):

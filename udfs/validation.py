@@ -173,52 +173,6 @@ def payload_size(payload: bytes | str | None) -> int:
     return len(payload) if isinstance(payload, (bytes, bytearray)) else len(payload.encode("utf-8", "surrogatepass"))
 
 
-# --- The JVM fast path ------------------------------------------------------------------------
-# Most records are plain flat objects. sql/ingest.sql accepts those in the JVM with the regular
-# expressions below (Java syntax) and hands every other record to validate() through the UDF, so
-# each rejection reason is validate()'s own. The fast path accepts only records validate()
-# accepts, with the same cleaned fields: a flat object (scalar values only) of strings without
-# escapes or control characters, each required key once; ids whose first and last characters are
-# printable ASCII other than a space (so Python's strip() would change nothing), an exact
-# lower-case event type, an integer ts (at most 18 digits), a non-negative decimal rating (a
-# JSON -0 is the int 0 to Python but -0.0 to Java). The ingestion test fuzzes records of every
-# kind through the job and compares each outcome with validate().
-
-_WS = r"[ \t\n\r]*+"
-_STRING = r'"[^"\\\x00-\x1f]*+"'
-_NUMBER = r"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][+-]?[0-9]++)?"
-_MEMBER = f"{_STRING}{_WS}:{_WS}(?:{_STRING}|{_NUMBER}|true|false|null)"
-#: The whole text is one flat JSON object.
-FAST_FLAT_OBJECT = rf"^{_WS}\{{{_WS}(?:{_MEMBER}(?:{_WS},{_WS}{_MEMBER})*+)?{_WS}\}}{_WS}\z"
-#: A required key (or rating) appears twice (validate() would take the last one).
-FAST_DUPLICATE_KEY = rf'(?s)"(event_id|user_id|item_id|event_type|ts|rating)"{_WS}:.*"\1"{_WS}:'
-_ID = r'[!#-\[\]-~](?:[^"\\\x00-\x1f]*[!#-\[\]-~])?'
-#: Group 1: the value of an id field (``{field}`` is filled in).
-FAST_ID_VALUE = f'"{{field}}"{_WS}:{_WS}"({_ID})"'
-FAST_EVENT_TYPE = f'"event_type"{_WS}:{_WS}"({"|".join(EVENT_TYPES)})"'
-FAST_TS = f'"ts"{_WS}:{_WS}(-?(?:0|[1-9][0-9]{{0,17}})){_WS}[,}}]'
-FAST_RATING = f'"rating"{_WS}:{_WS}((?:0|[1-9][0-9]*+)(?:\\.[0-9]++)?(?:[eE][+-]?[0-9]++)?){_WS}[,}}]'
-#: A rating that is not a number or null (a string or a boolean): wrong_type even on a view.
-FAST_RATING_NOT_A_NUMBER = f'"rating"{_WS}:{_WS}[tf"]'
-#: Longer payloads take the UDF (the duplicate-key pattern backtracks over the text).
-FAST_MAX_BYTES = 4096
-
-
-def fast_path_patterns(max_payload_bytes: int) -> dict[str, str | int]:
-    """The fast path's patterns as SQL string literals (quotes doubled), and its size limit (never
-    above ``ingest.max_payload_bytes``: a longer record is oversized_payload), for sql/ingest.sql."""
-    def lit(pattern: str) -> str:
-        return "'" + pattern.replace("'", "''") + "'"
-
-    out = {"fast_flat_object": lit(FAST_FLAT_OBJECT), "fast_duplicate_key": lit(FAST_DUPLICATE_KEY),
-           "fast_event_type": lit(FAST_EVENT_TYPE), "fast_ts": lit(FAST_TS),
-           "fast_rating": lit(FAST_RATING), "fast_rating_not_a_number": lit(FAST_RATING_NOT_A_NUMBER),
-           "fast_max_bytes": min(FAST_MAX_BYTES, int(max_payload_bytes))}
-    for field in ID_FIELDS:
-        out[f"fast_{field}"] = lit(FAST_ID_VALUE.format(field=field))
-    return out
-
-
 # --- Flink wrappers ---------------------------------------------------------------------------
 
 VALIDATED_ROW = ("reason STRING, event_id STRING, user_id STRING, item_id STRING, event_type STRING, "

@@ -113,32 +113,3 @@ def test_fuzz_any_payload_yields_clean_or_known_rejection(data):
         for s in (result.event_id, result.user_id, result.item_id):
             s.encode("utf-8")  # never hands Flink an unencodable string
     assert truncate_payload(payload, CFG.dlq_payload_max_bytes).encode("utf-8") is not None
-
-
-def _java_to_python(pattern: str) -> str:
-    return pattern.replace(r"\z", r"\Z")  # the only construct of these patterns Python spells otherwise
-
-
-def test_fast_path_patterns_take_the_replay_format():
-    """The SQL fast path (Java regular expressions, sql/ingest.sql) takes the records `streamrec
-    replay` writes; if the format drifted, every record would silently take the slower UDF."""
-    import re
-
-    from streamrec.replay import encode_events
-    from udfs import validation
-
-    event = {"event_id": "ml-1", "user_id": "196", "item_id": "242", "event_type": "rating",
-             "rating": 3.0, "ts": 881250949000}
-    text = next(iter(encode_events([event]))).value.decode()
-    assert re.search(_java_to_python(validation.FAST_FLAT_OBJECT), text)
-    assert not re.search(validation.FAST_DUPLICATE_KEY, text)
-    for field in validation.ID_FIELDS:
-        assert re.search(validation.FAST_ID_VALUE.format(field=field), text).group(1) == event[field]
-    assert re.search(validation.FAST_EVENT_TYPE, text).group(1) == "rating"
-    assert int(re.search(validation.FAST_TS, text).group(1)) == event["ts"]
-    assert float(re.search(validation.FAST_RATING, text).group(1)) == 3.0
-    assert not re.search(validation.FAST_RATING_NOT_A_NUMBER, text)
-    # and what it must leave to validate(): a padded id, a duplicated key, a nested value
-    assert not re.search(validation.FAST_ID_VALUE.format(field="user_id"), text.replace('"196"', '" 196"'))
-    assert re.search(validation.FAST_DUPLICATE_KEY, text[:-1] + ',"ts":5}')
-    assert not re.search(_java_to_python(validation.FAST_FLAT_OBJECT), text[:-1] + ',"x":{"a":1}}')
