@@ -18,7 +18,8 @@ help:
 	@echo "make test-faults - the heavy fault-injection variants (kill -9 on 30k events, ...)"
 
 $(STAMP): pyproject.toml
-	@command -v java >/dev/null 2>&1 || { echo "Java was not found: streamrec runs Apache Flink and Apache Kafka, which need a Java 17 runtime (e.g. apt-get install openjdk-17-jre-headless)."; exit 1; }
+	@command -v java >/dev/null 2>&1 || { echo "Java was not found: streamrec runs Apache Flink and Apache Kafka, which need a Java 17 JDK (e.g. apt-get install openjdk-17-jdk-headless)."; exit 1; }
+	@command -v javac >/dev/null 2>&1 || test -x "$$(dirname "$$(readlink -f "$$(command -v java)")")/javac" || { echo "javac was not found: streamrec compiles its validation UDF (udfs/jvm) at set-up and needs a Java 17 JDK, not only a runtime (e.g. apt-get install openjdk-17-jdk-headless)."; exit 1; }
 	@command -v mvn >/dev/null 2>&1 || { echo "Maven (mvn) was not found: streamrec fetches the Kafka broker and the Flink Kafka connector from Maven Central with it (e.g. apt-get install maven)."; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { echo "streamrec needs Python 3.11 (PyFlink 2.3 wheels); found $$($(PYTHON) --version)."; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
