@@ -252,9 +252,7 @@ def udf_jar(cfg: Config, log=print) -> Path:
             for cls in sorted(classes.rglob("*.class")):
                 zf.write(cls, cls.relative_to(classes).as_posix())
         jar.replace(target)
-    for old in target.parent.glob("streamrec-udfs-*.jar"):
-        if old != target:
-            old.unlink(missing_ok=True)
+    # (jars of earlier sources stay: a cluster's lib/ or a running job may still point at one)
     return target
 
 
