@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import uuid
@@ -109,11 +110,11 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
 
 def _gateway_jvm_options(cfg: Config) -> None:
     """Put ``flink.jvm_options()`` into ``JVM_ARGS`` before PyFlink launches its gateway JVM (the
-    local mini-cluster runs in it; once launched, a process's later jobs share it)."""
-    import os
-
+    local mini-cluster runs in it; once launched, a process's later jobs share it). An option the
+    user's JVM_ARGS already sets, to any value, is left as the user set it."""
     current = os.environ.get("JVM_ARGS", "").split()
-    missing = [opt for opt in cfg.flink.jvm_options() if opt not in current]
+    named = {opt.split("=")[0] for opt in current}
+    missing = [opt for opt in cfg.flink.jvm_options() if opt.split("=")[0] not in named]
     if missing:
         os.environ["JVM_ARGS"] = " ".join([*current, *missing])
 
@@ -123,8 +124,6 @@ def _this_python_first_on_path() -> None:
     mini-cluster's embedded (thread-mode) interpreter locates its home from the first ``python``
     on the JVM's PATH, and without an activated venv that may be another Python (no stdlib match,
     no pemja)."""
-    import os
-
     bin_dir = str(Path(sys.executable).parent)
     parts = os.environ.get("PATH", "").split(os.pathsep)
     if parts[:1] != [bin_dir]:
