@@ -108,6 +108,17 @@ def expected_events(ids_by_user: dict[str, list[str]], learned_before: int = 0) 
     return {u: {eid: learned_before + n + 1 for n, eid in enumerate(ids)} for u, ids in ids_by_user.items()}
 
 
+def subtask_metrics(cfg, job_id: str, vertex_id: str, metric: str, timeout: float = 30.0) -> list[int]:
+    """Each subtask's ``metric`` from the REST API, once every subtask reports more than 0 or after
+    ``timeout`` (the REST API serves metrics fetched from the TaskManagers every ~10 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = [s["metrics"][metric] for s in rest(cfg, f"/jobs/{job_id}/vertices/{vertex_id}")["subtasks"]]
+        if all(v > 0 for v in values) or time.monotonic() > deadline:
+            return values
+        time.sleep(2)
+
+
 def rest(cfg, path: str) -> dict:
     with urllib.request.urlopen(cluster.rest_url(cfg) + path, timeout=10) as resp:
         return json.loads(resp.read())
@@ -196,12 +207,13 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     learner = next(v for v in job["vertices"] if "ShardLearner" in v["name"])
     tms = rest(cfg, f"/jobs/{job1}/vertices/{learner['id']}/taskmanagers")["taskmanagers"]
     assert len({tm["taskmanager-id"] for tm in tms}) == 2
-    shard_subtasks = rest(cfg, f"/jobs/{job1}/vertices/{learner['id']}")["subtasks"]
-    assert all(s["metrics"]["read-records"] > 0 for s in shard_subtasks), shard_subtasks
+    # (the REST API serves metrics fetched from the TaskManagers every ~10 s: a count read right
+    # after the records were committed may predate them, so these wait for a fresh fetch)
+    shard_subtasks = subtask_metrics(cfg, job1, learner["id"], "read-records")
+    assert all(n > 0 for n in shard_subtasks), shard_subtasks
     # the Kafka source's subtasks both read records (4 partitions spread over 2 subtasks)
     source = job["vertices"][0]
-    subtasks = rest(cfg, f"/jobs/{job1}/vertices/{source['id']}")["subtasks"]
-    assert [s["metrics"]["write-records"] > 0 for s in subtasks] == [True, True], subtasks
+    assert all(n > 0 for n in subtask_metrics(cfg, job1, source["id"], "write-records"))
 
     # -- the exporter publishes a version into the registry the TaskManagers read ----------------
     exported = export_forced(cfg)
