@@ -103,7 +103,7 @@ def scoring_cost(items_list: list[int], dim: int, k: int, batches: list[int], re
 
 def state_sizes(cfg) -> dict:
     from udfs import online_mf
-    from udfs.embeddings import init_item_state, init_user_state
+    from udfs.online_mf import init_item_state, init_user_state
 
     p = online_mf.LearnerParams.of(cfg.learner)
     out = {"dim": p.dim, "recent_items_max": p.recent_items}
@@ -125,7 +125,7 @@ def learner_stream(cfg, users: int, items: int, events: int, seed: int = 11, say
                    max_s: float = 150.0) -> dict:
     """Events/s of the UserLearner + ItemLearner Python core on a synthetic Zipf stream."""
     from udfs import online_mf
-    from udfs.embeddings import init_item_state, init_user_state
+    from udfs.online_mf import init_item_state, init_user_state
 
     p = online_mf.LearnerParams.of(cfg.learner)
     rng = np.random.default_rng(seed)

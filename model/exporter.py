@@ -58,7 +58,6 @@ a GPU.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -728,20 +727,3 @@ class Exporter:
                             "exporter's first export records it as superseded",
                             p.version, len(p.events), self.gate.min_events)
         return self.results[start:]
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m model.exporter [--once] [--force] [--wait S]`` (same as ``streamrec exporter``)."""
-    from streamrec.cli import main as cli_main
-
-    parser = argparse.ArgumentParser(prog="python -m model.exporter")
-    parser.add_argument("--once", action="store_true")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--wait", type=float, default=0.0)
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    return cli_main(["exporter"] + (["--once"] if args.once else []) + (["--force"] if args.force else [])
-                    + ["--wait", str(args.wait)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -92,21 +92,3 @@ def hash_uniforms(key: str, seed: int, n: int) -> np.ndarray:
     full = hi | words[0::2].astype(np.uint64)
     # top 53 bits -> exactly representable double in [0, 1)
     return (full >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
-
-
-def init_user_state(user_id: str, cfg: object):
-    """A fresh :class:`udfs.online_mf.UserState` for ``user_id`` (vector from :func:`user_key`)."""
-    from udfs.online_mf import LearnerParams, UserState
-
-    p = LearnerParams.of(cfg)
-    vec = init_vector(user_key(user_id), p.dim, p.seed, p.init_scale)
-    return UserState(vector=vec, accum=np.zeros(p.dim, dtype=np.float32), recent=[], events=0)
-
-
-def init_item_state(item_id: str, cfg: object):
-    """A fresh :class:`udfs.online_mf.ItemState` for ``item_id`` (vector from :func:`item_key`)."""
-    from udfs.online_mf import ItemState, LearnerParams
-
-    p = LearnerParams.of(cfg)
-    vec = init_vector(item_key(item_id), p.dim, p.seed, p.init_scale)
-    return ItemState(vector=vec, bias=0.0, accum=np.zeros(p.dim, dtype=np.float32))

@@ -56,14 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from udfs.embeddings import (
-    hash_uniforms,
-    init_item_state,
-    init_user_state,
-    init_vector,
-    item_key,
-    user_key,
-)
+from udfs.embeddings import hash_uniforms, init_vector, item_key, user_key
 
 __all__ = [
     "FORMAT_VERSION",
@@ -330,6 +323,19 @@ class ItemSnapshot:
 # --------------------------------------------------------------------------------------------
 # the two steps
 
+
+def init_user_state(user_id: str, cfg: object) -> UserState:
+    """A fresh :class:`UserState` for ``user_id`` (its vector from :func:`udfs.embeddings.user_key`)."""
+    p = LearnerParams.of(cfg)
+    vec = init_vector(user_key(user_id), p.dim, p.seed, p.init_scale)
+    return UserState(vector=vec, accum=np.zeros(p.dim, dtype=np.float32), recent=[], events=0)
+
+
+def init_item_state(item_id: str, cfg: object) -> ItemState:
+    """A fresh :class:`ItemState` for ``item_id`` (its vector from :func:`udfs.embeddings.item_key`)."""
+    p = LearnerParams.of(cfg)
+    vec = init_vector(item_key(item_id), p.dim, p.seed, p.init_scale)
+    return ItemState(vector=vec, bias=0.0, accum=np.zeros(p.dim, dtype=np.float32))
 
 def sample_negatives(
     snapshot: ItemSnapshot,

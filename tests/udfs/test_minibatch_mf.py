@@ -1,7 +1,7 @@
 import pytest
 import numpy as np
 
-from udfs.embeddings import init_item_state, init_user_state
+from udfs.online_mf import init_item_state, init_user_state
 from udfs.minibatch_mf import ItemTable, batch_step
 from udfs.online_mf import ItemSnapshot, LearnerParams, item_state_from_bytes, item_step, user_step
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from streamrec.config import LearnerConfig
-from udfs.embeddings import hash_uniforms, init_item_state, init_user_state, init_vector
+from udfs.embeddings import hash_uniforms, init_vector
 from udfs.online_mf import (
+    init_item_state,
+    init_user_state,
     FORMAT_VERSION,
     ItemSnapshot,
     LearnerParams,
