@@ -18,6 +18,8 @@ from collections import Counter
 
 import pytest
 
+from flink_jobs import lineage
+from flink_jobs.pipeline import JOB_NAME
 from streamrec import assets, replay
 from streamrec.config import to_env
 from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
@@ -60,20 +62,27 @@ def _kill_when(cfg, run: Run, committed_at_least: int, extra_s: float, timeout_s
     at = _committed(cfg)
     os.killpg(run.proc.pid, signal.SIGKILL)
     run.wait(30)
+    # a kill after the job's end tests nothing of a crash (and the next run rightly refuses)
+    assert not (lineage.read_lineage(lineage.job_dir(cfg, JOB_NAME)) or {}).get("finished"), (
+        f"the kill at {at} committed offsets came after the bounded job had finished: the kill "
+        "point is too late for this machine's speed")
     return at
 
 
 def _crash_and_resume(cfg, logs, n_events: int, kills: int, seed: int) -> dict:
+    # checkpoints (commits) every 500 ms: kill points fall between commits of a fast job too
+    cfg = cfg.model_copy(update={"flink": cfg.flink.model_copy(update={"checkpoint_interval_ms": 500})})
     ensure_topics(cfg)
     events = replay.ml100k_events(assets.ml100k_dir(cfg))[:n_events]
     assert replay.produce(cfg, cfg.kafka.topics.raw, replay.encode_events(events), progress=False).failed == 0
     rng = random.Random(seed)
     # kill points spread over the replay (offsets include transaction markers: ~1 per checkpoint)
-    points = sorted(rng.uniform(0.1, 0.8) * n_events for _ in range(kills))
+    # early enough that the rest of the replay outlasts the extra delay at ~3,500 events/s
+    points = sorted(rng.uniform(0.1, 0.6) * n_events for _ in range(kills))
     kill_log, outputs = [], []
     for n, point in enumerate(points):
         run = Run(cfg, logs / f"run-{n}.log", "run", "--bounded")
-        kill_log.append(_kill_when(cfg, run, int(point), extra_s=rng.uniform(0.0, 1.5)))
+        kill_log.append(_kill_when(cfg, run, int(point), extra_s=rng.uniform(0.0, 0.5)))
         outputs.append(run.output)
     final = Run(cfg, logs / "final.log", "run", "--bounded")
     assert final.wait(timeout=600) == 0, final.output[-3000:]
@@ -110,7 +119,7 @@ def _assert_exactly_once(cfg, result: dict) -> None:
 
 @pytest.mark.slow
 def test_kill9_of_the_job_then_the_same_command_again(cfg, tmp_path):
-    result = _crash_and_resume(cfg, tmp_path, n_events=3_000, kills=2, seed=3)
+    result = _crash_and_resume(cfg, tmp_path, n_events=10_000, kills=2, seed=3)
     _assert_exactly_once(cfg, result)
 
 
