@@ -78,11 +78,14 @@ def _crash_and_resume(cfg, logs, n_events: int, kills: int, seed: int) -> dict:
     rng = random.Random(seed)
     # kill points spread over the replay (offsets include transaction markers: ~1 per checkpoint)
     # early enough that the rest of the replay outlasts the extra delay at ~3,500 events/s
-    points = sorted(rng.uniform(0.1, 0.6) * n_events for _ in range(kills))
+    points = sorted(rng.uniform(0.1, 0.4) * n_events for _ in range(kills))
     kill_log, outputs = [], []
     for n, point in enumerate(points):
+        committed_before = _committed(cfg)
         run = Run(cfg, logs / f"run-{n}.log", "run", "--bounded")
-        kill_log.append(_kill_when(cfg, run, int(point), extra_s=rng.uniform(0.0, 0.5)))
+        # at least one commit of this run's own: it resumed and moved on before it dies
+        kill_log.append(_kill_when(cfg, run, max(int(point), committed_before + 1),
+                                   extra_s=rng.uniform(0.0, 0.3)))
         outputs.append(run.output)
     final = Run(cfg, logs / "final.log", "run", "--bounded")
     assert final.wait(timeout=600) == 0, final.output[-3000:]
@@ -119,7 +122,7 @@ def _assert_exactly_once(cfg, result: dict) -> None:
 
 @pytest.mark.slow
 def test_kill9_of_the_job_then_the_same_command_again(cfg, tmp_path):
-    result = _crash_and_resume(cfg, tmp_path, n_events=10_000, kills=2, seed=3)
+    result = _crash_and_resume(cfg, tmp_path, n_events=16_000, kills=2, seed=3)
     _assert_exactly_once(cfg, result)
 
 
