@@ -53,6 +53,13 @@ def plot_result(result: dict, path: Path) -> Path:
     if ls:
         ax_l.plot([p["t_s"] for p in ls], [p["p50"] for p in ls], label="p50")
         ax_l.plot([p["t_s"] for p in ls], [p["p99"] for p in ls], label="p99")
+        rc = (lat.get("series") or {}).get("read_committed_latency") or []
+        if rc:
+            ax_l.plot([p["t_s"] for p in rc], [p["p99"] for p in rc], label="read_committed p99")
+        cps = (lat.get("series") or {}).get("checkpoints") or []
+        if cps:
+            ax_l.scatter([c[0] for c in cps], [c[1] for c in cps], s=4, color="k",
+                         label="checkpoint duration (at its trigger)")
         ax_l.set_yscale("log")
         ax_l.legend()
     ax_l.set_title(f"latency ingest → recommendation at {lat.get('target_rate', 0):,.0f} events/s (ms)")

@@ -1051,7 +1051,7 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
               for r in kafka_io.read_topic(lcfg, lcfg.kafka.topics.raw, read_committed=False)
               if r.timestamp_ms >= measure_from_ms}
     recs = [r.json() for r in kafka_io.read_topic(lcfg, lcfg.kafka.topics.recommendations)]
-    times, lats, committed = [], [], []
+    times, lats, committed, committed_times = [], [], [], []
     for r in recs:
         key = (r.get("source_partition"), r.get("source_offset"))
         ts = raw_ts.get(key)
@@ -1059,6 +1059,7 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
             times.append(r["emitted_ts"])
             lats.append(r["emitted_ts"] - ts)
             if key in watcher.seen_ms:
+                committed_times.append(ts)
                 committed.append(watcher.seen_ms[key] - ts)
     t0 = min(raw_ts.values()) if raw_ts else None
     summary = percentiles(lats)
@@ -1088,7 +1089,13 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         "memory": {"jvm_rss_peak_sampled": monitor.peak["jvm_rss"] or None, "exporter_peak_rss": exporter_hwm},
         "series": {
             "latency": latency_series(times, lats, 1.0, t0),
+            # by the source record's time: which events waited, beside the checkpoints below
+            "read_committed_latency": latency_series(committed_times, committed, 1.0, t0),
             "recommendations_per_s": rate_series(times, 1.0, t0),
+            # [trigger time (s from the first measured event), end-to-end duration (ms)]
+            "checkpoints": [[round((c["trigger_timestamp"] - t0) / 1000.0, 3), c["end_to_end_duration"]]
+                            for c in sorted(monitor.checkpoints.values(), key=lambda c: c["id"])
+                            if t0 is not None and c.get("trigger_timestamp") and c["trigger_timestamp"] >= t0],
         },
     }
 

@@ -2,7 +2,8 @@
 
 - Python runs in ``thread`` mode (embedded in the JVM): keyed state access is ~20x faster than
   in process mode. Never change the mode across a restore: state comes back empty, silently.
-- RocksDB state backend, incremental checkpoints under ``paths.checkpoint_dir/<job>``, retained on
+- RocksDB state backend (behind Flink's changelog state backend, ``flink.state_changelog``),
+  incremental checkpoints under ``paths.checkpoint_dir/<job>``, retained on
   cancellation (restore with ``execution.state-recovery.path``).
 - The Kafka connector jar and streamrec's UDF jar go on ``pipeline.jars`` (unless the cluster has
   them in lib/).
@@ -51,11 +52,10 @@ def python_path() -> str:
     return ":".join([*site.getsitepackages(), str(SQL_DIR.parent)])
 
 
-def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = None) -> Configuration:
+def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) -> dict[str, str]:
+    """Every Flink option a streamrec job sets, as Flink's key -> value strings."""
     paths = cfg.paths_resolved
     checkpoint_dir = paths.checkpoint_dir / job_name
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    conf = Configuration()
     settings = {
         "pipeline.name": job_name,
         "parallelism.default": str(cfg.flink.parallelism),
@@ -99,11 +99,30 @@ def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = N
         "taskmanager.memory.process.size": "1600m",
         "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
     }
+    if cfg.flink.state_changelog:
+        settings.update({
+            "state.changelog.enabled": "true",
+            "state.changelog.storage": "filesystem",
+            # beside the checkpoints (shared storage on a cluster); --fresh discards it with them
+            "state.changelog.dstl.dfs.base-path": (checkpoint_dir / "changelog").as_uri(),
+            "state.changelog.periodic-materialize.interval":
+                f"{cfg.flink.changelog_materialize_interval_ms} ms",
+        })
     if cfg.flink.ship_connector:
         settings["pipeline.jars"] = ";".join(p.resolve().as_uri() for p in job_jars(cfg))
     if restore_from:
         settings["execution.state-recovery.path"] = restore_from
-    for key, value in settings.items():
+        if cfg.flink.state_changelog:
+            # the changelog backend cannot take the full first checkpoint NO_CLAIM needs; the
+            # lineage restores only snapshots it may own (flink_jobs.lineage._claimable)
+            settings["execution.state-recovery.claim-mode"] = "CLAIM"
+    return settings
+
+
+def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = None) -> Configuration:
+    (cfg.paths_resolved.checkpoint_dir / job_name).mkdir(parents=True, exist_ok=True)
+    conf = Configuration()
+    for key, value in flink_settings(cfg, job_name, restore_from).items():
         conf.set_string(key, value)
     return conf
 

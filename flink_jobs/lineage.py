@@ -123,6 +123,24 @@ def _check_restorable(path: Path, lineage: dict, identity: dict) -> None:
                 "over with --fresh (discards its state)")
 
 
+def _claimable(cfg: Config, directory: Path, path: Path) -> Path:
+    """The snapshot this run may restore in CLAIM mode (the changelog state backend has no
+    NO_CLAIM restore): Flink then owns it and deletes its files once later checkpoints subsume
+    it. The lineage's own checkpoints are restored as they are; a savepoint (self-contained) is
+    copied into the lineage's directory first, so the one the user keeps is never touched."""
+    if not cfg.flink.state_changelog or path.resolve().is_relative_to(directory.resolve()):
+        return path
+    if path.is_dir() and path.name.startswith("savepoint-") and (path / "_metadata").is_file():
+        copy = directory / "claimed" / path.name
+        if not copy.exists():
+            shutil.copytree(path, copy)
+        return copy
+    raise LineageError(
+        f"cannot restore {path} with flink.state_changelog on: that restore claims the snapshot "
+        "(Flink would delete files of it later), and only a savepoint-* directory is copied first; "
+        "restore it with STREAMREC_FLINK__STATE_CHANGELOG=false, or take a savepoint of it")
+
+
 def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str | None = None,
              bounded: bool = False) -> RunPlan:
     """Decide where this run starts and record it in the lineage file (before the job starts)."""
@@ -142,8 +160,10 @@ def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str 
             raise LineageError(f"--restore-from {restore_from}: no such checkpoint or savepoint")
         if lineage:
             _check_restorable(path, lineage, identity)
-            return _resume(directory, lineage, bounded, path, f"restoring {path} (--restore-from)")
-        return _start(directory, identity, bounded, f"restoring {path} (--restore-from)", [], path)
+            return _resume(directory, lineage, bounded, _claimable(cfg, directory, path),
+                           f"restoring {path} (--restore-from)")
+        return _start(directory, identity, bounded, f"restoring {path} (--restore-from)", [],
+                      _claimable(cfg, directory, path))
     if lineage is None:
         return _start(directory, identity, bounded, "fresh start: no earlier run in this state directory")
     if lineage.get("finished"):
@@ -160,7 +180,7 @@ def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str 
         newest = max(candidates, key=lambda p: (p / "_metadata" if p.is_dir() else p).stat().st_mtime)
         _check_restorable(newest, lineage, identity)
         kind = "savepoint" if newest == savepoint else "checkpoint"
-        return _resume(directory, lineage, bounded, newest,
+        return _resume(directory, lineage, bounded, _claimable(cfg, directory, newest),
                        f"resuming run {lineage['run_id']} from its latest {kind} {newest}")
     if lineage.get("resumed_from"):
         raise LineageError(

@@ -149,8 +149,12 @@ def produce(cfg: Config, topic: str, items: Iterable[ReplayItem], total: int | N
 
     from streamrec.kafka_io import producer
 
-    pacer = _Pacer(rate, speedup)
     prod = producer(cfg)
+    # connected before the clock starts: records produced while the client still connects (and
+    # gets its idempotent producer id) wait in its queue with their timestamps already taken,
+    # which a paced replay would count as the pipeline's latency
+    prod.list_topics(topic, timeout=30)
+    pacer = _Pacer(rate, speedup)
     state = {"delivered": 0, "failed": 0, "first_error": None}
 
     def on_delivery(err, _msg):

@@ -28,3 +28,19 @@ def test_a_value_the_user_set_wins(monkeypatch):
     monkeypatch.setenv("JVM_ARGS", "-XX:CompilerThreadPriority=7")
     env._gateway_jvm_options(cfg)
     assert os.environ["JVM_ARGS"].split() == ["-XX:CompilerThreadPriority=7", "-XX:ThreadPriorityPolicy=1"]
+
+
+def test_the_changelog_state_backend_logs_beside_the_jobs_checkpoints(tmp_path):
+    cfg = load_config(config_file=None, env={"STREAMREC_PATHS__STATE_DIR": str(tmp_path)})
+    settings = env.flink_settings(cfg, "a-job")
+    assert settings["state.changelog.enabled"] == "true"
+    assert settings["state.changelog.dstl.dfs.base-path"] == (
+        cfg.paths_resolved.checkpoint_dir / "a-job" / "changelog").as_uri()
+    assert settings["state.changelog.periodic-materialize.interval"] == "30000 ms"
+    assert settings["state.backend.type"] == "rocksdb"
+
+
+def test_without_the_changelog_no_changelog_option_is_set(tmp_path):
+    cfg = load_config(config_file=None, env={"STREAMREC_PATHS__STATE_DIR": str(tmp_path),
+                                             "STREAMREC_FLINK__STATE_CHANGELOG": "false"})
+    assert not [k for k in env.flink_settings(cfg, "a-job") if k.startswith("state.changelog")]

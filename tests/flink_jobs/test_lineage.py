@@ -122,7 +122,15 @@ def test_a_recorded_savepoint_newer_than_the_checkpoints_wins(cfg, tmp_path):
     (savepoint / "_metadata").write_bytes(b"sp")
     lineage.mark_savepoint(cfg, JOB, str(savepoint))
     plan = lineage.plan_run(cfg, JOB)
-    assert plan.restore_from == savepoint and "savepoint" in plan.reason
+    assert _copy_of(plan.restore_from, savepoint) and "savepoint" in plan.reason
+
+
+def _copy_of(restored, savepoint) -> bool:
+    """A CLAIM-mode restore (the changelog state backend) gets a copy inside the lineage's
+    directory; the savepoint itself stays as it was."""
+    return (restored != savepoint and restored.name == savepoint.name
+            and (restored / "_metadata").read_bytes() == (savepoint / "_metadata").read_bytes()
+            and (savepoint / "_metadata").is_file())
 
 
 def test_restore_from_a_missing_path_is_an_error(cfg):
@@ -136,5 +144,24 @@ def test_a_savepoint_given_as_a_file_uri_is_found(cfg, tmp_path):
     savepoint.mkdir(parents=True)
     (savepoint / "_metadata").write_bytes(b"sp")
     lineage.mark_savepoint(cfg, JOB, savepoint.as_uri().replace("file:///", "file:/"))  # as `flink stop` prints it
-    assert lineage.plan_run(cfg, JOB).restore_from == savepoint
-    assert lineage.plan_run(cfg, JOB, restore_from=savepoint.as_uri()).restore_from == savepoint
+    assert _copy_of(lineage.plan_run(cfg, JOB).restore_from, savepoint)
+    assert _copy_of(lineage.plan_run(cfg, JOB, restore_from=savepoint.as_uri()).restore_from, savepoint)
+
+
+def test_without_the_changelog_a_savepoint_is_restored_where_it_is(tmp_path):
+    cfg = load_config(config_file=None, env={}, overrides={"paths.state_dir": str(tmp_path),
+                                                           "flink.state_changelog": False})
+    savepoint = tmp_path / "savepoints" / "savepoint-3"
+    savepoint.mkdir(parents=True)
+    (savepoint / "_metadata").write_bytes(b"sp")
+    assert lineage.plan_run(cfg, JOB, restore_from=str(savepoint)).restore_from == savepoint
+
+
+def test_another_jobs_checkpoint_is_not_claimed(cfg, tmp_path):
+    # an incremental checkpoint shares files with its job's other checkpoints: a CLAIM-mode
+    # restore could delete them, and a copy would still point at them
+    other = tmp_path / "elsewhere" / "job-x" / "chk-7"
+    other.mkdir(parents=True)
+    (other / "_metadata").write_bytes(b"flink")
+    with pytest.raises(lineage.LineageError, match="STATE_CHANGELOG=false"):
+        lineage.plan_run(cfg, JOB, restore_from=str(other))
