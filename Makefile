@@ -43,8 +43,12 @@ test-faults: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The latency phase's checkpoint interval: a read_committed reader waits for the checkpoint that
+# commits the sinks (the job's own default, flink.checkpoint_interval_ms, is 5 s).
+LATENCY_CHECKPOINT_MS ?= 300
+
 bench: setup
-	$(BIN)/streamrec bench
+	$(BIN)/streamrec bench --latency-checkpoint-ms $(LATENCY_CHECKPOINT_MS)
 
 clean-state:
 	-$(BIN)/streamrec down

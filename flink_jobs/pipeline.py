@@ -8,7 +8,7 @@
                  keyBy(shard) ShardLearner: learn the batch (online MF, keyed MapState) and
                        │      score it (onnxruntime over the live item table), once per batch
                        ▼
-                 [SQL] unnest ─► recommendations, model.items, model.users
+                 [SQL] unnest ─► recommendations, model.items, model.users (a task of their own)
 
 The exporter sidecar (``streamrec exporter``) turns ``model.items`` into versioned ONNX models in
 the registry; with ``scoring.serve = registry`` the shards serve CURRENT instead of their live
@@ -158,7 +158,11 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
                                     sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
                                     sc.provider, sc.ort_threads, reset_to),
                        output_type=BATCH_OUTPUT)
-              .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)"))
+              .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)")
+              # Its sinks run in a task of their own: chained to it, they committed each
+              # checkpoint's transactions in its thread after the Python batch in progress,
+              # 63 ms median / 528 ms p99 after the checkpoint completed (5 / 37 ms apart).
+              .disable_chaining())
     t_env.create_temporary_view("shard_output", t_env.from_data_stream(output))
     apply_sql(
         t_env, statements, "pipeline_sinks",
