@@ -321,6 +321,36 @@ def thread_cpu(pid: int | None) -> dict[int, tuple[str, float]]:
     return out
 
 
+def parse_schedstat_wait(schedstat_text: str) -> float | None:
+    """Seconds a thread has spent runnable but waiting for a core, from ``/proc/<pid>/task/<tid>/
+    schedstat`` (``run_ns wait_ns timeslices``); None where the kernel keeps no schedstats.
+
+    >>> parse_schedstat_wait("1500000000 2500000000 321")
+    2.5
+    >>> parse_schedstat_wait("") is None
+    True
+    """
+    fields = schedstat_text.split()
+    return int(fields[1]) / 1e9 if len(fields) >= 2 else None
+
+
+def thread_waits(pid: int | None) -> dict[int, float]:
+    """``{tid: seconds waited for a core}`` of every thread of ``pid``: on a machine with fewer
+    cores than runnable threads, a task thread's CPU time alone hides that it was starved."""
+    out: dict[int, float] = {}
+    if not pid:
+        return out
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        wait = parse_schedstat_wait(_read(f"/proc/{pid}/task/{tid}/schedstat") or "")
+        if wait is not None:
+            out[int(tid)] = wait
+    return out
+
+
 def parse_jstack_names(text: str) -> dict[int, str]:
     """``{tid: full thread name}`` from a ``jstack`` dump (``nid`` is the Linux thread id).
 
@@ -345,18 +375,32 @@ def java_thread_names(pid: int) -> dict[int, str]:
     return parse_jstack_names(dump)
 
 
-def thread_cpu_table(threads: dict[int, tuple[str, float]], names: dict[int, str], events: int) -> list[dict]:
-    """CPU µs per event by :func:`thread_group` (the JVM's threads as last sampled), largest first.
+def thread_cpu_table(threads: dict[int, tuple[str, float]], names: dict[int, str], events: int,
+                     waits: dict[int, float] | None = None) -> list[dict]:
+    """CPU µs per event by :func:`thread_group` (the JVM's threads as last sampled), largest first;
+    with ``waits`` (:func:`thread_waits`) also the seconds the group's threads waited for a core
+    and that wait's share of the time they wanted one (run + wait).
 
     >>> thread_cpu_table({1: ("C2 CompilerThre", 2.0), 2: ("Dedup (1/1)#0", 1.0), 3: ("C1 CompilerThre", 1.0)},
     ...                  {2: "Dedup -> Calc (1/1)#0"}, 1_000_000)[0]
     {'threads': 'JIT compilers', 'cpu_us_per_event': 3.0, 'cpu_s': 3.0, 'count': 2}
+    >>> thread_cpu_table({2: ("Dedup (1/1)#0", 1.0)}, {}, 1_000, waits={2: 3.0})[0]["waited_for_core_share"]
+    0.75
     """
-    groups: dict[str, list[float]] = {}
-    for tid, (comm, seconds) in threads.items():
-        groups.setdefault(thread_group(names.get(tid, comm)), []).append(seconds)
-    rows = [{"threads": g, "cpu_us_per_event": round(sum(v) * 1e6 / events, 1) if events else None,
-             "cpu_s": round(sum(v), 2), "count": len(v)} for g, v in groups.items()]
+    groups: dict[str, list[int]] = {}
+    for tid, (comm, _) in threads.items():
+        groups.setdefault(thread_group(names.get(tid, comm)), []).append(tid)
+    rows = []
+    for group, tids in groups.items():
+        cpu = sum(threads[t][1] for t in tids)
+        row = {"threads": group, "cpu_us_per_event": round(cpu * 1e6 / events, 1) if events else None,
+               "cpu_s": round(cpu, 2), "count": len(tids)}
+        known = [waits[t] for t in tids if waits and t in waits]
+        if known:
+            wait = sum(known)
+            row["waited_for_core_s"] = round(wait, 2)
+            row["waited_for_core_share"] = round(wait / (cpu + wait), 2) if cpu + wait > 0 else None
+        rows.append(row)
     return sorted(rows, key=lambda r: -r["cpu_s"])
 
 
@@ -483,6 +527,7 @@ class Monitor(threading.Thread):
         # the JVM's threads as last seen (a task thread's CPU stays counted after it exits) and
         # their full names (jstack, re-read at most every 20 s while unnamed threads work)
         self.threads: dict[int, tuple[str, float]] = {}
+        self.waits: dict[int, float] = {}  # tid -> seconds runnable but waiting for a core
         self.thread_names: dict[int, str] = {}
         self._names_read_at = 0.0
         # (seconds since start, {tid: cumulative CPU s}) per sample, for thread_timeline()
@@ -561,6 +606,7 @@ class Monitor(threading.Thread):
     def _sample_threads(self, now: float) -> None:
         current = thread_cpu(self.jvm)
         self.threads.update(current)
+        self.waits.update(thread_waits(self.jvm))
         unnamed = any(tid not in self.thread_names and cpu > 0.5 and thread_group(comm) == "other"
                       for tid, (comm, cpu) in current.items())
         if unnamed and now - self._names_read_at >= 20.0:
@@ -756,7 +802,7 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
            "broker": cpu_us_per_event(broker_cpu0, broker_cpu1, n),
            "exporter": cpu_us_per_event(exporter_cpu0, exporter_cpu1, n)}
     # the JVM's CPU by thread: each operator chain's task thread, the JIT compilers, GC, RocksDB
-    threads = thread_cpu_table(monitor.threads, monitor.thread_names, n)
+    threads = thread_cpu_table(monitor.threads, monitor.thread_names, n, monitor.waits)
     say(f"pipeline finished in {wall:.0f} s; reading the recommendations")
 
     recs = [r.json() for r in kafka_io.read_topic(tcfg, tcfg.kafka.topics.recommendations)]
@@ -1202,7 +1248,9 @@ def table(result: dict) -> str:
     if threads:
         lines.append("Flink JVM CPU µs per event by thread (task threads: one per operator chain):")
         for th in threads:
-            lines.append(f"  {_fmt(th['cpu_us_per_event'], '6.0f')}  {_short(th['threads'], 90)}")
+            waited = (f" (waited for a core {th['waited_for_core_share']:.0%} of the time it wanted one)"
+                      if th.get("waited_for_core_share") is not None else "")
+            lines.append(f"  {_fmt(th['cpu_us_per_event'], '6.0f')}  {_short(th['threads'], 90)}{waited}")
     busy = (t.get("vertices") or [])[:5]
     if busy:
         lines.append("busiest operators (throughput phase, mean busy / back-pressured ms per s):")

@@ -129,3 +129,21 @@ def test_thread_cpu_reads_this_process_threads_and_groups_them():
     assert {r["threads"] for r in rows} >= {"other"}
     assert [r["cpu_s"] for r in rows] == sorted((r["cpu_s"] for r in rows), reverse=True)
     assert thread_cpu(None) == {}
+
+
+def test_thread_waits_read_schedstat_and_join_the_cpu_table():
+    import os
+
+    from bench.run_bench import thread_cpu, thread_cpu_table, thread_waits
+
+    waits = thread_waits(os.getpid())
+    if not waits:
+        pytest.skip("this kernel keeps no schedstats")
+    assert os.getpid() in waits and waits[os.getpid()] >= 0.0
+    threads = thread_cpu(os.getpid())
+    rows = thread_cpu_table(threads, {}, 1_000, waits)
+    row = next(r for r in rows if r["threads"] == "other")
+    assert row["waited_for_core_s"] >= 0.0 and 0.0 <= row["waited_for_core_share"] <= 1.0
+    # a thread the waits do not know (ended before the sample) leaves the fields out
+    assert "waited_for_core_s" not in thread_cpu_table({10**9: ("rocksdb:low", 2.0)}, {}, 1_000, waits)[0]
+    assert thread_waits(None) == {}
