@@ -303,22 +303,24 @@ def thread_group(name: str) -> str:
     return "other"
 
 
-def thread_cpu(pid: int | None) -> dict[int, tuple[str, float]]:
-    """``{tid: (comm, CPU seconds)}`` of every thread of ``pid`` (``comm``: the kernel's first 15
-    characters of the thread's name)."""
-    out: dict[int, tuple[str, float]] = {}
+def _thread_files(pid: int | None, name: str) -> dict[int, str]:
+    """``{tid: text}`` of ``/proc/<pid>/task/<tid>/<name>`` for every thread of ``pid`` still there."""
     if not pid:
-        return out
+        return {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return out
+        return {}
+    texts = {int(tid): _read(f"/proc/{pid}/task/{tid}/{name}") for tid in tids}
+    return {tid: text for tid, text in texts.items() if text}
+
+
+def thread_cpu(pid: int | None) -> dict[int, tuple[str, float]]:
+    """``{tid: (comm, CPU seconds)}`` of every thread of ``pid`` (``comm``: the kernel's first 15
+    characters of the thread's name)."""
     tick = os.sysconf("SC_CLK_TCK")
-    for tid in tids:
-        stat = _read(f"/proc/{pid}/task/{tid}/stat")
-        if stat:
-            out[int(tid)] = (stat[stat.index("(") + 1:stat.rindex(")")], parse_cpu_ticks(stat) / tick)
-    return out
+    return {tid: (stat[stat.index("(") + 1:stat.rindex(")")], parse_cpu_ticks(stat) / tick)
+            for tid, stat in _thread_files(pid, "stat").items()}
 
 
 def parse_schedstat_wait(schedstat_text: str) -> float | None:
@@ -337,18 +339,8 @@ def parse_schedstat_wait(schedstat_text: str) -> float | None:
 def thread_waits(pid: int | None) -> dict[int, float]:
     """``{tid: seconds waited for a core}`` of every thread of ``pid``: on a machine with fewer
     cores than runnable threads, a task thread's CPU time alone hides that it was starved."""
-    out: dict[int, float] = {}
-    if not pid:
-        return out
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        wait = parse_schedstat_wait(_read(f"/proc/{pid}/task/{tid}/schedstat") or "")
-        if wait is not None:
-            out[int(tid)] = wait
-    return out
+    waits = {tid: parse_schedstat_wait(text) for tid, text in _thread_files(pid, "schedstat").items()}
+    return {tid: wait for tid, wait in waits.items() if wait is not None}
 
 
 def parse_jstack_names(text: str) -> dict[int, str]:
