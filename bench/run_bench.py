@@ -10,10 +10,13 @@ Three phases, each on fresh ``bench.*`` topics, a fresh registry and fresh check
    too). While the job runs a monitor thread samples, every 2 seconds, the Flink
    mini-cluster's REST API (per-vertex busy / back-pressured time, checkpoints) and ``/proc``
    (RSS and peak RSS of the Flink JVM, which hosts the thread-mode Python operators, and of the
-   exporter).
+   exporter). Then the features job runs over the clean events the pipeline wrote, as
+   ``streamrec run --bounded`` runs it, timed and measured on its own (``throughput.features_job``;
+   the feature rows are checked against the plain-Python reference).
 2. **quality**: :func:`streamrec.evaluate.evaluate_topics` on the throughput run's topics
    (pipeline vs windowed popularity vs the sequential reference) and rolling recall@10 series.
-3. **latency**: the pipeline is started unbounded on ``bench.lat.*`` topics with the exporter;
+3. **latency**: the pipeline is started unbounded on ``bench.lat.*`` topics with the exporter
+   and the features job beside it (as ``streamrec run`` starts them);
    warm-up events are sent at the target rate for 20 s (at least 500) and scored first (the
    fresh job's JIT and Python operator warm-up, first model export), then events are replayed at a fixed rate (half the measured throughput) for
    ``--latency-seconds``; latency = ``emitted_ts`` - the Kafka timestamp of the source record in
@@ -447,9 +450,11 @@ class FlinkRest:
     """The local mini-cluster's REST API (``rest.bind-port`` is 0 = random: found from the JVM's
     listening sockets, re-discovered when a new mini-cluster starts)."""
 
-    def __init__(self):
+    def __init__(self, job_name: str | None = JOB_NAME):
         self.port: int | None = None
         self.not_rest: set[int] = set()  # e.g. the py4j gateway port: never probe it twice
+        #: the mini-cluster running this job (the features job runs in one of its own, same JVM)
+        self.job_name = job_name
 
     def _get(self, port: int, path: str, timeout: float = 2.0, method: str = "GET"):
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
@@ -471,9 +476,18 @@ class FlinkRest:
             except Exception:  # noqa: BLE001 - e.g. the REST server is still starting: try again later
                 continue
             if isinstance(cfg, dict) and "flink-version" in cfg:
+                if self.job_name and not self._runs(port, self.job_name):
+                    continue
                 self.port = port
                 return port
         return None
+
+    def _runs(self, port: int, job_name: str) -> bool:
+        try:
+            jobs = (self._get(port, "/jobs/overview", timeout=3.0) or {}).get("jobs", [])
+        except Exception:  # noqa: BLE001 - still starting: try again later
+            return False
+        return any(j.get("name") == job_name for j in jobs)
 
     def get(self, path: str, jvm: int | None = None, method: str = "GET"):
         if self.port is None and self.discover(jvm) is None:
@@ -759,6 +773,7 @@ def cycled_events(events: list[dict], n: int) -> list[dict]:
 
 
 def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: float) -> tuple[dict, object]:
+    from flink_jobs import features as features_job
     from flink_jobs import pipeline
     from streamrec import kafka_io, replay
     from streamrec.demo import start_exporter, stop_process
@@ -779,7 +794,7 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
     broker_cpu0, exporter_cpu0 = cpu_seconds(broker_pid), cpu_seconds(exporter.pid)
     wall0 = time.time()
     try:
-        run = pipeline.run(tcfg, bounded=True, quiet=True)
+        run = pipeline.run(tcfg, bounded=True, quiet=True, with_features=False)
     finally:
         wall = time.time() - wall0
         monitor.stop()
@@ -787,12 +802,21 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         exporter_cpu1, broker_cpu1 = cpu_seconds(exporter.pid), cpu_seconds(broker_pid)
         stop_process(exporter)
     _, jvm_hwm = memory(monitor.jvm)
+    # The features job, as `streamrec run --bounded` runs it: after the pipeline, over the clean
+    # events it wrote (its own figures: it is off the recommendations' path)
+    say("pipeline finished; the features job over its clean events")
+    jvm_cpu_pipeline, broker_cpu2 = cpu_seconds(monitor.jvm), cpu_seconds(broker_pid)
+    features_run = features_job.run(tcfg, bounded=True, quiet=True)
+    features_cpu = {"flink_jvm": cpu_us_per_event(jvm_cpu_pipeline, cpu_seconds(monitor.jvm), res.delivered),
+                    "broker": cpu_us_per_event(broker_cpu2, cpu_seconds(broker_pid), res.delivered)}
     broker_rss, broker_hwm = memory(broker_pid)
     n = res.delivered
     # The mini-cluster JVM is started by this run: its whole CPU time (start-up included) counts.
-    cpu = {"flink_jvm": cpu_us_per_event(0.0, cpu_seconds(monitor.jvm), n),
+    cpu = {"flink_jvm": cpu_us_per_event(0.0, jvm_cpu_pipeline, n),
            "broker": cpu_us_per_event(broker_cpu0, broker_cpu1, n),
-           "exporter": cpu_us_per_event(exporter_cpu0, exporter_cpu1, n)}
+           "exporter": cpu_us_per_event(exporter_cpu0, exporter_cpu1, n),
+           "flink_jvm_incl_features_job": cpu_us_per_event(0.0, jvm_cpu_pipeline, n)
+           + (features_cpu["flink_jvm"] or 0.0)}
     # the JVM's CPU by thread: each operator chain's task thread, the JIT compilers, GC, RocksDB
     threads = thread_cpu_table(monitor.threads, monitor.thread_names, n, monitor.waits)
     say(f"pipeline finished in {wall:.0f} s; reading the recommendations")
@@ -814,6 +838,11 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "strategies": dict(Counter(r.get("strategy") for r in recs)),
         "wall_s": round(wall, 2),
         "pipeline_run_s": round(run.seconds, 2),
+        # the features job, after the pipeline (its wall time includes its start-up)
+        "features_job": {"run_s": round(features_run.seconds, 2),
+                         "events_per_s_incl_startup": res.delivered / features_run.seconds
+                         if features_run.seconds else None,
+                         "cpu_us_per_event": features_cpu},
         "first_to_last_emitted_s": round((last - first) / 1000.0, 3) if emitted else None,
         "events_per_s": span_throughput(res.delivered, first, last),
         "events_per_s_incl_startup": res.delivered / wall if wall else None,
@@ -998,6 +1027,7 @@ class CommittedWatcher(threading.Thread):
 def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, progress: bool,
                   sample_s: float, warmup: int = 500, checkpoint_interval_ms: int | None = None,
                   warmup_s: float = 20.0) -> dict:
+    from flink_jobs import features as features_job
     from flink_jobs import pipeline
     from flink_jobs.env import build_runtime
     from streamrec import kafka_io, replay
@@ -1027,6 +1057,8 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         statements = pipeline.build(rt, lcfg, False)
         statements.attach_as_datastream()
         client = rt.env.execute_async(JOB_NAME)
+        # the features job beside it, as `streamrec run` runs them (its checkpoints are its own)
+        features_client = features_job.run(lcfg, wait=False, quiet=True).job_client
     except BaseException:
         stop_process(exporter)
         raise
@@ -1075,9 +1107,9 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         client.cancel().result()
         cancelled = True
     finally:
-        if not cancelled:
+        for job in ((features_client,) if cancelled else (client, features_client)):
             try:
-                client.cancel().result()
+                job.cancel().result()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         monitor.stop()
@@ -1192,9 +1224,13 @@ def table(result: dict) -> str:
         ("peak RSS: Flink JVM / exporter / broker", f"{_mib((t.get('memory') or {}).get('jvm_peak_rss'))} / "
                                                     f"{_mib((t.get('memory') or {}).get('exporter_peak_rss'))} / "
                                                     f"{_mib((t.get('memory') or {}).get('broker_peak_rss'))}"),
-        ("CPU µs per event: Flink JVM / broker / exporter",
+        ("CPU µs per event: Flink JVM (pipeline) / broker / exporter",
          " / ".join(_fmt((t.get("cpu_us_per_event") or {}).get(k), ".0f")
                     for k in ("flink_jvm", "broker", "exporter"))),
+        ("features job after it: s / CPU µs per event, JVM / broker",
+         f"{_fmt((t.get('features_job') or {}).get('run_s'), '.1f')} / "
+         + " / ".join(_fmt(((t.get("features_job") or {}).get("cpu_us_per_event") or {}).get(k), ".0f")
+                      for k in ("flink_jvm", "broker"))),
         ("feature rows equal to the reference: user / item",
          " / ".join(f"{_fmt(f.get('equal'))} of {_fmt(f.get('expected'))}"
                     for f in ((t.get("features") or {}).get(k) or {} for k in ("user", "item")))),

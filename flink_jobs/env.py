@@ -252,6 +252,28 @@ def with_time_attributes(t_env, table: Table, columns: list[tuple[str, str]],
     return t_env.from_data_stream(t_env.to_data_stream(table), schema.watermark(*watermark).build())
 
 
+def sql_interval(ms: int) -> str:
+    """A Flink SQL day-time interval literal of ``ms`` milliseconds.
+
+    >>> sql_interval(90_061_001)
+    "INTERVAL '1 01:01:01.001' DAY TO SECOND(3)"
+    """
+    days, rest = divmod(int(ms), 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1_000)
+    return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"
+
+
+def sql_double(x: float) -> str:
+    """A DOUBLE literal.
+
+    >>> sql_double(0.25)
+    'CAST(0.25 AS DOUBLE)'
+    """
+    return f"CAST({float(x)!r} AS DOUBLE)"
+
+
 def apply_sql(t_env, statements, name: str, **params: object) -> None:
     """Run ``sql/<name>.sql`` (:func:`render_sql`): its INSERTs join ``statements`` (executed with
     the job), every other statement (tables, views) runs now."""

@@ -1,10 +1,11 @@
-"""Ingestion stage: ``events.raw`` -> validation + DLQ -> cleaning -> event-time dedup -> features.
+"""Ingestion stage: ``events.raw`` -> validation + DLQ -> cleaning -> event-time dedup -> events.clean.
 
     python -m flink_jobs.ingest [--bounded]
 
 ``add_ingestion(rt, cfg, bounded, statements)`` wires the stage into a job (the pipeline job adds
 its learner to the returned Table); ``run(cfg, bounded)`` runs the stage alone and, when bounded,
-prints one summary line. See docs/ingestion.md for the design.
+prints one summary line. The windowed features are a job of their own that reads events.clean
+(flink_jobs/features.py). See docs/ingestion.md for the design.
 
 Graph (one Kafka source, shared by every output):
 
@@ -15,9 +16,7 @@ Graph (one Kafka source, shared by every output):
            |- reason IS NOT NULL -> `rejected` -> events.dlq                 -- sql/ingest_sinks.sql
            '- reason IS NULL -> `deduped` (first occurrence per event_id, state TTL = horizon)
                 -> `deduped_all` (rowtime event_time, SOURCE_WATERMARK)
-                     -> events.clean; one (user, item, slice) row per pair  -- sql/ingest_sinks.sql
-                          -> `pair_slices_timed` (+ the pair's previous slice)
-                               -> features.user, features.item              -- sql/ingest_features.sql
+                     -> events.clean, each event with the watermark it passed  -- sql/ingest_sinks.sql
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pyflink.table import Schema, StatementSet, Table
 
 from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
-                            render_sql, with_time_attributes)
+                            render_sql, sql_double, sql_interval, with_time_attributes)
 from streamrec.config import Config, load_config
 from streamrec.kafka_io import ensure_topics, read_topic
 from udfs.validation import make_udfs
@@ -45,36 +44,15 @@ CLEAN_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "rating", "weig
                  "src_partition", "src_offset")
 
 
-def sql_interval(ms: int) -> str:
-    """A Flink SQL day-time interval literal of ``ms`` milliseconds.
-
-    >>> sql_interval(90_061_001)
-    "INTERVAL '1 01:01:01.001' DAY TO SECOND(3)"
-    """
-    days, rest = divmod(int(ms), 86_400_000)
-    hours, rest = divmod(rest, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    seconds, millis = divmod(rest, 1_000)
-    return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"
-
-
-def _double(x: float) -> str:
-    return f"CAST({float(x)!r} AS DOUBLE)"
-
-
-def _upsert(options: str) -> str:
-    return options.replace("'connector' = 'kafka'", "'connector' = 'upsert-kafka'")
-
-
 def ingestion_topics(cfg: Config) -> list[str]:
     t = cfg.kafka.topics
-    return [t.raw, t.dlq, t.clean, t.features_user, t.features_item]
+    return [t.raw, t.dlq, t.clean]
 
 
 def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: StatementSet,
                   topic_pattern: str | None = None) -> Table:
-    """Register the ingestion sources/sinks, add the INSERTs for events.dlq, events.clean,
-    features.user and features.item to ``statements``, and return the cleaned, deduplicated
+    """Register the ingestion sources/sinks, add the INSERTs for events.dlq and events.clean to
+    ``statements``, and return the cleaned, deduplicated
     events: ``event_id, user_id, item_id, event_type, rating, weight, ts, src_partition,
     src_offset``, the rowtime attribute ``event_time`` (watermark from the source) and the
     processing-time attribute ``proc_time`` (the learner's micro-batches).
@@ -87,16 +65,12 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     ensure_topics(cfg, ingestion_topics(cfg))
     t_env = rt.t_env
     conf = t_env.get_config()
-    # Window bounds are computed in UTC; the feature sinks are upsert-keyed by id while the window
-    # aggregate's unique key is (id, window): no SinkUpsertMaterializer (its state would grow
-    # without bound), each new window row simply replaces the id's previous row.
     conf.set("table.local-time-zone", "UTC")
-    conf.set("table.exec.sink.upsert-materialize", "NONE")
-    # bounds the dedup's state (sql/ingest.sql); the other stateful SQL operators of these jobs
-    # are windows and interval joins, which clear their state by the watermark anyway
+    # bounds the dedup's state (sql/ingest_route.sql); the learner's batch windows clear theirs
+    # by the watermark
     conf.set("table.exec.state.ttl", f"{ing.dedup_horizon_ms} ms")
-    # complete feature windows: no idleness unless configured, never for a bounded run
-    # (streamrec.config.IngestConfig.source_idle_timeout_ms says why)
+    # no idleness unless configured, never for a bounded run: the watermark the clean events
+    # carry to the feature windows (streamrec.config.IngestConfig.source_idle_timeout_ms says why)
     idle_ms = 0 if bounded else ing.source_idle_timeout_ms
     conf.set("table.exec.source.idle-timeout", f"{idle_ms} ms")
     for name, fn in make_udfs(ing).items():
@@ -114,11 +88,11 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         watermark_delay_ms=ing.watermark_delay_ms,
         max_future_ms=ing.max_future_ms,
         min_ts_ms=ing.min_ts_ms,
-        rating_min=_double(ing.rating_min), rating_max=_double(ing.rating_max),
+        rating_min=sql_double(ing.rating_min), rating_max=sql_double(ing.rating_max),
         max_payload_bytes=int(ing.max_payload_bytes),
-        w_view=_double(weights.view), w_click=_double(weights.click), w_cart=_double(weights.cart),
-        w_purchase=_double(weights.purchase), w_rating_base=_double(weights.rating_base),
-        w_rating_scale=_double(weights.rating_scale),
+        w_view=sql_double(weights.view), w_click=sql_double(weights.click), w_cart=sql_double(weights.cart),
+        w_purchase=sql_double(weights.purchase), w_rating_base=sql_double(weights.rating_base),
+        w_rating_scale=sql_double(weights.rating_scale),
     ):
         t_env.execute_sql(ddl)
 
@@ -150,28 +124,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     apply_sql(
         t_env, statements, "ingest_sinks",
         clean_sink_options=kafka_sink_options(cfg, t.clean, rt.transaction_prefix),
-        user_sink_options=_upsert(kafka_sink_options(cfg, t.features_user, rt.transaction_prefix)),
-        item_sink_options=_upsert(kafka_sink_options(cfg, t.features_item, rt.transaction_prefix)),
         dlq_max_bytes=ing.dlq_payload_max_bytes,
-        slide=sql_interval(ing.window_slide_ms),
-    )
-    # The pair slices get their event time back (window_time = slice end - 1 ms), with the
-    # source's watermarks, and a processing-time attribute for their order per pair (JVM only).
-    pair_slices = t_env.sql_query(
-        "SELECT user_id, item_id, slice_end_ms, n_events, n_views, n_clicks, n_carts, n_purchases, "
-        "n_ratings, w_sum, last_ts FROM pair_slices")
-    t_env.create_temporary_view("pair_slices_timed", with_time_attributes(
-        t_env, pair_slices, [("slice_time", "TO_TIMESTAMP_LTZ(slice_end_ms - 1, 3)"), ("proc_time", "PROCTIME()")],
-        watermark=("slice_time", "SOURCE_WATERMARK()")))
-    apply_sql(
-        t_env, statements, "ingest_features",
-        slide=sql_interval(ing.window_slide_ms),
-        long_window=sql_interval(ing.long_window_ms),
-        long_window_ms=ing.long_window_ms,
-        short_window_ms=ing.short_window_ms,
-        short_minutes=_double(ing.short_window_ms / 60_000),
-        long_over_short=_double(ing.long_window_ms / ing.short_window_ms),
-        bot_epm=_double(ing.bot_events_per_minute),
     )
     cols = ", ".join(CLEAN_COLUMNS)
     return t_env.sql_query(f"SELECT {cols}, event_time, proc_time FROM deduped_all")

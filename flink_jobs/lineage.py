@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -60,13 +61,13 @@ class RunPlan:
         return f"{job_name}-{self.run_id}-{topic}"
 
 
-def _identity(cfg: Config) -> dict:
+def _identity(cfg: Config, source_topic: str | None = None) -> dict:
     """What a checkpoint of this job can only be restored by."""
     return {
         "code_version": code_version(),
         "execution_mode": cfg.flink.execution_mode,  # a switch restores empty state, silently
         "state_backend": cfg.flink.state_backend,
-        "source": f"{cfg.bootstrap_servers}/{cfg.kafka.topics.raw}",
+        "source": f"{cfg.bootstrap_servers}/{source_topic or cfg.kafka.topics.raw}",
     }
 
 
@@ -142,10 +143,11 @@ def _claimable(cfg: Config, directory: Path, path: Path) -> Path:
 
 
 def plan_run(cfg: Config, job_name: str, fresh: bool = False, restore_from: str | None = None,
-             bounded: bool = False) -> RunPlan:
-    """Decide where this run starts and record it in the lineage file (before the job starts)."""
+             bounded: bool = False, source_topic: str | None = None) -> RunPlan:
+    """Decide where this run starts and record it in the lineage file (before the job starts).
+    ``source_topic``: the topic the job reads (default: the raw events)."""
     directory = job_dir(cfg, job_name)
-    identity = _identity(cfg)
+    identity = _identity(cfg, source_topic)
     lineage = read_lineage(directory)
     if fresh:
         discarded = sorted(p for p in directory.iterdir()) if directory.is_dir() else []
@@ -217,7 +219,33 @@ def mark_finished(cfg: Config, job_name: str) -> None:
 
 
 def mark_savepoint(cfg: Config, job_name: str, savepoint: str) -> None:
+    record(cfg, job_name, savepoint=savepoint)
+
+
+def record(cfg: Config, job_name: str, **fields) -> None:
+    """Add ``fields`` to the lineage file of ``job_name`` (if it has one)."""
     directory = job_dir(cfg, job_name)
     lineage = read_lineage(directory)
     if lineage:
-        write_lineage(directory, {**lineage, "savepoint": savepoint})
+        write_lineage(directory, {**lineage, **fields})
+
+
+def source_topic_pattern(topic: str, run_id: str) -> str:
+    """A lineage's source subscribes to ``topic`` plus the lineage's restore triggers.
+
+    >>> print(source_topic_pattern("events.raw", "r1"))
+    ^events\\.raw(\\.restore\\-r1\\-[0-9]+)?$
+    """
+    return f"^{re.escape(topic)}({re.escape(f'.restore-{run_id}-')}[0-9]+)?$"
+
+
+def restore_trigger_topic(topic: str, plan: RunPlan) -> str:
+    """An empty one-partition topic created before a bounded run resumes.
+
+    A bounded Kafka source restored from a checkpoint reads to its stopping offsets and then waits
+    forever for a "no more splits" signal its restored enumerator never sends when it finds no new
+    partition (FLINK-31006 / FLINK-33466, open in connector 5.0.0 and 4.0.1). A new partition
+    matching the source's pattern (:func:`source_topic_pattern`) makes that enumerator signal the
+    end: the job then finishes, with its final watermark flushing every window and timer, as a
+    fresh bounded run does."""
+    return f"{topic}.restore-{plan.run_id}-{plan.runs}"

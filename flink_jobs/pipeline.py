@@ -1,7 +1,7 @@
 """The streamrec pipeline job: one checkpointed Flink graph from ``events.raw`` to recommendations.
 
     events.raw ─► [SQL] validate ─► events.dlq
-                       │ clean, dedup (keyed, event-time horizon) ─► events.clean, features.user/item
+                       │ clean, dedup (keyed, event-time horizon) ─► events.clean
                        ▼
                  [SQL] a window of scoring.batch_interval_ms per shard (of the user) ─► one row
                        ▼
@@ -10,17 +10,17 @@
                        ▼
                  [SQL] unnest ─► recommendations, model.items, model.users (a task of their own)
 
-The exporter sidecar (``streamrec exporter``) turns ``model.items`` into versioned ONNX models in
+The features job (flink_jobs/features.py) makes features.user / features.item of events.clean,
+off the recommendations' path; ``run`` starts it too. The exporter sidecar (``streamrec exporter``) turns ``model.items`` into versioned ONNX models in
 the registry; with ``scoring.serve = registry`` the shards serve CURRENT instead of their live
 table (hot-swapped between batches). docs/hot-path.md has the design and its measurements.
 
-    python -m flink_jobs.pipeline [--bounded] [--from-version V]
+    python -m flink_jobs.pipeline [--bounded] [--from-version V] [--without-features]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from pyflink.common import Types
 from pyflink.datastream import KeyedStream
 
-from flink_jobs import lineage
+from flink_jobs import features, lineage
 from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, render_sql,
-                            with_time_attributes)
-from flink_jobs.ingest import IngestSummary, add_ingestion, sql_interval, summarize
+                            sql_interval, with_time_attributes)
+from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.config import Config, describe, load_config
 from streamrec.kafka_io import delete_topics, ensure_topics
 from udfs.flink_operators import BATCH_OUTPUT, ShardLearner
 
-JOB_NAME = "streamrec-pipeline"
+JOB_NAME = features.PIPELINE_JOB_NAME  # the features job follows this job's lineage
 
 # Operator uids: part of the savepoint contract. Never change them (state would not be restored).
 SHARD_LEARNER_UID = "shard-learner"
@@ -49,6 +49,7 @@ class PipelineRun:
     ingest: IngestSummary | None
     seconds: float
     job_client: object | None = None  # set when not waiting: cancel() it to stop the job
+    features: features.FeaturesRun | None = None  # the features job started with it, if any
 
 
 def shard_count(cfg: Config) -> int:
@@ -131,7 +132,7 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
     t_env = rt.t_env
     topics = cfg.kafka.topics
     statements = t_env.create_statement_set()
-    clean = add_ingestion(rt, cfg, bounded, statements, topic_pattern=source_topic_pattern(cfg, rt.run_id))
+    clean = add_ingestion(rt, cfg, bounded, statements, topic_pattern=lineage.source_topic_pattern(cfg.kafka.topics.raw, rt.run_id))
     t_env.create_temporary_view("clean_events", clean)
     shards = shard_count(cfg)
     sc, lc = cfg.scoring, cfg.learner
@@ -220,14 +221,19 @@ def pin_from_version(cfg: Config, version: str, run_id: str) -> str:
 
 
 def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True,
-        quiet: bool = False, fresh: bool = False, from_version: str | None = None) -> PipelineRun:
+        quiet: bool = False, fresh: bool = False, from_version: str | None = None,
+        with_features: bool = True) -> PipelineRun:
     """Run the pipeline; by default it resumes from its lineage's latest retained checkpoint
     (flink_jobs/lineage.py), ``fresh`` starts over and discards it. Bounded: stop at the end
     offsets present when the lineage started (a restored run keeps its splits' stopping offsets).
     ``from_version``: the learner's item and user vectors become that registry version's (and
     CURRENT is pinned to it), while the stream goes on from where the run starts; an older
     checkpoint is never restored for it: the events after it would be recommended again
-    (docs/registry.md, "Learner rollback")."""
+    (docs/registry.md, "Learner rollback").
+
+    ``with_features``: the features job (flink_jobs/features.py) runs too: beside the pipeline,
+    or, bounded, after it over the clean events it wrote (its input ends only when the
+    pipeline's does). ``streamrec submit`` submits it to a cluster as a job of its own."""
     if not quiet:
         print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
     ensure_topics(cfg)
@@ -236,54 +242,37 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
         check_from_version(cfg, from_version)
     plan = lineage.plan_run(cfg, JOB_NAME, fresh=fresh, restore_from=restore_from, bounded=bounded)
     print(f"[{JOB_NAME}] {plan.reason}", file=sys.stderr)
+    features.record_pipeline_start(cfg, plan)
     reset_to = None
     if from_version:
         reset_to = {"version": from_version, "token": pin_from_version(cfg, from_version, plan.run_id)}
         print(f"[{JOB_NAME}] the learner's vectors go back to {from_version}; CURRENT is pinned to "
               "it (`streamrec model unpin` resumes promotion)", file=sys.stderr)
-    trigger = restore_trigger_topic(cfg, plan) if bounded and plan.restore_from else None
+    trigger = lineage.restore_trigger_topic(cfg.kafka.topics.raw, plan) if bounded and plan.restore_from else None
     if trigger:
         ensure_topics(cfg, [trigger], partitions=1)
     rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
     statements = build(rt, cfg, bounded, reset_to)
     statements.attach_as_datastream()
     started = time.monotonic()
+    beside = features.run(cfg, wait=False, quiet=quiet) if with_features and not bounded else None
     if not wait:  # under `flink run -d`, or a caller that stops the job itself: submit and return
-        return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME))
+        return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME), beside)
     try:
         rt.env.execute(JOB_NAME)
     finally:
         if trigger:
             delete_topics(cfg, [trigger])
+        if beside:  # the pipeline stopped (failed): its features job has nothing more to read
+            beside.job_client.cancel()
     seconds = time.monotonic() - started
     if bounded:  # Flink discards a finished job's checkpoints: remember that it finished
         lineage.mark_finished(cfg, JOB_NAME)
     summary = summarize(cfg, seconds) if bounded else None
     if summary and not quiet:
         print(summary.line(), file=sys.stderr)
-    return PipelineRun(summary, seconds)
-
-
-def source_topic_pattern(cfg: Config, run_id: str) -> str:
-    """The pipeline's source subscribes to ``events.raw`` plus the lineage's restore triggers.
-
-    >>> from streamrec.config import load_config
-    >>> print(source_topic_pattern(load_config(config_file=None, env={}), "r1"))
-    ^events\\.raw(\\.restore\\-r1\\-[0-9]+)?$
-    """
-    raw = cfg.kafka.topics.raw
-    return f"^{re.escape(raw)}({re.escape(f'.restore-{run_id}-')}[0-9]+)?$"
-
-
-def restore_trigger_topic(cfg: Config, plan) -> str:
-    """An empty one-partition topic created before a bounded run resumes.
-
-    A bounded Kafka source restored from a checkpoint reads to its stopping offsets and then waits
-    forever for a "no more splits" signal its restored enumerator never sends when it finds no new
-    partition (FLINK-31006 / FLINK-33466, open in connector 5.0.0 and 4.0.1). A new partition
-    matching the source's pattern makes that enumerator signal the end: the job then finishes,
-    with its final watermark flushing every window and timer, as a fresh bounded run does."""
-    return f"{cfg.kafka.topics.raw}.restore-{plan.run_id}-{plan.runs}"
+    after = features.run(cfg, bounded=True, quiet=quiet) if with_features and bounded else None
+    return PipelineRun(summary, seconds, features=after)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,9 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="start over: discard the retained checkpoints")
     parser.add_argument("--no-wait", action="store_true", help="return once submitted (cluster mode)")
     parser.add_argument("--from-version", help="put this registry version's vectors back into the learner")
+    parser.add_argument("--without-features", action="store_true",
+                        help="do not run the features job (a cluster gets it as a job of its own)")
     args = parser.parse_args(argv)
     run(load_config(), bounded=args.bounded, restore_from=args.restore_from, wait=not args.no_wait,
-        fresh=args.fresh, from_version=args.from_version)
+        fresh=args.fresh, from_version=args.from_version, with_features=not args.without_features)
 
 
 if __name__ == "__main__":

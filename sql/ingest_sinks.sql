@@ -1,7 +1,7 @@
--- Ingestion, part 2: the cleaned + deduplicated events (view `deduped_all`, registered by
--- flink_jobs/ingest.py from the view `deduped` of sql/ingest.sql) go to events.clean, features.user, features.item.
--- Placeholders: dlq_max_bytes, clean_sink_options, user_sink_options, item_sink_options, slide.
--- The features' second level is sql/ingest_features.sql.
+-- Ingestion, part 2: the rejected records go to events.dlq, the cleaned + deduplicated events
+-- (view `deduped_all`, registered by flink_jobs/ingest.py from the view `deduped` of
+-- sql/ingest_route.sql) to events.clean, which the features job reads (sql/features.sql).
+-- Placeholders: dlq_max_bytes, clean_sink_options.
 
 CREATE TABLE clean_out (
   event_id STRING,
@@ -13,7 +13,8 @@ CREATE TABLE clean_out (
   ts BIGINT,
   src_partition INT,
   src_offset BIGINT,
-  late BOOLEAN
+  late BOOLEAN,
+  ingest_watermark_ms BIGINT
 ) WITH (
   ${clean_sink_options},
   'key.format' = 'raw',
@@ -22,99 +23,16 @@ CREATE TABLE clean_out (
   'value.fields-include' = 'ALL'
 );
 
--- Late events feed events.clean and the learner but not the windowed features.
-CREATE TEMPORARY VIEW feature_events AS
-SELECT * FROM deduped_all WHERE NOT late;
-
--- Sliding windows (size long_window_ms, every window_slide_ms) built from slices: a slice is a
--- TUMBLE of one slide, and a window is the long/slide slices before its end. The short window is
--- the last short_window_ms of the window (whole slices: the config makes it a multiple of the
--- slide). Level 1 counts each event once, in one (user, item, slice) row; level 2 aggregates
--- those rows per user (per item) and window. Distinct counts without a distinct aggregate: a
--- pair counts once per window, in the first of its slices the window holds, i.e. where the
--- pair's previous slice (prev_end_ms, sql/ingest_features.sql) lies before the window.
--- (COUNT(DISTINCT) keeps a map per key and window in RocksDB, and clearing those maps when the
--- windows fire made the item aggregate seek over tombstones: 100 % busy at ~150 events/s on
--- ML-100k; the pair level per window instead of per slice copied every event into every window
--- and cost ~4x the RocksDB accumulators of this one: docs/ingestion.md.)
-CREATE TEMPORARY VIEW pair_slices AS
-SELECT user_id, item_id, window_time AS slice_time,
-  TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00', window_end) * CAST(1000 AS BIGINT) AS slice_end_ms,
-  COUNT(*) AS n_events,
-  COUNT(*) FILTER (WHERE event_type = 'view') AS n_views,
-  COUNT(*) FILTER (WHERE event_type = 'click') AS n_clicks,
-  COUNT(*) FILTER (WHERE event_type = 'cart') AS n_carts,
-  COUNT(*) FILTER (WHERE event_type = 'purchase') AS n_purchases,
-  COUNT(*) FILTER (WHERE event_type = 'rating') AS n_ratings,
-  SUM(weight) AS w_sum,
-  MAX(ts) AS last_ts
-FROM TABLE(TUMBLE(TABLE feature_events, DESCRIPTOR(event_time), ${slide}))
-GROUP BY user_id, item_id, window_start, window_end, window_time;
-
-CREATE TABLE features_user_out (
-  user_id STRING,
-  window_start BIGINT,
-  window_end BIGINT,
-  short_events BIGINT,
-  short_views BIGINT,
-  short_clicks BIGINT,
-  short_carts BIGINT,
-  short_purchases BIGINT,
-  short_ratings BIGINT,
-  short_weight DOUBLE,
-  short_distinct_items BIGINT,
-  long_events BIGINT,
-  long_views BIGINT,
-  long_clicks BIGINT,
-  long_carts BIGINT,
-  long_purchases BIGINT,
-  long_ratings BIGINT,
-  long_weight DOUBLE,
-  long_distinct_items BIGINT,
-  last_seen_ts BIGINT,
-  events_per_minute DOUBLE,
-  is_bot BOOLEAN,
-  PRIMARY KEY (user_id) NOT ENFORCED
-) WITH (
-  ${user_sink_options},
-  'key.format' = 'raw',
-  'value.format' = 'json'
-);
-
-CREATE TABLE features_item_out (
-  item_id STRING,
-  window_start BIGINT,
-  window_end BIGINT,
-  short_events BIGINT,
-  short_views BIGINT,
-  short_clicks BIGINT,
-  short_carts BIGINT,
-  short_purchases BIGINT,
-  short_ratings BIGINT,
-  short_weight DOUBLE,
-  short_distinct_users BIGINT,
-  long_events BIGINT,
-  long_views BIGINT,
-  long_clicks BIGINT,
-  long_carts BIGINT,
-  long_purchases BIGINT,
-  long_ratings BIGINT,
-  long_weight DOUBLE,
-  long_distinct_users BIGINT,
-  last_seen_ts BIGINT,
-  popularity DOUBLE,
-  trend DOUBLE,
-  PRIMARY KEY (item_id) NOT ENFORCED
-) WITH (
-  ${item_sink_options},
-  'key.format' = 'raw',
-  'value.format' = 'json'
-);
-
 INSERT INTO dlq_out
 SELECT dlq_payload, payload_bytes, payload_bytes > ${dlq_max_bytes}, reason, src_partition, src_offset, ingest_ms
 FROM rejected;
 
+-- Each clean event carries the job's event-time watermark as it was when the event passed (NULL
+-- before the first): the features job (sql/features.sql) takes its watermark from these stamps,
+-- so an event that was on time here is on time there, whatever order events.clean's partitions
+-- hold the events in.
 INSERT INTO clean_out
-SELECT event_id, user_id, item_id, event_type, rating, weight, ts, src_partition, src_offset, late
+SELECT event_id, user_id, item_id, event_type, rating, weight, ts, src_partition, src_offset, late,
+  CAST(EXTRACT(EPOCH FROM CURRENT_WATERMARK(event_time)) * 1000
+       + MOD(EXTRACT(MILLISECOND FROM CURRENT_WATERMARK(event_time)), 1000) AS BIGINT)
 FROM deduped_all;

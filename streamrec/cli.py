@@ -4,7 +4,7 @@
     streamrec topics create | list        the configured topics
     streamrec replay [ml-100k | FILE]     produce a dataset into events.raw
     streamrec consume TOPIC               print records (read_committed)
-    streamrec run [--bounded] [--fresh]   the pipeline job on Flink's local mini-cluster (resumes by default)
+    streamrec run [--bounded] [--fresh]   the pipeline and features jobs on Flink's local mini-cluster (resume by default)
         [--from-version V]                ... with the learner's vectors rolled back to version V
     streamrec sql "SELECT ..."            a Flink SQL query over the topics (bounded), as a table
     streamrec demo                        everything above, end to end, then stops it all
@@ -218,9 +218,20 @@ def cmd_submit(args, cfg: Config) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         job_args += ["--from-version", args.from_version]
-    job_id = cluster.submit(cfg, parallelism=args.parallelism, job_args=job_args)
+    job_id = cluster.submit(cfg, parallelism=args.parallelism, job_args=job_args + ["--without-features"])
     print(f"submitted job {job_id}")
     print(f"web UI: {cluster.rest_url(cfg)}/#/job/running/{job_id}/overview")
+    # The features job (flink_jobs/features.py) is a job of its own: submitted once, it keeps
+    # running across the pipeline's upgrades (a stop with savepoint and a resubmit).
+    from flink_jobs.features import JOB_NAME as FEATURES_JOB
+
+    running = cluster.running_jobs(cfg, FEATURES_JOB)
+    if running:
+        print(f"features job {running[0]} is running (left as it is)")
+    else:
+        features_id = cluster.submit(cfg, job_module="flink_jobs.features", parallelism=args.parallelism,
+                                     job_args=["--no-wait"] + (["--fresh"] if args.fresh else []))
+        print(f"submitted features job {features_id}")
     return 0
 
 
@@ -232,10 +243,10 @@ def cmd_stop(args, cfg: Config) -> int:
               "savepoint loses the job's state; use the web UI to cancel)", file=sys.stderr)
         return 2
     from flink_jobs import lineage
-    from flink_jobs.pipeline import JOB_NAME
 
+    name = cluster.job_name(cfg, args.job_id)
     path = cluster.stop_with_savepoint(cfg, args.job_id)
-    lineage.mark_savepoint(cfg, JOB_NAME, path)  # a plain `streamrec submit` resumes from it
+    lineage.mark_savepoint(cfg, name, path)  # a plain `streamrec submit` resumes from it
     print(path)
     return 0
 

@@ -230,6 +230,16 @@ def submit(cfg: Config, job_module: str = "flink_jobs.pipeline", parallelism: in
     return match.group(1)
 
 
+def job_name(cfg: Config, job_id: str) -> str:
+    return _rest(cfg, f"/jobs/{job_id}")["name"]
+
+
+def running_jobs(cfg: Config, name: str) -> list[str]:
+    """Ids of the cluster's jobs called ``name`` that are not in a terminal state."""
+    return [j["jid"] for j in _rest(cfg, "/jobs/overview")["jobs"]
+            if j["name"] == name and j["state"] not in {"FINISHED", "FAILED", "CANCELED"}]
+
+
 def job_state(cfg: Config, job_id: str) -> str:
     return _rest(cfg, f"/jobs/{job_id}")["state"]
 

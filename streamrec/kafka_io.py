@@ -147,20 +147,36 @@ class Record:
         return json.loads(self.value) if self.value is not None else None
 
 
-def end_offsets(cfg: Config, topic: str, read_committed: bool = True) -> dict[int, int]:
-    """The current end offsets of every partition (the last stable offset when read_committed)."""
+def end_offsets(cfg: Config, topic: str, read_committed: bool = True, retry_s: float = 30.0) -> dict[int, int]:
+    """The current end offsets of every partition (the last stable offset when read_committed).
+    A topic created a moment ago may have no leader yet: retriable errors are retried for
+    ``retry_s`` seconds."""
     cons = consumer(cfg, read_committed=read_committed)
+    deadline = time.monotonic() + retry_s
     try:
-        md = cons.list_topics(topic, timeout=10).topics[topic]
-        if md.error is not None:
-            raise KafkaSetupError(f"topic {topic}: {md.error}")
-        out = {}
-        for p in md.partitions:
-            _low, high = cons.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-            out[p] = high
-        return out
+        while True:
+            try:
+                md = cons.list_topics(topic, timeout=10).topics[topic]
+                if md.error is not None:
+                    raise KafkaException(md.error)
+                out = {}
+                for p in md.partitions:
+                    _low, high = cons.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                    out[p] = high
+                return out
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None or not error.retriable() and error.code() not in _NOT_READY \
+                        or time.monotonic() > deadline:
+                    raise KafkaSetupError(f"topic {topic}: {exc}") from exc
+                time.sleep(0.5)
     finally:
         cons.close()
+
+
+#: Errors of a topic that exists but is not served yet (its partitions' leaders are being elected).
+_NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
 def read_topic(cfg: Config, topic: str, limit: int | None = None, from_beginning: bool = True,

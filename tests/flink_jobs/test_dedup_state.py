@@ -3,15 +3,15 @@ processing time after its first occurrence (the SQL dedup's state TTL), then for
 
 On an unbounded ingestion job: a duplicate within the horizon is dropped; the same id sent again
 after the horizon is kept again, which is what proves the id left the state. And the watermark
-passes the dedup while the job runs: feature windows close before any end of input (a table
-converted from a stream without a declared watermark once dropped them, so features came out
-only when a bounded input ended)."""
+passes the dedup while the job runs: the features job (reading events.clean beside it) closes
+feature windows before any end of input (a table converted from a stream without a declared
+watermark once dropped them, so features came out only when a bounded input ended)."""
 
 import time
 
 import pytest
 
-from flink_jobs import ingest
+from flink_jobs import features, ingest
 from flink_jobs.env import build_runtime
 from streamrec import replay
 from streamrec.kafka_io import ensure_topics, read_topic
@@ -46,6 +46,7 @@ def test_a_duplicate_is_dropped_within_the_horizon_and_the_id_forgotten_after_it
     ingest.add_ingestion(rt, cfg, False, statements)
     statements.attach_as_datastream()
     job = rt.env.execute_async(ingest.JOB_NAME)
+    feature_job = features.run(cfg, wait=False, quiet=True).job_client
     try:
         send = lambda events: replay.produce(cfg, cfg.kafka.topics.raw, replay.encode_events(events),  # noqa: E731
                                              progress=False)
@@ -57,14 +58,20 @@ def test_a_duplicate_is_dropped_within_the_horizon_and_the_id_forgotten_after_it
         time.sleep(3 * HORIZON_MS / 1000)  # past the horizon: the id has left the state
         send([_event("dup", 4), _event("marker-2", 5)])
         ids = _clean_ids(cfg, 5)
-        # two days of event time later: every window of the events above has closed
-        send([dict(_event("later", 6), ts=_event("x", 0)["ts"] + 2 * 86_400_000)])
+        # two days of event time later: every window of the events above has closed (the
+        # features job learns of the watermark that event moved from the next clean event,
+        # which carries it: sent once the first is through)
+        later = _event("x", 0)["ts"] + 2 * 86_400_000
+        send([dict(_event("later", 6), ts=later)])
+        _clean_ids(cfg, 6)
+        send([dict(_event("later-2", 7), ts=later + 1_000)])
         deadline = time.monotonic() + 90
-        features = []
-        while not features and time.monotonic() < deadline:
-            features = list(read_topic(cfg, cfg.kafka.topics.features_user, idle_timeout=1))
+        rows = []
+        while not rows and time.monotonic() < deadline:
+            rows = list(read_topic(cfg, cfg.kafka.topics.features_user, idle_timeout=1))
             time.sleep(1)
     finally:
+        feature_job.cancel().result()
         job.cancel().result()
     assert sorted(ids) == ["dup", "dup", "marker-1", "marker-2", "probe"]
-    assert features, "no feature window closed while the job ran: the watermark did not pass the dedup"
+    assert rows, "no feature window closed while the job ran: the watermark did not pass the dedup"

@@ -1,13 +1,14 @@
 """The ingestion job on a crafted stream: exact DLQ counts per reason, exact survivors, exact late
-flags, input = cleaned + dlq + duplicates, features equal to a plain-Python computation, and a
-batch of random byte strings that all end in events.clean or events.dlq."""
+flags, input = cleaned + dlq + duplicates, and a batch of random byte strings that all end in
+events.clean or events.dlq; then the features job over its clean events: features equal to a
+plain-Python computation."""
 
 import json
 import random
 
 import pytest
 
-from flink_jobs import ingest
+from flink_jobs import features, ingest
 from streamrec.kafka_io import ensure_topics, producer, read_topic
 from udfs.features import event_weight, window_features
 from udfs.validation import CleanEvent, validate
@@ -131,7 +132,9 @@ def test_ingest_exact_routing_dedup_late_and_features(cfg):
     assert {c["event_id"] for c in clean0 if c["late"]} == {"e41", "e42"}
     assert summary.parsed == len(stream) + len(fuzz)
     assert summary.dlq == len(dlq) and summary.cleaned == len(clean)
-    # -- features: equal to the plain-Python computation over the non-late cleaned events
+    # -- features (their own job, over events.clean): equal to the plain-Python computation over
+    # the non-late cleaned events
+    features.run(cfg, bounded=True)
     late_ids = {("e41", T0 + 10_000), ("e42", T0 + 72_000), ("e0", T0)}
     feature_events = [c for c in clean0 if (c["event_id"], c["ts"]) not in late_ids or
                       (c["event_id"] == "e0" and c["src_offset"] < 5)]
@@ -147,21 +150,33 @@ def test_ingest_exact_routing_dedup_late_and_features(cfg):
             assert g == pytest.approx(w), (g, w)
 
 
+#: Which raw partition holds each quarter of the backlog's time.
+QUARTER_PARTITION = (0, 2, 3, 1)
+
+
 def test_feature_windows_are_complete_under_a_backlog(cfg):
     """A backlog over four partitions: the source reader drains one partition's fetch at a time,
     so the others sit silent for seconds. With source idleness (2 s, as before 2026-12-01) the
     watermark jumped past their queued events and the windows dropped them silently (474 of
-    1,890 user rows came out); every row must be there, equal to the reference."""
+    1,890 user rows came out); every row must be there, equal to the reference.
+
+    Each raw partition holds a quarter of the stream's time (out of order: the last quarter in
+    partition 1), so each partition of events.clean (keyed by user) holds events of all four quarters in
+    the order the ingestion read them, chunk after chunk: a watermark of the features job's own
+    from `ts` would jump to the last quarter and make the earlier ones late there (checked: it
+    loses rows); the pipeline's watermark the clean events carry must lose none."""
     from streamrec import assets, replay
 
     events = replay.ml100k_events(assets.ml100k_dir(cfg))[:20_000]
     ensure_topics(cfg, ingest.ingestion_topics(cfg))
     prod = producer(cfg)
-    for e in events:
-        prod.produce(cfg.kafka.topics.raw, value=json.dumps(e).encode(), key=e["user_id"].encode())
+    for i, e in enumerate(events):
+        prod.produce(cfg.kafka.topics.raw, value=json.dumps(e).encode(), key=e["user_id"].encode(),
+                     partition=QUARTER_PARTITION[i * 4 // len(events)])
     assert prod.flush(60) == 0
 
     summary = ingest.run(cfg, bounded=True)
+    features.run(cfg, bounded=True)
 
     assert summary.cleaned == len(events) and summary.late == 0
     weighted = [{**e, "weight": event_weight(e["event_type"], e["rating"], cfg.ingest)} for e in events]

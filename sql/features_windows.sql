@@ -1,6 +1,6 @@
--- Ingestion, part 3: the features' second level (docs/ingestion.md, "Features"). Input: the view
--- `pair_slices_timed` (sql/ingest_sinks.sql's `pair_slices` with its event time, the source's
--- watermarks and a processing-time attribute, registered by flink_jobs/ingest.py).
+-- The features job, part 2: the features' second level (docs/ingestion.md, "Features"). Input:
+-- the view `pair_slices_timed` (sql/features.sql's `pair_slices` with its event time, the
+-- source's watermarks and a processing-time attribute, registered by flink_jobs/features.py).
 -- Placeholders: slide, long_window, long_window_ms, short_window_ms, short_minutes,
 -- long_over_short, bot_epm.
 
