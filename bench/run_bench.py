@@ -1026,7 +1026,7 @@ class CommittedWatcher(threading.Thread):
 
 def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, progress: bool,
                   sample_s: float, warmup: int = 500, checkpoint_interval_ms: int | None = None,
-                  warmup_s: float = 20.0) -> dict:
+                  warmup_s: float = 20.0, with_features: bool = True) -> dict:
     from flink_jobs import features as features_job
     from flink_jobs import pipeline
     from flink_jobs.env import build_runtime
@@ -1057,8 +1057,10 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         statements = pipeline.build(rt, lcfg, False)
         statements.attach_as_datastream()
         client = rt.env.execute_async(JOB_NAME)
-        # the features job beside it, as `streamrec run` runs them (its checkpoints are its own)
-        features_client = features_job.run(lcfg, wait=False, quiet=True).job_client
+        # the features job beside it (same JVM, its own checkpoints), as `streamrec run` runs
+        # them; --latency-without-features leaves it out
+        features_client = (features_job.run(lcfg, wait=False, quiet=True).job_client
+                           if with_features else None)
     except BaseException:
         stop_process(exporter)
         raise
@@ -1107,9 +1109,14 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         client.cancel().result()
         cancelled = True
     finally:
-        for job in ((features_client,) if cancelled else (client, features_client)):
+        if not cancelled:
             try:
-                job.cancel().result()
+                client.cancel().result()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        if features_client is not None:
+            try:
+                features_client.cancel().result()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         monitor.stop()
@@ -1153,6 +1160,8 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         #: as a read_committed consumer sees it: visible time - source record timestamp
         "read_committed_latency_ms": seen,
         "checkpoint_interval_ms": lcfg.flink.checkpoint_interval_ms,
+        "features_checkpoint_interval_ms": lcfg.ingest.features_checkpoint_interval_ms,
+        "features_job_beside": with_features,
         "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
         "checkpoints": monitor.checkpoint_summary(),
         "vertices": monitor.busy_table(),
@@ -1292,7 +1301,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
               latency_rate: float | None = None, skip_latency: bool = False, skip_quality: bool = False,
               progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
               command: str | None = None, peer_events: int = 5_000,
-              latency_checkpoint_ms: int | None = None) -> dict:
+              latency_checkpoint_ms: int | None = None, latency_with_features: bool = True) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
     from streamrec import assets, broker, replay
 
@@ -1349,7 +1358,8 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             rate = latency_rate or max(1.0, measured / 2)
             full = replay.ml100k_events(data_dir)
             result["latency"] = latency_phase(cfg, full, rate, latency_seconds, say, progress, sample_s,
-                                              checkpoint_interval_ms=latency_checkpoint_ms)
+                                              checkpoint_interval_ms=latency_checkpoint_ms,
+                                              with_features=latency_with_features)
     finally:
         if status.started:
             broker.down(cfg, log=say)
@@ -1401,10 +1411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--peer-events", type=int, default=5_000)
     parser.add_argument("--latency-checkpoint-ms", type=int)
+    parser.add_argument("--latency-without-features", action="store_true")
     args = parser.parse_args(argv)
     run_bench(load_config(), args.name, args.limit, args.latency_seconds, args.latency_rate,
               args.skip_latency, args.skip_quality, peer_events=args.peer_events,
               latency_checkpoint_ms=args.latency_checkpoint_ms,
+              latency_with_features=not args.latency_without_features,
               command=" ".join(["python", "bench/run_bench.py", *(argv if argv is not None else sys.argv[1:])]))
     return 0
 

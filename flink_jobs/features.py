@@ -157,6 +157,8 @@ def start(cfg: Config, bounded: bool = False, restore_from: str | None = None, f
     """Plan the run and build the job; returns the runtime to execute and the restore trigger
     topic a bounded resume needs (delete it after the run)."""
     plan, start_offsets = plan_run(cfg, bounded, restore_from, fresh, quiet)
+    cfg = cfg.model_copy(update={"flink": cfg.flink.model_copy(
+        update={"checkpoint_interval_ms": cfg.ingest.features_checkpoint_interval_ms})})
     trigger = lineage.restore_trigger_topic(cfg.kafka.topics.clean, plan) if bounded and plan.restore_from else None
     if trigger:
         ensure_topics(cfg, [trigger], partitions=1)

@@ -51,6 +51,12 @@ class PipelineRun:
     job_client: object | None = None  # set when not waiting: cancel() it to stop the job
     features: features.FeaturesRun | None = None  # the features job started with it, if any
 
+    def cancel(self) -> None:
+        """Cancel the job (not waited for) and the features job started beside it."""
+        for run in (self, self.features):
+            if run is not None and run.job_client is not None:
+                run.job_client.cancel().result()
+
 
 def shard_count(cfg: Config) -> int:
     """One shard per subtask: a shard owns a whole item table, so fewer shards learn better."""
@@ -255,8 +261,10 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
     statements = build(rt, cfg, bounded, reset_to)
     statements.attach_as_datastream()
     started = time.monotonic()
+    # beside an unbounded pipeline: a second job in the same local JVM (measured better for the
+    # recommendations' latency than a process of its own at nice 10: docs/ingestion.md)
     beside = features.run(cfg, wait=False, quiet=quiet) if with_features and not bounded else None
-    if not wait:  # under `flink run -d`, or a caller that stops the job itself: submit and return
+    if not wait:  # under `flink run -d`, or a caller that stops the jobs itself: submit and return
         return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME), beside)
     try:
         rt.env.execute(JOB_NAME)

@@ -455,7 +455,8 @@ def cmd_bench(args, cfg: Config) -> int:
     run_bench(cfg, name=args.name, limit=args.limit, latency_seconds=args.latency_seconds,
               latency_rate=args.latency_rate, skip_latency=args.skip_latency,
               skip_quality=args.skip_quality, progress=not args.quiet, command=command,
-              peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms)
+              peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms,
+              latency_with_features=not args.latency_without_features)
     return 0
 
 
@@ -598,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-quality", action="store_true", help="no prequential evaluation")
     p.add_argument("--latency-checkpoint-ms", type=int, help="checkpoint interval of the latency run "
                    "(default: flink.checkpoint_interval_ms); a read_committed reader waits for it")
+    p.add_argument("--latency-without-features", action="store_true", help="the latency run without "
+                   "the features job beside the pipeline (the recommendations' path alone)")
     p.add_argument("--peer-events", type=int, default=5_000, help="events the River peer runs on "
                    "(it ranks every item with one Python call each)")
     p.add_argument("--scale", action="store_true", help="the scale benchmark instead (scoring cost vs "

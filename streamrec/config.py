@@ -280,6 +280,10 @@ class IngestConfig(_Section):
     window_slide_ms: int = Field(21_600_000, ge=1_000)
     bot_events_per_minute: float = Field(120.0, gt=0)
     exclude_bots_from_learning: bool = True
+    #: The features job's checkpoint interval (its sinks commit then): its windows slide by
+    #: hours, so seconds of commit delay cost nothing, while checkpoints as frequent as the
+    #: pipeline's (whose interval sets the recommendations' latency) take CPU from it.
+    features_checkpoint_interval_ms: int = Field(5_000, ge=200)
 
     @model_validator(mode="after")
     def _windows(self) -> "IngestConfig":
@@ -401,11 +405,13 @@ class Config(_Section):
     def _transactions_outlive_recovery(self) -> "Config":
         # A sink's transaction stays open from one checkpoint until the next one completes, and
         # across failed checkpoints and restarts; if the broker aborts it first, its records are lost.
-        needed = transaction_time_needed_ms(self.flink)
+        needed = max(transaction_time_needed_ms(self.flink), transaction_time_needed_ms(
+            self.flink.model_copy(update={"checkpoint_interval_ms": self.ingest.features_checkpoint_interval_ms})))
         if self.kafka.transaction_timeout_ms < needed:
             raise ValueError(
                 f"kafka.transaction_timeout_ms = {self.kafka.transaction_timeout_ms} is below the "
-                f"{needed} ms that flink.checkpoint_interval_ms, tolerable_checkpoint_failures, "
+                f"{needed} ms that flink.checkpoint_interval_ms (or ingest.features_checkpoint_interval_ms), "
+                "tolerable_checkpoint_failures, "
                 "restart_attempts and restart_delay_ms need (the broker would abort transactions "
                 "before Flink commits them): raise it or lower those")
         return self

@@ -27,6 +27,7 @@ def make_config(state_dir: Path, port: int, **overrides) -> Config:
         "embedded.port": port,
         "embedded.controller_port": free_port(),
         "flink.checkpoint_interval_ms": 1000,
+        "ingest.features_checkpoint_interval_ms": 1000,
     }
     base.update(overrides)
     return load_config(config_file=None, env={}, overrides=base)

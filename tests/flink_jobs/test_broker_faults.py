@@ -71,7 +71,7 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
             status = run.job_client.get_job_status().result().name
             clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
         finally:
-            run.job_client.cancel().result()
+            run.cancel()
     finally:
         broker.down(cfg, log=lambda m: None)
 

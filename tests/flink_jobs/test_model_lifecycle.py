@@ -99,7 +99,7 @@ def test_rollback_pins_for_a_minute_of_events_then_unpin_resumes_promotion(cfg, 
     finally:
         if producing.ident is not None:  # the stream ends (nothing produces into a stopped broker)
             producing.join(180)
-        run.job_client.cancel().result()
+        run.cancel()
         stop_process(exporter)
 
     recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]

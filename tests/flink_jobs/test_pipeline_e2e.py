@@ -145,7 +145,7 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
         dlq = wait_for_records(cfg, cfg.kafka.topics.dlq, 2, timeout_s=60)
         recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
     finally:
-        run.job_client.cancel().result()
+        run.cancel()
         stop.set()
         stop_process(exporter)
         planter.join(5)
