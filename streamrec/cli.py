@@ -145,7 +145,7 @@ def cmd_run(args, cfg: Config) -> int:
             pipeline.check_from_version(cfg, args.from_version)
         ensure_kafka(cfg)
         pipeline.run(cfg, bounded=args.bounded, restore_from=args.restore_from, fresh=args.fresh,
-                     from_version=args.from_version)
+                     from_version=args.from_version, with_features=not args.without_features)
     except pipeline.FromVersionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_consume)
 
-    p = sub.add_parser("run", help="run the pipeline job on Flink's local mini-cluster")
+    p = sub.add_parser("run", help="run the pipeline and features jobs on Flink's local mini-cluster")
     p.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
     p.add_argument("--parallelism", type=int)
     p.add_argument("--restore-from", help="a retained checkpoint or savepoint path (default: the "
@@ -527,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-version", metavar="V", help="roll the learner back with the model: its item "
                    "and user vectors become registry version V's and CURRENT is pinned to V; the "
                    "stream goes on from where the run starts (docs/registry.md)")
+    p.add_argument("--without-features", action="store_true", help="do not run the features job "
+                   "(features.user / features.item) with the pipeline: it then has the cores to itself")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sql", help="run a Flink SQL query over bounded reads of the topics")
