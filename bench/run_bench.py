@@ -806,9 +806,15 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
     # events it wrote (its own figures: it is off the recommendations' path)
     say("pipeline finished; the features job over its clean events")
     jvm_cpu_pipeline, broker_cpu2 = cpu_seconds(monitor.jvm), cpu_seconds(broker_pid)
+    threads_before = thread_cpu(monitor.jvm)
     features_run = features_job.run(tcfg, bounded=True, quiet=True)
     features_cpu = {"flink_jvm": cpu_us_per_event(jvm_cpu_pipeline, cpu_seconds(monitor.jvm), res.delivered),
                     "broker": cpu_us_per_event(broker_cpu2, cpu_seconds(broker_pid), res.delivered)}
+    # its share of the JVM by thread (kernel thread names: the first 15 characters). Only threads
+    # alive at the end: the finished job's task threads have exited, their CPU is in the total only
+    features_threads = thread_cpu_table(
+        {tid: (name, cpu - threads_before.get(tid, (name, 0.0))[1])
+         for tid, (name, cpu) in thread_cpu(monitor.jvm).items()}, {}, res.delivered)
     broker_rss, broker_hwm = memory(broker_pid)
     n = res.delivered
     # The mini-cluster JVM is started by this run: its whole CPU time (start-up included) counts.
@@ -842,7 +848,8 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "features_job": {"run_s": round(features_run.seconds, 2),
                          "events_per_s_incl_startup": res.delivered / features_run.seconds
                          if features_run.seconds else None,
-                         "cpu_us_per_event": features_cpu},
+                         "cpu_us_per_event": features_cpu,
+                         "cpu_us_per_event_flink_jvm_threads": features_threads},
         "first_to_last_emitted_s": round((last - first) / 1000.0, 3) if emitted else None,
         "events_per_s": span_throughput(res.delivered, first, last),
         "events_per_s_incl_startup": res.delivered / wall if wall else None,

@@ -152,13 +152,27 @@ def plan_run(cfg: Config, bounded: bool = False, restore_from: str | None = None
     return plan, (None if plan.restore_from else start_offsets)
 
 
+def job_config(cfg: Config) -> Config:
+    """The configuration this job runs with: its own checkpoint interval, and plain RocksDB
+    checkpoints (the changelog state backend shortens checkpoints, which the pipeline's
+    recommendations wait for, for ~7 % more CPU, which this job, whose rows change by the hour,
+    need not pay).
+
+    >>> from streamrec.config import load_config
+    >>> flink = job_config(load_config(config_file=None, env={})).flink
+    >>> flink.checkpoint_interval_ms, flink.state_changelog
+    (5000, False)
+    """
+    return cfg.model_copy(update={"flink": cfg.flink.model_copy(update={
+        "checkpoint_interval_ms": cfg.ingest.features_checkpoint_interval_ms, "state_changelog": False})})
+
+
 def start(cfg: Config, bounded: bool = False, restore_from: str | None = None, fresh: bool = False,
           quiet: bool = False) -> tuple[FlinkRuntime, str | None]:
     """Plan the run and build the job; returns the runtime to execute and the restore trigger
     topic a bounded resume needs (delete it after the run)."""
+    cfg = job_config(cfg)
     plan, start_offsets = plan_run(cfg, bounded, restore_from, fresh, quiet)
-    cfg = cfg.model_copy(update={"flink": cfg.flink.model_copy(
-        update={"checkpoint_interval_ms": cfg.ingest.features_checkpoint_interval_ms})})
     trigger = lineage.restore_trigger_topic(cfg.kafka.topics.clean, plan) if bounded and plan.restore_from else None
     if trigger:
         ensure_topics(cfg, [trigger], partitions=1)
