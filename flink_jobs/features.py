@@ -154,9 +154,9 @@ def plan_run(cfg: Config, bounded: bool = False, restore_from: str | None = None
 
 def job_config(cfg: Config) -> Config:
     """The configuration this job runs with: its own checkpoint interval, and plain RocksDB
-    checkpoints (the changelog state backend shortens checkpoints, which the pipeline's
-    recommendations wait for, for ~7 % more CPU, which this job, whose rows change by the hour,
-    need not pay).
+    checkpoints (the changelog state backend is there to shorten the checkpoints the pipeline's
+    recommendations wait for; this job's rows change by the hour. Its CPU measured the same
+    either way in one bounded run each: 344 against 351 µs per event).
 
     >>> from streamrec.config import load_config
     >>> flink = job_config(load_config(config_file=None, env={})).flink
