@@ -22,6 +22,7 @@ cluster) and the run id that names the sinks' Kafka transactions, so that:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -228,6 +229,15 @@ def record(cfg: Config, job_name: str, **fields) -> None:
     lineage = read_lineage(directory)
     if lineage:
         write_lineage(directory, {**lineage, **fields})
+
+
+def run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command-line options every job driver with a lineage takes (``python -m flink_jobs.X``)."""
+    parser.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
+    parser.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
+    parser.add_argument("--fresh", action="store_true", help="start over: discard the retained checkpoints")
+    parser.add_argument("--no-wait", action="store_true", help="return once submitted (cluster mode)")
+    return parser
 
 
 def source_topic_pattern(topic: str, run_id: str) -> str:

@@ -284,11 +284,7 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
-    parser.add_argument("--restore-from", help="a retained checkpoint or savepoint path")
-    parser.add_argument("--fresh", action="store_true", help="start over: discard the retained checkpoints")
-    parser.add_argument("--no-wait", action="store_true", help="return once submitted (cluster mode)")
+    parser = lineage.run_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--from-version", help="put this registry version's vectors back into the learner")
     parser.add_argument("--without-features", action="store_true",
                         help="do not run the features job (a cluster gets it as a job of its own)")
