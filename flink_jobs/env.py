@@ -173,16 +173,18 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
 
 
 def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool,
-                         topic_pattern: str | None = None) -> str:
-    """WITH-clause options of a Kafka SQL source (read_committed, earliest, optionally bounded at
-    the end offsets present at start); ``topic_pattern`` subscribes by pattern instead."""
+                         topic_pattern: str | None = None, start_ms: int | None = None) -> str:
+    """WITH-clause options of a Kafka SQL source (read_committed, earliest or from the records
+    of ``start_ms`` on, optionally bounded at the end offsets present at start); ``topic_pattern``
+    subscribes by pattern instead. A restored source goes on from its checkpointed offsets."""
     opts = {
         "connector": "kafka",
         **({"topic-pattern": topic_pattern} if topic_pattern else {"topic": topic}),
         "properties.bootstrap.servers": cfg.bootstrap_servers,
         "properties.group.id": group,
         "properties.isolation.level": "read_committed",
-        "scan.startup.mode": "earliest-offset",
+        **({"scan.startup.mode": "timestamp", "scan.startup.timestamp-millis": str(start_ms)}
+           if start_ms is not None else {"scan.startup.mode": "earliest-offset"}),
         **java_client_properties(cfg),
     }
     if bounded:

@@ -29,8 +29,8 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedStream
 
 from flink_jobs import features, lineage
-from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, render_sql,
-                            sql_interval, with_time_attributes)
+from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
+                            render_sql, sql_interval, sql_string, with_time_attributes)
 from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.config import Config, describe, load_config
 from streamrec.kafka_io import delete_topics, ensure_topics
@@ -148,8 +148,22 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
         t_env.execute_sql(ddl)
     # The batch-time attributes, through a DataStream (JVM only); both modes build the same graph
     # shape, only the window's time attribute differs (restoring across modes is not tested).
+    exchange = exchanges_items(cfg, bounded)
+    if exchange:  # the other shards' item deltas join each shard's micro-batches
+        for ddl in render_sql("item_exchange_in", run_id=sql_string(rt.run_id),
+                              shard_keys=", ".join(map(str, keys)),
+                              source_options=kafka_source_options(
+                                  cfg, topics.item_deltas, rt.transaction_prefix, bounded=False,
+                                  # a fresh run's own records come later (and are filtered by
+                                  # run id); a restored source goes on from its offsets
+                                  start_ms=int(time.time() * 1000) - 60_000)):
+            t_env.execute_sql(ddl)
+    elif shards > 1 and lc.exchange_interval_ms:
+        print(f"[{JOB_NAME}] a bounded run does not exchange item deltas between its {shards} shards "
+              "(it would wait for the end of a topic it writes itself); each learns its own item "
+              "table", file=sys.stderr)
     t_env.create_temporary_view("learner_events_timed", with_time_attributes(
-        t_env, t_env.from_path("learner_events"),
+        t_env, t_env.from_path("learner_inputs" if exchange else "learner_events"),
         [("proc_time", "PROCTIME()"), ("arrival", "CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP_LTZ(3))")],
         watermark=("arrival", "arrival")))
     for ddl in render_sql("learner_batches", batch_time=BATCH_TIME[bounded],
@@ -159,11 +173,13 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
                     seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
                     warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
                     bot_events_per_minute=cfg.ingest.bot_events_per_minute,
-                    exclude_bots=cfg.ingest.exclude_bots_from_learning, item_ttl_ms=lc.state_ttl_ms)
+                    exclude_bots=cfg.ingest.exclude_bots_from_learning, item_ttl_ms=lc.state_ttl_ms,
+                    exchange_items=exchange)
     output = (key_by_first_field(t_env, t_env.from_path("learner_batches"), Types.INT(), LEARNER_BATCH)
               .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
                                     sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
-                                    sc.provider, sc.ort_threads, reset_to),
+                                    sc.provider, sc.ort_threads, reset_to,
+                                    lc.exchange_interval_ms if exchange else 0),
                        output_type=BATCH_OUTPUT)
               .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)")
               # Its sinks run in a task of their own: chained to it, they committed each
@@ -177,7 +193,17 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
         model_users_options=kafka_sink_options(cfg, topics.model_users, rt.transaction_prefix),
         recommendations_options=kafka_sink_options(cfg, topics.recommendations, rt.transaction_prefix),
     )
+    if exchange:
+        apply_sql(t_env, statements, "item_exchange_out", run_id=sql_string(rt.run_id),
+                  sink_options=kafka_sink_options(cfg, topics.item_deltas, rt.transaction_prefix))
     return statements
+
+
+def exchanges_items(cfg: Config, bounded: bool) -> bool:
+    """Whether the shards exchange item deltas (udfs/item_exchange.py): several shards, an
+    unbounded run (a bounded one would wait for the end of a topic it writes itself), and an
+    exchange interval."""
+    return shard_count(cfg) > 1 and not bounded and cfg.learner.exchange_interval_ms > 0
 
 
 #: The registry actor of the pin a ``--from-version`` run sets.

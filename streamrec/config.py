@@ -51,6 +51,8 @@ class TopicsConfig(_Section):
     features_item: str = "features.item"
     model_items: str = "model.items"
     model_users: str = "model.users"
+    #: The shards' item deltas to each other at parallelism > 1 (udfs/item_exchange.py).
+    item_deltas: str = "model.item_deltas"
     recommendations: str = "recommendations"
 
     def all(self) -> list[str]:
@@ -320,6 +322,14 @@ class LearnerConfig(_Section):
     #: changes within a second, and encoding them was ~15 % of the learner's Python time at a 1 s
     #: interval (py-spy, docs/hot-path.md); 5 s matches the exporter's own interval.
     changelog_interval_ms: int = Field(5_000, ge=0)
+    #: At parallelism > 1 (unbounded runs), how often each shard sends the item steps it took to
+    #: the other shards (udfs/item_exchange.py); 0: never, each shard learns its own item table.
+    #: A shard's copy lacks at most the other shards' last interval, plus a checkpoint interval
+    #: (the deltas travel through an exactly-once sink) and a micro-batch (docs/hot-path.md).
+    exchange_interval_ms: int = Field(1_000, ge=0)
+    #: Retention of the delta topic: a run restored from a checkpoint or savepoint older than this
+    #: misses the other shards' steps between (its item copies then differ by them).
+    exchange_retention_ms: int = Field(7 * 86_400_000, ge=3_600_000)
     #: Sampled softmax (with logQ correction) or pairwise BPR over the positive and its negatives.
     objective: Literal["softmax", "bpr"] = "softmax"
     #: Negatives drawn uniformly from the item snapshot or in proportion to its popularity counts.

@@ -39,6 +39,15 @@ def compacted_topics(cfg: Config) -> list[str]:
     return [t.model_items, t.model_users, t.features_user, t.features_item]
 
 
+def topic_settings(cfg: Config, topic: str) -> dict[str, str]:
+    """The topic-level configuration ``topic`` is created with."""
+    if topic in compacted_topics(cfg):
+        return {"cleanup.policy": "compact"}
+    if topic == cfg.kafka.topics.item_deltas:  # read back by the job only: bounded by time
+        return {"retention.ms": str(cfg.learner.exchange_retention_ms)}
+    return {}
+
+
 def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float = 30.0,
                   partitions: int | None = None) -> dict[str, str]:
     """Create the configured topics that do not exist yet. Returns {topic: "created"|"exists"}.
@@ -46,7 +55,8 @@ def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float =
     Every topic gets ``kafka.partitions`` partitions; producers key per-user streams by user_id
     and item streams by item_id, so one key always lands in one partition (and one Flink subtask).
     The changelogs (:func:`compacted_topics`: the latest record per key is the state) are created
-    compacted, so they do not grow with the events and an expired key's tombstone removes it.
+    compacted, so they do not grow with the events and an expired key's tombstone removes it; the
+    shards' item deltas are kept for ``learner.exchange_retention_ms`` (:func:`topic_settings`).
     Existing topics are left as they are.
     """
     client = admin(cfg)
@@ -57,12 +67,11 @@ def ensure_topics(cfg: Config, topics: list[str] | None = None, timeout: float =
         raise KafkaSetupError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from None
     result = {t: "exists" for t in wanted if t in existing}
     missing = [t for t in wanted if t not in existing]
-    compacted = set(compacted_topics(cfg))
     if missing:
         futures = client.create_topics(
             [NewTopic(t, num_partitions=partitions or cfg.kafka.partitions,
                       replication_factor=cfg.kafka.replication_factor,
-                      config={"cleanup.policy": "compact"} if t in compacted else {}) for t in missing],
+                      config=topic_settings(cfg, t)) for t in missing],
             operation_timeout=timeout,
         )
         for topic, fut in futures.items():

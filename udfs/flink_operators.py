@@ -12,8 +12,15 @@ costs a few µs each, while unnesting one big string in SQL measured ~190 µs pe
 The item table is also cached in Python (the shard scores it every batch); it is rebuilt from
 MapState when the operator opens, so a restore loses nothing. State: ``users`` (user id -> user
 record), ``items`` (item id -> item record), both with the learner's TTL, ``changelog``
-(items and users changed since the last changelog flush) and ``reset-token`` (the last
-``--from-version`` reset this shard applied: docs/registry.md).
+(items and users changed since the last changelog flush), ``reset-token`` (the last
+``--from-version`` reset this shard applied: docs/registry.md) and ``exchanged`` (when the shard
+last sent its item deltas).
+
+One shard of several (``exchange_interval_ms`` > 0) also exchanges item deltas
+(udfs/item_exchange.py): the micro-batch carries the other shards' delta records beside its
+events, added before the events are learned; every ``exchange_interval_ms`` the shard emits its
+own pending steps (kind ``item_delta``, keyed by its shard key) and writes the items back with
+nothing pending, in the same call.
 """
 
 from __future__ import annotations
@@ -28,14 +35,14 @@ from pyflink.common.time import Duration, Time
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from udfs import online_mf
+from udfs import item_exchange, online_mf
 from udfs.shard_model import Event, ShardModel, ShardSettings, decode_user
 
 log = logging.getLogger("streamrec.operators")
 
 #: The operator's output: one row per record, ``kind`` names the sink (SQL routes by it).
 BATCH_OUTPUT = Types.ROW_NAMED(["kind", "k", "v"], [Types.STRING(), Types.STRING(), Types.STRING()])
-RECOMMENDATION, ITEM, USER = "recommendation", "item", "user"
+RECOMMENDATION, ITEM, USER, ITEM_DELTA = "recommendation", "item", "user", "item_delta"
 #: Fires at the final watermark of a bounded input only: flushes the last changelog records.
 _END_OF_INPUT = 2**63 - 2
 #: One encoder (json.dumps with options builds a new one per call).
@@ -66,7 +73,7 @@ class ShardLearner(KeyedProcessFunction):
 
     def __init__(self, learner: dict, settings: dict, state_ttl_ms: int, changelog_interval_ms: int,
                  serve: str, registry_dir: str, swap_check_interval_s: float, provider: str,
-                 ort_threads: int, reset_to: dict | None = None):
+                 ort_threads: int, reset_to: dict | None = None, exchange_interval_ms: int = 0):
         #: ``{"version", "token"}``: put that registry version's vectors back once per shard
         #: (``streamrec run --from-version``); the token, kept in state, makes it once per run
         self.reset_to = reset_to
@@ -79,6 +86,8 @@ class ShardLearner(KeyedProcessFunction):
         self.swap_check_interval_s = swap_check_interval_s
         self.provider = provider
         self.ort_threads = ort_threads
+        #: > 0: one shard of several, sending its item deltas this often (udfs/item_exchange.py)
+        self.exchange_interval_ms = exchange_interval_ms
 
     def open(self, ctx: RuntimeContext):
         from model.scoring import LiveScorer, choose_providers
@@ -93,6 +102,7 @@ class ShardLearner(KeyedProcessFunction):
         self.timed_keys: set[int] = set()  # keys whose end-of-input timer is registered since open()
         self.shards: dict[int, ShardModel] = {}  # per shard key (a subtask may own several)
         self.reset_applied = ctx.get_state(ValueStateDescriptor("reset-token", Types.STRING()))
+        self.exchanged = ctx.get_state(ValueStateDescriptor("exchanged", Types.LONG()))
         self.reset_tables = None
         self.reset_keys: set[int] = set()  # keys known reset: the state is read once per key, not per batch
         if self.reset_to:
@@ -117,6 +127,14 @@ class ShardLearner(KeyedProcessFunction):
         self.unservable = metrics.counter("events_without_recommendation")
         self.batches = metrics.counter("batches")
         self.swaps = metrics.counter("model_swaps")
+        # the item exchange: delta records sent and applied, and how old the newest and the oldest
+        # step of the deltas applied by the last batch were (processing time; 0 before any)
+        self.deltas_sent = metrics.counter("item_deltas_sent")
+        self.deltas_applied = metrics.counter("item_deltas_applied")
+        self.exchange_lag = {"lag": 0, "staleness": 0, "staleness_max": 0}
+        metrics.gauge("item_exchange_lag_ms", lambda: self.exchange_lag["lag"])
+        metrics.gauge("item_staleness_ms", lambda: self.exchange_lag["staleness"])
+        metrics.gauge("item_staleness_max_ms", lambda: self.exchange_lag["staleness_max"])
         # where a batch's time goes (thread CPU µs, summed): read keyed state, learn and score,
         # write keyed state, encode and emit records
         self.phases = {name: metrics.counter(f"{name}_us") for name in ("state_read", "learn_score",
@@ -159,16 +177,28 @@ class ShardLearner(KeyedProcessFunction):
             # does: it flushes the changelog's last records (once per key and open())
             ctx.timer_service().register_event_time_timer(_END_OF_INPUT)
             self.timed_keys.add(key)
-        events = [Event(*e) for e in json.loads("[" + events_line + "]")]
-        if not events:
+        entries = json.loads("[" + events_line + "]")
+        events = [Event(*e) for e in entries if isinstance(e, list)]
+        deltas = [item_exchange.decode(e, self.params.dim) for e in entries if isinstance(e, dict)]
+        if not events and not deltas:
             return
         shard = self._shard(key)
         # before learning: a --from-version reset, and an expired item starts afresh
-        expired = self._reset(key, shard) + self._expire(shard)
+        rows = self._reset(key, shard) + self._expire(shard)
+        now_ms = int(time.time() * 1000)
+        if deltas:  # the other shards' steps first: the batch learns against them
+            self.items.put_all(shard.apply_deltas(deltas, now_ms))
+            self._received(deltas, now_ms)
+        if events:
+            rows += self._learn(ctx, shard, events, now_ms)
+        if self.exchange_interval_ms:
+            rows += self._send_deltas(ctx, key, shard, now_ms, timer=False)
+        yield from rows
+
+    def _learn(self, ctx, shard: ShardModel, events: list, now_ms: int) -> list:
         t0 = time.thread_time_ns()
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
         t1 = time.thread_time_ns()
-        now_ms = int(time.time() * 1000)
         out = shard.process(events, records, now_ms)
         t2 = time.thread_time_ns()
         self.users.put_all(out.user_records)
@@ -186,7 +216,7 @@ class ShardLearner(KeyedProcessFunction):
         self.scored.inc(len(out.recommendations))
         self.batches.inc()
         t4 = time.thread_time_ns()
-        rows = expired + [Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec)) for rec in out.recommendations]
+        rows = [Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec)) for rec in out.recommendations]
         if now_ms - last_flush >= self.changelog_interval_ms:
             self.changelog.update((set(), set(), now_ms))
             rows += self._changelog(shard, items, users, max(e.ts for e in events))
@@ -194,7 +224,33 @@ class ShardLearner(KeyedProcessFunction):
             self.changelog.update((items, users, last_flush))
             ctx.timer_service().register_processing_time_timer(last_flush + self.changelog_interval_ms)
         self._spent("emit", time.thread_time_ns() - t4)
-        yield from rows
+        return rows
+
+    def _send_deltas(self, ctx, key: int, shard: ShardModel, now_ms: int, timer: bool) -> list:
+        """The shard's pending item steps as delta records, once per exchange interval (a timer
+        sends what the last batches left); the items are written back with nothing pending."""
+        last = self.exchanged.value() or 0
+        if now_ms - last < self.exchange_interval_ms:
+            if not timer:
+                ctx.timer_service().register_processing_time_timer(last + self.exchange_interval_ms)
+            return []
+        deltas, records = shard.take_deltas(key, last, now_ms)
+        if deltas is None:
+            return []
+        self.items.put_all(records)
+        self.exchanged.update(now_ms)
+        lines = item_exchange.encode(deltas)
+        self.deltas_sent.inc(len(lines))
+        return [Row(ITEM_DELTA, str(key), line) for line in lines]
+
+    def _received(self, deltas: list, now_ms: int) -> None:
+        self.deltas_applied.inc(len(deltas))
+        lag = self.exchange_lag
+        lag["lag"] = max(now_ms - d.emitted_ms for d in deltas)
+        # the oldest step a delta can hold was taken just after its sender's previous send
+        stale = [now_ms - d.since_ms for d in deltas if d.since_ms]
+        lag["staleness"] = max(stale) if stale else lag["lag"]
+        lag["staleness_max"] = max(lag["staleness_max"], lag["staleness"])
 
     def _spent(self, phase: str, ns: int) -> None:
         self.phases[phase].inc(ns // 1000)
@@ -207,14 +263,20 @@ class ShardLearner(KeyedProcessFunction):
                 f"{k} {v / 1e6:.1f} s ({100 * v / total:.0f} %)" for k, v in self.phase_totals.items()))
 
     def on_timer(self, timestamp, ctx):
+        key = ctx.get_current_key()
         items, users, last_flush = self.changelog.value() or (set(), set(), 0)
-        if not changelog_due(timestamp, last_flush, self.changelog_interval_ms, bool(items or users),
-                             end_of_input=timestamp == _END_OF_INPUT):
+        changelog = changelog_due(timestamp, last_flush, self.changelog_interval_ms, bool(items or users),
+                                  end_of_input=timestamp == _END_OF_INPUT)
+        if not (changelog or self.exchange_interval_ms):
             return
-        shard = self._shard(ctx.get_current_key())
-        yield from self._reset(ctx.get_current_key(), shard)  # a restored timer may fire before any batch
-        self.changelog.update((set(), set(), int(time.time() * 1000)))
-        yield from self._changelog(shard, items, users, None)
+        shard = self._shard(key)
+        yield from self._reset(key, shard)  # a restored timer may fire before any batch
+        now_ms = int(time.time() * 1000)
+        if self.exchange_interval_ms:
+            yield from self._send_deltas(ctx, key, shard, now_ms, timer=True)
+        if changelog:
+            self.changelog.update((set(), set(), now_ms))
+            yield from self._changelog(shard, items, users, None)
 
     def _reset(self, key: int, shard: ShardModel) -> list:
         """Once per shard and run of ``--from-version``: the version's item and user vectors

@@ -42,21 +42,38 @@ from udfs.online_mf import LearnerParams
 _ADAGRAD_EPS = 1e-6
 
 
-#: The item record: the layout of udfs.online_mf.item_state_to_bytes (its format 1) plus the
-#: processing time of the record's last write, so expiry is known after a restore too.
-ITEM_FORMAT = 2
+#: The item record: the layout of udfs.online_mf.item_state_to_bytes (its format 1), the
+#: processing time of the record's last write (so expiry is known after a restore too), and the
+#: shard's own updates not yet sent to the other shards (udfs/item_exchange.py). Format 2 was the
+#: same without the pending updates; it is still read (as nothing pending).
+ITEM_FORMAT = 3
+_READABLE_ITEM_FORMATS = (2, 3)
+
+#: An item's learned columns, and those of them a shard exchanges as deltas (its own steps).
+_LEARNED = (("vectors", "vector"), ("accum", "accum"), ("bias", "bias"), ("bias_accum", "bias_accum"),
+            ("updates", "updates"), ("popularity", "popularity"))
 
 
-def _item_dtype(dim: int) -> np.dtype:
-    return np.dtype([("version", "u1"), ("dim", "<u2"), ("updates", "<u8"), ("popularity", "<f8"),
-                     ("bias", "<f4"), ("bias_accum", "<f4"), ("vector", "<f4", (dim,)),
-                     ("accum", "<f4", (dim,)), ("written_ms", "<i8")])
+def _item_dtype(dim: int, version: int = ITEM_FORMAT) -> np.dtype:
+    fields = [("version", "u1"), ("dim", "<u2"), ("updates", "<u8"), ("popularity", "<f8"),
+              ("bias", "<f4"), ("bias_accum", "<f4"), ("vector", "<f4", (dim,)),
+              ("accum", "<f4", (dim,)), ("written_ms", "<i8")]
+    if version >= 3:
+        fields += [("pending_updates", "<u8"), ("pending_popularity", "<f8"), ("pending_bias", "<f4"),
+                   ("pending_bias_accum", "<f4"), ("pending_vector", "<f4", (dim,)),
+                   ("pending_accum", "<f4", (dim,))]
+    return np.dtype(fields)
 
 
 class ItemTable:
-    """Every item's state as columns (vectors, AdaGrad sums, bias, updates, popularity)."""
+    """Every item's state as columns (vectors, AdaGrad sums, bias, updates, popularity).
 
-    def __init__(self, params: LearnerParams, capacity: int = 1024) -> None:
+    With ``track_pending`` (a shard of several: udfs/item_exchange.py) every step this shard
+    applies is also added to the ``pending_*`` columns until :meth:`take_pending` hands them over
+    for the other shards; steps received from them (:meth:`apply_deltas`) are not.
+    """
+
+    def __init__(self, params: LearnerParams, capacity: int = 1024, track_pending: bool = False) -> None:
         self.params = params
         d = params.dim
         self.ids: list[str] = []
@@ -68,6 +85,9 @@ class ItemTable:
         self.updates = np.zeros(capacity, np.int64)
         self.popularity = np.zeros(capacity, np.float64)
         self.written_ms = np.zeros(capacity, np.int64)  # when each row was last written to state
+        self.track_pending = track_pending
+        for column, _ in _LEARNED:  # this shard's own steps since the last take_pending()
+            setattr(self, f"pending_{column}", np.zeros_like(getattr(self, column)))
         self._sorted: np.ndarray | None = None  # rows in id order (for sampling)
 
     def __len__(self) -> int:
@@ -107,36 +127,74 @@ class ItemTable:
 
     # keyed state ------------------------------------------------------------------------------
     def encode(self, rows: Iterable[int], now_ms: int | None = None) -> dict[str, bytes]:
-        """Item records of ``rows`` (:data:`ITEM_FORMAT`), written at ``now_ms`` (if given)."""
+        """Item records of ``rows``, written at ``now_ms`` (if given): :data:`ITEM_FORMAT` when
+        pending steps are tracked, else format 2 (the same without them: half the bytes)."""
         rows = np.fromiter(rows, dtype=np.int64)
         if now_ms is not None:
             self.written_ms[rows] = now_ms
-        rec = np.zeros(len(rows), _item_dtype(self.params.dim))
-        rec["version"], rec["dim"], rec["written_ms"] = ITEM_FORMAT, self.params.dim, self.written_ms[rows]
-        rec["updates"], rec["popularity"] = self.updates[rows], self.popularity[rows]
-        rec["bias"], rec["bias_accum"] = self.bias[rows], self.bias_accum[rows]
-        rec["vector"], rec["accum"] = self.vectors[rows], self.accum[rows]
+        version = ITEM_FORMAT if self.track_pending else 2
+        rec = np.zeros(len(rows), _item_dtype(self.params.dim, version))
+        rec["version"], rec["dim"], rec["written_ms"] = version, self.params.dim, self.written_ms[rows]
+        for column, field in _LEARNED:
+            rec[field] = getattr(self, column)[rows]
+            if version >= 3:
+                rec[f"pending_{field}"] = getattr(self, f"pending_{column}")[rows]
         raw, size = rec.tobytes(), rec.dtype.itemsize
         return {self.ids[r]: raw[n * size:(n + 1) * size] for n, r in enumerate(rows.tolist())}
 
     def restore(self, records: Iterable[tuple[str, bytes]]) -> int:
-        dtype = _item_dtype(self.params.dim)
-        ids, blobs = [], []
+        by_format: dict[int, tuple[list[str], list[bytes]]] = {}
         for item_id, raw in records:
-            if len(raw) != dtype.itemsize or raw[0] != ITEM_FORMAT:
-                raise ValueError(f"item record of {item_id!r}: {len(raw)} bytes, format {raw[:1]!r}; "
-                                 f"expected {dtype.itemsize} bytes of format {ITEM_FORMAT} (dim {self.params.dim})")
+            version = raw[0] if raw else None
+            if version not in _READABLE_ITEM_FORMATS or len(raw) != _item_dtype(self.params.dim, version).itemsize:
+                raise ValueError(f"item record of {item_id!r}: {len(raw)} bytes, format {raw[:1]!r}; expected "
+                                 f"{_item_dtype(self.params.dim).itemsize} bytes of format {ITEM_FORMAT} "
+                                 f"(or 2) at dim {self.params.dim}")
+            ids, blobs = by_format.setdefault(version, ([], []))
             ids.append(item_id)
             blobs.append(raw)
-        if not ids:
-            return 0
-        rec = np.frombuffer(b"".join(blobs), dtype=dtype)
-        rows = self.rows(ids)
-        self.updates[rows], self.popularity[rows] = rec["updates"], rec["popularity"]
-        self.bias[rows], self.bias_accum[rows] = rec["bias"], rec["bias_accum"]
-        self.vectors[rows], self.accum[rows] = rec["vector"], rec["accum"]
-        self.written_ms[rows] = rec["written_ms"]
-        return len(ids)
+        for version, (ids, blobs) in by_format.items():
+            rec = np.frombuffer(b"".join(blobs), dtype=_item_dtype(self.params.dim, version))
+            rows = self.rows(ids)
+            for column, field in _LEARNED:
+                getattr(self, column)[rows] = rec[field]
+                if version >= 3:
+                    getattr(self, f"pending_{column}")[rows] = rec[f"pending_{field}"]
+            self.written_ms[rows] = rec["written_ms"]
+        return sum(len(ids) for ids, _ in by_format.values())
+
+    # steps ------------------------------------------------------------------------------------
+    def add(self, rows: np.ndarray, **steps: np.ndarray) -> None:
+        """Add this shard's own ``steps`` (column name -> values per row; ``rows`` distinct) to
+        the table, and to the pending columns when they are tracked."""
+        for column, step in steps.items():
+            getattr(self, column)[rows] += step
+            if self.track_pending:
+                getattr(self, f"pending_{column}")[rows] += step
+
+    def take_pending(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The rows with steps not yet handed over, and those steps per column; they are cleared
+        (write the rows back to state in the same call: their records hold the pending steps)."""
+        n = len(self.ids)
+        rows = np.flatnonzero((self.pending_updates[:n] != 0) | (self.pending_popularity[:n] != 0))
+        steps = {}
+        for column, _ in _LEARNED:
+            pending = getattr(self, f"pending_{column}")
+            steps[column] = pending[rows].copy()
+            pending[rows] = 0
+        return rows, steps
+
+    def apply_deltas(self, item_ids: Sequence[str], steps: dict[str, np.ndarray]) -> np.ndarray:
+        """Add another shard's steps (column name -> values per item) to these items, new ones
+        starting from their deterministic initial vector as they did there; returns their rows."""
+        rows = self.rows(item_ids)
+        changed, inverse = np.unique(rows, return_inverse=True)
+        for column, step in steps.items():
+            col = getattr(self, column)
+            summed = np.zeros((len(changed), *col.shape[1:]), col.dtype)
+            np.add.at(summed, inverse, np.asarray(step, col.dtype))
+            col[changed] += summed
+        return changed
 
     def expire(self, written_before_ms: int) -> list[str]:
         """Drop the items last written before ``written_before_ms`` (keyed state's TTL expires
@@ -164,7 +222,7 @@ class ItemTable:
         return dropped
 
 
-_COLUMNS = ("vectors", "accum", "bias", "bias_accum", "updates", "popularity", "written_ms")
+_COLUMNS = tuple(c for c, _ in _LEARNED) + ("written_ms",) + tuple(f"pending_{c}" for c, _ in _LEARNED)
 
 
 @dataclass
@@ -278,16 +336,19 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     np.add.at(grad_v, inverse, coef[:, None] * at - p.regularization * table.vectors[rows])
     grad_b = np.zeros(len(changed), np.float64)
     np.add.at(grad_b, inverse, coef - p.regularization * table.bias[rows])
+    counts = np.bincount(inverse, minlength=len(changed))
     if p.optimizer == "adagrad":
-        table.accum[changed] += grad_v * grad_v
-        table.vectors[changed] += p.learning_rate * grad_v / (np.sqrt(table.accum[changed]) + _ADAGRAD_EPS)
-        table.bias_accum[changed] += (grad_b * grad_b).astype(np.float32)
-        table.bias[changed] += (p.learning_rate * grad_b / (np.sqrt(table.bias_accum[changed]) + _ADAGRAD_EPS)).astype(np.float32)
+        accum_v = table.accum[changed] + grad_v * grad_v
+        accum_b = table.bias_accum[changed] + (grad_b * grad_b).astype(np.float32)
+        table.add(changed, accum=grad_v * grad_v, bias_accum=(grad_b * grad_b).astype(np.float32),
+                  vectors=p.learning_rate * grad_v / (np.sqrt(accum_v) + _ADAGRAD_EPS),
+                  bias=(p.learning_rate * grad_b / (np.sqrt(accum_b) + _ADAGRAD_EPS)).astype(np.float32),
+                  updates=counts)
     else:
-        table.vectors[changed] += p.learning_rate * grad_v
-        table.bias[changed] += (p.learning_rate * grad_b).astype(np.float32)
-    table.updates[changed] += np.bincount(inverse, minlength=len(changed))
-    np.add.at(table.popularity, positives[learn], w[learn])
+        table.add(changed, vectors=p.learning_rate * grad_v, bias=(p.learning_rate * grad_b).astype(np.float32),
+                  updates=counts)
+    popular, weight_sum = np.unique(positives[learn], return_inverse=True)
+    table.add(popular, popularity=np.bincount(weight_sum, weights=w[learn], minlength=len(popular)))
     return BatchStep(event_vectors, users, accum, changed)
 
 

@@ -45,6 +45,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from udfs import online_mf
+from udfs.item_exchange import ItemDeltas
 from udfs.embeddings import init_vector, user_key
 from udfs.minibatch_mf import ItemTable, batch_step
 from udfs.seen_filter import SeenFilter, item_positions
@@ -83,6 +84,9 @@ class ShardSettings:
     #: Items not written for this long (processing time) leave the table, as keyed state's TTL
     #: expires them (0: never).
     item_ttl_ms: int = 0
+    #: One shard of several: keep this shard's own item steps pending for the others
+    #: (:meth:`ShardModel.take_deltas`, udfs/item_exchange.py).
+    exchange_items: bool = False
 
 
 _USER_HEAD = struct.Struct("<BHQqI")  # format, dim, events, bot-counter minute, events in it
@@ -160,7 +164,7 @@ class ShardModel:
                  scorer=None) -> None:
         self.params = params
         self.settings = settings
-        self.items = ItemTable(params)
+        self.items = ItemTable(params, track_pending=settings.exchange_items)
         self._position_cache: dict[str, np.ndarray] = {}
         self._positions = np.zeros((0, settings.seen_filter_hashes), np.int64)
         self.live = self._catalogue()
@@ -189,6 +193,34 @@ class ShardModel:
             self.live = self._catalogue()
         return expired
 
+    def take_deltas(self, origin: int, since_ms: int, now_ms: int) -> tuple[ItemDeltas | None, dict[str, bytes]]:
+        """This shard's item steps since the last call, for the other shards, and the records
+        of those items (their pending steps cleared) to write back to state in the same call."""
+        rows, steps = self.items.take_pending()
+        if not len(rows):
+            return None, {}
+        ids = [self.items.ids[r] for r in rows.tolist()]
+        return ItemDeltas(origin, since_ms, now_ms, ids, steps), self.items.encode(rows, now_ms)
+
+    def apply_deltas(self, deltas: Sequence[ItemDeltas], now_ms: int) -> dict[str, bytes]:
+        """Add other shards' item steps (before the batch they came with); returns the changed
+        items' records to write to state. An item new here starts from its deterministic initial
+        vector, as it did where it was learned.
+
+        >>> from udfs.online_mf import LearnerParams
+        >>> params, settings = LearnerParams.of(None, dim=4, seed=1), ShardSettings(exchange_items=True)
+        >>> a, b = ShardModel(params, settings), ShardModel(params, settings)
+        >>> _ = a.process([Event("e1", "u1", "i1", 1.0, 0, 0, 0)], {}, now_ms=1)
+        >>> delta, _ = a.take_deltas(origin=0, since_ms=0, now_ms=2)
+        >>> sorted(b.apply_deltas([delta], now_ms=3)), bool((a.item_vector("i1") == b.item_vector("i1")).all())
+        (['i1'], True)
+        """
+        rows = [self.items.apply_deltas(d.item_ids, d.steps) for d in deltas]
+        if not rows:
+            return {}
+        self.live = self._catalogue()
+        return self.items.encode(np.unique(np.concatenate(rows)), now_ms)
+
     def reset_vectors(self, item_ids: Sequence[str], vectors: np.ndarray, bias: np.ndarray) -> list[str]:
         """Put an exported version's item vectors and biases back (``streamrec run --from-version``):
         items the version lacks leave the table (returned, for the caller to delete from state and
@@ -207,6 +239,7 @@ class ShardModel:
         rows = self.items.rows(item_ids)
         self.items.vectors[rows] = np.asarray(vectors, np.float32)
         self.items.bias[rows] = np.asarray(bias, np.float32)
+        self.items.take_pending()  # steps taken before the reset are not the version's: never sent
         self._positions = np.zeros((0, self.settings.seen_filter_hashes), np.int64)
         self.live = self._catalogue()
         return dropped
