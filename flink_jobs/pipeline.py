@@ -150,8 +150,9 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
     # shape, only the window's time attribute differs (restoring across modes is not tested).
     exchange = exchanges_items(cfg, bounded)
     if exchange:  # the other shards' item deltas join each shard's micro-batches
-        for ddl in render_sql("item_exchange_in", run_id=sql_string(rt.run_id),
-                              shard_keys=", ".join(map(str, keys)),
+        fan_out = "\n".join(f"UNION ALL SELECT {k} AS shard_key, v AS event FROM run_item_deltas WHERE origin <> {k}"
+                            for k in keys)
+        for ddl in render_sql("item_exchange_in", run_id=sql_string(rt.run_id), fan_out=fan_out,
                               source_options=kafka_source_options(
                                   cfg, topics.item_deltas, rt.transaction_prefix, bounded=False,
                                   # a fresh run's own records come later (and are filtered by

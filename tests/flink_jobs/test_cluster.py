@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -114,6 +115,22 @@ def subtask_metrics(cfg, job_id: str, vertex_id: str, metric: str, timeout: floa
     deadline = time.monotonic() + timeout
     while True:
         values = [s["metrics"][metric] for s in rest(cfg, f"/jobs/{job_id}/vertices/{vertex_id}")["subtasks"]]
+        if all(v > 0 for v in values) or time.monotonic() > deadline:
+            return values
+        time.sleep(2)
+
+
+def operator_metric(cfg, job_id: str, vertex_id: str, subtasks: int, name: str, timeout: float = 60.0) -> list[float]:
+    """Each subtask's user metric ``name`` (its REST id is prefixed by the operator's name), once
+    every subtask reports more than 0 or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = []
+        for n in range(subtasks):
+            path = f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/{n}/metrics"
+            ids = [m["id"] for m in rest(cfg, path) if m["id"].endswith("." + name)]
+            got = rest(cfg, f"{path}?get={urllib.parse.quote(ids[0])}") if ids else []
+            values.append(float(got[0]["value"]) if got else 0.0)
         if all(v > 0 for v in values) or time.monotonic() > deadline:
             return values
         time.sleep(2)
@@ -214,6 +231,17 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     # the Kafka source's subtasks both read records (4 partitions spread over 2 subtasks)
     source = job["vertices"][0]
     assert all(n > 0 for n in subtask_metrics(cfg, job1, source["id"], "write-records"))
+
+    # both shards added the other's item steps (udfs/item_exchange.py), at a bounded staleness:
+    # an exchange interval, a checkpoint interval and a micro-batch, plus this loaded machine's
+    # queueing (the figures: docs/hot-path.md, "Parallelism > 1")
+    applied = operator_metric(cfg, job1, learner["id"], 2, "item_deltas_applied")
+    sent = operator_metric(cfg, job1, learner["id"], 2, "item_deltas_sent", timeout=0)
+    assert all(n > 0 for n in applied) and all(n > 0 for n in sent), (applied, sent)
+    staleness = operator_metric(cfg, job1, learner["id"], 2, "item_staleness_max_ms")
+    bound = cfg.learner.exchange_interval_ms + cfg.flink.checkpoint_interval_ms + cfg.scoring.batch_interval_ms
+    assert all(0 < s < bound + 20_000 for s in staleness), (staleness, bound)
+    timings["item_staleness_max_s"] = max(staleness) / 1000
 
     # -- the exporter publishes a version into the registry the TaskManagers read ----------------
     exported = export_forced(cfg)

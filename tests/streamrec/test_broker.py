@@ -63,7 +63,7 @@ def test_topics_created_with_configured_partitions(cfg):
     assert {n for n, p in policy.items() if p == "compact"} == {t.model_items, t.model_users,
                                                                t.features_user, t.features_item}
     assert policy[t.raw] == policy[t.clean] == policy[t.recommendations] == policy[t.item_deltas] == "delete"
-    retention = admin(cfg).describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t.item_deltas)])
+    retention = client.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t.item_deltas)])
     [config] = [f.result() for f in retention.values()]
     assert config["retention.ms"].value == str(cfg.learner.exchange_retention_ms)
 
