@@ -13,7 +13,7 @@
     streamrec stop --savepoint JOB_ID
     streamrec exporter [--once [--wait S]] [--force]  the sidecar: model changelog -> ONNX registry versions
     streamrec model list | promote V | rollback [V] | unpin | log [V]   the model registry
-    streamrec bench [--limit N] [--scale] ML-100k benchmark (throughput, latency, quality) -> bench/results/
+    streamrec bench [--limit N] [--scale | --shards] ML-100k benchmark (throughput, latency, quality) -> bench/results/
     streamrec setup [--relock]            fetch + verify the broker and connector jars, ML-100k
     streamrec config                      print the effective configuration
 """
@@ -445,6 +445,11 @@ def cmd_bench(args, cfg: Config) -> int:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     command = "streamrec " + " ".join(sys.argv[1:])
+    if args.shards:
+        from bench.sharded import run_sharded
+
+        run_sharded(cfg, args.name or "sharded", command=command)
+        return 0
     if args.scale:
         from bench.scale import run_scale
 
@@ -608,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", action="store_true", help="the scale benchmark instead (scoring cost vs "
                    "items, state bytes, learner core on a 1M-user Zipf stream)")
     p.add_argument("--events", type=int, default=200_000, help="--scale: synthetic events")
+    p.add_argument("--shards", action="store_true", help="the sharding benchmark instead (recall of "
+                   "2 and 4 shards with and without the item exchange, in process: bench/sharded.py)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 
