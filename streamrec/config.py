@@ -326,7 +326,7 @@ class LearnerConfig(_Section):
     #: the other shards (udfs/item_exchange.py); 0: never, each shard learns its own item table.
     #: A shard's copy lacks at most the other shards' last interval, plus a checkpoint interval
     #: (the deltas travel through an exactly-once sink) and a micro-batch (docs/hot-path.md).
-    exchange_interval_ms: int = Field(1_000, ge=0)
+    exchange_interval_ms: int = Field(500, ge=0)
     #: Retention of the delta topic: a run restored from a checkpoint or savepoint older than this
     #: misses the other shards' steps between (its item copies then differ by them).
     exchange_retention_ms: int = Field(7 * 86_400_000, ge=3_600_000)
