@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -529,6 +530,11 @@ class Monitor(threading.Thread):
         self.vertex_names: dict[str, str] = {}
         self.vertex_records: dict[str, dict] = {}
         self.peak = {"jvm_rss": 0, "exporter_rss": 0}
+        # the shard learner's item exchange (parallelism > 1, unbounded): REST id -> metric name,
+        # the last values, the staleness of every sample
+        self.exchange_ids: dict[str, str] = {}
+        self.exchange: dict[str, float] = {}
+        self.exchange_staleness: list[float] = []
         self._last_progress = 0.0
         # the JVM's threads as last seen (a task thread's CPU stays counted after it exits) and
         # their full names (jstack, re-read at most every 20 s while unnamed threads work)
@@ -591,6 +597,8 @@ class Monitor(threading.Thread):
                                             self.jvm) or []
                     for item in metrics:
                         entry[item["id"]] = item.get("avg")
+                    if "ShardLearner" in v["name"]:
+                        self._sample_exchange(jid, vid)
                 vertices[vid] = entry
             sample["vertices"] = vertices
             cps = self.rest.get(f"/jobs/{jid}/checkpoints", self.jvm) or {}
@@ -608,6 +616,35 @@ class Monitor(threading.Thread):
         if now - self._last_progress >= self.progress_s:
             self._last_progress = now
             self.say(self.progress_line(sample))
+
+    #: The shard learner's item-exchange metrics (udfs/flink_operators.py) and how they add up
+    #: over its subtasks.
+    EXCHANGE_METRICS = {"item_deltas_sent": "sum", "item_deltas_applied": "sum", "item_exchange_lag_ms": "max",
+                        "item_staleness_ms": "max", "item_staleness_max_ms": "max"}
+
+    def _sample_exchange(self, jid: str, vid: str) -> None:
+        """The exchange's figures now, and the largest staleness seen in a sample (at parallelism
+        > 1 in an unbounded run; a user metric's REST id starts with the operator's name)."""
+        if not self.exchange_ids:
+            listed = self.rest.get(f"/jobs/{jid}/vertices/{vid}/subtasks/metrics", self.jvm) or []
+            self.exchange_ids = {m["id"]: m["id"].rsplit(".", 1)[-1] for m in listed
+                                 if m["id"].rsplit(".", 1)[-1] in self.EXCHANGE_METRICS}
+            if not self.exchange_ids:
+                return
+        query = urllib.parse.quote(",".join(self.exchange_ids))
+        for item in self.rest.get(f"/jobs/{jid}/vertices/{vid}/subtasks/metrics?get={query}", self.jvm) or []:
+            name = self.exchange_ids.get(item["id"])
+            if name:
+                self.exchange[name] = item.get(self.EXCHANGE_METRICS[name])
+        if self.exchange.get("item_staleness_ms") is not None:
+            self.exchange_staleness.append(self.exchange["item_staleness_ms"])
+
+    def exchange_summary(self) -> dict | None:
+        """The item exchange as the last sample saw it, with the staleness over the samples."""
+        if not self.exchange:
+            return None
+        sampled = [x for x in self.exchange_staleness if x]
+        return {**self.exchange, "staleness_sampled_ms": percentiles(sampled) if sampled else None}
 
     def _sample_threads(self, now: float) -> None:
         current = thread_cpu(self.jvm)
@@ -1167,6 +1204,9 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
         #: as a read_committed consumer sees it: visible time - source record timestamp
         "read_committed_latency_ms": seen,
         "checkpoint_interval_ms": lcfg.flink.checkpoint_interval_ms,
+        "parallelism": lcfg.flink.parallelism,
+        #: the shards' item exchange (parallelism > 1): deltas sent / applied, staleness (ms)
+        "item_exchange": monitor.exchange_summary(),
         "features_checkpoint_interval_ms": lcfg.ingest.features_checkpoint_interval_ms,
         "features_job_beside": with_features,
         "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
@@ -1268,6 +1308,14 @@ def table(result: dict) -> str:
         rc = lat.get("read_committed_latency_ms") or {}
         rows.append((f"read_committed latency, checkpoints every {_fmt(lat.get('checkpoint_interval_ms'))} ms",
                      f"{_fmt(rc.get('p50'))} / {_fmt(rc.get('p95'))} / {_fmt(rc.get('p99'))} ms"))
+        ex = lat.get("item_exchange") or {}
+        if ex:
+            sampled = ex.get("staleness_sampled_ms") or {}
+            rows.append((f"item exchange, {_fmt(lat.get('parallelism'))} shards: deltas sent / applied; "
+                         "staleness p50 / p99 / max",
+                         f"{_fmt(ex.get('item_deltas_sent'))} / {_fmt(ex.get('item_deltas_applied'))}; "
+                         f"{_fmt(sampled.get('p50'))} / {_fmt(sampled.get('p99'))} / "
+                         f"{_fmt(ex.get('item_staleness_max_ms'))} ms"))
     second = result.get("second_stream") or {}
     if second:
         rows.append((f"second stream ({_fmt(second.get('items'))} items, {_fmt(second.get('events'))} events): "

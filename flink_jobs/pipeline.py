@@ -159,6 +159,12 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
                                   # run id); a restored source goes on from its offsets
                                   start_ms=int(time.time() * 1000) - 60_000)):
             t_env.execute_sql(ddl)
+        if cfg.flink.checkpoint_interval_ms > STALE_EXCHANGE_MS:
+            print(f"[{JOB_NAME}] the {shards} shards' item deltas reach each other when a checkpoint "
+                  f"commits them, every {cfg.flink.checkpoint_interval_ms} ms: steps that late helped "
+                  f"little or hurt in the sharding benchmark; at most {STALE_EXCHANGE_MS} ms is "
+                  "advised (flink.checkpoint_interval_ms; docs/hot-path.md, 'Parallelism > 1')",
+                  file=sys.stderr)
     elif shards > 1 and lc.exchange_interval_ms:
         print(f"[{JOB_NAME}] a bounded run does not exchange item deltas between its {shards} shards "
               "(it would wait for the end of a topic it writes itself); each learns its own item "
@@ -198,6 +204,11 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
         apply_sql(t_env, statements, "item_exchange_out", run_id=sql_string(rt.run_id),
                   sink_options=kafka_sink_options(cfg, topics.item_deltas, rt.transaction_prefix))
     return statements
+
+
+#: Above this checkpoint interval the shards' deltas arrive too late to help much
+#: (`streamrec bench --shards`, docs/hot-path.md): the job says so at start.
+STALE_EXCHANGE_MS = 1_000
 
 
 def exchanges_items(cfg: Config, bounded: bool) -> bool:
