@@ -131,10 +131,11 @@ class ShardLearner(KeyedProcessFunction):
         # step of the deltas applied by the last batch were (processing time; 0 before any)
         self.deltas_sent = metrics.counter("item_deltas_sent")
         self.deltas_applied = metrics.counter("item_deltas_applied")
-        self.exchange_lag = {"lag": 0, "staleness": 0, "staleness_max": 0}
-        metrics.gauge("item_exchange_lag_ms", lambda: self.exchange_lag["lag"])
-        metrics.gauge("item_staleness_ms", lambda: self.exchange_lag["staleness"])
-        metrics.gauge("item_staleness_max_ms", lambda: self.exchange_lag["staleness_max"])
+        # (counters moved to a value, not gauges: Flink's metric thread calls a Python gauge
+        # without the interpreter's lock in thread mode, and a TaskManager died of it: SIGSEGV)
+        self.exchange_lag = {name: _ValueCounter(metrics.counter(metric)) for name, metric in (
+            ("lag", "item_exchange_lag_ms"), ("staleness", "item_staleness_ms"),
+            ("staleness_max", "item_staleness_max_ms"))}
         # where a batch's time goes (thread CPU µs, summed): read keyed state, learn and score,
         # write keyed state, encode and emit records
         self.phases = {name: metrics.counter(f"{name}_us") for name in ("state_read", "learn_score",
@@ -245,12 +246,13 @@ class ShardLearner(KeyedProcessFunction):
 
     def _received(self, deltas: list, now_ms: int) -> None:
         self.deltas_applied.inc(len(deltas))
-        lag = self.exchange_lag
-        lag["lag"] = max(now_ms - d.emitted_ms for d in deltas)
+        lag = max(now_ms - d.emitted_ms for d in deltas)
         # the oldest step a delta can hold was taken just after its sender's previous send
-        stale = [now_ms - d.since_ms for d in deltas if d.since_ms]
-        lag["staleness"] = max(stale) if stale else lag["lag"]
-        lag["staleness_max"] = max(lag["staleness_max"], lag["staleness"])
+        staleness = max([now_ms - d.since_ms for d in deltas if d.since_ms], default=lag)
+        metric = self.exchange_lag
+        metric["lag"].set(lag)
+        metric["staleness"].set(staleness)
+        metric["staleness_max"].set(max(metric["staleness_max"].value, staleness))
 
     def _spent(self, phase: str, ns: int) -> None:
         self.phases[phase].inc(ns // 1000)
@@ -334,6 +336,21 @@ class ShardLearner(KeyedProcessFunction):
                 out.append(Row(USER, user_id, _JSON.encode({"user_id": user_id, "vector": vector,
                                                             "events": user.events, "ts": ts})))
         return out
+
+
+class _ValueCounter:
+    """A counter used as a gauge: :meth:`set` moves it to a value by the difference."""
+
+    def __init__(self, counter) -> None:
+        self.counter, self.value = counter, 0
+
+    def set(self, value: int) -> None:
+        value = int(value)
+        if value > self.value:
+            self.counter.inc(value - self.value)
+        elif value < self.value:
+            self.counter.dec(self.value - value)
+        self.value = value
 
 
 def changelog_due(timer_ms: int, last_flush_ms: int, interval_ms: int, pending: bool,
