@@ -40,6 +40,7 @@ from udfs.embeddings import init_vector, item_key
 from udfs.online_mf import LearnerParams
 
 _ADAGRAD_EPS = 1e-6
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 #: The item record: the layout of udfs.online_mf.item_state_to_bytes (its format 1), the
@@ -172,16 +173,32 @@ class ItemTable:
             if self.track_pending:
                 getattr(self, f"pending_{column}")[rows] += step
 
-    def take_pending(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def take_pending(self, half_precision: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The rows with steps not yet handed over, and those steps per column; they are cleared
-        (write the rows back to state in the same call: their records hold the pending steps)."""
+        (write the rows back to state in the same call: their records hold the pending steps).
+        Columns in ``half_precision`` are handed over rounded to float16 and their rounding error
+        stays pending (error feedback: it goes with the item's next steps, nothing is lost).
+
+        >>> from udfs.online_mf import LearnerParams
+        >>> table = ItemTable(LearnerParams.of(None, dim=2, seed=1), track_pending=True)
+        >>> table.add(table.rows(["a"]), vectors=np.array([[0.1, 1e-3]], np.float32), updates=np.array([1]))
+        >>> rows, steps = table.take_pending(half_precision=["vectors"])
+        >>> sent, left = steps["vectors"][0], table.pending_vectors[0]
+        >>> bool((sent + left == np.float32([0.1, 1e-3])).all()), bool(0 < abs(left[0]) < 1e-4)
+        (True, True)
+        """
         n = len(self.ids)
         rows = np.flatnonzero((self.pending_updates[:n] != 0) | (self.pending_popularity[:n] != 0))
         steps = {}
         for column, _ in _LEARNED:
             pending = getattr(self, f"pending_{column}")
-            steps[column] = pending[rows].copy()
-            pending[rows] = 0
+            if column in half_precision:
+                sent = np.clip(pending[rows], -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16).astype(pending.dtype)
+                pending[rows] -= sent
+            else:
+                sent = pending[rows].copy()
+                pending[rows] = 0
+            steps[column] = sent
         return rows, steps
 
     def apply_deltas(self, item_ids: Sequence[str], steps: dict[str, np.ndarray]) -> np.ndarray:

@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from udfs import online_mf
-from udfs.item_exchange import ItemDeltas
+from udfs.item_exchange import HALF_PRECISION, ItemDeltas
 from udfs.embeddings import init_vector, user_key
 from udfs.minibatch_mf import ItemTable, batch_step
 from udfs.seen_filter import SeenFilter, item_positions
@@ -196,7 +196,7 @@ class ShardModel:
     def take_deltas(self, origin: int, since_ms: int, now_ms: int) -> tuple[ItemDeltas | None, dict[str, bytes]]:
         """This shard's item steps since the last call, for the other shards, and the records
         of those items (their pending steps cleared) to write back to state in the same call."""
-        rows, steps = self.items.take_pending()
+        rows, steps = self.items.take_pending(half_precision=HALF_PRECISION)
         if not len(rows):
             return None, {}
         ids = [self.items.ids[r] for r in rows.tolist()]
@@ -212,8 +212,11 @@ class ShardModel:
         >>> a, b = ShardModel(params, settings), ShardModel(params, settings)
         >>> _ = a.process([Event("e1", "u1", "i1", 1.0, 0, 0, 0)], {}, now_ms=1)
         >>> delta, _ = a.take_deltas(origin=0, since_ms=0, now_ms=2)
-        >>> sorted(b.apply_deltas([delta], now_ms=3)), bool((a.item_vector("i1") == b.item_vector("i1")).all())
-        (['i1'], True)
+        >>> sorted(b.apply_deltas([delta], now_ms=3))
+        ['i1']
+        >>> # b has a's steps but for their float16 rounding, which a keeps pending for next time
+        >>> bool(np.allclose(a.item_vector("i1") - a.items.pending_vectors[0], b.item_vector("i1"), rtol=0, atol=1e-7))
+        True
         """
         rows = [self.items.apply_deltas(d.item_ids, d.steps) for d in deltas]
         if not rows:
