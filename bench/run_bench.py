@@ -1309,7 +1309,7 @@ def table(result: dict) -> str:
         rows.append((f"read_committed latency, checkpoints every {_fmt(lat.get('checkpoint_interval_ms'))} ms",
                      f"{_fmt(rc.get('p50'))} / {_fmt(rc.get('p95'))} / {_fmt(rc.get('p99'))} ms"))
         ex = lat.get("item_exchange") or {}
-        if ex:
+        if ex and (lat.get("parallelism") or 1) > 1:
             sampled = ex.get("staleness_sampled_ms") or {}
             rows.append((f"item exchange, {_fmt(lat.get('parallelism'))} shards: deltas sent / applied; "
                          "staleness p50 / p99 / max",
