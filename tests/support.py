@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from streamrec.config import Config, load_config
+from streamrec.config import Config, load_config, to_env
 from streamrec.kafka_io import read_topic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,3 +111,23 @@ def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[d
         if len(recs) >= expected or time.monotonic() > deadline:
             return recs
         time.sleep(2)
+
+
+class StreamrecProcess:
+    """`streamrec ARGS` in its own process group (a kill reaches its Flink JVM too), output to a
+    file (a pipe nobody reads would fill and stall the job)."""
+
+    def __init__(self, cfg, log_path, *args: str):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", *args], cwd=REPO,
+                                         env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)

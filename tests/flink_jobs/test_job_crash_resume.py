@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -23,27 +21,8 @@ from flink_jobs.pipeline import JOB_NAME
 from streamrec import assets, replay
 from streamrec.config import to_env
 from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
-from tests.support import REPO, may_lack_a_record
-
-
-class Run:
-    """`streamrec ARGS` in its own process group (a kill reaches its Flink JVM too), output to a
-    file (a pipe nobody reads would fill and stall the job)."""
-
-    def __init__(self, cfg, log_path, *args: str):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
-        self.log_path = log_path
-        with open(log_path, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", *args], cwd=REPO,
-                                         env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
+from tests.support import StreamrecProcess as Run
+from tests.support import may_lack_a_record
 
 
 def _committed(cfg) -> int:
