@@ -1365,10 +1365,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
 
     started = time.time()
     name = name or (f"ml100k-{limit}" if limit else "ml100k")
-    out_dir = Path(out_dir or RESULTS_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    stem = out_dir / f"{date}-{name}"
+    stem, head = new_result(name, command, out_dir)
     say(assets.check_java())
     data_dir = assets.ml100k_dir(cfg)
     assets.connector_jars(cfg)
@@ -1377,9 +1374,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     if limit:
         events = events[:limit]
     result: dict = {
-        "name": name, "date": date, "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": command,
-        "machine": machine(), "load_before": os.getloadavg(),
+        **head,
         "settings": {
             "parallelism": cfg.flink.parallelism, "execution_mode": cfg.flink.execution_mode,
             "state_backend": cfg.flink.state_backend, "checkpoint_interval_ms": cfg.flink.checkpoint_interval_ms,
@@ -1432,6 +1427,17 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     say(f"results: {stem.with_suffix('.json')} (load average before {result['load_before'][0]:.1f}, "
         f"after {result['load_after'][0]:.1f}); {result['total_s']:.0f} s in all")
     return result
+
+
+def new_result(name: str, command: str | None, out_dir: Path | None = None) -> tuple[Path, dict]:
+    """A benchmark's result files' stem (``<out_dir>/<date>-<name>``, the folder made) and the
+    head of its record: name, date, start time, command, machine, load average."""
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    return out_dir / f"{date}-{name}", {
+        "name": name, "date": date, "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command, "machine": machine(), "load_before": os.getloadavg()}
 
 
 def _write(result: dict, stem: Path) -> None:

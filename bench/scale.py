@@ -23,7 +23,6 @@ Writes ``bench/results/<date>-<name>.json`` (+ ``.png``) and prints a table; ~2-
 
 from __future__ import annotations
 
-import datetime
 import json
 import pickle
 import sys
@@ -185,7 +184,7 @@ def learner_stream(cfg, users: int, items: int, events: int, seed: int = 11, say
 
 def run_scale(cfg, name: str = "scale", events: int = 200_000, items_list: list[int] | None = None,
               out_dir: Path | None = None, command: str | None = None) -> dict:
-    from bench.run_bench import RESULTS_DIR, machine
+    from bench.run_bench import new_result
 
     def say(msg: str) -> None:
         print(f"[scale] {msg}", flush=True)
@@ -194,12 +193,8 @@ def run_scale(cfg, name: str = "scale", events: int = 200_000, items_list: list[
 
     items_list = items_list or [1_682, 10_000, 100_000]
     started = time.time()
-    out_dir = Path(out_dir or RESULTS_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    stem = out_dir / f"{date}-{name}"
-    result = {"name": name, "date": date, "command": command, "machine": machine(),
-              "load_before": os.getloadavg(), "dim": cfg.learner.dim, "top_k": cfg.scoring.top_k}
+    stem, result = new_result(name, command, out_dir)
+    result |= {"dim": cfg.learner.dim, "top_k": cfg.scoring.top_k}
     batches = sorted({1, cfg.scoring.batch_size})
     result["scoring"] = scoring_cost(items_list, cfg.learner.dim, cfg.scoring.top_k, batches, say=say)
     result["state_bytes"] = state_sizes(cfg)

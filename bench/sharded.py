@@ -137,23 +137,17 @@ def run_sharded(cfg, name: str = "sharded", command: str | None = None, out_dir=
     """`streamrec bench --shards`: both bench streams, 2 and 4 shards, the exchange delivered
     after the checkpoint interval of the latency phase (300 ms) and after the job's default
     (``flink.checkpoint_interval_ms``); bench/results/<date>-<name>.json and a PNG beside it."""
-    import datetime
     import os
-    from pathlib import Path
 
-    from bench.run_bench import RESULTS_DIR, machine
+    from bench.run_bench import new_result
     from bench.synthetic import synthetic_stream
 
     def say(msg: str) -> None:
         print(f"[sharded] {msg}", flush=True)
 
     started = time.time()
-    out_dir = Path(out_dir or RESULTS_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    stem = out_dir / f"{date}-{name}"
-    result = {"name": name, "date": date, "command": command, "machine": machine(),
-              "load_before": os.getloadavg(), "runs": {}}
+    stem, result = new_result(name, command, out_dir)
+    result["runs"] = {}
     batch = cfg.scoring.batch_interval_ms
     streams = {"ml100k": lambda: ml100k(cfg), "second_stream": lambda: synthetic_stream(100_000)}
     for stream, load in streams.items():
