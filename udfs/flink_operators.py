@@ -187,23 +187,26 @@ class ShardLearner(KeyedProcessFunction):
         # before learning: a --from-version reset, and an expired item starts afresh
         rows = self._reset(key, shard) + self._expire(shard)
         now_ms = int(time.time() * 1000)
+        received = {}
         if deltas:  # the other shards' steps first: the batch learns against them
-            self.items.put_all(shard.apply_deltas(deltas, now_ms))
+            received = shard.apply_deltas(deltas, now_ms)
             self._received(deltas, now_ms)
-        if events:
-            rows += self._learn(ctx, shard, events, now_ms)
+        if events:  # (an item both received and learned is written once, as learned)
+            rows += self._learn(ctx, shard, events, now_ms, received)
+        elif received:
+            self.items.put_all(received)
         if self.exchange_interval_ms:
             rows += self._send_deltas(ctx, key, shard, now_ms, timer=False)
         yield from rows
 
-    def _learn(self, ctx, shard: ShardModel, events: list, now_ms: int) -> list:
+    def _learn(self, ctx, shard: ShardModel, events: list, now_ms: int, received: dict) -> list:
         t0 = time.thread_time_ns()
         records = {u: self.users.get(u) for u in {e.user_id for e in events}}
         t1 = time.thread_time_ns()
         out = shard.process(events, records, now_ms)
         t2 = time.thread_time_ns()
         self.users.put_all(out.user_records)
-        self.items.put_all(out.item_records)
+        self.items.put_all({**received, **out.item_records})
         t3 = time.thread_time_ns()
         self._spent("state_read", t1 - t0)
         self._spent("learn_score", t2 - t1)
