@@ -193,7 +193,14 @@ def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool,
 
 
 def kafka_sink_options(cfg: Config, topic: str, transaction_prefix: str) -> str:
-    """WITH-clause options of an exactly-once Kafka SQL sink (``FlinkRuntime.transaction_prefix``)."""
+    """WITH-clause options of an exactly-once Kafka SQL sink (``FlinkRuntime.transaction_prefix``).
+
+    >>> from streamrec.config import load_config
+    >>> cfg = load_config(config_file=None, env={"STREAMREC_KAFKA__CLIENT_PROPERTIES": "linger.ms=0"})
+    >>> options = kafka_sink_options(cfg, "recommendations", "run-1")
+    >>> "'properties.batch.size' = '262144'" in options, "'properties.linger.ms' = '0'" in options
+    (True, True)
+    """
     opts = {
         "connector": "kafka",
         "topic": topic,
@@ -201,6 +208,8 @@ def kafka_sink_options(cfg: Config, topic: str, transaction_prefix: str) -> str:
         "sink.delivery-guarantee": "exactly-once",
         "sink.transactional-id-prefix": f"{transaction_prefix}-{topic}",
         "properties.transaction.timeout.ms": str(cfg.kafka.transaction_timeout_ms),
+        "properties.batch.size": str(cfg.kafka.sink_batch_bytes),
+        "properties.linger.ms": str(cfg.kafka.sink_linger_ms),
         **java_client_properties(cfg),
     }
     return _with(opts)
