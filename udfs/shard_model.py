@@ -39,7 +39,6 @@ State is plain bytes, so the Flink operator stores it as it is: a user record pe
 from __future__ import annotations
 
 import struct
-from itertools import islice
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -320,19 +319,21 @@ class ShardModel:
                           [e.event_id for e in events], avoid, learn)
         changed = set(positives.tolist()) | set(step.changed_items.tolist())
         # each event's user as of its own event (vector, learned-event count, items of its batch)
-        counts = [0] * len(users)
-        after: list[int] = []
-        history = _BatchHistory()
-        for n, (k, learned, ev) in enumerate(zip(slot.tolist(), learn.tolist(), events)):
-            counts[k] += learned
-            after.append(users[k].events + counts[k])
-            history.add(k, ev.item_id)
-        events_after = np.asarray(after, np.int64)
-        self._score(events, step.event_vectors, events_after, slot, users, history, out, now_ms)
+        counts = np.zeros(len(users), np.int64)
+        events_after = np.empty(len(events), np.int64)
+        earlier: list[set[str]] = []
+        in_batch: dict[int, set[str]] = {}
+        for n, ev in enumerate(events):
+            counts[slot[n]] += learn[n]
+            events_after[n] = users[slot[n]].events + counts[slot[n]]
+            items = in_batch.setdefault(int(slot[n]), set())
+            items.add(ev.item_id)
+            earlier.append(set(items))
+        self._score(events, step.event_vectors, events_after, slot, users, earlier, out, now_ms)
         for k, rec in enumerate(users):
             rec.vector, rec.accum = step.user_vectors[k], step.user_accum[k]
-            rec.events += counts[k]
-            for item in history.items[k]:
+            rec.events += int(counts[k])
+            for item in in_batch[k]:
                 rec.seen = rec.seen.add_positions(known[self.items.index[item]])
         self.live = self._catalogue()
         return changed
@@ -344,7 +345,7 @@ class ShardModel:
         offsets = (t.bias[:n] + np.float32(self.params.popularity_prior)
                    * np.log1p(np.maximum(t.popularity[:n], 0.0))).astype(np.float32)
         return Catalogue("live", list(t.ids), self._row_positions(), t.popularity[:n].copy(),
-                         lambda users, fetch: self.scorer.topk(users, vectors, offsets, fetch), t.index)
+                         lambda users, fetch: self.scorer.topk(users, vectors, offsets, fetch))
 
     def _row_positions(self) -> np.ndarray:
         """Seen-filter positions of every item row (rows only grow: extended, never rebuilt)."""
@@ -370,8 +371,7 @@ class ShardModel:
         return Catalogue(model.version, list(model.item_ids), self._positions_of(list(model.item_ids)),
                          np.asarray(popularity, dtype=np.float64), model.raw_topk)
 
-    def _score(self, events, vectors, events_after, slot, users, history: "_BatchHistory", out: BatchResult,
-               now_ms: int) -> None:
+    def _score(self, events, vectors, events_after, slot, users, earlier, out: BatchResult, now_ms: int) -> None:
         s = self.settings
         k = s.top_k
         serving = self.serving if self.serving is not None else self.live  # the batch's start
@@ -386,19 +386,18 @@ class ShardModel:
             # list found in the first call is the one the bigger fetch would give.
             filters = np.stack([np.frombuffer(u.seen.words, np.uint8) for u in users])
             first = min(len(serving.ids), k + _FIRST_FETCH_MARGIN)
-            batch_items = _BatchItems.of(slot, [serving.row_of.get(e.item_id, -1) for e in events])
-            short = self._rank(serving, vectors, slot, filters, batch_items, warm, first, lists)
+            short = self._rank(serving, vectors, slot, filters, earlier, warm, first, lists)
             groups: dict[int, list[int]] = {}
             for n in short:
-                had = users[slot[n]].seen.count + history.counts[n]
+                had = users[slot[n]].seen.count + len(earlier[n])
                 groups.setdefault(min(len(serving.ids), k + _pow2(had)), []).append(n)
             for fetch, rows in groups.items():
-                self._rank(serving, vectors, slot, filters, batch_items, rows, max(fetch, first), lists, final=True)
+                self._rank(serving, vectors, slot, filters, earlier, rows, max(fetch, first), lists, final=True)
         for n, ev in enumerate(events):
             items = lists.get(n)
             strategy, version = (MODEL, serving.version) if items is not None else (POPULARITY, "live")
             if items is None or len(items) < k:
-                taken = {it["item_id"] for it in items or []} | history.before(n)
+                taken = {it["item_id"] for it in items or []} | earlier[n]
                 items = (items or []) + self.live.popular(users[slot[n]].seen, k - len(items or []), taken,
                                                           scored=items is None)
             if not items:
@@ -412,7 +411,7 @@ class ShardModel:
                 "batch_size": len(events),
             })
 
-    def _rank(self, serving, vectors, slot, filters, batch_items: "_BatchItems", rows: list[int], fetch: int,
+    def _rank(self, serving, vectors, slot, filters, earlier, rows: list[int], fetch: int,
               lists: dict[int, list[dict]], final: bool = False) -> list[int]:
         """The top-``fetch`` candidates of ``rows`` less the items each user had: a row with K
         left gets its list in ``lists``, and so does every row when ``final`` or when ``fetch``
@@ -420,85 +419,25 @@ class ShardModel:
         are returned."""
         k = self.settings.top_k
         scores, indices = serving.topk(vectors[rows], fetch)
+        scores = np.round(scores.astype(np.float64), 6)  # once per call, not per item
         pos = serving.positions[indices]  # [R, F, H]
         bits = filters[slot[rows][:, None, None], pos >> 3]
         keep = ~((bits >> (pos & 7).astype(np.uint8)) & 1).all(-1)
-        keep &= ~batch_items.had(slot[rows], np.asarray(rows), indices)  # not in the filter yet
-        taken = np.cumsum(keep, axis=1)
-        keep &= taken <= k
-        found = np.minimum(taken[:, -1], k).tolist() if fetch else [0] * len(rows)
-        flat_rows = indices[keep].tolist()
-        flat_scores = np.round(scores[keep].astype(np.float64), 6).tolist()
         ids, whole = serving.ids, fetch >= len(serving.ids)
-        short, at = [], 0
-        for n, count in zip(rows, found):
-            if count == k or whole or final:
-                lists[n] = [{"item_id": ids[i], "score": sc}
-                            for i, sc in zip(flat_rows[at:at + count], flat_scores[at:at + count])]
+        short = []
+        for n, row_scores, row_idx, row_keep in zip(rows, scores, indices, keep):
+            batch_items, ranked = earlier[n], []
+            for i, sc in zip(row_idx[row_keep][:k + len(batch_items)].tolist(),
+                             row_scores[row_keep][:k + len(batch_items)].tolist()):
+                if ids[i] not in batch_items:
+                    ranked.append({"item_id": ids[i], "score": sc})
+                    if len(ranked) == k:
+                        break
+            if len(ranked) == k or whole or final:
+                lists[n] = ranked
             else:
                 short.append(n)
-            at += count
         return short
-
-
-class _BatchHistory:
-    """The distinct items of each user's events in a batch, in order of first occurrence, and
-    how many of them each event had by then (its own included): the items its seen filter gets
-    only after the batch.
-
-    >>> h = _BatchHistory()
-    >>> for slot, item in [(0, "a"), (1, "b"), (0, "c"), (0, "a")]:
-    ...     h.add(slot, item)
-    >>> h.counts, sorted(h.before(2)), sorted(h.before(3)), sorted(h.before(1))
-    ([1, 1, 2, 2], ['a', 'c'], ['a', 'c'], ['b'])
-    """
-
-    def __init__(self) -> None:
-        self.items: dict[int, dict[str, None]] = {}  #: slot -> its items (a dict keeps the order)
-        self.slots: list[int] = []
-        self.counts: list[int] = []
-
-    def add(self, slot: int, item: str) -> None:
-        items = self.items.setdefault(slot, {})
-        items[item] = None
-        self.slots.append(slot)
-        self.counts.append(len(items))
-
-    def before(self, n: int) -> set[str]:
-        """The items of event ``n``'s user in the batch up to and including event ``n``."""
-        return set(islice(self.items[self.slots[n]], self.counts[n]))
-
-
-class _BatchItems(NamedTuple):
-    """The items each user had in a batch so far, which its seen filter gets only after the
-    batch: (user slot, catalogue row) pairs as sorted keys, each with its first event.
-
-    >>> seen = _BatchItems.of(np.array([0, 1, 0]), [5, 5, 7])
-    >>> seen.had(np.array([0, 0, 1]), np.array([0, 2, 2]), np.array([[5, 7], [7, 6], [7, 5]])).tolist()
-    [[True, False], [True, False], [False, True]]
-    """
-
-    keys: np.ndarray
-    first: np.ndarray
-    rows: int
-
-    @classmethod
-    def of(cls, slot: np.ndarray, item_rows: Sequence[int]) -> "_BatchItems":
-        item_rows = np.asarray(item_rows, np.int64)
-        width = int(item_rows.max(initial=-1)) + 1
-        known = item_rows >= 0  # (an item new in this batch is not in the catalogue it is scored on)
-        keys, first = np.unique(slot[known] * width + item_rows[known], return_index=True)
-        return cls(keys, np.flatnonzero(known)[first], width)
-
-    def had(self, slots: np.ndarray, events: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """bool [R, F]: the user of ``events[r]`` (in slot ``slots[r]``) had catalogue row
-        ``rows[r, f]`` in this batch by then (at that event or before)."""
-        if not len(self.keys):
-            return np.zeros(rows.shape, bool)
-        inside = rows < self.rows
-        query = slots[:, None] * self.rows + np.where(inside, rows, 0)
-        at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
-        return inside & (self.keys[at] == query) & (self.first[at] <= events[:, None])
 
 
 #: Candidates fetched beyond K for every event of a batch before any per-history fetch.
@@ -515,13 +454,8 @@ class Catalogue:
     positions: np.ndarray
     popularity: np.ndarray
     topk: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-    #: item id -> row; may hold ids beyond ``ids`` (the live table's index, which only grows
-    #: between two catalogues): their rows are never among ``topk``'s
-    row_of: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.row_of is None:
-            self.row_of = {item: row for row, item in enumerate(self.ids)}
         self.order = np.lexsort((np.arange(len(self.ids)), -np.asarray(self.popularity, dtype=np.float64)))
 
     def popular(self, seen: SeenFilter, k: int, taken: set[str], scored: bool) -> list[dict]:
