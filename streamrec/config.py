@@ -118,8 +118,9 @@ class KafkaConfig(_Section):
     #: The Flink sinks' producer batches (Kafka's ``batch.size`` / ``linger.ms``, per partition).
     #: Bigger, fewer produce requests cost the broker and the producers' network threads less per
     #: record (at ~4,500 events/s: broker 99 -> 73 and network threads 19 -> 11 CPU µs per event,
-    #: means of four alternating runs, BENCHMARKS.md). An exactly-once sink flushes at every checkpoint, so a read_committed
-    #: reader waits no longer; only a read_uncommitted one sees records up to the linger later.
+    #: means of four alternating runs, BENCHMARKS.md). An exactly-once sink flushes at every
+    #: checkpoint, so a read_committed reader waits no longer; only a read_uncommitted one sees
+    #: records up to the linger later.
     sink_batch_bytes: int = Field(262_144, ge=1_024, le=16_777_216)
     sink_linger_ms: int = Field(20, ge=0, le=1_000)
     #: Extra client properties given to both the Python (librdkafka) and the Java client (they
