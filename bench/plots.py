@@ -5,7 +5,8 @@
 One PNG, six panels: rolling recall@10 over the stream (pipeline, popularity, sequential
 reference); recommendations per second over the throughput run; latency p50/p99 per second of
 the fixed-rate run; RSS of the Flink JVM and the exporter over the throughput run; the Flink
-JVM's cores used by thread group (JIT, each operator chain's task thread, ...) over that run.
+JVM's cores used by thread group (JIT, each operator chain's task thread, ...) over that run;
+the capacity run: events recommended and read by the features job over time.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ def plot_result(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(19, 8.5))
-    (ax_q, ax_t, ax_c), (ax_l, ax_m, ax_blank) = axes
-    ax_blank.axis("off")
+    (ax_q, ax_t, ax_c), (ax_l, ax_m, ax_cap) = axes
     title = f"streamrec bench {result.get('name')} ({result.get('date')})"
     fig.suptitle(title)
 
@@ -64,6 +64,29 @@ def plot_result(result: dict, path: Path) -> Path:
         ax_l.legend()
     ax_l.set_title(f"latency ingest → recommendation at {lat.get('target_rate', 0):,.0f} events/s (ms)")
     ax_l.set_xlabel("seconds since the first replayed event")
+
+    cap = result.get("capacity") or {}
+    cap_series = cap.get("series") or {}
+    if cap_series.get("recommendations_per_s"):
+        # cumulative: the features job reads the clean events in bursts, as the pipeline commits them
+        pts, total = [], 0.0
+        for t_s, per_s in cap_series["recommendations_per_s"]:
+            total += per_s
+            pts.append((t_s + 1.0, total))
+        ax_cap.plot([0.0] + [p[0] for p in pts], [0.0] + [p[1] for p in pts], label="events recommended")
+        read = cap_series.get("features_job_read") or []
+        if read:
+            ax_cap.plot([p[0] for p in read], [p[1] for p in read], label="clean events the features job read")
+        if cap.get("events_per_s"):
+            ax_cap.axline((0.0, 0.0), slope=cap["events_per_s"], color="k", ls="--", lw=0.8,
+                          label=f"capacity {cap['events_per_s']:,.0f} events/s")
+        ax_cap.set_ylim(0, (cap.get("events") or total) * 1.05)
+        ax_cap.legend()
+        ax_cap.set_title(f"capacity: the latency run's jobs over a backlog "
+                         f"({cap.get('checkpoint_interval_ms', 0):,} ms checkpoints)")
+        ax_cap.set_xlabel("seconds since the first recommendation")
+    else:
+        ax_cap.axis("off")
 
     mem = t.get("series") or {}
     for key, label in (("jvm_rss_mib", "Flink JVM (incl. thread-mode Python)"), ("exporter_rss_mib", "exporter")):

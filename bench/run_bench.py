@@ -1,6 +1,6 @@
 """``streamrec bench`` / ``make bench``: ML-100k through the whole pipeline, measured.
 
-Three phases, each on fresh ``bench.*`` topics, a fresh registry and fresh checkpoints under
+Four phases, each on fresh ``bench.*`` topics, a fresh registry and fresh checkpoints under
 ``<state_dir>/bench/`` (nothing of the user's own is touched):
 
 1. **throughput**: the events are replayed into ``bench.events.raw`` first, then the exporter
@@ -15,10 +15,17 @@ Three phases, each on fresh ``bench.*`` topics, a fresh registry and fresh check
    the feature rows are checked against the plain-Python reference).
 2. **quality**: :func:`streamrec.evaluate.evaluate_topics` on the throughput run's topics
    (pipeline vs windowed popularity vs the sequential reference) and rolling recall@10 series.
-3. **latency**: the pipeline is started unbounded on ``bench.lat.*`` topics with the exporter
+3. **capacity** (unless ``--latency-rate`` is given): the jobs of the latency phase (the
+   unbounded pipeline, the features job beside it, the exporter), at its checkpoint interval, over
+   a backlog of the same events on ``bench.cap.*`` topics: events / (first recommendation -> the
+   later of the last recommendation and the features job having read every clean event). The
+   throughput phase measures the recommendations' path alone; the latency phase's jobs share the
+   cores with the features job and checkpoint more often, so it runs at half of this figure.
+4. **latency**: the pipeline is started unbounded on ``bench.lat.*`` topics with the exporter
    and the features job beside it (as ``streamrec run`` starts them);
    warm-up events are sent at the target rate for 20 s (at least 500) and scored first (the
-   fresh job's JIT and Python operator warm-up, first model export), then events are replayed at a fixed rate (half the measured throughput) for
+   fresh job's JIT and Python operator warm-up, first model export), then events are replayed at
+   a fixed rate (half the capacity of phase 3) for
    ``--latency-seconds``; latency = ``emitted_ts`` - the Kafka timestamp of the source record in
    ``events.raw`` (found by ``(source_partition, source_offset)``), over the measured records
    only. ``emitted_ts`` is when the Scorer produced the record; a ``read_committed`` consumer
@@ -80,6 +87,26 @@ def span_throughput(count: int, first_ms: int | None, last_ms: int | None) -> fl
     if not count or first_ms is None or last_ms is None or last_ms <= first_ms:
         return None
     return count / ((last_ms - first_ms) / 1000.0)
+
+
+def time_reached(samples: Sequence[tuple[float, float]], target: float) -> float | None:
+    """When a growing count first reached ``target``, from ``(time, count)`` samples: linear
+    between the last sample below it and the first at or above it (None if never reached).
+
+    >>> time_reached([(0.0, 0), (1.0, 40), (2.0, 100)], 70)
+    1.5
+    >>> time_reached([(0.0, 0), (1.0, 40)], 70) is None
+    True
+    """
+    before = None
+    for t, count in samples:
+        if count >= target:
+            if before is None or count == before[1]:
+                return t
+            t0, c0 = before
+            return t0 + (target - c0) / (count - c0) * (t - t0)
+        before = (t, count)
+    return None
 
 
 def rate_series(times_ms: Sequence[int], bin_s: float = 1.0, t0_ms: int | None = None) -> list[list[float]]:
@@ -513,11 +540,12 @@ class Monitor(threading.Thread):
     METRICS = "busyTimeMsPerSecond,backPressuredTimeMsPerSecond,idleTimeMsPerSecond"
 
     def __init__(self, say, exporter_pid: int | None = None, interval_s: float = 2.0,
-                 progress_s: float = 10.0, expected: int | None = None):
+                 progress_s: float = 10.0, expected: int | None = None, job_name: str = JOB_NAME):
         super().__init__(daemon=True, name="bench-monitor")
         self.say, self.exporter_pid, self.interval_s = say, exporter_pid, interval_s
         self.progress_s, self.expected = progress_s, expected
-        self.rest = FlinkRest()
+        self.job_name = job_name
+        self.rest = FlinkRest(job_name)
         self.stop_event = threading.Event()
         self.started_at = time.time()
         self.jvm: int | None = None
@@ -562,7 +590,7 @@ class Monitor(threading.Thread):
         overview = self.rest.get("/jobs/overview", self.jvm)
         if not overview:
             return None
-        jobs = [j for j in overview.get("jobs", []) if j.get("name") == JOB_NAME]
+        jobs = [j for j in overview.get("jobs", []) if j.get("name") == self.job_name]
         if not jobs:
             return None
         job = max(jobs, key=lambda j: j.get("start-time", 0))
@@ -744,6 +772,61 @@ class Monitor(threading.Thread):
         }
 
 
+class SourceProgress(threading.Thread):
+    """How many records a job's Kafka source has read, sampled every ``interval_s`` until stopped:
+    ``read`` = ``[(wall time, records)]``. The source operator's own counter (FLIP-33
+    ``numRecordsIn``, summed over its subtasks): the vertex's output can be pre-aggregated (the
+    features job chains a local window aggregate to its source). Lighter than :class:`Monitor`
+    (no /proc, one REST call per sample), so it can sample often."""
+
+    def __init__(self, job_name: str, interval_s: float = 0.5):
+        super().__init__(daemon=True, name="bench-source-progress")
+        self.job_name, self.interval_s = job_name, interval_s
+        self.rest = FlinkRest(job_name)
+        self.read: list[tuple[float, float]] = []
+        self.stop_event = threading.Event()
+        self._jvm: int | None = None
+        self._where: tuple[str, str, str] | None = None  # job id, vertex id, metric id
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a sampling hiccup must never stop the benchmark
+                pass
+
+    def _locate(self) -> tuple[str, str, str] | None:
+        self._jvm = self._jvm or flink_jvm_pid()
+        jobs = [j for j in (self.rest.get("/jobs/overview", self._jvm) or {}).get("jobs", [])
+                if j.get("name") == self.job_name and j.get("state") == "RUNNING"]
+        if not jobs:
+            return None
+        jid = max(jobs, key=lambda j: j.get("start-time", 0))["jid"]
+        for v in (self.rest.get(f"/jobs/{jid}", self._jvm) or {}).get("vertices", []):
+            if v["name"].startswith("Source") and v.get("status") == "RUNNING":
+                listed = self.rest.get(f"/jobs/{jid}/vertices/{v['id']}/subtasks/metrics", self._jvm) or []
+                metric = next((m["id"] for m in listed
+                               if m["id"].startswith("Source__") and m["id"].endswith(".numRecordsIn")), None)
+                if metric:
+                    return jid, v["id"], metric
+        return None
+
+    def sample(self) -> None:
+        self._where = self._where or self._locate()
+        if self._where is None:
+            return
+        jid, vid, metric = self._where
+        now = time.time()
+        for item in self.rest.get(f"/jobs/{jid}/vertices/{vid}/subtasks/metrics?get="
+                                  f"{urllib.parse.quote(metric)}&agg=sum", self._jvm) or []:
+            if isinstance(item.get("sum"), (int, float)):
+                self.read.append((now, float(item["sum"])))
+
+
 def _mean(values: list[float] | None) -> float | None:
     return round(float(np.mean(values)), 1) if values else None
 
@@ -771,6 +854,9 @@ def bench_config(cfg, prefix: str, subdir: str):
         "paths": paths.model_copy(update={"registry_dir": root / "registry",
                                           "checkpoint_dir": root / "checkpoints"}),
         "exporter": cfg.exporter.model_copy(update={"interval_s": min(cfg.exporter.interval_s, 5.0)}),
+        # the REST API's metrics at most 0.5 s old (Flink's default: 10 s), for the samples
+        "flink": cfg.flink.model_copy(update={"settings": {
+            "metrics.fetcher.update-interval": "500", **cfg.flink.settings}}),
     })
 
 
@@ -1068,19 +1154,171 @@ class CommittedWatcher(threading.Thread):
         self.consumer.close()
 
 
-def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, progress: bool,
-                  sample_s: float, warmup: int = 500, checkpoint_interval_ms: int | None = None,
-                  warmup_s: float = 20.0, with_features: bool = True) -> dict:
+def unbounded_config(cfg, prefix: str, subdir: str, checkpoint_interval_ms: int | None = None):
+    """:func:`bench_config` for a phase with unbounded jobs, at ``checkpoint_interval_ms`` if given."""
+    ucfg = bench_config(cfg, prefix, subdir)
+    if checkpoint_interval_ms:
+        ucfg = ucfg.model_copy(update={"flink": ucfg.flink.model_copy(
+            update={"checkpoint_interval_ms": checkpoint_interval_ms})})
+    return ucfg
+
+
+def start_unbounded(ucfg, root: Path, with_features: bool):
+    """The exporter, the unbounded pipeline job and, ``with_features``, the features job beside it
+    (same JVM, its own mini-cluster and checkpoints), as ``streamrec run`` starts them. Returns
+    ``(exporter process, pipeline job client, features job client or None)``."""
     from flink_jobs import features as features_job
     from flink_jobs import pipeline
     from flink_jobs.env import build_runtime
-    from streamrec import kafka_io, replay
+    from streamrec import kafka_io
     from streamrec.demo import start_exporter, stop_process
 
-    lcfg = bench_config(cfg, "bench.lat", "latency")
-    if checkpoint_interval_ms:
-        lcfg = lcfg.model_copy(update={"flink": lcfg.flink.model_copy(
-            update={"checkpoint_interval_ms": checkpoint_interval_ms})})
+    exporter = start_exporter(ucfg, root / "exporter.log")
+    kafka_io.ensure_topics(ucfg)
+    client = None
+    try:
+        rt = build_runtime(ucfg, JOB_NAME)
+        statements = pipeline.build(rt, ucfg, False)
+        statements.attach_as_datastream()
+        client = rt.env.execute_async(JOB_NAME)
+        features_client = features_job.run(ucfg, wait=False, quiet=True).job_client if with_features else None
+    except BaseException:
+        _cancel(client)
+        stop_process(exporter)
+        raise
+    return exporter, client, features_client
+
+
+def _cancel(client) -> None:
+    """Cancel a job, best effort (on the way out)."""
+    if client is None:
+        return
+    try:
+        client.cancel().result()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+
+
+def _all_running(monitor: "Monitor", job_id: str) -> bool:
+    job = monitor.rest.get(f"/jobs/{job_id}", monitor.jvm) if monitor.jvm else None
+    vs = (job or {}).get("vertices", [])
+    return bool(vs) and all(v.get("status") == "RUNNING" for v in vs)
+
+
+def records_written(ucfg, topic: str) -> int:
+    """Records written to ``topic``, committed or not (transaction markers add a few offsets:
+    a count may look complete a little early; the callers wait for more checkpoints after)."""
+    from streamrec import kafka_io
+
+    return sum(kafka_io.end_offsets(ucfg, topic, read_committed=False).values())
+
+
+def capacity_phase(cfg, events: list[dict], say, progress: bool, sample_s: float,
+                   checkpoint_interval_ms: int | None = None, with_features: bool = True) -> dict:
+    """The capacity of what the latency phase runs: the same jobs (the unbounded pipeline, the
+    features job beside it unless ``with_features`` is False, the exporter) at the same
+    checkpoint interval, over a backlog of ``events`` already in the raw topic.
+
+    The throughput phase measures the recommendations' path alone (a bounded pipeline, 5 s
+    checkpoints by default, the features job after it); the latency phase's jobs share the
+    cores with the features job and checkpoint more often, so half of the throughput phase's
+    figure can be more than they can take. ``events_per_s`` here: from the first recommendation
+    to the later of the last recommendation and the moment the features job had read every
+    clean event (its Kafka source's own record count, sampled every 0.5 s and interpolated).
+    """
+    from flink_jobs import features as features_job
+    from streamrec import kafka_io, replay
+    from streamrec.demo import stop_process
+
+    ccfg = unbounded_config(cfg, "bench.cap", "capacity", checkpoint_interval_ms)
+    root = _fresh(ccfg)
+    n = len(events)
+    say(f"capacity phase: {n:,} events into {ccfg.kafka.topics.raw}, then the unbounded pipeline"
+        + (" and the features job beside it" if with_features else "")
+        + f", checkpoints every {ccfg.flink.checkpoint_interval_ms} ms")
+    res = replay.produce(ccfg, ccfg.kafka.topics.raw, replay.encode_events(events), total=n, progress=progress)
+    if res.failed:
+        raise RuntimeError(f"replay failed: {res.failed} records undelivered ({res.first_error})")
+    broker_pid = broker_process(ccfg)
+    jvm = flink_jvm_pid()  # None when no earlier phase started it: then all its CPU counts
+    cpu0 = {"flink_jvm": cpu_seconds(jvm) if jvm else 0.0, "broker": cpu_seconds(broker_pid)}
+    exporter, client, features_client = start_unbounded(ccfg, root, with_features)
+    cpu0["exporter"] = cpu_seconds(exporter.pid)
+    jvm = jvm or flink_jvm_pid()
+    monitor = Monitor(say, exporter.pid, interval_s=sample_s, expected=n)
+    monitor.start()
+    features_monitor = SourceProgress(features_job.JOB_NAME) if with_features else None
+    if features_monitor:
+        features_monitor.start()
+    clean = None
+    features_read_all = None
+    try:
+        scored_all = _wait(lambda: records_written(ccfg, ccfg.kafka.topics.recommendations)
+                           >= n - max(5, n // 100) and _stable(
+                               lambda: records_written(ccfg, ccfg.kafka.topics.recommendations), 3.0), 900)
+        if not scored_all:
+            say("warning: the pipeline had not scored every event after 900 s")
+        # the exactly-once sinks commit on checkpoint completion: two more checkpoints
+        done_before = len(monitor.checkpoints)
+        _wait(lambda: len(monitor.checkpoints) >= done_before + 2, 4 * ccfg.flink.checkpoint_interval_ms / 1000 + 30)
+        if features_monitor:  # every clean event is committed now: what the features job must read
+            clean = sum(1 for _ in kafka_io.read_topic(ccfg, ccfg.kafka.topics.clean))
+            features_read_all = _wait(lambda: bool(features_monitor.read)
+                                      and features_monitor.read[-1][1] >= clean, 600, step_s=0.5)
+            if not features_read_all:
+                say(f"warning: the features job had not read the {clean:,} clean events after 600 s")
+    finally:
+        cpu1 = {"flink_jvm": cpu_seconds(jvm), "broker": cpu_seconds(broker_pid),
+                "exporter": cpu_seconds(exporter.pid)}
+        _cancel(client)
+        _cancel(features_client)
+        monitor.stop()
+        if features_monitor:
+            features_monitor.stop()
+        stop_process(exporter)
+    recs = [r.json() for r in kafka_io.read_topic(ccfg, ccfg.kafka.topics.recommendations)]
+    emitted = [r["emitted_ts"] for r in recs]
+    first, last = (min(emitted), max(emitted)) if emitted else (None, None)
+    read_all_at = (time_reached(features_monitor.read, clean)
+                   if features_monitor and clean is not None else None)
+    end = max(last, int(read_all_at * 1000)) if last is not None and read_all_at is not None else last
+    out = {
+        "events": n,
+        "checkpoint_interval_ms": ccfg.flink.checkpoint_interval_ms,
+        "features_job_beside": with_features,
+        "recommendations": len(recs),
+        # what the latency phase's rate is half of: events through every job of the deployment
+        "events_per_s": span_throughput(n, first, end),
+        "pipeline_events_per_s": span_throughput(n, first, last),
+        "pipeline_first_to_last_s": round((last - first) / 1000.0, 3) if emitted else None,
+        "features_job_read_all_after_s": (round(read_all_at - first / 1000.0, 3)
+                                          if read_all_at is not None and first is not None else None),
+        "clean_events": clean,
+        "features_job_read_all": features_read_all,
+        # the whole phase's CPU (both jobs' start-up included) over its events
+        "cpu_us_per_event": {k: cpu_us_per_event(cpu0[k], cpu1[k], n) for k in cpu0},
+        "checkpoints": monitor.checkpoint_summary(),
+        "vertices": monitor.busy_table(),
+        "series": {
+            "recommendations_per_s": rate_series(emitted, 1.0, first),
+            # [s from the first recommendation, clean events the features job had read]
+            "features_job_read": [[round(t - first / 1000.0, 2), c] for t, c in features_monitor.read]
+            if features_monitor and first is not None else [],
+        },
+    }
+    say(f"capacity: {_fmt(out['events_per_s'])} events/s through "
+        + ("both jobs" if with_features else "the pipeline")
+        + f" (the pipeline's recommendations {_fmt(out['pipeline_events_per_s'])} events/s)")
+    return out
+
+
+def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, progress: bool,
+                  sample_s: float, warmup: int = 500, checkpoint_interval_ms: int | None = None,
+                  warmup_s: float = 20.0, with_features: bool = True) -> dict:
+    from streamrec import kafka_io, replay
+    from streamrec.demo import stop_process
+
+    lcfg = unbounded_config(cfg, "bench.lat", "latency", checkpoint_interval_ms)
     root = _fresh(lcfg)
     n = max(1, int(rate * seconds))
     # warm-up at the target rate for warmup_s (at least ``warmup`` events): a fresh job compiles
@@ -1092,41 +1330,20 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
     warm_stream, stream = stream[:warm], stream[warm:]
     say(f"latency phase: unbounded pipeline on {lcfg.kafka.topics.raw}; {warm:,} warm-up events, then "
         f"{n:,} events at {rate:,.0f} events/s ({seconds:.0f} s)")
-    exporter = start_exporter(lcfg, root / "exporter.log")
-    kafka_io.ensure_topics(lcfg)
     watcher = CommittedWatcher(lcfg, lcfg.kafka.topics.recommendations)
     watcher.start()
-    try:
-        rt = build_runtime(lcfg, JOB_NAME)
-        statements = pipeline.build(rt, lcfg, False)
-        statements.attach_as_datastream()
-        client = rt.env.execute_async(JOB_NAME)
-        # the features job beside it (same JVM, its own checkpoints), as `streamrec run` runs
-        # them; --latency-without-features leaves it out
-        features_client = (features_job.run(lcfg, wait=False, quiet=True).job_client
-                           if with_features else None)
-    except BaseException:
-        stop_process(exporter)
-        raise
+    exporter, client, features_client = start_unbounded(lcfg, root, with_features)
     job_id = str(client.get_job_id())
     monitor = Monitor(say, exporter.pid, interval_s=sample_s)
     monitor.start()
     cancelled = False
     try:
-        def running() -> bool:
-            job = monitor.rest.get(f"/jobs/{job_id}", monitor.jvm) if monitor.jvm else None
-            vs = (job or {}).get("vertices", [])
-            return bool(vs) and all(v.get("status") == "RUNNING" for v in vs)
-
-        if not _wait(running, 180):
+        if not _wait(lambda: _all_running(monitor, job_id), 180):
             say("warning: the job's tasks were not all RUNNING after 180 s; replaying anyway")
         time.sleep(3.0)  # the Kafka source discovers its partitions
 
         def scored() -> int:
-            # records written to the recommendations topic, committed or not (transaction markers
-            # add a few offsets: "drained" may be declared a little early; the wait for two more
-            # checkpoints below covers that)
-            return sum(kafka_io.end_offsets(lcfg, lcfg.kafka.topics.recommendations, read_committed=False).values())
+            return records_written(lcfg, lcfg.kafka.topics.recommendations)
 
         if warm:
             # the first records pay for the Python operators' warm-up (and the first model export):
@@ -1158,11 +1375,7 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
                 client.cancel().result()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
-        if features_client is not None:
-            try:
-                features_client.cancel().result()
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
+        _cancel(features_client)
         monitor.stop()
         watcher.stop()
         _, exporter_hwm = memory(exporter.pid)
@@ -1301,6 +1514,16 @@ def table(result: dict) -> str:
         ("last checkpoint: full / incremental size", f"{_mib(latest.get('state_size'))} / "
                                                      f"{_mib(latest.get('checkpointed_size'))}"),
     ]
+    cap = result.get("capacity") or {}
+    if cap:
+        jobs = "pipeline + features job" if cap.get("features_job_beside") else "pipeline"
+        rows.append((f"capacity of the latency run's jobs ({jobs}, "
+                     f"checkpoints every {_fmt(cap.get('checkpoint_interval_ms'))} ms)",
+                     f"{_fmt(cap.get('events_per_s'))} events/s (recommendations alone "
+                     f"{_fmt(cap.get('pipeline_events_per_s'))})"))
+        rows.append(("  its CPU µs per event: Flink JVM / broker / exporter",
+                     " / ".join(_fmt((cap.get("cpu_us_per_event") or {}).get(k), ".0f")
+                                for k in ("flink_jvm", "broker", "exporter"))))
     if lat:
         lm = lat.get("latency_ms") or {}
         rows.append((f"latency at {_fmt(lat.get('target_rate'))} ev/s (emitted): p50 / p95 / p99",
@@ -1404,12 +1627,23 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             result["second_stream"] = quality(cfg, synthetic_stream(100_000), say=say)
             _write(result, stem)
         if not skip_latency:
-            measured = result["throughput"].get("events_per_s") or 100.0
-            rate = latency_rate or max(1.0, measured / 2)
+            # half the capacity of what the latency phase runs (its jobs, its checkpoint interval),
+            # measured here unless a rate is given (capacity_phase says why not the throughput's)
+            rate_basis = "given (--latency-rate)"
+            if not latency_rate:
+                result["capacity"] = capacity_phase(cfg, events, say, progress, sample_s,
+                                                    checkpoint_interval_ms=latency_checkpoint_ms,
+                                                    with_features=latency_with_features)
+                _write(result, stem)
+                capacity, rate_basis = result["capacity"].get("events_per_s"), "capacity.events_per_s / 2"
+                if not capacity:
+                    capacity, rate_basis = result["throughput"].get("events_per_s"), "throughput.events_per_s / 2"
+                latency_rate = max(1.0, (capacity or 200.0) / 2)
             full = replay.ml100k_events(data_dir)
-            result["latency"] = latency_phase(cfg, full, rate, latency_seconds, say, progress, sample_s,
+            result["latency"] = latency_phase(cfg, full, latency_rate, latency_seconds, say, progress, sample_s,
                                               checkpoint_interval_ms=latency_checkpoint_ms,
                                               with_features=latency_with_features)
+            result["latency"]["rate_basis"] = rate_basis
     finally:
         if status.started:
             broker.down(cfg, log=say)

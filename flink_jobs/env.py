@@ -116,6 +116,7 @@ def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) 
             # the changelog backend cannot take the full first checkpoint NO_CLAIM needs; the
             # lineage restores only snapshots it may own (flink_jobs.lineage._claimable)
             settings["execution.state-recovery.claim-mode"] = "CLAIM"
+    settings.update(cfg.flink.settings)
     return settings
 
 

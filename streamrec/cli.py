@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="replay only the first N events (throughput phase)")
     p.add_argument("--latency-seconds", type=float, default=60.0, help="length of the fixed-rate run")
     p.add_argument("--latency-rate", type=float, help="events/s of the fixed-rate run (default: half "
-                   "the measured throughput)")
+                   "the capacity of its jobs, measured first over a backlog)")
     p.add_argument("--skip-latency", action="store_true", help="no fixed-rate latency run")
     p.add_argument("--skip-quality", action="store_true", help="no prequential evaluation")
     p.add_argument("--latency-checkpoint-ms", type=int, help="checkpoint interval of the latency run "

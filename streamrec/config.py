@@ -224,6 +224,9 @@ class FlinkConfig(_Section):
     rest_port: int = Field(8081, ge=1024, le=65535)
     taskmanagers: int = Field(2, ge=1, le=16)
     task_slots: int = Field(2, ge=1, le=64)
+    #: Extra Flink configuration entries for every job streamrec starts (they win over the
+    #: settings streamrec derives from this section), e.g. ``metrics.reporters``, memory sizes.
+    settings: dict[str, str] = {}
 
 
     def jvm_options(self) -> list[str]:
@@ -488,7 +491,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
             continue
         # dict-valued keys take JSON-free "k=v,k=v"; everything else is validated by pydantic.
         parsed: Any = value
-        if keys[-1] in ("client_properties", "server_properties"):
+        if keys[-1] in ("client_properties", "server_properties") or keys == ["flink", "settings"]:
             parsed = dict(kv.split("=", 1) for kv in value.split(",") if "=" in kv)
         _set_path(tree, keys, parsed)
         origin[".".join(keys)] = name

@@ -19,6 +19,7 @@ from bench.run_bench import (
     rate_series,
     span_throughput,
     table,
+    time_reached,
 )
 from bench.scale import zipf_weights
 
@@ -36,6 +37,17 @@ def test_span_throughput():
     assert span_throughput(10, 5, 5) is None
     assert span_throughput(0, 0, 10) is None
     assert span_throughput(10, None, 10) is None
+
+
+def test_time_reached_interpolates_between_samples():
+    samples = [(10.0, 0), (10.5, 100), (11.0, 300), (11.5, 300)]
+    assert time_reached(samples, 200) == pytest.approx(10.75)
+    assert time_reached(samples, 100) == 10.5  # reached at a sample
+    assert time_reached(samples, 0) == 10.0  # already at the first sample
+    assert time_reached(samples, 301) is None  # never reached
+    assert time_reached([], 1) is None
+    # a count that stalls below the target, then jumps: between the last stalled sample and the jump
+    assert time_reached([(0.0, 5), (1.0, 5), (2.0, 15)], 10) == pytest.approx(1.5)
 
 
 def test_rate_series_bins_from_t0_and_keeps_empty_bins():

@@ -103,6 +103,19 @@ def test_restart_strategy_reaches_the_flink_configuration(tmp_path):
     assert conf.get_string("execution.checkpointing.tolerable-failed-checkpoints", "") == "7"
 
 
+def test_extra_flink_settings_from_env_win_over_derived_ones(tmp_path):
+    from flink_jobs.env import flink_configuration
+
+    cfg = load_config(config_file=None, env={
+        "STREAMREC_PATHS__STATE_DIR": str(tmp_path), "STREAMREC_FLINK__SHIP_CONNECTOR": "false",
+        "STREAMREC_FLINK__SETTINGS": "metrics.fetcher.update-interval=500,execution.buffer-timeout.interval=5 ms"})
+    assert cfg.flink.settings == {"metrics.fetcher.update-interval": "500",
+                                  "execution.buffer-timeout.interval": "5 ms"}
+    conf = flink_configuration(cfg, "job")
+    assert conf.get_string("metrics.fetcher.update-interval", "") == "500"
+    assert conf.get_string("execution.buffer-timeout.interval", "") == "5 ms"  # not flink.buffer_timeout_ms's
+
+
 SECRET = "s3cr3t-'\"quote-XYZ"
 
 
