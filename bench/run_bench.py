@@ -540,12 +540,11 @@ class Monitor(threading.Thread):
     METRICS = "busyTimeMsPerSecond,backPressuredTimeMsPerSecond,idleTimeMsPerSecond"
 
     def __init__(self, say, exporter_pid: int | None = None, interval_s: float = 2.0,
-                 progress_s: float = 10.0, expected: int | None = None, job_name: str = JOB_NAME):
+                 progress_s: float = 10.0, expected: int | None = None):
         super().__init__(daemon=True, name="bench-monitor")
         self.say, self.exporter_pid, self.interval_s = say, exporter_pid, interval_s
         self.progress_s, self.expected = progress_s, expected
-        self.job_name = job_name
-        self.rest = FlinkRest(job_name)
+        self.rest = FlinkRest()
         self.stop_event = threading.Event()
         self.started_at = time.time()
         self.jvm: int | None = None
@@ -590,7 +589,7 @@ class Monitor(threading.Thread):
         overview = self.rest.get("/jobs/overview", self.jvm)
         if not overview:
             return None
-        jobs = [j for j in overview.get("jobs", []) if j.get("name") == self.job_name]
+        jobs = [j for j in overview.get("jobs", []) if j.get("name") == JOB_NAME]
         if not jobs:
             return None
         job = max(jobs, key=lambda j: j.get("start-time", 0))
@@ -1281,7 +1280,10 @@ def capacity_phase(cfg, events: list[dict], say, progress: bool, sample_s: float
     first, last = (min(emitted), max(emitted)) if emitted else (None, None)
     read_all_at = (time_reached(features_monitor.read, clean)
                    if features_monitor and clean is not None else None)
-    end = max(last, int(read_all_at * 1000)) if last is not None and read_all_at is not None else last
+    if with_features:  # no figure for both jobs unless the features job read every clean event
+        end = max(last, int(read_all_at * 1000)) if last is not None and read_all_at is not None else None
+    else:
+        end = last
     out = {
         "events": n,
         "checkpoint_interval_ms": ccfg.flink.checkpoint_interval_ms,
