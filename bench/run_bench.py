@@ -1640,7 +1640,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
                 capacity, rate_basis = result["capacity"].get("events_per_s"), "capacity.events_per_s / 2"
                 if not capacity:
                     capacity, rate_basis = result["throughput"].get("events_per_s"), "throughput.events_per_s / 2"
-                latency_rate = max(1.0, (capacity or 200.0) / 2)
+                latency_rate = max(1.0, (capacity or 100.0) / 2)
             full = replay.ml100k_events(data_dir)
             result["latency"] = latency_phase(cfg, full, latency_rate, latency_seconds, say, progress, sample_s,
                                               checkpoint_interval_ms=latency_checkpoint_ms,
