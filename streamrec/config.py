@@ -24,7 +24,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -491,7 +491,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
             continue
         # dict-valued keys take JSON-free "k=v,k=v"; everything else is validated by pydantic.
         parsed: Any = value
-        if keys[-1] in ("client_properties", "server_properties") or keys == ["flink", "settings"]:
+        if get_origin(_annotation(keys)) is dict:
             parsed = dict(kv.split("=", 1) for kv in value.split(",") if "=" in kv)
         _set_path(tree, keys, parsed)
         origin[".".join(keys)] = name
@@ -508,12 +508,25 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+def _section(path: Sequence[Any]) -> type[BaseModel] | None:
+    """The config model at ``path`` (section names from the top), None past a non-section key."""
     model: type[BaseModel] | None = Config
-    for part in loc[:-1]:
+    for part in path:
         field = model.model_fields.get(str(part)) if model else None
         ann = field.annotation if field else None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _annotation(keys: Sequence[str]) -> Any:
+    """The type annotation of the setting at ``keys`` (None for an unknown key)."""
+    model = _section(keys[:-1])
+    field = model.model_fields.get(keys[-1]) if model else None
+    return field.annotation if field else None
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model = _section(loc[:-1])
     return sorted(model.model_fields) if model else []
 
 

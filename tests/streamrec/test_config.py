@@ -116,6 +116,14 @@ def test_extra_flink_settings_from_env_win_over_derived_ones(tmp_path):
     assert conf.get_string("execution.buffer-timeout.interval", "") == "5 ms"  # not flink.buffer_timeout_ms's
 
 
+def test_every_dict_setting_takes_key_value_pairs_from_env():
+    cfg = load_config(config_file=None, env={
+        "STREAMREC_KAFKA__CLIENT_PROPERTIES": "linger.ms=0,acks=all",
+        "STREAMREC_EMBEDDED__SERVER_PROPERTIES": "num.io.threads=2"})
+    assert cfg.kafka.client_properties == {"linger.ms": "0", "acks": "all"}
+    assert cfg.embedded.server_properties == {"num.io.threads": "2"}
+
+
 SECRET = "s3cr3t-'\"quote-XYZ"
 
 
