@@ -98,6 +98,11 @@ def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) 
         "execution.buffer-timeout.interval": f"{cfg.flink.buffer_timeout_ms} ms",
         "taskmanager.memory.process.size": "1600m",
         "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
+        # Flink binds every interface by default; on the mini-cluster nothing but this host talks
+        # to these sockets. Server-side keys only: a client submitting to a cluster ignores them.
+        "rest.bind-address": cfg.flink.bind_host,
+        "jobmanager.bind-host": cfg.flink.bind_host,
+        "taskmanager.bind-host": cfg.flink.bind_host,
     }
     if cfg.flink.state_changelog:
         settings.update({
@@ -122,10 +127,20 @@ def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) 
 
 def flink_configuration(cfg: Config, job_name: str, restore_from: str | None = None) -> Configuration:
     (cfg.paths_resolved.checkpoint_dir / job_name).mkdir(parents=True, exist_ok=True)
+    _no_loopback_worker_server()
     conf = Configuration()
     for key, value in flink_settings(cfg, job_name, restore_from).items():
         conf.set_string(key, value)
     return conf
+
+
+def _no_loopback_worker_server() -> None:
+    """Keep PyFlink from starting its "loopback" Beam worker pool in this process. On a local
+    deployment it otherwise opens a gRPC server on every interface (``[::]:0``) whose StartWorker
+    call runs a Python worker for whoever asks; thread mode never uses it, and process mode then
+    launches its workers the way a cluster does. PyFlink reads this variable when a job is
+    submitted; a value the user set is kept."""
+    os.environ.setdefault("_python_worker_execution_mode", "process")
 
 
 def _gateway_jvm_options(cfg: Config) -> None:

@@ -89,7 +89,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         max_future_ms=ing.max_future_ms,
         min_ts_ms=ing.min_ts_ms,
         rating_min=sql_double(ing.rating_min), rating_max=sql_double(ing.rating_max),
-        max_payload_bytes=int(ing.max_payload_bytes),
+        max_payload_bytes=int(ing.max_payload_bytes), max_id_chars=int(ing.max_id_chars),
         w_view=sql_double(weights.view), w_click=sql_double(weights.click), w_cart=sql_double(weights.cart),
         w_purchase=sql_double(weights.purchase), w_rating_base=sql_double(weights.rating_base),
         w_rating_scale=sql_double(weights.rating_scale),

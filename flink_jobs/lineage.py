@@ -76,6 +76,76 @@ def job_dir(cfg: Config, job_name: str) -> Path:
     return cfg.paths_resolved.checkpoint_dir / job_name
 
 
+class RunLock:
+    """An exclusive lock on one job's lineage while a run of it is alive.
+
+    Two runs on one state directory shared the lineage, the transactional-id prefix and the
+    consumer group (the second declared a fresh start, and events.clean got every event twice),
+    and ``--fresh`` in a second shell deleted the live run's checkpoints. The lock is an
+    ``flock`` on ``<checkpoint_dir>/.<job name>.lock`` (beside the lineage: ``--fresh`` empties
+    the lineage's directory), so the kernel releases it when the holder dies, even by SIGKILL; the
+    file names the holder (pid, host, start, command) for the error the next run prints.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with RunLock(d / ".job.lock", "job"):
+    ...     try:
+    ...         RunLock(d / ".job.lock", "job").acquire()
+    ...     except LineageError as exc:
+    ...         print(str(exc)[:39])
+    another run of job holds this state dir
+    >>> RunLock(d / ".job.lock", "job").acquire().release()  # free again
+    """
+
+    def __init__(self, path: Path, job_name: str):
+        self.path, self.job_name, self._fd = path, job_name, None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import socket
+        import sys
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace")
+            os.close(fd)
+            try:
+                who = json.loads(holder)
+                named = (f"pid {who.get('pid')} on {who.get('host')}, since {who.get('started')}: "
+                         f"{who.get('command')}")
+            except ValueError:
+                named = "holder unknown"
+            raise LineageError(
+                f"another run of {self.job_name} holds this state dir ({named}); stop it first, "
+                f"or give this run a state dir of its own (paths.state_dir); lock: {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(sys.argv)[:300]}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def run_lock(cfg: Config, job_name: str) -> RunLock:
+    """The lock of ``job_name``'s lineage in ``cfg``'s state dir (not yet acquired)."""
+    return RunLock(cfg.paths_resolved.checkpoint_dir / f".{job_name}.lock", job_name)
+
+
 def read_lineage(directory: Path) -> dict | None:
     try:
         return json.loads((directory / LINEAGE_FILE).read_text())

@@ -281,47 +281,49 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
     ``with_features``: the features job (flink_jobs/features.py) runs too: beside the pipeline,
     or, bounded, after it over the clean events it wrote (its input ends only when the
     pipeline's does). ``streamrec submit`` submits it to a cluster as a job of its own."""
-    if not quiet:
-        print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
-    ensure_topics(cfg)
-    cfg.paths_resolved.registry_dir.mkdir(parents=True, exist_ok=True)
-    if from_version:
-        check_from_version(cfg, from_version)
-    plan = lineage.plan_run(cfg, JOB_NAME, fresh=fresh, restore_from=restore_from, bounded=bounded)
-    print(f"[{JOB_NAME}] {plan.reason}", file=sys.stderr)
-    features.record_pipeline_start(cfg, plan)
-    reset_to = None
-    if from_version:
-        reset_to = {"version": from_version, "token": pin_from_version(cfg, from_version, plan.run_id)}
-        print(f"[{JOB_NAME}] the learner's vectors go back to {from_version}; CURRENT is pinned to "
-              "it (`streamrec model unpin` resumes promotion)", file=sys.stderr)
-    trigger = lineage.restore_trigger_topic(cfg.kafka.topics.raw, plan) if bounded and plan.restore_from else None
-    if trigger:
-        ensure_topics(cfg, [trigger], partitions=1)
-    rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
-    statements = build(rt, cfg, bounded, reset_to)
-    statements.attach_as_datastream()
-    started = time.monotonic()
-    # beside an unbounded pipeline: a second job in the same local JVM (measured better for the
-    # recommendations' latency than a process of its own at nice 10: docs/ingestion.md)
-    beside = features.run(cfg, wait=False, quiet=quiet) if with_features and not bounded else None
-    if not wait:  # under `flink run -d`, or a caller that stops the jobs itself: submit and return
-        return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME), beside)
-    try:
-        rt.env.execute(JOB_NAME)
-    finally:
+    # held while the run lives (a run that returns at submission only checks that no other holds it)
+    with lineage.run_lock(cfg, JOB_NAME):
+        if not quiet:
+            print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
+        ensure_topics(cfg)
+        cfg.paths_resolved.registry_dir.mkdir(parents=True, exist_ok=True)
+        if from_version:
+            check_from_version(cfg, from_version)
+        plan = lineage.plan_run(cfg, JOB_NAME, fresh=fresh, restore_from=restore_from, bounded=bounded)
+        print(f"[{JOB_NAME}] {plan.reason}", file=sys.stderr)
+        features.record_pipeline_start(cfg, plan)
+        reset_to = None
+        if from_version:
+            reset_to = {"version": from_version, "token": pin_from_version(cfg, from_version, plan.run_id)}
+            print(f"[{JOB_NAME}] the learner's vectors go back to {from_version}; CURRENT is pinned to "
+                  "it (`streamrec model unpin` resumes promotion)", file=sys.stderr)
+        trigger = lineage.restore_trigger_topic(cfg.kafka.topics.raw, plan) if bounded and plan.restore_from else None
         if trigger:
-            delete_topics(cfg, [trigger])
-        if beside:  # the pipeline stopped (failed): its features job has nothing more to read
-            beside.job_client.cancel()
-    seconds = time.monotonic() - started
-    if bounded:  # Flink discards a finished job's checkpoints: remember that it finished
-        lineage.mark_finished(cfg, JOB_NAME)
-    summary = summarize(cfg, seconds) if bounded else None
-    if summary and not quiet:
-        print(summary.line(), file=sys.stderr)
-    after = features.run(cfg, bounded=True, quiet=quiet) if with_features and bounded else None
-    return PipelineRun(summary, seconds, features=after)
+            ensure_topics(cfg, [trigger], partitions=1)
+        rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
+        statements = build(rt, cfg, bounded, reset_to)
+        statements.attach_as_datastream()
+        started = time.monotonic()
+        # beside an unbounded pipeline: a second job in the same local JVM (measured better for the
+        # recommendations' latency than a process of its own at nice 10: docs/ingestion.md)
+        beside = features.run(cfg, wait=False, quiet=quiet) if with_features and not bounded else None
+        if not wait:  # under `flink run -d`, or a caller that stops the jobs itself: submit and return
+            return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME), beside)
+        try:
+            rt.env.execute(JOB_NAME)
+        finally:
+            if trigger:
+                delete_topics(cfg, [trigger])
+            if beside:  # the pipeline stopped (failed): its features job has nothing more to read
+                beside.job_client.cancel()
+        seconds = time.monotonic() - started
+        if bounded:  # Flink discards a finished job's checkpoints: remember that it finished
+            lineage.mark_finished(cfg, JOB_NAME)
+        summary = summarize(cfg, seconds) if bounded else None
+        if summary and not quiet:
+            print(summary.line(), file=sys.stderr)
+        after = features.run(cfg, bounded=True, quiet=quiet) if with_features and bounded else None
+        return PipelineRun(summary, seconds, features=after)
 
 
 def main(argv: list[str] | None = None) -> None:

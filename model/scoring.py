@@ -96,6 +96,18 @@ def check_finite_weights(model_bytes: bytes, version: str | None) -> None:
             raise ModelMismatchError(f"model {version}: {bad} non-finite (NaN/Inf) weights in {init.name}")
 
 
+def check_servable(registry: Any, version: str, expected_dim: int) -> None:
+    """Run every check a reader makes before it serves ``version`` (sha256 of the files, the
+    ONNX graph against meta.json, NaN / Inf weights, the item table and the learner's dimension),
+    so that an operator's ``promote`` / ``rollback`` refuses what the stream would refuse to load;
+    raises :class:`ModelMismatchError` or :class:`model.registry.CorruptModelError`."""
+    from model.item_table import load_item_table
+
+    data, meta = registry.load(version)
+    ScoringModel.from_bytes(data, meta, providers=[CPU])
+    load_item_table(registry, version, expected_dim=expected_dim)
+
+
 class ScoringModel:
     """One loaded model version: ORT session + ``item_ids`` (index -> id)."""
 

@@ -42,7 +42,7 @@ FROM raw_in;
 CREATE TEMPORARY VIEW raw_routed AS
 SELECT payload, src_partition, src_offset, ingest_ms, now_ms, max_wm_ms,
   accept_flat_event(payload, now_ms, CAST(${min_ts_ms} AS BIGINT), CAST(${max_future_ms} AS BIGINT),
-                    ${rating_min}, ${rating_max}, ${max_payload_bytes}) AS fast
+                    ${rating_min}, ${rating_max}, ${max_payload_bytes}, ${max_id_chars}) AS fast
 FROM raw_sized;
 
 -- One row per raw record: the verdict (reason NULL = valid), the cleaned fields, weight, late

@@ -115,11 +115,23 @@ logger.network.level = WARN
 """
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only: server.properties holds the listeners' JAAS lines
+    (passwords) and inline PEM keys. An existing file (from an older, world-readable write) is
+    narrowed too, before the new text goes in."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def _write_config(cfg: Config) -> tuple[Path, Path]:
     bdir = broker_dir(cfg)
     (bdir / "logs").mkdir(parents=True, exist_ok=True)
     props = bdir / "server.properties"
-    props.write_text("# Written by streamrec at every `up` from its configuration.\n" + "".join(
+    _write_private(props, "# Written by streamrec at every `up` from its configuration.\n" + "".join(
         f"{k}={v}\n" for k, v in server_properties(cfg).items()))
     log4j = bdir / "log4j2.properties"
     log4j.write_text(_LOG4J2.format(logs=bdir / "logs"))

@@ -153,7 +153,7 @@ def cmd_run(args, cfg: Config) -> int:
 
 
 def cmd_sql(args, cfg: Config) -> int:
-    from flink_jobs.sql_query import QueryError, check_read_only, format_table, run_query
+    from flink_jobs.sql_query import QueryError, format_table, prepare_query
 
     if args.file:
         statement = Path(args.file).read_text()
@@ -163,10 +163,10 @@ def cmd_sql(args, cfg: Config) -> int:
         print("error: give a statement or -f FILE", file=sys.stderr)
         return 2
     try:
-        if not args.allow_write:
-            check_read_only(statement)
+        # checked (read-only) before the broker is started or reached
+        query = prepare_query(cfg, statement, allow_write=args.allow_write)
         ensure_kafka(cfg, [])
-        columns, rows = run_query(cfg, statement, allow_write=args.allow_write)
+        columns, rows = query.run()
     except QueryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -355,6 +355,7 @@ def cmd_model(args, cfg: Config) -> int:
     import getpass
 
     from model.registry import Registry, RegistryError
+    from model.scoring import check_servable
 
     reg = Registry(cfg.paths_resolved.registry_dir, log_max_bytes=cfg.exporter.log_max_bytes,
                    log_keep=cfg.exporter.log_keep)
@@ -384,6 +385,7 @@ def cmd_model(args, cfg: Config) -> int:
                 print("error: `streamrec model promote` needs a VERSION", file=sys.stderr)
                 return 2
             previous = reg.current()
+            check_servable(reg, args.version, cfg.learner.dim)  # what the readers would refuse
             reg.promote(args.version, actor="cli", reason=args.reason or "manual promote", log_extra=who,
                         end_pin=True)
             print(f"CURRENT: {args.version} (was {previous or 'none'}); not pinned")
@@ -398,6 +400,9 @@ def cmd_model(args, cfg: Config) -> int:
                     print("error: give a VERSION or --before TIME, not both", file=sys.stderr)
                     return 2
                 version = reg.newest_before(parse_time(args.before))
+            version = version or reg.previous_promoted()
+            if version:
+                check_servable(reg, version, cfg.learner.dim)
             target = reg.rollback(version, actor="cli", reason=args.reason or "manual rollback",
                                   log_extra=who)
             print(f"CURRENT: {target} (rolled back from {previous or 'none'}), pinned: the exporter "

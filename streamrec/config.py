@@ -222,6 +222,10 @@ class FlinkConfig(_Section):
     #: A remote JobManager ``host:port`` for ``streamrec submit``; empty = the local standalone cluster.
     jobmanager_address: str = ""
     rest_port: int = Field(8081, ge=1024, le=65535)
+    #: The interface the local mini-cluster's sockets listen on (REST API and web UI, blob server,
+    #: task RPC). Loopback unless set: the REST API cancels jobs and triggers savepoints, without
+    #: authentication. ``0.0.0.0`` exposes it to the network.
+    bind_host: str = "127.0.0.1"
     taskmanagers: int = Field(2, ge=1, le=16)
     task_slots: int = Field(2, ge=1, le=64)
     #: Extra Flink configuration entries for every job streamrec starts (they win over the
@@ -272,6 +276,11 @@ class IngestConfig(_Section):
     #: events stay valid.
     max_future_ms: int = Field(3_600_000, ge=0)
     min_ts_ms: int = Field(0, ge=0, description="events older than this epoch ms are rejected")
+    #: Longest id (event_id, user_id, item_id) accepted, in code points after trimming; longer
+    #: ones go to the DLQ as id_too_long. 128 holds UUIDs (36), ULIDs (26), hex SHA-256 (64) and
+    #: prefixed composite keys, and bounds an id in a fixed-width numpy array (items.npz) at
+    #: 512 bytes.
+    max_id_chars: int = Field(128, ge=1, le=1_024)
     watermark_delay_ms: int = Field(5_000, ge=0)
     #: A partition with no record for this long stops holding the watermark back (0 = never).
     #: Off by default: under a backlog the source reader drains one partition's fetch at a time,
@@ -588,15 +597,25 @@ def load_config(
         raise _format_errors(exc, origin, source) from None
 
 
-#: Client / server property names whose values are secrets (SASL/SSL): never printed.
-SECRET_KEY = re.compile(r"password|secret|jaas|token|credential|ssl\.key(?!store\.type)", re.I)
+#: Client / server property names whose values are secrets (SASL/SSL): never printed. Matched
+#: anywhere in a setting's whole dotted path, since a property name holds dots itself
+#: (``kafka.client_properties.sasl.jaas.config``), and Kafka prefixes per-listener ones
+#: (``listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config``). PEM keys are given inline as
+#: ``ssl.keystore.key``; ``ssl.key.password`` protects one.
+SECRET_KEY = re.compile(r"password|secret|jaas|token|credential|private|"
+                        r"(?:^|\.)ssl\.keystore\.key$|(?:^|\.)ssl\.key\.", re.I)
 MASK = "****"
 
 
 def is_secret(key: str) -> bool:
-    """
+    """Whether the setting or property named ``key`` (a name or a whole dotted path) is a secret.
+
     >>> is_secret("sasl.jaas.config"), is_secret("ssl.keystore.password"), is_secret("security.protocol")
     (True, True, False)
+    >>> is_secret("kafka.client_properties.sasl.jaas.config"), is_secret("embedded.server_properties.ssl.keystore.key")
+    (True, True)
+    >>> is_secret("ssl.keystore.location"), is_secret("ssl.keystore.type"), is_secret("ssl.key.password")
+    (False, False, True)
     """
     return bool(SECRET_KEY.search(key))
 
@@ -608,6 +627,10 @@ def describe(cfg: Config) -> str:
     ...     "security.protocol=SASL_SSL,sasl.password=hunter2"})
     >>> [ln for ln in describe(cfg).splitlines() if "sasl.password" in ln]
     ['kafka.client_properties.sasl.password = ****']
+    >>> cfg = load_config(config_file=None, env={"STREAMREC_KAFKA__CLIENT_PROPERTIES":
+    ...     'sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required password="pw";'})
+    >>> [ln for ln in describe(cfg).splitlines() if "jaas" in ln]
+    ['kafka.client_properties.sasl.jaas.config = ****']
     """
     flat: list[str] = []
 
@@ -616,7 +639,7 @@ def describe(cfg: Config) -> str:
             for key, sub in value.items():
                 walk(f"{prefix}.{key}" if prefix else key, sub)
         else:
-            flat.append(f"{prefix} = {MASK if is_secret(prefix.rsplit('.', 1)[-1]) and value else value}")
+            flat.append(f"{prefix} = {MASK if is_secret(prefix) and value else value}")
 
     walk("", cfg.model_dump(mode="json"))
     return "\n".join(flat)

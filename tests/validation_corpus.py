@@ -12,8 +12,10 @@ import time
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 NOW = int(time.time() * 1000)
-SETTINGS = {"min_ts_ms": 1_000_000, "max_future_ms": 3_600_000, "max_payload_bytes": 600,
-            "dlq_payload_max_bytes": 64}
+#: max_id_chars at its lower bound, the JVM fast path's own cap (sql/ingest.sql), so both routes
+#: meet the id limit; payloads up to the default 16 KiB, so a 16,000-character id reaches it.
+SETTINGS = {"min_ts_ms": 1_000_000, "max_future_ms": 3_600_000, "max_payload_bytes": 16_384,
+            "dlq_payload_max_bytes": 64, "max_id_chars": 64}
 #: Kafka record timestamps of every kind (the future bound must not depend on them).
 RECORD_TIMESTAMPS = [None, 0, 1, NOW, NOW - 10 * 365 * 86_400_000, NOW + 50 * 60_000]
 def bound_cases(now: int) -> list[tuple[bytes, int]]:
@@ -30,7 +32,8 @@ def bound_cases(now: int) -> list[tuple[bytes, int]]:
     ]
 
 SPACES = ["", " ", "\t", "\u00a0", "\u3000", "\x1c", "\n"]
-ODD_TEXT = ["", " ", "é", "ü-1", "a\u2028b", "\\", '"', "\ud800", "x\x00y", "😀", "K\u212a"]
+ODD_TEXT = ["", " ", "é", "ü-1", "a\u2028b", "\\", '"', "\ud800", "x\x00y", "😀", "K\u212a",
+            "i1\x00", "a\x7fb", "a\x85b", "a\tb", "\u200fשלום", "k" * 64, "k" * 65, "😀" * 64, "😀" * 65]
 
 
 #: Replaced by the record's number after generation: event ids stay unique after trimming, so
@@ -107,7 +110,7 @@ def raw_record(draw) -> bytes:
     elif mutation == 4:
         text = text.replace('"ts":', '"ts": 1' + "0" * draw(st.integers(1, 25)) + ", \"old_ts\":", 1)
     elif mutation == 5:
-        text = text + " " * draw(st.sampled_from([10, 700]))  # over max_payload_bytes
+        text = text + " " * draw(st.sampled_from([10, 16_400]))  # over max_payload_bytes
     data = text.encode("utf-8", errors="surrogatepass")  # a lone surrogate: invalid UTF-8 bytes
     if mutation == 6:
         data = data.replace(b"e", b"\xff", 1)
@@ -137,6 +140,45 @@ FIXED = [
     b'{"event_id":"h19","user_id":"\xc3\xa9","item_id":"i\xe2\x80\xa8","event_type":"view","ts":1700000000000}',
     b'{"event_id":"h20","user_id":"u","item_id":"i","event_type":"rating","rating":5.0000001,"ts":1700000000000}',
 ]
+
+
+def _id_case(event_id: str, user_id: bytes = b"u", item_id: bytes = b"i") -> bytes:
+    return (b'{"event_id":"%s","user_id":"%s","item_id":"%s","event_type":"view","ts":1700000000000}'
+            % (event_id.encode(), user_id, item_id))
+
+
+_LIMIT = SETTINGS["max_id_chars"]
+#: The id contract (udfs/validation.py): (payload, the reason it must get, None = valid). Ids are
+#: JSON-escaped where raw bytes would be malformed JSON (a raw control byte below 0x20).
+ID_CASES: list[tuple[bytes, str | None]] = [
+    (_id_case("d1", item_id=b"i1\\u0000"), "control_char:item_id"),  # NUL at the end (numpy drops it)
+    (_id_case("d2", user_id=b"u\\u0000x"), "control_char:user_id"),  # NUL inside
+    (_id_case("d3\\u0000"), "control_char:event_id"),
+    (_id_case("d4", item_id=b"i\x7f"), "control_char:item_id"),  # DEL, a raw byte (valid JSON)
+    (_id_case("d5", item_id=b"i\\u007fx"), "control_char:item_id"),
+    (_id_case("d6", item_id=b"i\\u0085x"), "control_char:item_id"),  # C1 (NEL) inside
+    (_id_case("d7", user_id=b"u\xc2\x9fx"), "control_char:user_id"),  # C1 as raw UTF-8
+    (_id_case("d8", item_id=b"a\\tb"), "control_char:item_id"),  # tab inside
+    (_id_case("d9", item_id=b"a\\nb"), "control_char:item_id"),  # newline inside
+    (_id_case("d10", item_id=b"a\\u001cb"), "control_char:item_id"),  # whitespace to str.strip()
+    (_id_case("d11", item_id=b"\\t i \\u0085\\n"), None),  # control whitespace as padding: trimmed
+    (_id_case("d12", item_id=b"k" * _LIMIT), None),  # exactly the limit: the fast path takes it
+    (_id_case("d13", item_id=b"k" * (_LIMIT + 1)), "id_too_long:item_id"),
+    (_id_case("d14", user_id=b"  " + b"u" * _LIMIT + b"  "), None),  # the trimmed length counts
+    (_id_case("d15", item_id=b"k" * 16_000), "id_too_long:item_id"),
+    (_id_case("d16" + "e" * _LIMIT), "id_too_long:event_id"),
+    (_id_case("d17", item_id="😀".encode() * _LIMIT), None),  # code points: 2x the limit in UTF-16
+    (_id_case("d18", item_id="😀".encode() * (_LIMIT + 1)), "id_too_long:item_id"),
+    (_id_case("d19", item_id=b"\\ud83d\\ude00" * _LIMIT), None),  # the same, as escaped pairs
+    (_id_case("d20", item_id="é".encode() * (_LIMIT + 1)), "id_too_long:item_id"),
+    (_id_case("d21", user_id="\u200fשלום\u200e-\u202bע\u202c".encode()), None),  # RTL text and marks
+    (_id_case("d22", item_id="👨\u200d👩\u200d👧".encode()), None),  # ZWJ emoji sequence
+    (_id_case("d23", item_id="a\u2028b\ufeffc\u200bd".encode()), None),  # format / separator chars
+    (_id_case("d24", item_id=b"k" * _LIMIT + b"\\u0000"), "id_too_long:item_id"),  # length first
+    (_id_case("d25\\u0000", user_id=b"u" * (_LIMIT + 1)), "id_too_long:user_id"),  # then control
+    (_id_case("d26\\u0000", user_id=b" "), "empty_id:user_id"),  # empty_id before both
+]
+FIXED += [payload for payload, _ in ID_CASES]
 
 
 

@@ -13,6 +13,8 @@ It never raises, whatever the bytes. Reason codes (docs/ingestion.md has the tab
 ``wrong_type:<f>``         ids / event_type not strings, ``ts`` not an integer, ``rating`` not a number
 ``invalid_string:<f>``     a string holding lone surrogates (``"\\ud800"``): not encodable as UTF-8
 ``empty_id:<f>``           ``event_id`` / ``user_id`` / ``item_id`` empty after trimming whitespace
+``id_too_long:<f>``        an id longer than ``ingest.max_id_chars`` code points after trimming
+``control_char:<f>``       an id holding a control character (Unicode Cc: C0, DEL, C1) after trimming
 ``unknown_event_type``     not one of view, click, cart, purchase, rating (after trim + lower-case)
 ``rating_out_of_range``    a rating event whose rating is outside ``[rating_min, rating_max]`` (or NaN)
 ``ts_out_of_range``        ``ts < ingest.min_ts_ms`` or ``ts > now_ms + ingest.max_future_ms``
@@ -26,12 +28,22 @@ CleanEvent(event_id='e1', user_id='u1', item_id='i1', event_type='view', rating=
 'malformed_json'
 >>> validate(b'{"event_id":"e1","user_id":"u1","event_type":"view","ts":5}', 0, 9, 10, cfg).reason
 'missing_field:item_id'
+>>> validate(b'{"event_id":"e1","user_id":"u1","item_id":"i1\\u0000","event_type":"view","ts":5}', 0, 9, 10, cfg).reason
+'control_char:item_id'
+
+Ids are what the model, its registry versions and the serving look items and users up by, so
+they must survive every store unchanged: numpy's fixed-width strings drop a trailing NUL (a
+registry version's item ids then differ from the model's), and one huge id widens every row of
+a fixed-width array. Only control characters (category Cc) are refused: other invisible ones
+(ZWJ in emoji sequences, RTL marks, U+2028) belong to real names and stay valid. Length counts
+code points, as ``len(str)`` and numpy's ``<U`` do (an emoji outside the BMP is one).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -48,6 +60,8 @@ REASONS: tuple[str, ...] = (
     *(f"wrong_type:{f}" for f in (*REQUIRED_FIELDS, "rating")),
     *(f"invalid_string:{f}" for f in (*ID_FIELDS, "event_type")),
     *(f"empty_id:{f}" for f in ID_FIELDS),
+    *(f"id_too_long:{f}" for f in ID_FIELDS),
+    *(f"control_char:{f}" for f in ID_FIELDS),
     "unknown_event_type", "rating_out_of_range", "ts_out_of_range",
 )
 
@@ -72,6 +86,9 @@ def _reject_constant(name: str):
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+#: Unicode category Cc, exactly (fixed by Unicode's stability policy): C0, DEL and C1.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _utf8_ok(value: str) -> bool:
@@ -131,6 +148,13 @@ def _validate(payload: bytes | str | None, now_ms: int | None, cfg: IngestConfig
         ids[field] = doc[field].strip()
         if not ids[field]:
             return Rejection(f"empty_id:{field}")
+    # on the trimmed ids, the values that are stored (padding of whitespace controls stays valid)
+    for field in ID_FIELDS:
+        if len(ids[field]) > cfg.max_id_chars:
+            return Rejection(f"id_too_long:{field}")
+    for field in ID_FIELDS:
+        if _CONTROL.search(ids[field]):
+            return Rejection(f"control_char:{field}")
     event_type = doc["event_type"].strip().lower()
     if event_type not in EVENT_TYPES:
         return Rejection("unknown_event_type")

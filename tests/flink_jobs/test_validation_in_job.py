@@ -15,7 +15,7 @@ import pytest
 
 from flink_jobs import ingest
 from streamrec.kafka_io import ensure_topics, producer, read_topic
-from tests.validation_corpus import FIXED, RECORD_TIMESTAMPS, SETTINGS, bound_cases, hypothesis_records
+from tests.validation_corpus import FIXED, ID_CASES, RECORD_TIMESTAMPS, SETTINGS, bound_cases, hypothesis_records
 from udfs.validation import CleanEvent, validate
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,8 @@ def test_every_record_gets_the_verdict_of_validate(cfg):
     ingest.run(cfg, bounded=True)  # no restart allowed: any exception in an operator fails this
 
     clean = {c["src_offset"]: c for c in (r.json() for r in read_topic(cfg, cfg.kafka.topics.clean))}
-    dlq = {d["src_offset"]: d["reason"] for d in (r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq))}
+    dlq_records = {d["src_offset"]: d for d in (r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq))}
+    dlq = {o: d["reason"] for o, d in dlq_records.items()}
     assert not clean.keys() & dlq.keys()
     lost = {o: p for o, p in sent.items() if o not in clean and o not in dlq}
     assert not lost and len(clean) + len(dlq) == len(sent), \
@@ -68,5 +69,13 @@ def test_every_record_gets_the_verdict_of_validate(cfg):
             assert dlq.get(offset) == verdict.reason, (payload, clean.get(offset))
     verdicts = {p: (clean[o]["event_id"] if o in clean else dlq[o]) for o, p in sent.items()}
     assert [verdicts[p] for p, _ in bounds] == ["ts_out_of_range", "b2"]
+    # the id contract by the reasons it names, not only validate()'s verdict: through either route,
+    # a NUL-terminated item id (once accepted) and a 16,000-character one reach events.dlq
+    offsets = {p: o for o, p in sent.items()}
+    for payload, reason in ID_CASES:
+        offset = offsets[payload]
+        assert (None if offset in clean else dlq.get(offset)) == reason, (payload[:80], clean.get(offset))
+    huge = dlq_records[offsets[next(p for p, r in ID_CASES if len(p) > 16_000)]]
+    assert huge["reason"] == "id_too_long:item_id" and huge["truncated"] and huge["payload_bytes"] > 16_000
     # the stream exercises both outcomes in numbers
     assert valid >= 50 and len(dlq) >= 200, (valid, len(dlq))

@@ -19,6 +19,7 @@ def reg(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no streamrec.toml here
     monkeypatch.setenv("STREAMREC_PATHS__REGISTRY_DIR", str(tmp_path / "registry"))
+    monkeypatch.setenv("STREAMREC_LEARNER__DIM", "3")  # the versions below: what the readers expect
     registry = Registry(tmp_path / "registry")
     for seed in range(3):
         rng = np.random.default_rng(seed)
@@ -179,3 +180,46 @@ def test_log_reads_rotated_files_and_filters_by_version(reg, capsys, monkeypatch
     # rollback after the rotation still walks back to the version promoted before it
     rc, out, _ = run(capsys, "model", "rollback")
     assert rc == 0 and "CURRENT: v000002" in out
+
+
+def _publish_broken(registry, vectors: np.ndarray, poison_graph: bool = False) -> str:
+    """A version whose files are intact (sha256 matches) but that no reader would serve."""
+    from onnx import numpy_helper
+
+    from model.onnx_model import build_scoring_model
+
+    n = len(vectors)
+    table = ItemTable(np.array([f"i{j}" for j in range(n)]), vectors.astype(np.float32),
+                      np.zeros(n, np.float32), np.ones(n, np.float32))
+    proto = build_scoring_model(np.nan_to_num(table.vectors), table.bias, np.zeros(n), 0.0)
+    if poison_graph:
+        init = max(proto.graph.initializer, key=lambda i: numpy_helper.to_array(i).size)
+        values = numpy_helper.to_array(init).copy()
+        values.flat[0] = np.nan
+        init.CopyFrom(numpy_helper.from_array(values, init.name))
+    return registry.publish(proto.SerializeToString(),
+                            {"item_ids": table.item_ids.tolist(), "dim": table.dim},
+                            {ITEMS_ATTACHMENT: table.to_npz_bytes()})
+
+
+@pytest.mark.parametrize("case", ["nan_graph", "nan_table", "other_dim"])
+def test_promote_and_rollback_refuse_what_the_readers_refuse(reg, capsys, case):
+    """Promoting (or rolling back to) a version the stream would refuse to load left CURRENT on a
+    model no reader serves; now the CLI runs the readers' checks first and changes nothing."""
+    rng = np.random.default_rng(7)
+    if case == "other_dim":
+        bad = _publish_broken(reg, rng.normal(size=(4, 5)))
+        reason = "dim"
+    else:
+        vectors = rng.normal(size=(4, 3))
+        if case == "nan_table":
+            vectors[1, 1] = np.nan
+        bad = _publish_broken(reg, vectors, poison_graph=case == "nan_graph")
+        reason = "non-finite"
+    assert run(capsys, "model", "promote", "v000001")[0] == 0
+    before = reg.current(), len(reg.read_log())
+    rc, _, err = run(capsys, "model", "promote", bad)
+    assert rc == 1 and reason in err and err.count("\n") == 1
+    rc, _, err = run(capsys, "model", "rollback", bad)
+    assert rc == 1 and reason in err
+    assert (reg.current(), len(reg.read_log())) == before and reg.pinned() is None

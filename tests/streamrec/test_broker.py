@@ -119,6 +119,21 @@ def test_server_properties_are_single_node_safe(tmp_path):
     assert int(props["transaction.max.timeout.ms"]) >= cfg.kafka.transaction_timeout_ms
 
 
+def test_server_properties_file_is_readable_by_its_owner_only(tmp_path):
+    """It holds the listeners' JAAS lines (passwords): 0600, also when an older file was 0644."""
+    jaas = 'org.apache.kafka.common.security.plain.PlainLoginModule required password="pw";'
+    cfg = make_config(tmp_path, free_port(), **{"embedded.server_properties": {
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas}})
+    stale = tmp_path / "kafka" / "server.properties"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    stale.chmod(0o644)
+    props, _ = broker._write_config(cfg)
+    assert props == stale
+    assert props.stat().st_mode & 0o777 == 0o600
+    assert jaas in props.read_text()
+
+
 def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path, monkeypatch):
     """1 in 32 random base64url ids start with '-': the storage tool must not read it as a flag."""
     class DashId:

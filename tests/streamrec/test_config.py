@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from streamrec.config import ConfigError, describe, load_config
@@ -151,6 +153,36 @@ def test_a_secret_never_appears_in_printed_config_or_unescaped_in_sql(capsys, mo
         assert SECRET not in options  # only escaped: quotes doubled inside the literal
         assert SECRET.replace("'", "''").replace('"', '\\"') in options
         assert "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule" in options
+
+
+def test_secrets_in_property_maps_are_masked_whatever_their_last_segment(tmp_path, capsys):
+    """A JAAS line passed as a client property (``...sasl.jaas.config``: its last segment is
+    ``config``) and the embedded broker's inline PEM key (``ssl.keystore.key``) were printed in
+    clear by `streamrec config` and at every job start; the exporter's metadata drops them."""
+    from model.exporter import redacted_config
+    from streamrec.cli import main
+
+    jaas = f"org.apache.kafka.common.security.scram.ScramLoginModule required password=\"{SECRET}\";"
+    pem = "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBg-----END PRIVATE KEY-----"
+    path = tmp_path / "streamrec.toml"
+    path.write_text(
+        "[kafka.client_properties]\n"
+        f"'sasl.jaas.config' = {json.dumps(jaas)}\n"
+        "'ssl.keystore.location' = '/etc/k.jks'\n"
+        "[embedded.server_properties]\n"
+        f"'ssl.keystore.key' = '{pem}'\n"
+        f"'listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config' = {json.dumps(jaas)}\n")
+    cfg = load_config(config_file=path, env={})
+    text = describe(cfg)
+    assert SECRET not in text and "PRIVATE KEY" not in text
+    assert "kafka.client_properties.sasl.jaas.config = ****" in text
+    assert "embedded.server_properties.ssl.keystore.key = ****" in text
+    assert "kafka.client_properties.ssl.keystore.location = /etc/k.jks" in text  # a path, not a secret
+    assert main(["--config", str(path), "config"]) == 0
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err and "PRIVATE KEY" not in out.out + out.err
+    dumped = repr(redacted_config(cfg))
+    assert SECRET not in dumped and "PRIVATE KEY" not in dumped
 
 
 def test_exporter_retention_gate_and_log_settings():

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from streamrec import assets
 from streamrec.replay import encode_events
 from tests.support import REPO, free_port, make_config, planted_stream
-from tests.validation_corpus import FIXED, NOW, SETTINGS, hypothesis_records
+from tests.validation_corpus import FIXED, ID_CASES, NOW, SETTINGS, hypothesis_records, mostly
 from udfs.validation import CleanEvent, validate
 
 
@@ -36,7 +36,7 @@ def java_verdicts(cfg, payloads: list[bytes], now_ms: int) -> list[CleanEvent | 
     java = shutil.which("java")
     args = [java, "-cp", str(assets.udf_jar(cfg)), "streamrec.udfs.FlatEventParser",
             str(ing.min_ts_ms), str(ing.max_future_ms), repr(float(ing.rating_min)),
-            repr(float(ing.rating_max)), str(ing.max_payload_bytes)]
+            repr(float(ing.rating_max)), str(ing.max_payload_bytes), str(ing.max_id_chars)]
     lines = "".join(f"{base64.b64encode(p).decode()} {now_ms}\n" for p in payloads)
     out = subprocess.run(args, input=lines, capture_output=True, text=True, check=True, cwd=REPO).stdout
     verdicts = []
@@ -67,7 +67,10 @@ def test_it_accepts_only_what_validate_accepts_with_the_same_fields(ingest_cfg):
 def plain_record(draw) -> bytes:
     """A flat ASCII record of the kind producers write, valid or not: padded ids, any case of the
     event type, ts and rating around their bounds, extra scalar fields, any key order and spacing."""
-    ident = st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True)
+    # now and then an id around the length limit (64 here), padded or not
+    limit = SETTINGS["max_id_chars"]
+    ident = mostly(st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True),
+                   st.integers(limit - 2, limit + 2).map(lambda n: "k" * n), usual_in_10=9)
     pad = st.sampled_from(["", " ", "  "])
     kind = draw(st.sampled_from(["view", "click", "cart", "purchase", "rating", "like"]))
     doc = {"event_id": draw(pad) + draw(ident) + draw(pad), "user_id": draw(pad) + draw(ident) + draw(pad),
@@ -136,3 +139,16 @@ def test_the_records_replay_writes_all_take_the_fast_path(ingest_cfg):
     verdicts = java_verdicts(ingest_cfg, payloads, NOW)
     assert all(v is not None for v in verdicts), payloads[verdicts.index(None)]
     assert verdicts == [validate(p, 0, 0, NOW, ingest_cfg.ingest) for p in payloads]
+
+
+def test_the_id_contract_holds_on_the_fast_path(ingest_cfg):
+    """The JVM takes a plain id of exactly the limit and leaves every id case validate() rejects
+    (too long, controls, 16,000 characters, non-BMP emoji counted in code points) to it."""
+    verdicts = java_verdicts(ingest_cfg, [p for p, _ in ID_CASES], NOW)
+    for (payload, reason), fast in zip(ID_CASES, verdicts):
+        if reason is not None:
+            assert fast is None, payload[:80]
+        elif fast is not None:
+            assert validate(payload, 0, 0, NOW, ingest_cfg.ingest) == fast
+    taken = {fast.event_id for fast in verdicts if fast is not None}
+    assert taken == {"d12", "d14"}  # the plain ASCII ones at the limit, padded or not; others escape

@@ -1,12 +1,16 @@
 """validate(): one exact reason code per bad payload, cleaned fields for good ones, never raises."""
 
 import json
+import unicodedata
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+from pydantic import ValidationError
 
-from streamrec.config import IngestConfig
-from udfs.validation import REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
+from streamrec.config import IngestConfig, load_config
+from tests.validation_corpus import ID_CASES, SETTINGS, NOW as CORPUS_NOW
+from udfs.validation import ID_FIELDS, REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
 
 CFG = IngestConfig(max_payload_bytes=512, dlq_payload_max_bytes=64, max_future_ms=1_000,
                    min_ts_ms=100)
@@ -59,6 +63,12 @@ def with_(**changes):
     (with_(event_id="  "), "empty_id:event_id"),
     (with_(user_id=""), "empty_id:user_id"),
     (with_(item_id="\t"), "empty_id:item_id"),
+    (with_(event_id="e" * 129), "id_too_long:event_id"),
+    (with_(user_id="u" * 129), "id_too_long:user_id"),
+    (with_(item_id="i" * 129), "id_too_long:item_id"),
+    (with_(event_id="e1\x00"), "control_char:event_id"),
+    (with_(user_id="u\x00x"), "control_char:user_id"),
+    (with_(item_id="i\x7f"), "control_char:item_id"),
     (with_(event_type="like"), "unknown_event_type"),
     (with_(event_type="rating", rating=0.4), "rating_out_of_range"),
     (with_(event_type="rating", rating=5.01), "rating_out_of_range"),
@@ -85,6 +95,76 @@ def test_cleaning_trims_ids_lowercases_type_and_keeps_rating_only_for_ratings():
 def test_first_failing_rule_wins():
     assert v(with_(event_id=..., user_id=...)).reason == "missing_field:event_id"
     assert v(with_(event_id="", event_type="nope")).reason == "empty_id:event_id"
+    # each id rule over all three ids before the next rule: empty, then length, then controls
+    assert v(with_(event_id="e\x00", user_id="u" * 129, item_id=" ")).reason == "empty_id:item_id"
+    assert v(with_(event_id="e\x00", user_id="u" * 129)).reason == "id_too_long:user_id"
+    assert v(with_(item_id="i" * 128 + "\x00")).reason == "id_too_long:item_id"
+    assert v(with_(item_id="i\x00", event_type="nope", ts=1)).reason == "control_char:item_id"
+
+
+DEFAULT = IngestConfig(max_future_ms=1_000, min_ts_ms=100)  # max_id_chars and max_payload_bytes as shipped
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("i1\x00", "control_char:item_id"),  # NUL at the end: numpy's fixed-width strings drop it
+    ("\x00i1", "control_char:item_id"),
+    ("i\x00x", "control_char:item_id"),
+    ("i\x7f", "control_char:item_id"),  # DEL
+    ("i\x80x", "control_char:item_id"),  # C1
+    ("i\x85x", "control_char:item_id"),  # NEL: whitespace to str.strip(), a control inside
+    ("i\x9f", "control_char:item_id"),
+    ("a\tb", "control_char:item_id"),
+    ("a\nb", "control_char:item_id"),
+    ("a\rb", "control_char:item_id"),
+    ("a\x1bb", "control_char:item_id"),  # ESC: terminal escapes in logs and the DLQ viewer
+    ("\t\x85 i \x1c\n", None),  # control whitespace around an id is padding, trimmed as before
+    ("k" * 128, None),  # exactly the limit
+    ("k" * 129, "id_too_long:item_id"),
+    (" " * 10 + "k" * 128 + " " * 10, None),  # the trimmed (stored) length counts
+    ("k" * 16_000, "id_too_long:item_id"),  # under max_payload_bytes: only the id rule stops it
+    ("😀" * 128, None),  # code points (as len() and numpy's <U), not UTF-16 units (256 here)
+    ("😀" * 129, "id_too_long:item_id"),
+    ("é" * 129, "id_too_long:item_id"),
+    ("\u200fשלום", None),  # RTL mark and text
+    ("a\u202eb\u202c\u2066c\u2069", None),  # bidi overrides / isolates: format chars, not controls
+    ("👨\u200d👩\u200d👧", None),  # ZWJ emoji sequence
+    ("a\u2028b", None),  # LINE SEPARATOR (Zl), inside
+    ("a\ufeffb\u200bc", None),  # BOM / zero-width space (Cf)
+    ("\ue000", None),  # private use
+])
+def test_the_id_contract(value, reason):
+    result = validate(json.dumps(with_(item_id=value)), 0, 0, NOW, DEFAULT)
+    if reason is None:
+        assert result == CleanEvent("e1", "u1", value.strip(), "view", None, 5_000)
+        # the point of the contract: a valid id survives a fixed-width numpy array unchanged
+        assert np.array([result.item_id]).tolist() == [result.item_id]
+    else:
+        assert result == Rejection(reason) and reason in REASONS
+
+
+def test_every_id_field_gets_both_rules():
+    for field in ID_FIELDS:
+        assert validate(json.dumps(with_(**{field: "x" * 129})), 0, 0, NOW, DEFAULT) == \
+            Rejection(f"id_too_long:{field}")
+        assert validate(json.dumps(with_(**{field: "x\x00"})), 0, 0, NOW, DEFAULT) == \
+            Rejection(f"control_char:{field}")
+
+
+def test_max_id_chars_is_a_bounded_setting():
+    assert IngestConfig().max_id_chars == 128
+    wider = DEFAULT.model_copy(update={"max_id_chars": 200})
+    assert validate(json.dumps(with_(item_id="k" * 200)), 0, 0, NOW, wider).item_id == "k" * 200
+    assert load_config(config_file=None, env={"STREAMREC_INGEST__MAX_ID_CHARS": "256"}).ingest.max_id_chars == 256
+    for bad in (0, 1_025):  # no id at all, or rows of unbounded width again
+        with pytest.raises(ValidationError):
+            IngestConfig(max_id_chars=bad)
+
+
+def test_the_corpus_id_cases_get_their_reasons():
+    cfg = IngestConfig(**SETTINGS)
+    for payload, reason in ID_CASES:
+        result = validate(payload, 0, 0, CORPUS_NOW, cfg)
+        assert (result.reason if isinstance(result, Rejection) else None) == reason, payload[:80]
 
 
 def test_truncation_on_character_boundary():
@@ -112,4 +192,7 @@ def test_fuzz_any_payload_yields_clean_or_known_rejection(data):
         assert CFG.min_ts_ms <= result.ts <= NOW + CFG.max_future_ms
         for s in (result.event_id, result.user_id, result.item_id):
             s.encode("utf-8")  # never hands Flink an unencodable string
+            assert len(s) <= CFG.max_id_chars
+            assert not any(unicodedata.category(c) == "Cc" for c in s)
+            assert np.array([s]).tolist() == [s]
     assert truncate_payload(payload, CFG.dlq_payload_max_bytes).encode("utf-8") is not None

@@ -6,8 +6,8 @@ import org.apache.flink.types.Row;
 
 /**
  * {@code accept_flat_event(payload, now_ms, min_ts_ms, max_future_ms, rating_min, rating_max,
- * max_payload_bytes)}: the cleaned event of a plain record (and its size in bytes), or NULL when
- * the Python UDF {@code validate_event} must decide it ({@link FlatEventParser}; sql/ingest.sql
+ * max_payload_bytes, max_id_chars)}: the cleaned event of a plain record (and its size in bytes),
+ * or NULL when the Python UDF {@code validate_event} must decide it ({@link FlatEventParser}; sql/ingest.sql
  * routes by it). Deterministic: the clock is an argument, so both routes see the same one.
  */
 public final class AcceptFlatEvent extends ScalarFunction {
@@ -15,12 +15,12 @@ public final class AcceptFlatEvent extends ScalarFunction {
     @DataTypeHint("ROW<event_id STRING, user_id STRING, item_id STRING, event_type STRING, rating DOUBLE, "
         + "ts BIGINT, payload_bytes INT>")
     public Row eval(byte[] payload, Long nowMs, Long minTsMs, Long maxFutureMs,
-                    Double ratingMin, Double ratingMax, Integer maxPayloadBytes) {
+                    Double ratingMin, Double ratingMax, Integer maxPayloadBytes, Integer maxIdChars) {
         if (nowMs == null) {
             return null;
         }
         FlatEventParser.Event e = FlatEventParser.parse(payload, nowMs, minTsMs, maxFutureMs,
-            ratingMin, ratingMax, maxPayloadBytes);
+            ratingMin, ratingMax, maxPayloadBytes, maxIdChars);
         return e == null ? null : Row.of(e.eventId, e.userId, e.itemId, e.eventType, e.rating, e.ts, payload.length);
     }
 }

@@ -14,9 +14,10 @@ import java.util.Base64;
  * own: each rejection and its reason stays {@code validate()}'s). It takes a payload that is one
  * flat JSON object (scalar values only) of printable ASCII, with no backslash anywhere (so no key
  * or value hides behind an escape), each of the six keys it reads at most once, ids that are
- * non-empty after trimming spaces, a known event type (trimmed, lower-cased), an integer
- * {@code ts} of at most 18 digits inside the bounds, and for a rating event a non-negative rating
- * inside the bounds. Inside such strings the only whitespace is a space, so trimming spaces is
+ * non-empty after trimming spaces and at most {@code maxIdChars} code points long (printable ASCII
+ * holds no control character, so validate()'s control_char rule holds too), a known event type
+ * (trimmed, lower-cased), an integer {@code ts} of at most 18 digits inside the bounds, and for a
+ * rating event a non-negative rating inside the bounds. Inside such strings the only whitespace is a space, so trimming spaces is
  * Python's {@code str.strip()}; {@code Double.parseDouble} rounds a decimal literal as Python's
  * {@code float()} does.
  *
@@ -51,7 +52,7 @@ public final class FlatEventParser {
 
     /** The cleaned event, or null: {@code validate()} decides this record. */
     public static Event parse(byte[] p, long nowMs, long minTsMs, long maxFutureMs,
-                              double ratingMin, double ratingMax, int maxPayloadBytes) {
+                              double ratingMin, double ratingMax, int maxPayloadBytes, int maxIdChars) {
         if (p == null || p.length == 0 || p.length > maxPayloadBytes) {
             return null;
         }
@@ -153,6 +154,11 @@ public final class FlatEventParser {
                 return null;
             }
             text[k] = new String(p, s, e - s, StandardCharsets.US_ASCII);
+            // code points, as Python's len(): one per byte here, but not UTF-16 units if the
+            // accepted alphabet ever grows past ASCII (an emoji outside the BMP is two of those)
+            if (k < 3 && text[k].codePointCount(0, text[k].length()) > maxIdChars) {
+                return null; // id_too_long
+            }
         }
         String eventType = knownEventType(text[3]);
         if (eventType == null || kinds[TS] != INTEGER || ends[TS] - starts[TS] > 18) {
@@ -294,20 +300,21 @@ public final class FlatEventParser {
 
     /**
      * Verdicts for a differential test: arguments min_ts_ms max_future_ms rating_min rating_max
-     * max_payload_bytes; stdin lines {@code <base64 payload> <now_ms>}; stdout one line each, "-"
-     * (left to validate()) or the tab-separated event_id, user_id, item_id, event_type, rating
+     * max_payload_bytes max_id_chars; stdin lines {@code <base64 payload> <now_ms>}; stdout one
+     * line each, "-" (left to validate()) or the tab-separated event_id, user_id, item_id, event_type, rating
      * ("-" for none, else Java's Double.toString), ts.
      */
     public static void main(String[] args) throws Exception {
         long minTs = Long.parseLong(args[0]), maxFuture = Long.parseLong(args[1]);
         double ratingMin = Double.parseDouble(args[2]), ratingMax = Double.parseDouble(args[3]);
-        int maxBytes = Integer.parseInt(args[4]);
+        int maxBytes = Integer.parseInt(args[4]), maxIdChars = Integer.parseInt(args[5]);
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.US_ASCII));
         StringBuilder out = new StringBuilder();
         for (String line; (line = in.readLine()) != null; ) {
             String[] parts = line.split(" ");
             byte[] payload = Base64.getDecoder().decode(parts[0]);
-            Event e = parse(payload, Long.parseLong(parts[1]), minTs, maxFuture, ratingMin, ratingMax, maxBytes);
+            Event e = parse(payload, Long.parseLong(parts[1]), minTs, maxFuture, ratingMin, ratingMax, maxBytes,
+                maxIdChars);
             if (e == null) {
                 out.append("-\n");
             } else {
