@@ -22,10 +22,58 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from streamrec.config import Config, ConfigError, describe, load_config
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``; anything else is a usage error (exit 2).
+
+    >>> _at_least(1)("3")
+    3
+    >>> _at_least(1)("-1")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be an integer >= 1, got '-1'
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _seconds_or_rate(allow_zero: bool):
+    """An argparse type: a finite number > 0 (>= 0 with ``allow_zero``).
+
+    >>> _seconds_or_rate(False)("2.5"), _seconds_or_rate(True)("0")
+    (2.5, 0.0)
+    >>> _seconds_or_rate(False)("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a finite number > 0, got 'nan'
+    """
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>=' if allow_zero else '>'} 0, got {text!r}")
+        return value
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _at_least(1), _at_least(0)
+RATE, SECONDS = _seconds_or_rate(False), _seconds_or_rate(True)
 
 
 def _cfg(args: argparse.Namespace) -> Config:
@@ -98,8 +146,15 @@ def cmd_topics(args, cfg: Config) -> int:
 def cmd_replay(args, cfg: Config) -> int:
     from streamrec import assets, replay
 
+    from streamrec.kafka_io import topic_exists
+
     topic = args.topic or cfg.kafka.topics.raw
-    ensure_kafka(cfg, [topic])
+    configured = set(cfg.kafka.topics.model_dump().values())
+    ensure_kafka(cfg, [topic] if topic in configured else [])
+    if not topic_exists(cfg, topic):  # a typo would otherwise be created silently and filled
+        print(f"error: topic {topic!r} does not exist and is not a configured topic; create it "
+              "first, or name a configured one (`streamrec topics list`)", file=sys.stderr)
+        return 2
     if args.source == "ml-100k":
         events = replay.ml100k_events(assets.ml100k_dir(cfg))
         items, total = replay.encode_events(events), len(events)
@@ -120,8 +175,12 @@ def cmd_replay(args, cfg: Config) -> int:
 
 
 def cmd_consume(args, cfg: Config) -> int:
-    from streamrec.kafka_io import read_topic
+    from streamrec.kafka_io import read_topic, topic_exists
 
+    if not topic_exists(cfg, args.topic):
+        print(f"error: topic {args.topic!r} does not exist at {cfg.bootstrap_servers} "
+              "(`streamrec topics list` shows the configured ones)", file=sys.stderr)
+        return 1
     count = 0
     for rec in read_topic(cfg, args.topic, limit=args.limit, from_beginning=args.from_beginning,
                           follow=args.follow, idle_timeout=args.idle_timeout):
@@ -156,7 +215,12 @@ def cmd_sql(args, cfg: Config) -> int:
     from flink_jobs.sql_query import QueryError, format_table, prepare_query
 
     if args.file:
-        statement = Path(args.file).read_text()
+        try:
+            statement = Path(args.file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read the statement from {args.file}: {getattr(exc, 'strerror', None) or exc}",
+                  file=sys.stderr)
+            return 2
     elif args.statement:
         statement = args.statement
     else:
@@ -510,26 +574,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="produce ml-100k or a JSONL file into events.raw")
     p.add_argument("source", nargs="?", default="ml-100k", help="'ml-100k' (default) or a JSONL file")
     p.add_argument("--topic", help="target topic (default: kafka.topics.raw)")
-    p.add_argument("--limit", type=int, help="send at most N records")
+    p.add_argument("--limit", type=POSITIVE, help="send at most N records")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, help="events per second")
-    pace.add_argument("--speedup", type=float, help="event-time pacing, N times faster than real time")
+    pace.add_argument("--rate", type=RATE, help="events per second")
+    pace.add_argument("--speedup", type=RATE, help="event-time pacing, N times faster than real time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("consume", help="print a topic's records (read_committed)")
     p.add_argument("topic")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=POSITIVE)
     p.add_argument("--from-beginning", action="store_true", default=True)
     p.add_argument("--latest", dest="from_beginning", action="store_false", help="only new records")
     p.add_argument("--follow", action="store_true", help="keep reading new records")
     p.add_argument("--meta", action="store_true", help="print partition/offset/key as JSON")
-    p.add_argument("--idle-timeout", type=float, default=5.0)
+    p.add_argument("--idle-timeout", type=RATE, default=5.0)
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("run", help="run the pipeline and features jobs on Flink's local mini-cluster")
     p.add_argument("--bounded", action="store_true", help="stop at the end offsets present at start")
-    p.add_argument("--parallelism", type=int)
+    p.add_argument("--parallelism", type=POSITIVE)
     p.add_argument("--restore-from", help="a retained checkpoint or savepoint path (default: the "
                    "latest retained checkpoint of this state dir, if any)")
     p.add_argument("--fresh", action="store_true", help="start over on purpose: discard the retained "
@@ -549,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("demo", help="broker + ML-100k replay + pipeline, end to end; stops it all")
-    p.add_argument("--limit", type=int, default=DEMO_DEFAULT_EVENTS,
+    p.add_argument("--limit", type=NON_NEGATIVE, default=DEMO_DEFAULT_EVENTS,
                    help="replay only the first N events of ML-100k (default 0 = all 100,000)")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
     p.set_defaults(func=cmd_demo)
@@ -559,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("submit", help="submit the pipeline job to a running Flink cluster")
-    p.add_argument("--parallelism", type=int)
+    p.add_argument("--parallelism", type=POSITIVE)
     p.add_argument("--from-savepoint", help="resume from this savepoint (default: the latest "
                    "retained checkpoint or recorded savepoint of this state dir)")
     p.add_argument("--fresh", action="store_true", help="start over on purpose (discards retained state)")
@@ -576,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("exporter", help="the exporter sidecar: model changelog -> registry versions")
     p.add_argument("--once", action="store_true", help="catch up, export once, exit")
-    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+    p.add_argument("--wait", type=SECONDS, default=0.0, metavar="S",
                    help="--once: read events up to S seconds for the gate's decision (default 0: the "
                         "candidate stays pending)")
     p.add_argument("--force", action="store_true",
@@ -588,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous; "
                    "log: only this version's entries")
     p.add_argument("--json", action="store_true", help="list: one JSON document; log: JSON lines")
-    p.add_argument("--last", type=int, default=20, metavar="N",
+    p.add_argument("--last", type=NON_NEGATIVE, default=20, metavar="N",
                    help="log: the newest N entries, rotated files included (0: all)")
     p.add_argument("--before", help="rollback: to the newest version created before this time "
                    "(ISO-8601, UTC if no offset, or epoch ms)")
@@ -596,20 +660,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("eval", help="prequential recall/NDCG of the recommendations topic vs baselines")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=POSITIVE, default=10)
     p.add_argument("--no-baselines", action="store_true", help="pipeline figures only (fast)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmark: ML-100k through the pipeline (or --scale); bench/results/")
     p.add_argument("--name", help="results file name part (default: ml100k[-LIMIT], or scale)")
-    p.add_argument("--limit", type=int, help="replay only the first N events (throughput phase)")
-    p.add_argument("--latency-seconds", type=float, default=60.0, help="length of the fixed-rate run")
-    p.add_argument("--latency-rate", type=float, help="events/s of the fixed-rate run (default: half "
+    p.add_argument("--limit", type=POSITIVE, help="replay only the first N events (throughput phase)")
+    p.add_argument("--latency-seconds", type=RATE, default=60.0, help="length of the fixed-rate run")
+    p.add_argument("--latency-rate", type=RATE, help="events/s of the fixed-rate run (default: half "
                    "the capacity of its jobs, measured first over a backlog)")
     p.add_argument("--skip-latency", action="store_true", help="no fixed-rate latency run")
     p.add_argument("--skip-quality", action="store_true", help="no prequential evaluation")
-    p.add_argument("--latency-checkpoint-ms", type=int, help="checkpoint interval of the latency run "
+    p.add_argument("--latency-checkpoint-ms", type=POSITIVE, help="checkpoint interval of the latency run "
                    "(default: flink.checkpoint_interval_ms); a read_committed reader waits for it")
     p.add_argument("--latency-without-features", action="store_true", help="the latency run without "
                    "the features job beside the pipeline (the recommendations' path alone)")

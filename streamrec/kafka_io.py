@@ -100,6 +100,15 @@ def _wait_for_metadata(client: AdminClient, topics: list[str], timeout: float) -
     raise KafkaSetupError(f"topics {topics} did not get a leader for every partition in time")
 
 
+def topic_exists(cfg: Config, topic: str, timeout: float = 15.0) -> bool:
+    """Whether the cluster has ``topic``: the listing of all topics, which (unlike a metadata
+    request for one name) never auto-creates it on a broker that allows that."""
+    try:
+        return topic in admin(cfg).list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise KafkaSetupError(f"cannot list the topics at {cfg.bootstrap_servers}: {exc}") from None
+
+
 def delete_topics(cfg: Config, topics: list[str], timeout: float = 30.0) -> None:
     client = admin(cfg)
     futures = client.delete_topics(topics, operation_timeout=timeout)

@@ -37,6 +37,43 @@ def test_replay_of_a_missing_file_is_a_clear_error(cli_env, capsys):
     assert "neither 'ml-100k' nor a readable JSONL file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["replay", "--limit", "-1"], ["replay", "--limit", "0"], ["replay", "--rate", "-5"],
+    ["replay", "--rate", "nan"], ["replay", "--speedup", "0"], ["consume", "t", "--limit", "-3"],
+    ["model", "log", "--last", "-1"], ["demo", "--limit", "-10"], ["eval", "--k", "0"],
+    ["run", "--parallelism", "0"], ["exporter", "--once", "--wait", "-1"],
+    ["bench", "--latency-rate", "-1"], ["replay", "--limit", "ten"],
+])
+def test_out_of_range_numbers_are_usage_errors(argv, capsys):
+    """Negative limits and rates silently did nothing (or printed a traceback): now argparse
+    refuses them, one sentence naming the option, exit 2, before anything starts."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"argument {argv[-2]}: must be" in err and "Traceback" not in err
+
+
+def test_sql_from_a_missing_file_is_a_clear_error(capsys):
+    assert main(["sql", "-f", "no/such/query.sql"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read the statement from no/such/query.sql") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_missing_topics_are_errors_not_tracebacks_or_new_topics(cli_env, capsys):
+    from streamrec.kafka_io import topic_exists
+
+    typo = cli_env.kafka.topics.raw + "-typo"
+    for argv in (["consume", typo, "--follow"], ["consume", typo]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"topic '{typo}' does not exist" in err and "Traceback" not in err
+    assert main(["replay", "--topic", typo, "--limit", "1", "--quiet"]) == 2
+    assert "does not exist and is not a configured topic" in capsys.readouterr().err
+    assert not topic_exists(cli_env, typo)  # nothing was created on the way
+
+
 def test_bad_config_exits_2_with_the_key(monkeypatch, capsys):
     monkeypatch.setenv("STREAMREC_SCORING__PROVIDER", "tpu")
     assert main(["config"]) == 2
