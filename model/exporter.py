@@ -58,6 +58,7 @@ a GPU.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -97,6 +98,8 @@ SEEN_USERS_MAX = 200_000
 
 #: Seconds before a failed export is retried (at most ``exporter.interval_s``).
 RETRY_BACKOFF_S = 30.0
+#: Storage failures of the registry dir: a full disk or quota, a read-only mount, permissions.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 GATE_PROVIDERS = [CPU]
 #: The pipeline job's name (flink_jobs/pipeline.py JOB_NAME; importing that module would pull in
@@ -713,8 +716,15 @@ class Exporter:
                     self.failures += 1
                     backoff = min(self.cfg.exporter.interval_s, RETRY_BACKOFF_S)
                     self._retry_at = time.monotonic() + backoff
-                    log.exception("exporter: export failed (%d so far), retrying in %.0f s: %s",
-                                  self.failures, backoff, exc)
+                    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+                        # the operator's to fix (space, a mount): one line, not a traceback a minute
+                        log.error("exporter: the registry %s cannot be written (%s: %s): nothing "
+                                  "was published; retrying in %.0f s (%d failures so far)",
+                                  self.cfg.paths_resolved.registry_dir, errno.errorcode[exc.errno],
+                                  exc.strerror, backoff, self.failures)
+                    else:
+                        log.exception("exporter: export failed (%d so far), retrying in %.0f s: %s",
+                                      self.failures, backoff, exc)
                     if idle:
                         break
         finally:
