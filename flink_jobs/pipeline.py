@@ -225,6 +225,47 @@ def exchanges_items(cfg: Config, bounded: bool) -> bool:
 FROM_VERSION_ACTOR = "streamrec run --from-version"
 
 
+class JobFailedError(RuntimeError):
+    """The job failed for good (its restart strategy gave up): one sentence, the cause and how to
+    go on, instead of Flink's Java stack trace."""
+
+
+#: Below this much free space, a failed job's checkpoint storage is reported as full.
+_NEARLY_FULL_BYTES = 32 * 1024 * 1024
+
+
+def job_failure(cfg: Config, exc: BaseException, job_name: str = JOB_NAME) -> str:
+    r"""What made the job fail, in one sentence. Flink's own message for a full checkpoint disk is
+    only "Exceeded checkpoint tolerable failure threshold" (the ENOSPC is in the TaskManager's
+    log), so the storage's free space is looked at first.
+
+    >>> cfg = load_config(config_file=None, env={})
+    >>> print(job_failure(cfg, RuntimeError("x\nCaused by: org.apache.flink.util.FlinkRuntimeException: "
+    ...       "Exceeded checkpoint tolerable failure threshold.\n\tat y")).split(";")[0])
+    the job streamrec-pipeline failed: FlinkRuntimeException: Exceeded checkpoint tolerable failure threshold.
+    """
+    import re
+    import shutil
+
+    directory = lineage.job_dir(cfg, job_name)
+    try:
+        usage = shutil.disk_usage(directory if directory.exists() else cfg.paths_resolved.checkpoint_dir)
+    except OSError:
+        usage = None
+    causes = re.findall(r"Caused by: (?:[\w.]+\.)?(\w+): ([^\n]+)", str(exc))
+    cause = f"{causes[-1][0]}: {causes[-1][1].strip()}" if causes else (
+        str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if usage is not None and usage.free < _NEARLY_FULL_BYTES:
+        cause = (f"its checkpoint storage {cfg.paths_resolved.checkpoint_dir} is full (No space left "
+                 f"on device: {usage.free // 1_048_576} MiB free of {usage.total // 1_048_576} MiB); "
+                 f"Flink said {cause}")
+    retained = lineage.retained_checkpoints(directory) if directory.is_dir() else []
+    resume = (f"the newest completed checkpoint is {retained[0]}" if retained
+              else "no completed checkpoint is retained yet")
+    return (f"the job {job_name} failed: {cause}; fix that and run the same command again to resume "
+            f"from its last completed checkpoint ({resume})")
+
+
 class FromVersionError(RuntimeError):
     """``--from-version`` names a version the learner cannot be rolled back to."""
 
@@ -311,6 +352,8 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
             return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME), beside)
         try:
             rt.env.execute(JOB_NAME)
+        except Exception as exc:  # Py4JJavaError: the restart strategy gave up
+            raise JobFailedError(job_failure(cfg, exc)) from None
         finally:
             if trigger:
                 delete_topics(cfg, [trigger])

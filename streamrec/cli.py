@@ -710,12 +710,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # one clear line for known failures; tracebacks only for bugs
         from flink_jobs.lineage import LineageError
+        from flink_jobs.pipeline import JobFailedError
         from streamrec.assets import AssetError
         from streamrec.broker import BrokerError
         from streamrec.cluster import ClusterError
         from streamrec.kafka_io import KafkaSetupError
 
-        if isinstance(exc, (AssetError, BrokerError, ClusterError, KafkaSetupError, LineageError)):
+        if isinstance(exc, (AssetError, BrokerError, ClusterError, JobFailedError, KafkaSetupError,
+                            LineageError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise
