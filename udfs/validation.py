@@ -7,7 +7,7 @@ It never raises, whatever the bytes. Reason codes (docs/ingestion.md has the tab
 =========================  ==========================================================================
 ``empty_payload``          null record value, or a payload that is empty / only whitespace
 ``oversized_payload``      more than ``ingest.max_payload_bytes`` bytes (checked before parsing)
-``malformed_json``         not UTF-8, not JSON, NaN/Infinity literals, nesting too deep
+``malformed_json``         not UTF-8, not JSON, NaN/Infinity literals, nesting deeper than :data:`MAX_NESTING`
 ``not_an_object``          valid JSON whose top level is not an object
 ``missing_field:<f>``      ``f`` absent or null (``rating`` only required for ``rating`` events)
 ``wrong_type:<f>``         ids / event_type not strings, ``ts`` not an integer, ``rating`` not a number
@@ -30,6 +30,9 @@ CleanEvent(event_id='e1', user_id='u1', item_id='i1', event_type='view', rating=
 'missing_field:item_id'
 >>> validate(b'{"event_id":"e1","user_id":"u1","item_id":"i1\\u0000","event_type":"view","ts":5}', 0, 9, 10, cfg).reason
 'control_char:item_id'
+>>> validate(b'{"event_id":"e1","user_id":"u1","item_id":"i1","event_type":"view","ts":5,"x":' + b'[' * 64
+...          + b']' * 64 + b'}', 0, 10, 10, cfg).reason
+'malformed_json'
 
 Ids are what the model, its registry versions and the serving look items and users up by, so
 they must survive every store unchanged: numpy's fixed-width strings drop a trailing NUL (a
@@ -87,6 +90,38 @@ def _reject_constant(name: str):
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
+#: The deepest nesting of arrays and objects a valid payload may have (its top-level object is
+#: level 1); deeper is ``malformed_json``. An explicit bound, because json's own one is the
+#: interpreter's recursion limit less the caller's stack depth: without it a payload nested
+#: ~500-990 deep was accepted by the job's worker and rejected by the same validate() called
+#: from deeper in a stack (tests/flink_jobs/test_hostile_input.py found the two disagreeing).
+MAX_NESTING = 64
+
+#: A JSON string (brackets inside it do not nest) or one bracket.
+_NESTING_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
+def _nested_deeper_than(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text ``raw`` nests arrays / objects more than ``limit`` deep (exact for
+    valid JSON; for invalid JSON either answer leads to ``malformed_json``). Scans only a payload
+    with more than ``limit`` opening brackets in all.
+
+    >>> _nested_deeper_than(b'{"a": [[1]], "b": "[[[[[["}', 3), _nested_deeper_than(b'[[[[]]]]', 3)
+    (False, True)
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for token in _NESTING_TOKENS.findall(raw):
+        if token == b"[" or token == b"{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif token == b"]" or token == b"}":
+            depth -= 1
+    return False
+
+
 #: Unicode category Cc, exactly (fixed by Unicode's stability policy): C0, DEL and C1.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -122,6 +157,8 @@ def _validate(payload: bytes | str | None, now_ms: int | None, cfg: IngestConfig
         return Rejection("oversized_payload")
     if not raw.strip():
         return Rejection("empty_payload")
+    if _nested_deeper_than(raw, MAX_NESTING):  # before json recurses as deep as the stack allows
+        return Rejection("malformed_json")
     try:
         text = raw.decode("utf-8")
         doc = _DECODER.decode(text)
