@@ -14,7 +14,9 @@ MapState when the operator opens, so a restore loses nothing. State: ``users`` (
 record), ``items`` (item id -> item record), both with the learner's TTL, ``changelog``
 (items and users changed since the last changelog flush), ``reset-token`` (the last
 ``--from-version`` reset this shard applied: docs/registry.md) and ``exchanged`` (when the shard
-last sent its item deltas).
+last sent its item deltas): :func:`state_descriptors`. No state is pickled (restoring a
+checkpoint must not run code): the records and the changelog are versioned bytes
+(:mod:`udfs.state_codec`), the rest a STRING and a LONG.
 
 One shard of several (``exchange_interval_ms`` > 0) also exchanges item deltas
 (udfs/item_exchange.py): the micro-batch carries the other shards' delta records beside its
@@ -35,7 +37,7 @@ from pyflink.common.time import Duration, Time
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from udfs import item_exchange, online_mf
+from udfs import item_exchange, online_mf, state_codec
 from udfs.shard_model import Event, ShardModel, ShardSettings, decode_user
 
 log = logging.getLogger("streamrec.operators")
@@ -96,13 +98,14 @@ class ShardLearner(KeyedProcessFunction):
         self.providers = choose_providers(self.provider)
         self.scorer = LiveScorer(self.params.dim, self.providers, self.ort_threads)
         log.warning("shard learner: onnxruntime providers %s, serving %s", self.providers, self.serve)
-        self.users = ctx.get_map_state(_map_state("users", self.state_ttl_ms))
-        self.items = ctx.get_map_state(_map_state("items", self.state_ttl_ms))
-        self.changelog = ctx.get_state(ValueStateDescriptor("changelog", Types.PICKLED_BYTE_ARRAY()))
+        states = state_descriptors(self.state_ttl_ms)
+        self.users = _bytes_state(ctx.get_map_state(states["users"]))
+        self.items = _bytes_state(ctx.get_map_state(states["items"]))
+        self.changelog = _bytes_state(ctx.get_state(states["changelog"]))
         self.timed_keys: set[int] = set()  # keys whose end-of-input timer is registered since open()
         self.shards: dict[int, ShardModel] = {}  # per shard key (a subtask may own several)
-        self.reset_applied = ctx.get_state(ValueStateDescriptor("reset-token", Types.STRING()))
-        self.exchanged = ctx.get_state(ValueStateDescriptor("exchanged", Types.LONG()))
+        self.reset_applied = ctx.get_state(states["reset-token"])
+        self.exchanged = ctx.get_state(states["exchanged"])
         self.reset_tables = None
         self.reset_keys: set[int] = set()  # keys known reset: the state is read once per key, not per batch
         if self.reset_to:
@@ -157,6 +160,8 @@ class ShardLearner(KeyedProcessFunction):
     def _shard(self, key: int) -> ShardModel:
         shard = self.shards.get(key)
         if shard is None:
+            # the changelog first: state of older code (pickled) fails here with its sentence
+            self._pending()
             shard = ShardModel(self.params, ShardSettings(**self.settings), self.scorer)
             n = shard.restore_items(self.items.items())
             log.warning("shard %s: %d items restored from keyed state", key, n)
@@ -211,7 +216,7 @@ class ShardLearner(KeyedProcessFunction):
         self._spent("state_read", t1 - t0)
         self._spent("learn_score", t2 - t1)
         self._spent("state_write", t3 - t2)
-        items, users, last_flush = self.changelog.value() or (set(), set(), 0)
+        items, users, last_flush = self._pending()
         items |= out.changed_items
         users |= out.changed_users
         self.learned.inc(out.learned)
@@ -222,13 +227,18 @@ class ShardLearner(KeyedProcessFunction):
         t4 = time.thread_time_ns()
         rows = [Row(RECOMMENDATION, rec["user_id"], _JSON.encode(rec)) for rec in out.recommendations]
         if now_ms - last_flush >= self.changelog_interval_ms:
-            self.changelog.update((set(), set(), now_ms))
+            self.changelog.update(state_codec.encode_changelog(set(), set(), now_ms))
             rows += self._changelog(shard, items, users, max(e.ts for e in events))
         else:
-            self.changelog.update((items, users, last_flush))
+            self.changelog.update(state_codec.encode_changelog(items, users, last_flush))
             ctx.timer_service().register_processing_time_timer(last_flush + self.changelog_interval_ms)
         self._spent("emit", time.thread_time_ns() - t4)
         return rows
+
+    def _pending(self) -> tuple[set, set, int]:
+        """The changelog state: the item and user ids changed since the last flush, and its time."""
+        raw = self.changelog.value()
+        return (set(), set(), 0) if raw is None else state_codec.decode_changelog(raw)
 
     def _send_deltas(self, ctx, key: int, shard: ShardModel, now_ms: int, timer: bool) -> list:
         """The shard's pending item steps as delta records, once per exchange interval (a timer
@@ -269,7 +279,7 @@ class ShardLearner(KeyedProcessFunction):
 
     def on_timer(self, timestamp, ctx):
         key = ctx.get_current_key()
-        items, users, last_flush = self.changelog.value() or (set(), set(), 0)
+        items, users, last_flush = self._pending()
         changelog = changelog_due(timestamp, last_flush, self.changelog_interval_ms, bool(items or users),
                                   end_of_input=timestamp == _END_OF_INPUT)
         if not (changelog or self.exchange_interval_ms):
@@ -280,7 +290,7 @@ class ShardLearner(KeyedProcessFunction):
         if self.exchange_interval_ms:
             yield from self._send_deltas(ctx, key, shard, now_ms, timer=True)
         if changelog:
-            self.changelog.update((set(), set(), now_ms))
+            self.changelog.update(state_codec.encode_changelog(set(), set(), now_ms))
             yield from self._changelog(shard, items, users, None)
 
     def _reset(self, key: int, shard: ShardModel) -> list:
@@ -373,11 +383,49 @@ def changelog_due(timer_ms: int, last_flush_ms: int, interval_ms: int, pending: 
     return pending and (end_of_input or timer_ms >= last_flush_ms + interval_ms)
 
 
+#: A state value of plain bytes: Java's ``byte[]``. PICKLED_BYTE_ARRAY had the same Java serializer,
+#: so Flink restores older (pickled) state without complaint: the decoders refuse it (docs/reliability.md).
+_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+
+
+def state_descriptors(ttl_ms: int) -> dict[str, MapStateDescriptor | ValueStateDescriptor]:
+    """Every keyed state of :class:`ShardLearner`, by name; the two maps expire by ``ttl_ms``.
+    None is pickled: the bytes of the maps and of ``changelog`` are versioned records."""
+    return {"users": _map_state("users", ttl_ms), "items": _map_state("items", ttl_ms),
+            "changelog": ValueStateDescriptor("changelog", _BYTES),
+            "reset-token": ValueStateDescriptor("reset-token", Types.STRING()),
+            "exchanged": ValueStateDescriptor("exchanged", Types.LONG())}
+
+
 def _map_state(name: str, ttl_ms: int) -> MapStateDescriptor:
     """A map of id -> bytes whose entries expire ``ttl_ms`` after their last write."""
-    desc = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+    desc = MapStateDescriptor(name, Types.STRING(), _BYTES)
     desc.enable_time_to_live(_ttl(ttl_ms))
     return desc
+
+
+def _bytes_state(state):
+    """``state`` (a value or a map of :data:`_BYTES`) passing Python ``bytes`` as they are.
+
+    PyFlink 2.3's thread mode converts a primitive array element by element: ``bytes`` become a
+    tuple of ints, which Java refuses (``ClassCastException: [Ljava.lang.Object; cannot be cast
+    to [B``), while pemja itself maps ``bytes`` to ``byte[]`` and back; so the value converters
+    become the identity. Process mode's coder for ``byte[]`` (``BinaryCoder``) needs nothing."""
+    if type(state).__module__ != "pyflink.fn_execution.datastream.embedded.state_impl":
+        return state
+    # imported here: the module looks up Java classes at import, so it loads inside the JVM only
+    from pyflink.fn_execution.embedded.converters import IdentityDataConverter
+
+    identity = IdentityDataConverter()
+    if hasattr(state, "_v_converter"):  # a map: get/put convert the value, put_all the whole dict
+        if type(state._k_converter) is not IdentityDataConverter:
+            raise TypeError(f"a map of bytes needs keys PyFlink passes as they are, not {state._k_converter}")
+        state._v_converter = identity
+    if not hasattr(state, "_value_converter"):
+        raise TypeError(f"PyFlink's thread-mode state {type(state).__name__} has no value converter "
+                        "to replace: check _bytes_state against this PyFlink version")
+    state._value_converter = identity
+    return state
 
 
 def _rounded(values: np.ndarray) -> list:
