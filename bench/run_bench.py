@@ -1352,8 +1352,7 @@ def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, pro
             # not what the latency figures are about
             replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(warm_stream), total=warm,
                            rate=rate, progress=False)
-            # the first events of a stream may have nothing to recommend yet (no record): done
-            # when most were scored and the count has stopped moving
+            # done when most were scored and the count has stopped moving
             if not _wait(lambda: scored() >= warm // 2 and _stable(scored, 3.0), 180):
                 say(f"warning: only {scored()} of {warm} warm-up events scored after 180 s")
             say(f"warm-up done ({scored():,} records for {warm:,} events); measuring")

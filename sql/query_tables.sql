@@ -53,5 +53,6 @@ CREATE TABLE recommendations (
   source_offset BIGINT,
   event_ts BIGINT,
   emitted_ts BIGINT,
-  batch_size INT
+  batch_size INT,
+  reason STRING
 ) WITH (${recs_options}, 'format' = 'json', 'json.ignore-parse-errors' = 'true');

@@ -191,8 +191,12 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
              f"{retention_rule(ex.retention, ex.retention_hourly_hours, ex.retention_daily_days)})")
         _say(counted)
         recs = [r.json() for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
-        strategies = Counter(r["strategy"] for r in recs)
-        served = Counter(r["model_version"] for r in recs if r["strategy"] == "model")
+        from udfs.shard_model import MODEL, NONE, POPULARITY
+
+        by_strategy = Counter(r["strategy"] for r in recs)
+        # every strategy, 0 included: `none` counts the events whose user had every known item
+        strategies = {s: by_strategy.pop(s, 0) for s in (MODEL, POPULARITY, NONE)} | dict(by_strategy)
+        served = Counter(r["model_version"] for r in recs if r["strategy"] == MODEL)
         if cfg.scoring.serve == "live":
             _say(f"recommendations: {len(recs):,} records ({dict(strategies)}), scored live by the "
                  "learning shard's own item table (scoring.serve = registry serves the registry's CURRENT)")
@@ -204,7 +208,7 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         _say(f"onnxruntime provider: {choose_providers(cfg.scoring.provider)[0]}")
         titles = replay.ml100k_titles(data_dir)
         latest = {}
-        for rec in sorted(recs, key=lambda r: r["event_ts"]):
+        for rec in sorted((r for r in recs if r["items"]), key=lambda r: r["event_ts"]):
             latest[rec["user_id"]] = rec
         for user in sorted(latest, key=lambda u: (-latest[u]["event_ts"], u))[:3]:
             rec = latest[user]

@@ -2,7 +2,9 @@
 
 For every cleaned event (u, i) in stream order, take the latest recommendation list for u whose
 ``source_offset`` is below the event's ``src_offset`` (a user's events all live in one
-``events.raw`` partition, so offsets order them); it is a hit if i is in that list. Only first
+``events.raw`` partition, so offsets order them); it is a hit if i is in that list. A record with
+no items (``strategy`` ``none``: the user had every known item) is not a list: the user's
+previous list stays the latest, as if the record were not there. Only first
 interactions are evaluated (items the user already had are excluded from every list, so a
 re-consumption can never be a hit). Reported over the events that had a prior list, with the
 coverage (share of evaluated events that had one).
@@ -119,6 +121,8 @@ def evaluate(events: Iterable[dict], recommendations: Iterable[dict], k: int = 1
     events = stream_order(events)
     lists: dict[str, tuple[list[int], list[list[str]]]] = defaultdict(lambda: ([], []))
     for rec in sorted(recommendations, key=lambda r: r["source_offset"]):
+        if not rec["items"]:  # nothing was shown: the previous list is still the user's latest
+            continue
         offsets, items = lists[rec["user_id"]]
         offsets.append(rec["source_offset"])
         items.append([it["item_id"] for it in rec["items"]][:k])

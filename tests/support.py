@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Hashable, Iterable, Mapping
 
 from streamrec.config import Config, load_config, to_env
 from streamrec.kafka_io import read_topic
@@ -50,39 +54,123 @@ def export_forced(cfg: Config, timeout_s: float = 60.0):
     return result
 
 
-def may_lack_a_record(clean: list[dict], batch: int = 256) -> set[str]:
-    """Event ids that may get no recommendation: an event whose user, by then, had every item the
-    shard's catalogue held (nothing to recommend, and an empty list is never published). A batch
-    is scored against the catalogue as of its start, and a batch holds at most ``batch`` events
-    (``scoring.max_batch_events``), so the catalogue holds at least the items of the events of
-    the event's own partition ``batch`` or more positions earlier (a partition is read in order):
-    only an event whose user had all of those can be one. With a backlog the source may read a
-    whole burst of one partition first (ML-100k's first 3,000 events: one user's 56; in a CI run
-    two events of another heavy user, whose batch brought the items it lacked).
+@dataclass(frozen=True)
+class Accounting:
+    """What became of every expected record in an output, by key: ``lost`` (no record),
+    ``duplicated`` (key -> how many records), ``unexpected`` (key -> why: a record for no expected
+    key, or one that contradicts it), ``dropped`` (key -> why: expected keys that rightly have no
+    record, each with its reason). ``exact``: nothing lost, duplicated or unexpected."""
 
-    >>> clean = [dict(event_id=f"e{n}", user_id="u" if n < 3 else "v", item_id=f"i{n}",
-    ...               src_partition=0, src_offset=n) for n in range(5)]
-    >>> sorted(may_lack_a_record(clean, batch=1))
-    ['e0', 'e1', 'e2']
-    >>> sorted(may_lack_a_record(clean, batch=4))  # e3 may share a batch with all of them
-    ['e0', 'e1', 'e2', 'e3']
+    checked: int
+    lost: tuple = ()
+    duplicated: dict = field(default_factory=dict)
+    unexpected: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return not (self.lost or self.duplicated or self.unexpected)
+
+    def __str__(self) -> str:
+        return (f"{self.checked} checked: {len(self.lost)} lost {list(self.lost[:5])}, "
+                f"{len(self.duplicated)} duplicated {dict(list(self.duplicated.items())[:5])}, "
+                f"{len(self.unexpected)} unexpected {dict(list(self.unexpected.items())[:5])}, "
+                f"{len(self.dropped)} dropped")
+
+
+def account(expected: Iterable[Hashable], produced: Iterable[Hashable],
+            dropped: Mapping[Hashable, str] | None = None) -> Accounting:
+    """Each expected key against the produced ones: exactly one record each, or listed in
+    ``dropped`` with a reason (and then none).
+
+    >>> a = account([1, 2, 3, 4], [1, 2, 2, 5], dropped={4: "duplicate"})
+    >>> a.lost, a.duplicated, a.unexpected, a.exact
+    ((3,), {2: 2}, {5: 'not expected'}, False)
+    >>> account([1], [1, 2], dropped={2: "dup"}).unexpected  # a dropped key with a record is wrong
+    {2: 'dropped (dup), yet has a record'}
+    >>> account(["a", "b"], ["b", "a"]).exact
+    True
     """
-    out: set[str] = set()
-    by_partition: dict[int, list[dict]] = {}
+    expected, dropped = set(expected), dict(dropped or {})
+    counts = Counter(produced)
+    unexpected = {k: "not expected" for k in counts if k not in expected}
+    unexpected.update({k: f"dropped ({dropped[k]}), yet has a record" for k in counts if k in dropped})
+    return Accounting(
+        checked=len(expected),
+        lost=tuple(sorted((k for k in expected - set(dropped) if k not in counts), key=repr)),
+        duplicated={k: n for k, n in counts.items() if n > 1},
+        unexpected=unexpected, dropped={k: v for k, v in dropped.items() if k in expected})
+
+
+def account_recommendations(clean: list[dict], recs: list[dict]) -> Accounting:
+    """Every ``events.clean`` event against the ``recommendations`` records, keyed by the
+    ``events.raw`` partition and offset both carry (an event_id may come back after the dedup
+    horizon, an offset never does): exactly one record each. A record that names another
+    event_id than the clean event at its offset, or has no items without ``strategy: none`` and
+    a ``reason``, is unexpected.
+
+    >>> clean = [dict(event_id=f"e{n}", src_partition=0, src_offset=n) for n in range(4)]
+    >>> def rec(n, eid=None, items=("x",), **kw):
+    ...     return dict(source_event_id=eid or f"e{n}", source_partition=0, source_offset=n,
+    ...                 items=[{"item_id": i} for i in items], strategy="model", reason=None) | kw
+    >>> ok = account_recommendations(clean, [rec(0, items=(), strategy="none", reason="r"), rec(1), rec(2), rec(3)])
+    >>> ok.exact, ok.checked
+    (True, 4)
+    >>> bad = account_recommendations(clean, [rec(0, items=()), rec(1, "e9"), rec(2), rec(2)])
+    >>> bad.lost, bad.duplicated, bad.unexpected
+    (((0, 3),), {(0, 2): 2}, {(0, 0): 'no items and no reason', (0, 1): 'source_event_id e9, events.clean has e1'})
+    """
+    ids = {(e["src_partition"], e["src_offset"]): e["event_id"] for e in clean}
+    keys, wrong = [], {}
+    for r in recs:
+        key = (r["source_partition"], r["source_offset"])
+        if key in ids and r["source_event_id"] != ids[key]:
+            wrong[key] = f"source_event_id {r['source_event_id']}, events.clean has {ids[key]}"
+            continue
+        if not r["items"] and not (r.get("strategy") == "none" and r.get("reason")):
+            wrong[key] = "no items and no reason"
+            continue
+        keys.append(key)
+    acc = account(ids, keys)
+    return Accounting(acc.checked, tuple(k for k in acc.lost if k not in wrong), acc.duplicated,
+                      acc.unexpected | wrong)
+
+
+def account_ingestion(raw: list, clean: list[dict], dlq: list[dict]) -> Accounting:
+    """Every ``events.raw`` record (``streamrec.kafka_io.Record``) against ``events.clean`` and
+    ``events.dlq``, keyed by partition and offset (both outputs carry ``src_partition`` /
+    ``src_offset``): in exactly one of them, or ``dropped`` as a duplicate. Deduplication leaves
+    no record of its own, so a raw record in neither output counts as dropped only if its
+    ``event_id`` is in events.clean from another raw record that dedup saw first (an earlier
+    offset of its partition, or another partition); otherwise it is lost.
+
+    >>> from streamrec.kafka_io import Record
+    >>> raw = [Record("raw", 0, n, None, v, 0) for n, v in enumerate(
+    ...     [b'{"event_id":"a"}', b'{"event_id":"a"}', b'nope', b'{"event_id":"b"}', b'{"event_id":"c"}'])]
+    >>> clean = [dict(event_id="a", src_partition=0, src_offset=0), dict(event_id="b", src_partition=0, src_offset=3)]
+    >>> acc = account_ingestion(raw, clean, [dict(src_partition=0, src_offset=2, reason="invalid_json")])
+    >>> acc.lost, acc.dropped, acc.checked
+    (((0, 4),), {(0, 1): 'duplicate of (0, 0)'}, 5)
+    """
+    clean_keys = [(e["src_partition"], e["src_offset"]) for e in clean]
+    first_of = {}
     for e in clean:
-        by_partition.setdefault(e.get("src_partition", 0), []).append(e)
-    for events in by_partition.values():
-        ordered = sorted(events, key=lambda e: e["src_offset"])
-        known: set[str] = set()
-        history: dict[str, set[str]] = {}
-        for n, e in enumerate(ordered):
-            if n >= batch:
-                known.add(ordered[n - batch]["item_id"])
-            had = history.setdefault(e["user_id"], set())
-            had.add(e["item_id"])
-            if had >= known:
-                out.add(e["event_id"])
-    return out
+        first_of.setdefault(e["event_id"], (e["src_partition"], e["src_offset"]))
+    produced = clean_keys + [(d["src_partition"], d["src_offset"]) for d in dlq]
+    have = set(produced)
+    dropped = {}
+    for r in raw:
+        key = (r.partition, r.offset)
+        if key in have:
+            continue
+        try:
+            event_id = json.loads(r.value).get("event_id")
+        except (TypeError, ValueError, AttributeError):
+            continue
+        kept = first_of.get(event_id) if isinstance(event_id, str) else None
+        if kept is not None and kept != key and not (kept[0] == key[0] and kept[1] > key[1]):
+            dropped[key] = f"duplicate of {kept}"
+    return account([(r.partition, r.offset) for r in raw], produced, dropped)
 
 
 N_USERS, N_ITEMS, N_GROUPS = 120, 80, 4

@@ -12,13 +12,16 @@ item table of the batch's start, so no recommendation can see an item update of 
 Every item the user ever had is excluded (:class:`udfs.seen_filter.SeenFilter`, fixed memory per
 user, plus the exact items of the user's earlier events in the same batch).
 
-Strategies (the record's ``strategy``): ``model`` once the user has ``cold_start_min_events``
-learned events; ``popularity`` before (items by their in-stream popularity count, from the same
-snapshot). A model list shorter than K (a young catalogue) is filled up with popular items (their
-``score`` is null). While the catalogue is smaller than ``warmup_items`` the batch is processed
-one event at a time (fresh snapshot each), so the first events of a stream get lists too; an
-event whose user has had every known item gets no record at all, never an empty list
-(``BatchResult.unservable`` counts them).
+Every event gets exactly one record, so a reader can account for each event by its
+``source_partition`` / ``source_offset``. Strategies (the record's ``strategy``): ``model`` once
+the user has ``cold_start_min_events`` learned events; ``popularity`` before (items by their
+in-stream popularity count, from the same snapshot). A model list shorter than K (a young
+catalogue) is filled up with popular items (their ``score`` is null). While the catalogue is
+smaller than ``warmup_items`` the batch is processed one event at a time (fresh snapshot each),
+so the first events of a stream get lists too. An event whose user has had every known item (as
+its seen filter says) gets a record with ``strategy`` ``none``, empty ``items`` and ``reason``
+``user_had_every_item`` (``BatchResult.unservable`` counts them); ``reason`` is null on every
+other record.
 
 State is plain bytes, so the Flink operator stores it as it is: a user record per user
 (:func:`encode_user` / :func:`decode_user`) and an item record per item
@@ -28,12 +31,15 @@ State is plain bytes, so the Flink operator stores it as it is: a user record pe
 >>> shard = ShardModel(LearnerParams.of(None, dim=8, seed=1), ShardSettings(top_k=3, cold_start_min_events=1))
 >>> events = [Event(f"e{n}", f"u{n % 4}", f"i{n * 7 % 23}", 1.0, 1_000 + n, 0, n) for n in range(40)]
 >>> out = shard.process(events[:20], {}, now_ms=5)
->>> len(out.recommendations) + out.unservable, sorted(out.item_records)[:3]
+>>> len(out.recommendations), sorted(out.item_records)[:3]
 (20, ['i0', 'i1', 'i10'])
+>>> first = out.recommendations[0]  # the stream's first event: no other item is known yet
+>>> first["strategy"], first["items"], first["reason"], out.unservable
+('none', [], 'user_had_every_item', 1)
 >>> out2 = shard.process(events[20:], out.user_records, now_ms=6)
 >>> rec = out2.recommendations[-1]
->>> rec["user_id"], rec["strategy"], len(rec["items"]), rec["source_offset"]
-('u3', 'model', 3, 39)
+>>> rec["user_id"], rec["strategy"], len(rec["items"]), rec["source_offset"], rec["reason"]
+('u3', 'model', 3, 39, None)
 """
 
 from __future__ import annotations
@@ -50,8 +56,10 @@ from udfs.embeddings import init_vector, user_key
 from udfs.minibatch_mf import ItemTable, batch_step
 from udfs.seen_filter import SeenFilter, item_positions
 
-#: ``strategy`` values of a recommendation record.
-MODEL, POPULARITY = "model", "popularity"
+#: ``strategy`` values of a recommendation record: ``none`` has no items, and its ``reason`` says why.
+MODEL, POPULARITY, NONE = "model", "popularity", "none"
+#: ``reason`` of a ``none`` record: the user had every item the shard knew.
+USER_HAD_EVERY_ITEM = "user_had_every_item"
 
 __all__ = ["Event", "ShardSettings", "BatchResult", "ShardModel", "encode_user", "decode_user", "shard_of"]
 
@@ -154,7 +162,7 @@ class BatchResult:
     changed_users: set[str] = field(default_factory=set)
     learned: int = 0
     bot_events: int = 0
-    unservable: int = 0  #: events whose user had every known item (no record is published)
+    unservable: int = 0  #: events whose user had every known item (their records are ``none``)
 
 
 class ShardModel:
@@ -268,7 +276,7 @@ class ShardModel:
     # the batch ------------------------------------------------------------------------------
     def process(self, events: Sequence[Event], user_records: Mapping[str, bytes | None],
                 now_ms: int) -> BatchResult:
-        """Learn ``events`` in order and return one recommendation per servable event, plus
+        """Learn ``events`` in order and return one recommendation record per event, plus
         every changed user and item record (write them to keyed state before emitting)."""
         out = BatchResult()
         cache: dict[str, UserRecord] = {}
@@ -400,15 +408,16 @@ class ShardModel:
                 taken = {it["item_id"] for it in items or []} | earlier[n]
                 items = (items or []) + self.live.popular(users[slot[n]].seen, k - len(items or []), taken,
                                                           scored=items is None)
-            if not items:
+            reason = None
+            if not items:  # the live table has nothing the user lacks: published too, so it is accounted for
                 out.unservable += 1
-                continue
+                strategy, version, reason = NONE, "live", USER_HAD_EVERY_ITEM
             out.recommendations.append({
                 "user_id": ev.user_id, "items": items, "model_version": version, "strategy": strategy,
                 "cold_start": strategy != MODEL, "user_events": int(events_after[n]),
                 "source_event_id": ev.event_id, "source_partition": ev.src_partition,
                 "source_offset": ev.src_offset, "event_ts": ev.ts, "emitted_ts": now_ms,
-                "batch_size": len(events),
+                "batch_size": len(events), "reason": reason,
             })
 
     def _rank(self, serving, vectors, slot, filters, earlier, rows: list[int], fetch: int,

@@ -1,7 +1,8 @@
 """Broker faults under a running exactly-once pipeline: the broker is killed with SIGKILL (or
 stopped cleanly) while transactions are open, then started again on the same data. The job
-recovers on its own and a read_committed reader of ``recommendations`` sees every source event
-exactly once: 0 lost, 0 duplicated."""
+recovers on its own and read_committed readers see every ``events.raw`` record exactly once in
+``events.clean`` or ``events.dlq``, and every clean event exactly once in ``recommendations``:
+0 lost, 0 duplicated, counted exactly (tests.support.account_*)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
 
 import pytest
 
 from flink_jobs import pipeline
 from streamrec import broker, replay
 from streamrec.kafka_io import ensure_topics, read_topic
-from tests.support import free_port, make_config, may_lack_a_record, planted_stream, wait_for_records
+from tests.support import (account_ingestion, account_recommendations, free_port, make_config, planted_stream,
+                           wait_for_records)
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +64,15 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
             assert restarted.started
             feeder.join(120)
             assert produced["result"].failed == 0  # the idempotent producer retried through it
-            # (a few events may have nothing to recommend: wait for nearly all, then for the
-            # checkpoints that commit the rest)
-            wait_for_records(cfg, cfg.kafka.topics.recommendations, N_EVENTS - 10, timeout_s=240)
+            # every event gets a record (`none` if it has nothing to recommend); then a few more
+            # checkpoints, which would commit any duplicate
+            wait_for_records(cfg, cfg.kafka.topics.recommendations, N_EVENTS, timeout_s=240)
             time.sleep(5)
             recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
             status = run.job_client.get_job_status().result().name
+            raw = list(read_topic(cfg, cfg.kafka.topics.raw))
             clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
+            dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq)]
         finally:
             run.cancel()
     finally:
@@ -77,11 +80,11 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
 
     assert 0 < before < N_EVENTS, f"the fault did not land mid-stream ({before} records before it)"
     assert status == "RUNNING", status  # recovered on its own, within its restart strategy
-    per_event = Counter(r["source_event_id"] for r in recs)
-    lost = {e["event_id"] for e in events} - set(per_event)
-    duplicated = {k: n for k, n in per_event.items() if n > 1}
-    # (an event whose user had every item of the earlier events of its partition, the stream's
-    # first ones in a burst, has nothing to recommend: no record, never an empty one)
-    allowed = may_lack_a_record(clean)
-    assert lost <= allowed and not duplicated, f"{len(lost - allowed)} lost, {len(duplicated)} duplicated"
-    assert len(recs) == N_EVENTS - len(lost) and len(clean) == N_EVENTS
+    # every raw record in exactly one of events.clean / events.dlq (all valid, none a duplicate)
+    ingested = account_ingestion(raw, clean, dlq)
+    assert ingested.exact and ingested.checked == N_EVENTS and not ingested.dropped, ingested
+    assert len(clean) == N_EVENTS and not dlq
+    # every clean event exactly one recommendation record, no exemption
+    recommended = account_recommendations(clean, recs)
+    assert recommended.exact and recommended.checked == N_EVENTS, recommended
+    assert len(recs) == N_EVENTS and {r["source_event_id"] for r in recs} == {e["event_id"] for e in events}

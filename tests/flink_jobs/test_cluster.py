@@ -15,9 +15,10 @@ TaskManagers) at parallelism 2, then an upgrade through a savepoint.
    the shards serve the exported version (``scoring.serve = registry``) with the new top_k, item
    update counts continue.
 
-An event whose user already had every item its shard knew (a shard's first events) has nothing
-to recommend and gets no record; the user's later records still count it as learned
-(``user_events``), which is how the test accounts for every event.
+Every event is accounted for exactly (tests.support.account_*): each raw record is in
+``events.clean`` or ``events.dlq`` or is a planted duplicate, and each clean event has exactly one
+recommendation record (``none`` when its user had every item its shard knew: a shard's first
+events).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from streamrec import broker, cluster
 from streamrec.cli import main
 from streamrec.config import to_env
 from streamrec.kafka_io import ensure_topics, producer, read_topic
-from tests.support import export_forced, free_port, make_config
+from tests.support import account_ingestion, account_recommendations, export_forced, free_port, make_config
 
 pytestmark = pytest.mark.slow
 
@@ -63,50 +64,24 @@ def recommendations(cfg) -> list[dict]:
 
 
 
-def unproven(recs: list[dict], expected: dict[str, dict[str, int]]) -> set[str]:
-    """Expected event ids neither recommended nor proven learned. ``expected`` maps each user to
-    its expected event ids and the user's learned-event count once they are all learned. An event
-    with nothing to recommend (its user had every item its shard knew: a shard's first events)
-    gets no record, but the user's later records count it in ``user_events``: a user whose
-    highest count is the expected one had every event learned, exactly once (the counts of its
-    records are distinct)."""
-    by_user: dict[str, list[dict]] = {}
-    for r in recs:
-        by_user.setdefault(r["user_id"], []).append(r)
-    out: set[str] = set()
-    for user, ids in expected.items():
-        mine = by_user.get(user, [])
-        got = {r["source_event_id"] for r in mine}
-        final = max(ids.values())
-        if max((r["user_events"] for r in mine), default=0) != final:
-            out |= set(ids) - got
-    return out
-
-
-def wait_for_count(cfg, job_id: str, expected: dict[str, dict[str, int]], timeout: float) -> list[dict]:
-    """Wait until ``recommendations`` (read_committed) accounts for every expected event
-    (:func:`unproven`)."""
+def wait_for_count(cfg, job_id: str, n_clean: int, timeout: float) -> tuple[list[dict], list[dict]]:
+    """Wait until ``events.clean`` holds ``n_clean`` events and ``recommendations`` has a record
+    for each (read_committed); then the clean events and the records, read again two checkpoints
+    later (a duplicate would be committed by then)."""
     deadline = time.monotonic() + timeout
-    recs: list[dict] = []
+    recommended = None
     while time.monotonic() < deadline:
         state = cluster.job_state(cfg, job_id)
         if state != "RUNNING":
             root = rest(cfg, f"/jobs/{job_id}/exceptions").get("exceptionHistory", {}).get("entries", [])
             raise AssertionError(f"job {job_id} is {state}: " + (root[0]["stacktrace"][:1500] if root else ""))
-        recs = recommendations(cfg)
-        if not unproven(recs, expected):
-            # two more checkpoints: nothing beyond the expected count gets committed
+        clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean, idle_timeout=2.0)]
+        recommended = account_recommendations(clean, recommendations(cfg))
+        if len(clean) >= n_clean and not recommended.lost:
             time.sleep(3 * cfg.flink.checkpoint_interval_ms / 1000)
-            return recommendations(cfg)
+            return [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean, idle_timeout=2.0)], recommendations(cfg)
         time.sleep(2)
-    missing = sorted(unproven(recs, expected))
-    raise AssertionError(f"{len(recs)} recommendations after {timeout:.0f} s; {len(missing)} events "
-                         f"neither recommended nor counted as learned: {missing[:20]}")
-
-
-def expected_events(ids_by_user: dict[str, list[str]], learned_before: int = 0) -> dict[str, dict[str, int]]:
-    """Per user: each expected event id -> the user's learned count after it (in event order)."""
-    return {u: {eid: learned_before + n + 1 for n, eid in enumerate(ids)} for u, ids in ids_by_user.items()}
+    raise AssertionError(f"after {timeout:.0f} s: {recommended}")
 
 
 def subtask_metrics(cfg, job_id: str, vertex_id: str, metric: str, timeout: float = 30.0) -> list[int]:
@@ -200,16 +175,13 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     timings["job_running"] = time.monotonic() - t
     t = time.monotonic()
     ids_batch1 = {f"a{u}-{k}" for u in range(USERS) for k in range(EVENTS_1)}
-    expected1 = expected_events({f"u{u:03d}": [f"a{u}-{k}" for k in range(EVENTS_1)] for u in range(USERS)})
-    recs1 = wait_for_count(cfg, job1, expected1, timeout=180)
+    clean1, recs1 = wait_for_count(cfg, job1, len(batch1), timeout=180)
     timings["batch1_to_committed"] = time.monotonic() - t
 
-    ids1 = [r["source_event_id"] for r in recs1]
-    assert len(recs1) <= len(batch1) == 600
-    assert len(set(ids1)) == len(ids1)  # exactly once: no duplicate source_event_id
-    assert set(ids1) <= ids_batch1
-    # events without a record are few (a shard's first events) and each was learned (unproven)
-    assert len(ids_batch1 - set(ids1)) <= 10 and not unproven(recs1, expected1)
+    # exactly once, counted exactly: one record per clean event, the clean events are batch 1
+    recommended = account_recommendations(clean1, recs1)
+    assert recommended.exact and recommended.checked == len(batch1) == 600, recommended
+    assert sorted(r["source_event_id"] for r in recs1) == sorted(ids_batch1)
     # per user, the learned-event counts are 1..3 (one learner state per user; at parallelism 2
     # a user's events may reach it out of event-time order, see docs/cluster.md "Limits found")
     per_user: dict[str, list[int]] = {}
@@ -271,13 +243,21 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     timings["restored_job_running"] = time.monotonic() - t
     t = time.monotonic()
     ids_batch2 = {f"b{u}-{k}" for u in seen for k in range(EVENTS_2)}
-    expected2 = expected_events({f"u{u:03d}": [f"b{u}-{k}" for k in range(EVENTS_2)] for u in seen},
-                                learned_before=EVENTS_1)
-    recs = wait_for_count(upgraded, job2, expected2, timeout=120)
+    clean, recs = wait_for_count(upgraded, job2, len(batch1) + len(batch2), timeout=120)
     timings["batch2_to_committed"] = time.monotonic() - t
     with capsys.disabled():
         print(f"\ncluster timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
 
+    # across the savepoint: every raw record in events.clean or events.dlq or one of the six
+    # planted duplicates, and every clean event exactly one recommendation record
+    raw = list(read_topic(cfg, cfg.kafka.topics.raw, idle_timeout=2.0))
+    dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq, idle_timeout=2.0)]
+    ingested = account_ingestion(raw, clean, dlq)
+    assert ingested.exact and ingested.checked == len(batch1) + len(dups1) + len(bad1) + len(batch2) + len(dup2) + 1, \
+        ingested
+    assert len(ingested.dropped) == len(dups1) + len(dup2) and len(dlq) == len(bad1) + 1, ingested
+    recommended = account_recommendations(clean, recs)
+    assert recommended.exact and recommended.checked == len(batch1) + len(batch2), recommended
     assert len(recs) == len(recs1) + len(batch2)
     new = [r for r in recs if not r["source_event_id"].startswith("a")]
     assert len({r["source_event_id"] for r in recs}) == len(recs)  # the duplicate of a7-1 was removed

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 
 import pytest
 
@@ -27,7 +26,7 @@ from streamrec.config import to_env
 from streamrec.demo import start_exporter, stop_process
 from streamrec.evaluate import evaluate
 from streamrec.kafka_io import ensure_topics, read_topic
-from tests.support import N_ITEMS, planted_stream, wait_for_records
+from tests.support import N_ITEMS, account_ingestion, account_recommendations, planted_stream, wait_for_records
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +136,7 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
         time.sleep(15)  # let the job start: events then flow in at a steady rate
         result = replay.produce(cfg, cfg.kafka.topics.raw, items, rate=80, progress=False)
         assert result.failed == 0
-        recs = wait_for_records(cfg, cfg.kafka.topics.recommendations, len(events) - 1, timeout_s=180)
+        recs = wait_for_records(cfg, cfg.kafka.topics.recommendations, len(events), timeout_s=180)
         # The job is cancelled, not finished: what no checkpoint committed before the cancel is
         # aborted. The rejected records are the stream's last, so their commit may come a
         # checkpoint after the last recommendation's: wait for every output the test counts.
@@ -158,15 +157,23 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
         assert sorted(map(json.dumps, after)) == sorted(map(json.dumps, before)), topic
     assert len(clean) == 2400 and len(dlq) == 2, (len(clean), len(dlq))
     assert len(clean) + len(dlq) + len(duplicates) == len(items)
+    # record by record: each raw record in exactly one of events.clean / events.dlq, or dropped
+    # as a duplicate, and those are exactly the three planted ones
+    raw = list(read_topic(cfg, cfg.kafka.topics.raw))
+    ingested = account_ingestion(raw, clean, dlq)
+    assert ingested.exact and ingested.checked == len(items), ingested
+    by_key = {(r.partition, r.offset): r.value for r in raw}
+    assert sorted(json.loads(by_key[k])["event_id"] for k in ingested.dropped) == \
+        sorted(d["event_id"] for d in duplicates), ingested.dropped
 
-    # every valid, unique event yields exactly one recommendation record, never an empty one; only
-    # the stream's first event (nothing known yet but its own item) can have nothing to show
-    source_ids = Counter(r["source_event_id"] for r in recs)
-    assert max(source_ids.values()) == 1  # read_committed: no duplicates
-    missing = {e["event_id"] for e in events} - set(source_ids)
-    firsts = {c["event_id"] for c in clean if c["src_offset"] == 0}  # the first of each partition
-    assert missing <= firsts and len(missing) <= 1, (missing, log_text[-2000:])
-    assert all(r["items"] for r in recs)
+    # every valid, unique event yields exactly one recommendation record; one with nothing to
+    # show says so (`none`, no items, a reason): only the stream's first event (nothing known yet
+    # but its own item) can be one
+    recommended = account_recommendations(clean, recs)
+    assert recommended.exact and recommended.checked == 2400, (str(recommended), log_text[-2000:])
+    none = [r for r in recs if r["strategy"] == "none"]
+    assert all(r["source_offset"] == 0 for r in none) and len(none) <= 1, none  # a partition's first
+    assert all(r["items"] and r["reason"] is None for r in recs if r["strategy"] != "none")
     assert all(not ({i["item_id"] for i in r["items"]} & seen) for r, seen in _histories(clean, recs))
 
     model_recs = sorted((r for r in recs if r["strategy"] == "model"), key=lambda r: r["event_ts"])
@@ -201,19 +208,20 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
         listed = {v["version"]: v for v in json.loads(cli("model", "list", "--json"))["versions"]}
         assert all(listed[v]["refused"] for v in poisoned if v in listed)
     # the popularity fallback is computed in the stream: no list waits for the first model version
-    assert {r["strategy"] for r in recs} <= {"model", "popularity"}
+    assert {r["strategy"] for r in recs} <= {"model", "popularity", "none"}
     by_offset = sorted(recs, key=lambda r: r["emitted_ts"])
     assert by_offset[-1]["strategy"] in ("model", "popularity")
 
     # cold start: a user's events before the model learned 3 of them get the popularity list,
     # and say so; from the 3rd on the model's
+    served = [r for r in recs if r["strategy"] != "none"]
     first_rec = {}
-    for rec in sorted(recs, key=lambda r: r["source_offset"]):
+    for rec in sorted(served, key=lambda r: r["source_offset"]):
         first_rec.setdefault(rec["user_id"], rec)
     cold = list(first_rec.values())
     assert cold and all(r["strategy"] == "popularity" and r["cold_start"] for r in cold)
     if serve == "live":  # (a registry-served job has no model before the first version)
-        assert all(r["strategy"] == ("model" if r["user_events"] >= 3 else "popularity") for r in recs)
+        assert all(r["strategy"] == ("model" if r["user_events"] >= 3 else "popularity") for r in served)
 
     # the learned model found the planted structure: prequential recall@10 of the pipeline's own
     # lists beats popularity on the same events (in memory: MF 0.30 sequential / 0.21 stale, popularity 0.13)

@@ -93,6 +93,23 @@ def test_sql_front_door_exact_rows_and_clean_errors(cfg, capsys):
     assert "Column 'nope' not found" in str(err.value) and "\tat " not in str(err.value)
 
 
+def test_the_recommendations_table_reads_the_shards_records(cfg):
+    from udfs.online_mf import LearnerParams
+    from udfs.shard_model import Event, ShardModel, ShardSettings
+
+    # the stream's first event has nothing to recommend (a `none` record), the second gets a list
+    shard = ShardModel(LearnerParams.of(None, dim=4, seed=1), ShardSettings(top_k=3))
+    out = shard.process([Event("e0", "u1", "i0", 1.0, 0, 0, 0), Event("e1", "u2", "i1", 1.0, 1, 0, 1)], {}, now_ms=1)
+    ensure_topics(cfg, [cfg.kafka.topics.recommendations])
+    prod = producer(cfg)
+    for rec in out.recommendations:
+        prod.produce(cfg.kafka.topics.recommendations, key=rec["user_id"].encode(), value=json.dumps(rec).encode())
+    assert prod.flush(30) == 0
+    _, rows = run_query(cfg, "SELECT source_event_id, strategy, reason, CARDINALITY(items) AS n, batch_size "
+                             "FROM recommendations ORDER BY source_offset")
+    assert rows == [("e0", "none", "user_had_every_item", 0, 1), ("e1", "model", None, 1, 1)]
+
+
 @pytest.mark.parametrize("statement, why", REFUSED)
 def test_writes_and_hints_are_refused_before_anything_connects(query_env, statement, why):
     started = time.monotonic()

@@ -45,6 +45,23 @@ def test_latest_earlier_list_wins_and_k_cuts_lists():
     assert evaluate(events, recs, k=11, baselines=False).pipeline.ranks == [10]
 
 
+def test_a_record_without_items_leaves_the_previous_list_and_the_figures_alone():
+    # a `none` record (the user had every known item) is published for every such event: the
+    # figures must be those of a stream where that event had no record at all
+    events = [ev("a", "x", 0), ev("a", "y", 1), ev("a", "z", 2), ev("b", "z", 3), ev("b", "w", 4)]
+    served = [rec("a", 0, ["z", "y"]), rec("b", 3, ["w"])]
+    none = [{"user_id": "a", "source_offset": 1, "items": [], "strategy": "none",
+             "reason": "user_had_every_item"},
+            {"user_id": "b", "source_offset": 2, "items": [], "strategy": "none"}]
+    with_none, without = (evaluate(events, recs, baselines=False) for recs in (served + none, served))
+    assert with_none.pipeline.ranks == without.pipeline.ranks == [1, 0, 0]  # a@2 judged by a@0's list
+    assert (with_none.with_prior_list, with_none.coverage) == (without.with_prior_list, without.coverage)
+    # a user whose only records are empty has no prior list
+    alone = evaluate([ev("c", "x", 0), ev("c", "y", 1)], [{"user_id": "c", "source_offset": 0, "items": []}],
+                     baselines=False)
+    assert alone.with_prior_list == 0 and alone.pipeline.evaluated == 0
+
+
 def test_reconsumptions_are_not_evaluated():
     events = [ev("a", "x", 0), ev("a", "x", 1), ev("a", "y", 2)]
     recs = [rec("a", 0, ["x"]), rec("a", 1, ["y"])]

@@ -35,28 +35,51 @@ def _shard(**kw):
     return ShardModel(LearnerParams.of(None, dim=16, seed=2), ShardSettings(**{"top_k": 5, **kw}))
 
 
-def test_never_an_empty_list_never_a_seen_item_and_popularity_before_the_model():
+def test_one_record_per_event_never_a_seen_item_and_popularity_before_the_model():
     events = _stream(1500)
     _, recs = _run(_shard(cold_start_min_events=3), events, 64)
-    assert len(recs) >= len(events) - 1  # only the first event has nothing to show
+    assert sorted(r["source_offset"] for r in recs) == [ev.src_offset for ev in events]
+    # only the first event has nothing to show: its record says so instead of being left out
+    assert [(r["source_offset"], r["items"], r["reason"]) for r in recs if r["strategy"] == "none"] == \
+        [(0, [], "user_had_every_item")]
     history: dict[str, set] = {}
     by_offset = {r["source_offset"]: r for r in recs}
-    for ev in events:
+    for ev in events[1:]:
         history.setdefault(ev.user_id, set()).add(ev.item_id)
-        rec = by_offset.get(ev.src_offset)
-        if rec is None:
-            continue
-        assert rec["items"], rec
+        rec = by_offset[ev.src_offset]
+        assert rec["items"] and rec["reason"] is None, rec
         assert not {i["item_id"] for i in rec["items"]} & history[ev.user_id]  # the whole history
         assert rec["strategy"] == ("model" if rec["user_events"] >= 3 else "popularity")
 
 
+@pytest.mark.parametrize("cold_start", [0, 1, 3])
+def test_a_user_who_had_every_known_item_gets_a_none_record(cold_start):
+    # one at a time (a young catalogue): u1 has every item known before each of its events
+    events = [Event(f"e{n}", "u1", f"i{n}", 1.0, n, 0, n) for n in range(3)]
+    events.append(Event("e3", "u2", "i0", 1.0, 3, 0, 3))  # u2 lacks i1, i2
+    shard = _shard(cold_start_min_events=cold_start)
+    out = shard.process(events, {}, now_ms=1)
+    none = [r for r in out.recommendations if r["strategy"] == "none"]
+    assert [r["source_event_id"] for r in none] == ["e0", "e1", "e2"] and out.unservable == 3
+    assert all(r["items"] == [] and r["reason"] == "user_had_every_item" and r["model_version"] == "live"
+               and r["cold_start"] for r in none)
+    assert [r["user_events"] for r in none] == [1, 2, 3]  # learned all the same
+    (served,) = [r for r in out.recommendations if r["user_id"] == "u2"]
+    assert {i["item_id"] for i in served["items"]} == {"i1", "i2"} and served["reason"] is None
+    assert set(served) == set(none[0])  # the same fields on every record
+
+
 def test_a_heavy_users_whole_history_is_excluded_not_just_the_recent_items():
     items = [f"i{n}" for n in range(400)]
-    events = [Event(f"h{n}", "heavy", items[n], 1.0, n, 0, n) for n in range(300)]
-    _, recs = _run(_shard(), events, 50)
-    assert all(not {i["item_id"] for i in r["items"]} & set(items[:r["source_offset"] + 1]) for r in recs)
-    assert all(len(r["items"]) == 5 for r in recs[10:])
+    # another user's events first make every item known (alone, the heavy user would always have
+    # had every known item: nothing but `none` records, and the checks below would pass vacuously)
+    known = [Event(f"o{n}", "other", items[n], 1.0, n, 0, n) for n in range(400)]
+    events = [Event(f"h{n}", "heavy", items[n], 1.0, 400 + n, 0, 400 + n) for n in range(300)]
+    _, recs = _run(_shard(), known + events, 50)
+    heavy = [r for r in recs if r["user_id"] == "heavy"]
+    assert len(heavy) == 300
+    assert all(not {i["item_id"] for i in r["items"]} & set(items[:r["source_offset"] - 400 + 1]) for r in heavy)
+    assert all(len(r["items"]) == 5 for r in heavy)
 
 
 def test_a_recommendation_never_sees_a_later_event_of_its_batch():
@@ -152,4 +175,4 @@ def test_items_keyed_state_expired_leave_the_shard():
     assert expired and set(expired) == before - set(late.item_records)
     assert set(shard.items.ids) == set(late.item_records) and not set(expired) & set(shard.live.ids)
     out = shard.process(events[210:300], users, now_ms=11_600)  # the shard goes on
-    assert len(out.recommendations) + out.unservable == 90
+    assert len(out.recommendations) == 90
