@@ -15,10 +15,9 @@ the events and a hot item in most of them. One bounded pipeline run (no restart 
   first occurrence by processing time: within a partition the lowest offset);
 - the verdict of each is ``udfs.validation.validate()``'s for its payload (same config), a DLQ
   record carries that reason, the payload cut as documented, its size and its Kafka timestamp;
-- every clean event has one recommendation record, never one for anything else, each naming the
-  clean event's coordinates and user, with known items only; only an event whose user may by
-  then have had every item the shard knew (:func:`may_have_had_every_item`) may have an empty one
-  (``strategy: none``, ``reason: user_had_every_item``) or, as before that record existed, none;
+- every clean event has exactly one recommendation record (``tests.support.account_recommendations``),
+  never one for anything else, each naming the clean event's coordinates and user, with known
+  items only; an empty one only as ``strategy: none``, ``reason: user_had_every_item``;
 - the learner's changelogs hold exactly the clean events' items and users, finite;
 - one forced export: the version passes every check a reader makes (``check_servable``), its
   ``items.npz`` / ``meta.json`` / ONNX graph / ``users.npz`` hold exactly the learned ids, byte
@@ -46,7 +45,7 @@ from model.registry import Registry
 from model.scoring import CPU, ScoringModel, check_servable
 from model.user_table import load_user_table
 from streamrec.kafka_io import ensure_topics, producer, read_topic
-from tests.support import export_forced
+from tests.support import account_recommendations, export_forced
 from udfs.validation import REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
 
 pytestmark = pytest.mark.slow
@@ -445,30 +444,6 @@ def latest_per_key(cfg, topic: str) -> dict[str, dict | None]:
     return out
 
 
-def may_have_had_every_item(clean: list[dict], batch: int) -> set[str]:
-    """Event ids whose user may have had every item the shard knew when the event was scored
-    (nothing left to recommend). A batch is scored against the catalogue as of its start and holds
-    at most ``batch`` events (``scoring.max_batch_events``), so the catalogue held at least the
-    items of the events of the event's own partition ``batch`` or more positions earlier (a
-    partition is read in order): only an event whose user had all of those can be one. (The
-    bound tests/support.py had as ``may_lack_a_record``.)"""
-    out: set[str] = set()
-    by_partition: dict[int, list[dict]] = defaultdict(list)
-    for e in clean:
-        by_partition[e["src_partition"]].append(e)
-    for events in by_partition.values():
-        ordered = sorted(events, key=lambda e: e["src_offset"])
-        known: set[str] = set()
-        history: dict[str, set[str]] = defaultdict(set)
-        for n, e in enumerate(ordered):
-            if n >= batch:
-                known.add(ordered[n - batch]["item_id"])
-            history[e["user_id"]].add(e["item_id"])
-            if history[e["user_id"]] >= known:
-                out.add(e["event_id"])
-    return out
-
-
 def expected_weight(cfg, event: CleanEvent) -> float:
     w = cfg.ingest.weights
     if event.event_type == "rating":
@@ -584,7 +559,6 @@ def test_hostile_stream_through_the_whole_pipeline(cfg, tmp_path):
     assert not per_event or max(per_event.values()) == 1, \
         f"{ctx} several records for {[e for e, n in per_event.items() if n > 1][:5]}"
     assert set(per_event) <= set(by_coord), f"{ctx} records for events not clean: {list(set(per_event) - set(by_coord))[:5]}"
-    may_lack = may_have_had_every_item(clean_list, batch=cfg.scoring.max_batch_events)
     nothing_to_show = set()
     for rec in recs:
         event = by_coord[(rec["source_partition"], rec["source_offset"])]
@@ -597,12 +571,9 @@ def test_hostile_stream_through_the_whole_pipeline(cfg, tmp_path):
         assert len(listed) <= cfg.scoring.top_k and len(set(listed)) == len(listed), f"{ctx} {rec}"
         assert set(listed) <= items and event["item_id"] not in listed, f"{ctx} {rec} (event {event})"
         assert all(i["score"] is None or math.isfinite(i["score"]) for i in rec["items"]), f"{ctx} {rec}"
-    # every clean event has its record; an event whose user may have had every item the shard knew
-    # has either none (as before) or one saying so (the change under way): accept both
-    missing = {by_coord[c]["event_id"] for c in set(by_coord) - set(per_event)}
-    assert missing | nothing_to_show <= may_lack, \
-        f"{ctx} {len((missing | nothing_to_show) - may_lack)} clean events without a recommendation: " \
-        f"{sorted((missing | nothing_to_show) - may_lack)[:5]}"
+    # every clean event has exactly one record (a `none` one when nothing was left to show)
+    recommended = account_recommendations(clean_list, recs)
+    assert recommended.exact and recommended.checked == len(clean_list), f"{ctx} {recommended}"
 
     model_items = latest_per_key(cfg, cfg.kafka.topics.model_items)
     model_users = latest_per_key(cfg, cfg.kafka.topics.model_users)
@@ -637,6 +608,6 @@ def test_hostile_stream_through_the_whole_pipeline(cfg, tmp_path):
     kinds = Counter(s.record.kind for s in sent.values())
     print(f"{ctx} {len(sent)} records ({dict(sorted(kinds.items()))}); clean {len(clean)}, dlq {len(dlq)} "
           f"({len(rejected)} reasons), duplicates {duplicates}, recommendations {len(recs)} "
-          f"(without items: {len(missing | nothing_to_show)}), items {len(items)}, users {len(users)}, version {version}; "
+          f"(without items: {len(nothing_to_show)}), items {len(items)}, users {len(users)}, version {version}; "
           f"produce {produced - started:.1f} s, pipeline {ran - produced:.1f} s, "
           f"checks + export {time.monotonic() - ran:.1f} s", flush=True)

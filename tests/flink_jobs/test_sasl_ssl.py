@@ -19,7 +19,7 @@ import pytest
 from flink_jobs import pipeline
 from streamrec import broker, replay
 from streamrec.kafka_io import admin, ensure_topics, read_topic
-from tests.support import export_forced, free_port, make_config, planted_stream
+from tests.support import account_recommendations, export_forced, free_port, make_config, planted_stream
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +136,10 @@ def test_scram_over_tls_pipeline_and_exporter_and_no_secret_anywhere(tmp_path, c
                                   progress=False).failed == 0
             run = pipeline.run(cfg, bounded=True, quiet=True, with_features=False)
             assert run.ingest.cleaned == len(events)
+            clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
             recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
-            assert len(recs) >= len(events) * 0.8  # the job's Java client read and wrote over TLS
+            recommended = account_recommendations(clean, recs)  # the Java client read and wrote over TLS
+            assert recommended.exact and recommended.checked == len(events), recommended
             version = export_forced(cfg)
             assert version
         finally:
