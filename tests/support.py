@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -12,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Iterable, Mapping
+from typing import Hashable, Iterable, Iterator, Mapping
 
 from streamrec.config import Config, load_config, to_env
 from streamrec.kafka_io import read_topic
@@ -193,9 +194,18 @@ def planted_stream(n_events: int, seed: int = 7) -> list[dict]:
 
 def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[dict]:
     """Committed records of ``topic`` once ``expected`` are there (or what is there at timeout)."""
+    from confluent_kafka import KafkaException
+
+    from streamrec.kafka_io import KafkaSetupError
+
     deadline = time.monotonic() + timeout_s
     while True:
-        recs = [r.json() for r in read_topic(cfg, topic, idle_timeout=2)]
+        try:
+            recs = [r.json() for r in read_topic(cfg, topic, idle_timeout=2)]
+        except (KafkaException, KafkaSetupError):  # a broker just back (unfenced, leaders moving)
+            if time.monotonic() > deadline:
+                raise
+            recs = []
         if len(recs) >= expected or time.monotonic() > deadline:
             return recs
         time.sleep(2)
@@ -219,3 +229,34 @@ class StreamrecProcess:
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def small_filesystem(mount: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (e.g. "2m") mounted on ``mount`` for a disk-fault test: skipped,
+    with the reason, where mounting is not allowed (it needs root and CAP_SYS_ADMIN)."""
+    import pytest
+
+    mount.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {exc}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_up(directory: Path, chunk: int = 65_536) -> Path:
+    """Write a file into ``directory`` until its filesystem is full; return it (unlink = space back)."""
+    filler = directory / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * chunk)
+                fh.flush()
+        except OSError:
+            pass
+    return filler

@@ -7,7 +7,6 @@ exactly one recommendation record. Needs root (mount)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from streamrec import replay
 from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
 from tests.support import StreamrecProcess as Run
-from tests.support import account_ingestion, account_recommendations, planted_stream
+from tests.support import account_ingestion, account_recommendations, fill_up, planted_stream, small_filesystem
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]  # ~2-3 min: make test-faults
 
@@ -24,27 +23,8 @@ N_EVENTS = 4_000
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "checkpoints"
-    mount.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {exc}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory) -> str:
-    filler = os.path.join(directory, "filler")
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 1_048_576)
-                fh.flush()
-        except OSError:
-            pass
-    return filler
+    with small_filesystem(tmp_path / "checkpoints", "48m") as mount:
+        yield mount
 
 
 def test_a_full_checkpoint_disk_stops_the_job_clearly_and_the_same_command_resumes(cfg, tmp_path, small_disk):
@@ -62,7 +42,7 @@ def test_a_full_checkpoint_disk_stops_the_job_clearly_and_the_same_command_resum
         assert first.proc.poll() is None, first.output[-3000:]
         assert time.monotonic() < deadline, first.output[-3000:]
         time.sleep(0.2)
-    filler = _fill(small_disk)  # after the first commit: a checkpoint to resume from exists
+    filler = fill_up(small_disk, chunk=1_048_576)  # after the first commit: a checkpoint to resume from exists
     rc = first.wait(timeout=300)
     out = first.output
     assert rc != 0, out[-3000:]

@@ -9,7 +9,6 @@ import os
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,33 +16,15 @@ from model.exporter import Exporter
 from model.registry import Registry
 from tests.model.test_exporter import World, _cfg, produce, produce_world
 from tests.model.test_exporter_faults import _assert_registry_sound
+from tests.support import fill_up, small_filesystem
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {exc}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65_536)
-                fh.flush()
-        except OSError:
-            pass
-    return filler
+    with small_filesystem(tmp_path / "disk", "2m") as mount:
+        yield mount
 
 
 def _wait(condition, timeout_s: float, what: str) -> None:
@@ -64,7 +45,7 @@ def test_full_then_read_only_registry_disk(cfg, tmp_path, small_disk, caplog):
     world = World(seed=11)
     produce_world(cfg, world)
     reg = Registry(cfg.paths_resolved.registry_dir)
-    filler = _fill(small_disk)
+    filler = fill_up(small_disk)
     exporter = Exporter(cfg, force=True)
     runner = threading.Thread(target=exporter.run, daemon=True)
     runner.start()
