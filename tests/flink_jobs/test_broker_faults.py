@@ -33,6 +33,29 @@ def _kill9(cfg) -> None:
         time.sleep(0.1)
 
 
+def _first_commit_after(cfg, since: float, timeout_s: float) -> float:
+    """Seconds from ``since`` until the recommendations' committed end offsets grow (the job wrote
+    and committed again: its recovery time as a reader sees it)."""
+    from confluent_kafka import KafkaException
+
+    from streamrec.kafka_io import KafkaSetupError, end_offsets
+
+    def committed() -> int | None:
+        try:
+            return sum(end_offsets(cfg, cfg.kafka.topics.recommendations, retry_s=1.0).values())
+        except (KafkaException, KafkaSetupError):  # a broker just back: leaders not yet elected
+            return None
+
+    start = None
+    while start is None:
+        start = committed()
+        assert time.monotonic() - since < timeout_s, "the recommendations' offsets never became readable"
+    while (now := committed()) is None or now <= start:
+        assert time.monotonic() - since < timeout_s, "the job never committed again"
+        time.sleep(0.1)
+    return time.monotonic() - since
+
+
 def _freeze(cfg, seconds: float) -> None:
     """SIGSTOP the broker's process group for ``seconds`` (a stalled disk or a long GC pause: its
     sockets stay open, nothing answers), then SIGCONT it."""
@@ -78,6 +101,9 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
                     assert broker.down(cfg, log=lambda m: None)
                 restarted = broker.up(cfg, log=lambda m: None)
                 assert restarted.started
+            back = time.monotonic()  # the broker answers again: how long until the job commits anew
+            recovered_s = _first_commit_after(cfg, back, timeout_s=240)
+            print(f"[{fault}] the job committed again {recovered_s:.1f} s after the broker was back")
             feeder.join(120)
             assert produced["result"].failed == 0  # the idempotent producer retried through it
             # every event gets a record (`none` if it has nothing to recommend); then a few more
