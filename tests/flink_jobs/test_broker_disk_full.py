@@ -17,7 +17,8 @@ from tests.support import StreamrecProcess as Run
 from tests.support import (account_ingestion, account_recommendations, fill_up, free_port, make_config,
                            planted_stream, small_filesystem)
 
-pytestmark = pytest.mark.slow
+# make test-faults: a CI run once failed here (see docs/reliability.md, the broker-disk row)
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 N_EVENTS = 4_000
 
