@@ -6,7 +6,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-faults bench clean-state help
@@ -17,14 +17,14 @@ help:
 	@echo "make bench  - run the benchmarks, results in bench/results/"
 	@echo "make test-faults - the heavy fault-injection variants (kill -9 on 30k events, ...)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v java >/dev/null 2>&1 || { echo "Java was not found: streamrec runs Apache Flink and Apache Kafka, which need a Java 17 JDK (e.g. apt-get install openjdk-17-jdk-headless)."; exit 1; }
 	@command -v javac >/dev/null 2>&1 || test -x "$$(dirname "$$(readlink -f "$$(command -v java)")")/javac" || { echo "javac was not found: streamrec compiles its validation UDF (udfs/jvm) at set-up and needs a Java 17 JDK, not only a runtime (e.g. apt-get install openjdk-17-jdk-headless)."; exit 1; }
 	@command -v mvn >/dev/null 2>&1 || { echo "Maven (mvn) was not found: streamrec fetches the Kafka broker and the Flink Kafka connector from Maven Central with it (e.g. apt-get install maven)."; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { echo "streamrec needs Python 3.11 (PyFlink 2.3 wheels); found $$($(PYTHON) --version)."; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m pip check
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -4,7 +4,7 @@ restart) with a given ``flink-sql-connector-kafka`` version instead of the locke
 
     .venv/bin/python -m bench.connector_check 4.0.1-2.0 5.0.0-2.2
 
-Evidence for the choice in ``streamrec/jvm/flink-connector.pom.xml``; results in docs/kafka.md.
+Evidence for the choice in ``runtime/jvm/flink-connector.pom.xml``; results in docs/kafka.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec import assets
+from streamrec.runtime import assets
 
 TESTS = ["tests/flink_jobs/test_passthrough.py", "tests/flink_jobs/test_broker_faults.py"]
 
@@ -37,9 +37,9 @@ class UseJars:
         self.jars = jars
 
     def pytest_configure(self, config):
-        import flink_jobs.env
+        import streamrec.flink_jobs.env as flink_env
 
-        flink_jobs.env.connector_jars = lambda cfg, log=print: self.jars
+        flink_env.connector_jars = lambda cfg, log=print: self.jars
 
 
 def check_one(version: str) -> int:

@@ -22,11 +22,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from udfs.online_mf import OnlineMF  # noqa: E402
-from udfs.popularity import Popularity  # noqa: E402
-from udfs.prequential import prequential  # noqa: E402
+from streamrec.udfs.online_mf import OnlineMF  # noqa: E402
+from streamrec.udfs.popularity import Popularity  # noqa: E402
+from streamrec.udfs.prequential import prequential  # noqa: E402
 
 #: Every OnlineMF row starts from LearnerConfig()'s defaults (the chosen setting: softmax,
 #: popularity-sampled negatives=8, sgd lr=0.2, reg=0.001, dim=32, popularity_prior=0.5) and

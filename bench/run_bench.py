@@ -267,7 +267,7 @@ def descendants(pid: int) -> list[tuple[int, str]]:
 def flink_jvm_pid(parent: int | None = None) -> int | None:
     """The PyFlink gateway JVM started by this process (the local mini-cluster runs in it), not
     the embedded Kafka broker's JVM, which may be a child of this process too."""
-    from streamrec.broker import MAIN_CLASS
+    from streamrec.runtime.broker import MAIN_CLASS
 
     for pid, comm in descendants(parent or os.getpid()):
         cmdline = (_read(f"/proc/{pid}/cmdline") or "").split("\0")
@@ -836,7 +836,7 @@ def _mean(values: list[float] | None) -> float | None:
 
 def broker_process(cfg) -> int | None:
     """The embedded broker's pid (None for an external Kafka: its CPU is not on this machine)."""
-    from streamrec import broker
+    from streamrec.runtime import broker
 
     status = broker.status(cfg)
     return status.pid if status and status.embedded else None
@@ -860,7 +860,7 @@ def bench_config(cfg, prefix: str, subdir: str):
 
 
 def _fresh(cfg) -> Path:
-    from streamrec import kafka_io
+    from streamrec.runtime import kafka_io
 
     topics = cfg.kafka.topics.all()
     kafka_io.delete_topics(cfg, topics)
@@ -895,9 +895,10 @@ def cycled_events(events: list[dict], n: int) -> list[dict]:
 
 
 def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: float) -> tuple[dict, object]:
-    from flink_jobs import features as features_job
-    from flink_jobs import pipeline
-    from streamrec import kafka_io, replay
+    from streamrec.flink_jobs import features as features_job
+    from streamrec.flink_jobs import pipeline
+    from streamrec.runtime import kafka_io
+    from streamrec import replay
     from streamrec.demo import start_exporter, stop_process
 
     tcfg = bench_config(cfg, "bench", "throughput")
@@ -1005,8 +1006,8 @@ def feature_completeness(tcfg, events: list[dict]) -> dict:
     """The feature topics' rows against udfs.features.window_features on the replayed events (a
     throughput figure only counts if the windows it paid for are complete): rows read, rows
     expected, and rows equal to the reference in every count."""
-    from streamrec import kafka_io
-    from udfs.features import event_weight, window_features
+    from streamrec.runtime import kafka_io
+    from streamrec.udfs.features import event_weight, window_features
 
     weighted = [{**e, "weight": event_weight(e["event_type"], e.get("rating"), tcfg.ingest)} for e in events]
     out = {}
@@ -1046,7 +1047,7 @@ def reference_phase(cfg, events: list[dict], say) -> dict:
     """The sequential in-process reference on the same events, timed: the same learner
     (``OnlineMF``, snapshot refreshed after every event), top-``k`` over all items with the user's
     whole history excluded, then learn, one event at a time in one Python process."""
-    from udfs.online_mf import OnlineMF
+    from streamrec.udfs.online_mf import OnlineMF
 
     say(f"reference: the sequential learner over the same {len(events):,} events (top-{cfg.scoring.top_k} each) ...")
     model = OnlineMF(cfg.learner, snapshot_every=1)
@@ -1071,7 +1072,7 @@ def peer_phase(cfg, events: list[dict], say, n_events: int) -> dict:
     """River's MF recommender (bench/river_peer.py) on the first ``n_events`` of the same stream,
     beside ours on the same events (it ranks every item with one Python call per item, so it
     does not run the whole stream in a bench's time)."""
-    from bench.river_peer import river_peer
+    from streamrec.bench.river_peer import river_peer
     from streamrec.evaluate import evaluate
 
     head = events[:n_events]
@@ -1082,8 +1083,8 @@ def peer_phase(cfg, events: list[dict], say, n_events: int) -> dict:
         say(f"peer: River is not installed ({exc}); `pip install -e .[bench]`")
         return {"error": str(exc)}
     # ours on the same events, in process: the shard core at the pipeline's mean batch size
-    from udfs.online_mf import LearnerParams
-    from udfs.shard_model import Event, ShardModel, ShardSettings
+    from streamrec.udfs.online_mf import LearnerParams
+    from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
     sc = cfg.scoring
     shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
@@ -1131,7 +1132,7 @@ class CommittedWatcher(threading.Thread):
 
     def __init__(self, cfg, topic: str):
         super().__init__(daemon=True)
-        from streamrec import kafka_io
+        from streamrec.runtime import kafka_io
 
         self.consumer = kafka_io.consumer(cfg, read_committed=True)
         self.consumer.subscribe([topic])
@@ -1166,10 +1167,10 @@ def start_unbounded(ucfg, root: Path, with_features: bool):
     """The exporter, the unbounded pipeline job and, ``with_features``, the features job beside it
     (same JVM, its own mini-cluster and checkpoints), as ``streamrec run`` starts them. Returns
     ``(exporter process, pipeline job client, features job client or None)``."""
-    from flink_jobs import features as features_job
-    from flink_jobs import pipeline
-    from flink_jobs.env import build_runtime
-    from streamrec import kafka_io
+    from streamrec.flink_jobs import features as features_job
+    from streamrec.flink_jobs import pipeline
+    from streamrec.flink_jobs.env import build_runtime
+    from streamrec.runtime import kafka_io
     from streamrec.demo import start_exporter, stop_process
 
     exporter = start_exporter(ucfg, root / "exporter.log")
@@ -1207,7 +1208,7 @@ def _all_running(monitor: "Monitor", job_id: str) -> bool:
 def records_written(ucfg, topic: str) -> int:
     """Records written to ``topic``, committed or not (transaction markers add a few offsets:
     a count may look complete a little early; the callers wait for more checkpoints after)."""
-    from streamrec import kafka_io
+    from streamrec.runtime import kafka_io
 
     return sum(kafka_io.end_offsets(ucfg, topic, read_committed=False).values())
 
@@ -1225,8 +1226,9 @@ def capacity_phase(cfg, events: list[dict], say, progress: bool, sample_s: float
     to the later of the last recommendation and the moment the features job had read every
     clean event (its Kafka source's own record count, sampled every 0.5 s and interpolated).
     """
-    from flink_jobs import features as features_job
-    from streamrec import kafka_io, replay
+    from streamrec.flink_jobs import features as features_job
+    from streamrec.runtime import kafka_io
+    from streamrec import replay
     from streamrec.demo import stop_process
 
     ccfg = unbounded_config(cfg, "bench.cap", "capacity", checkpoint_interval_ms)
@@ -1317,7 +1319,8 @@ def capacity_phase(cfg, events: list[dict], say, progress: bool, sample_s: float
 def latency_phase(cfg, events: list[dict], rate: float, seconds: float, say, progress: bool,
                   sample_s: float, warmup: int = 500, checkpoint_interval_ms: int | None = None,
                   warmup_s: float = 20.0, with_features: bool = True) -> dict:
-    from streamrec import kafka_io, replay
+    from streamrec.runtime import kafka_io
+    from streamrec import replay
     from streamrec.demo import stop_process
 
     lcfg = unbounded_config(cfg, "bench.lat", "latency", checkpoint_interval_ms)
@@ -1582,7 +1585,8 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
               command: str | None = None, peer_events: int = 5_000,
               latency_checkpoint_ms: int | None = None, latency_with_features: bool = True) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
-    from streamrec import assets, broker, replay
+    from streamrec.runtime import assets, broker
+    from streamrec import replay
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", flush=True)
@@ -1622,7 +1626,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
             _write(result, stem)
             result["peer"] = peer_phase(cfg, events, say, peer_events)
             _write(result, stem)
-            from bench.synthetic import quality, synthetic_stream
+            from streamrec.bench.synthetic import quality, synthetic_stream
 
             say("second stream: synthetic, 10k items, heavy users, 3 years (bench/synthetic.py) ...")
             result["second_stream"] = quality(cfg, synthetic_stream(100_000), say=say)
@@ -1652,7 +1656,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     result["total_s"] = round(time.time() - started, 1)
     _write(result, stem)
     try:
-        from bench.plots import plot_result
+        from streamrec.bench.plots import plot_result
 
         plot_result(result, stem.with_suffix(".png"))
         say(f"plot: {stem.with_suffix('.png')}")
@@ -1694,9 +1698,7 @@ def _json_default(obj):
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-
-    sys.path.insert(0, str(BENCH_DIR.parent))
-    from streamrec.config import load_config
+    from streamrec.core.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name")

@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR.parent))
 
 
 def zipf_weights(n: int, s: float) -> np.ndarray:
@@ -60,10 +58,10 @@ def _timed(fn, min_s: float = 2.0, min_calls: int = 5) -> list[float]:
 
 def scoring_cost(items_list: list[int], dim: int, k: int, batches: list[int], recent: int = 20,
                  seed: int = 7, min_s: float = 2.0, say=print) -> list[dict]:
-    from model.onnx_model import export_model_bytes, popularity_prior
+    from streamrec.model.onnx_model import export_model_bytes, popularity_prior
     import onnxruntime as ort
 
-    from model.scoring import ScoringModel, choose_providers
+    from streamrec.model.scoring import ScoringModel, choose_providers
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -101,8 +99,8 @@ def scoring_cost(items_list: list[int], dim: int, k: int, batches: list[int], re
 
 
 def state_sizes(cfg) -> dict:
-    from udfs import online_mf
-    from udfs.online_mf import init_item_state, init_user_state
+    from streamrec.udfs import online_mf
+    from streamrec.udfs.online_mf import init_item_state, init_user_state
 
     p = online_mf.LearnerParams.of(cfg.learner)
     out = {"dim": p.dim, "recent_items_max": p.recent_items}
@@ -123,8 +121,8 @@ def state_sizes(cfg) -> dict:
 def learner_stream(cfg, users: int, items: int, events: int, seed: int = 11, say=print,
                    max_s: float = 150.0) -> dict:
     """Events/s of the UserLearner + ItemLearner Python core on a synthetic Zipf stream."""
-    from udfs import online_mf
-    from udfs.online_mf import init_item_state, init_user_state
+    from streamrec.udfs import online_mf
+    from streamrec.udfs.online_mf import init_item_state, init_user_state
 
     p = online_mf.LearnerParams.of(cfg.learner)
     rng = np.random.default_rng(seed)
@@ -184,7 +182,7 @@ def learner_stream(cfg, users: int, items: int, events: int, seed: int = 11, say
 
 def run_scale(cfg, name: str = "scale", events: int = 200_000, items_list: list[int] | None = None,
               out_dir: Path | None = None, command: str | None = None) -> dict:
-    from bench.run_bench import new_result
+    from streamrec.bench.run_bench import new_result
 
     def say(msg: str) -> None:
         print(f"[scale] {msg}", flush=True)
@@ -205,7 +203,7 @@ def run_scale(cfg, name: str = "scale", events: int = 200_000, items_list: list[
     result["total_s"] = round(time.time() - started, 1)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     try:
-        from bench.plots import plot_scale
+        from streamrec.bench.plots import plot_scale
 
         plot_scale(result, stem.with_suffix(".png"))
     except Exception as exc:  # noqa: BLE001
@@ -237,7 +235,7 @@ def scale_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from streamrec.config import load_config
+    from streamrec.core.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="scale")

@@ -25,9 +25,9 @@ import sys
 import time
 
 from streamrec.evaluate import evaluate
-from udfs import item_exchange
-from udfs.online_mf import LearnerParams
-from udfs.shard_model import Event, ShardModel, ShardSettings, shard_of
+from streamrec.udfs import item_exchange
+from streamrec.udfs.online_mf import LearnerParams
+from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings, shard_of
 
 
 def run_shards(cfg, events: list[dict], shards: int, exchange_ms: int | None, rate: float = 5_000.0,
@@ -111,7 +111,8 @@ def sharded_quality(cfg, events: list[dict], shard_counts=(2, 4), rate: float = 
 
 def ml100k(cfg, limit: int | None = None) -> list[dict]:
     """ML-100k as the learner sees it: weights as the ingestion computes them, stream offsets."""
-    from streamrec import assets, replay
+    from streamrec.runtime import assets
+    from streamrec import replay
 
     w = cfg.ingest.weights
     events = replay.ml100k_events(assets.ml100k_dir(cfg))[:limit]
@@ -120,7 +121,7 @@ def ml100k(cfg, limit: int | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.config import load_config
+    from streamrec.core.config import load_config
 
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config()
@@ -139,8 +140,8 @@ def run_sharded(cfg, name: str = "sharded", command: str | None = None, out_dir=
     (``flink.checkpoint_interval_ms``); bench/results/<date>-<name>.json and a PNG beside it."""
     import os
 
-    from bench.run_bench import new_result
-    from bench.synthetic import synthetic_stream
+    from streamrec.bench.run_bench import new_result
+    from streamrec.bench.synthetic import synthetic_stream
 
     def say(msg: str) -> None:
         print(f"[sharded] {msg}", flush=True)

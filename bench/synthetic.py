@@ -58,8 +58,8 @@ def quality(cfg, events: list[dict], batch: int = 256, say=print) -> dict:
     """Recall@k of the shard core and of the sequential reference on ``events``, with the share
     of evaluated events from users past ``learner.recent_items`` items."""
     from streamrec.evaluate import evaluate
-    from udfs.online_mf import LearnerParams
-    from udfs.shard_model import Event, ShardModel, ShardSettings
+    from streamrec.udfs.online_mf import LearnerParams
+    from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
     sc = cfg.scoring
     shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
@@ -95,7 +95,7 @@ def quality(cfg, events: list[dict], batch: int = 256, say=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.config import load_config
+    from streamrec.core.config import load_config
 
     argv = sys.argv[1:] if argv is None else argv
     n = int(argv[0]) if argv else 100_000

@@ -20,15 +20,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from importlib.resources import files
 
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import EnvironmentSettings, Schema, StreamTableEnvironment, Table
 
-from streamrec.assets import job_jars
-from streamrec.config import Config
+from streamrec.runtime.assets import job_jars
+from streamrec.core.config import Config
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(str(files("streamrec.sql")))
 
 
 @dataclass
@@ -211,7 +212,7 @@ def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool,
 def kafka_sink_options(cfg: Config, topic: str, transaction_prefix: str) -> str:
     """WITH-clause options of an exactly-once Kafka SQL sink (``FlinkRuntime.transaction_prefix``).
 
-    >>> from streamrec.config import load_config
+    >>> from streamrec.core.config import load_config
     >>> cfg = load_config(config_file=None, env={"STREAMREC_KAFKA__CLIENT_PROPERTIES": "linger.ms=0"})
     >>> options = kafka_sink_options(cfg, "recommendations", "run-1")
     >>> "'properties.batch.size' = '262144'" in options, "'properties.linger.ms' = '0'" in options
@@ -240,7 +241,7 @@ def java_client_properties(cfg: Config) -> dict[str, str]:
     """``kafka.security`` and ``kafka.client_properties`` as connector options for the (shaded)
     Java client.
 
-    >>> from streamrec.config import load_config
+    >>> from streamrec.core.config import load_config
     >>> cfg = load_config(config_file=None, env={"STREAMREC_KAFKA__CLIENT_PROPERTIES":
     ...     "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required;"})
     >>> java_client_properties(cfg)["properties.sasl.jaas.config"]

@@ -13,7 +13,7 @@ checkpoints gated the commit of every recommendation (docs/ingestion.md, "The fe
 ``streamrec run`` starts it beside the pipeline (a bounded run: after the pipeline finished, over
 the clean events it wrote); ``streamrec submit`` submits it to a cluster once.
 
-Its lineage follows the pipeline's (flink_jobs/lineage.py): it counts the clean events of the
+Its lineage follows the pipeline's (runtime/lineage.py): it counts the clean events of the
 pipeline's current run, from the offsets events.clean had when that run started, and starts over
 by itself when the pipeline started over (``--fresh``), so no event is counted twice.
 """
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 from pyflink.table import StatementSet
 
-from flink_jobs import lineage
-from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
+from streamrec.runtime import lineage
+from streamrec.flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
                             sql_double, sql_interval, with_time_attributes)
-from streamrec.config import Config, load_config
-from streamrec.kafka_io import delete_topics, end_offsets, ensure_topics
+from streamrec.core.config import Config, load_config
+from streamrec.runtime.kafka_io import delete_topics, end_offsets, ensure_topics
 
 JOB_NAME = "streamrec-features"
 #: The job whose clean events it reads (its lineage records where they start).
@@ -87,7 +87,7 @@ def add_features(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: State
     # bounds the pairs' LAG state (sql/features_windows.sql); the windows clear theirs by the watermark
     conf.set("table.exec.state.ttl", f"{ing.dedup_horizon_ms} ms")
     # complete feature windows: no idleness unless configured, never for a bounded run
-    # (streamrec.config.IngestConfig.source_idle_timeout_ms says why)
+    # (streamrec.core.config.IngestConfig.source_idle_timeout_ms says why)
     conf.set("table.exec.source.idle-timeout", f"{0 if bounded else ing.source_idle_timeout_ms} ms")
     apply_sql(
         t_env, statements, "features",
@@ -158,7 +158,7 @@ def job_config(cfg: Config) -> Config:
     recommendations wait for; this job's rows change by the hour. Its CPU measured the same
     either way in one bounded run each: 344 against 351 µs per event).
 
-    >>> from streamrec.config import load_config
+    >>> from streamrec.core.config import load_config
     >>> flink = job_config(load_config(config_file=None, env={})).flink
     >>> flink.checkpoint_interval_ms, flink.state_changelog
     (5000, False)

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 
 from pyflink.table import Schema, StatementSet, Table
 
-from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
+from streamrec.flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
                             render_sql, sql_double, sql_interval, with_time_attributes)
-from streamrec.config import Config, load_config
-from streamrec.kafka_io import ensure_topics, read_topic
-from udfs.validation import make_udfs
+from streamrec.core.config import Config, load_config
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
+from streamrec.udfs.validation import make_udfs
 
 JOB_NAME = "streamrec-ingest"
 #: The JVM fast path of validation (udfs/jvm/streamrec/udfs/AcceptFlatEvent.java).
@@ -70,7 +70,7 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
     # by the watermark
     conf.set("table.exec.state.ttl", f"{ing.dedup_horizon_ms} ms")
     # no idleness unless configured, never for a bounded run: the watermark the clean events
-    # carry to the feature windows (streamrec.config.IngestConfig.source_idle_timeout_ms says why)
+    # carry to the feature windows (streamrec.core.config.IngestConfig.source_idle_timeout_ms says why)
     idle_ms = 0 if bounded else ing.source_idle_timeout_ms
     conf.set("table.exec.source.idle-timeout", f"{idle_ms} ms")
     for name, fn in make_udfs(ing).items():

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from flink_jobs.env import build_runtime, kafka_sink_options, kafka_source_options, render_sql
-from streamrec.config import Config, load_config
-from streamrec.kafka_io import ensure_topics
+from streamrec.flink_jobs.env import build_runtime, kafka_sink_options, kafka_source_options, render_sql
+from streamrec.core.config import Config, load_config
+from streamrec.runtime.kafka_io import ensure_topics
 
 JOB_NAME = "streamrec-passthrough"
 

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from pyflink.common import Types
 from pyflink.datastream import KeyedStream
 
-from flink_jobs import features, lineage
-from flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
+from streamrec.flink_jobs import features
+from streamrec.runtime import lineage
+from streamrec.flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
                             render_sql, sql_interval, sql_string, with_time_attributes)
-from flink_jobs.ingest import IngestSummary, add_ingestion, summarize
-from streamrec.config import Config, describe, load_config
-from streamrec.kafka_io import delete_topics, ensure_topics
-from udfs.flink_operators import BATCH_OUTPUT, ShardLearner
+from streamrec.flink_jobs.ingest import IngestSummary, add_ingestion, summarize
+from streamrec.core.config import Config, describe, load_config
+from streamrec.runtime.kafka_io import delete_topics, ensure_topics
+from streamrec.udfs.flink_operators import BATCH_OUTPUT, ShardLearner
 
 JOB_NAME = features.PIPELINE_JOB_NAME  # the features job follows this job's lineage
 
@@ -273,9 +274,9 @@ class FromVersionError(RuntimeError):
 def check_from_version(cfg: Config, version: str) -> None:
     """Fail before anything starts if ``version`` cannot be put back into the learner: unknown,
     rejected, corrupt (sha256), of another dimension, or exported without ``users.npz``."""
-    from model.item_table import load_item_table
-    from model.registry import Registry, RegistryError
-    from model.user_table import load_user_table
+    from streamrec.model.item_table import load_item_table
+    from streamrec.model.registry import Registry, RegistryError
+    from streamrec.model.user_table import load_user_table
 
     registry = Registry(cfg.paths_resolved.registry_dir)
     if version not in registry.list_versions():
@@ -296,7 +297,7 @@ def pin_from_version(cfg: Config, version: str, run_id: str) -> str:
     exporting, promotes nothing until `streamrec model unpin`). Returns the reset's token: the
     pin's time. The same command run again after a crash finds its own pin and keeps its token,
     so the shards (whose state records the token applied) do not reset a second time."""
-    from model.registry import Registry
+    from streamrec.model.registry import Registry
 
     registry = Registry(cfg.paths_resolved.registry_dir)
     pin = registry.pinned()
@@ -312,7 +313,7 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
         quiet: bool = False, fresh: bool = False, from_version: str | None = None,
         with_features: bool = True) -> PipelineRun:
     """Run the pipeline; by default it resumes from its lineage's latest retained checkpoint
-    (flink_jobs/lineage.py), ``fresh`` starts over and discards it. Bounded: stop at the end
+    (runtime/lineage.py), ``fresh`` starts over and discards it. Bounded: stop at the end
     offsets present when the lineage started (a restored run keeps its splits' stopping offsets).
     ``from_version``: the learner's item and user vectors become that registry version's (and
     CURRENT is pinned to it), while the stream goes on from where the run starts; an older

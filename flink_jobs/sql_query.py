@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pyflink.java_gateway import get_gateway
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
-from flink_jobs.env import flink_configuration, kafka_source_options, render_sql
-from streamrec.config import Config
-from streamrec.kafka_io import ensure_topics
+from streamrec.flink_jobs.env import flink_configuration, kafka_source_options, render_sql
+from streamrec.core.config import Config
+from streamrec.runtime.kafka_io import ensure_topics
 
 JOB_NAME = "streamrec-sql"
 # Off, Flink refuses every OPTIONS hint at validation, however it is spelled or wherever it sits

@@ -74,15 +74,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-# lineage imports streamrec.config only (no pyflink): no cycle, nothing heavy
-from flink_jobs.lineage import code_version, job_dir, retained_checkpoints
-from model.gate import FORCE_ACTOR, GATE_ACTOR, GateDecision, HoldOutGate
-from model.item_table import ITEMS_ATTACHMENT, ItemTable
-from model.user_table import USERS_ATTACHMENT, UserTable
-from model.onnx_model import export_model_bytes, popularity_prior
-from model.registry import Registry
-from model.scoring import CPU, ScoringModel
-from streamrec.config import is_secret
+# lineage imports streamrec.core.config only (no pyflink): no cycle, nothing heavy
+from streamrec.runtime.lineage import code_version, job_dir, retained_checkpoints
+from streamrec.model.gate import FORCE_ACTOR, GATE_ACTOR, GateDecision, HoldOutGate
+from streamrec.model.item_table import ITEMS_ATTACHMENT, ItemTable
+from streamrec.model.user_table import USERS_ATTACHMENT, UserTable
+from streamrec.model.onnx_model import export_model_bytes, popularity_prior
+from streamrec.model.registry import Registry
+from streamrec.model.scoring import CPU, ScoringModel
+from streamrec.core.config import is_secret
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class ExportResult:
 
 def redacted_config(cfg: Any) -> dict[str, Any]:
     """The whole configuration as JSON-able data without any secret (the keys
-    :func:`streamrec.config.is_secret` names are removed, not masked: a hash of a masked value
+    :func:`streamrec.core.config.is_secret` names are removed, not masked: a hash of a masked value
     would still reveal whether it changed)."""
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
@@ -448,7 +448,7 @@ class Exporter:
             return
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        from streamrec import kafka_io
+        from streamrec.runtime import kafka_io
 
         kafka_io.ensure_topics(self.cfg, list(self.topics.values()))
         cons = kafka_io.consumer(self.cfg, group=f"streamrec-exporter-{uuid.uuid4().hex[:8]}",

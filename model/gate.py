@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from model.registry import CorruptModelError, PinnedError, RegistryError, version_number
+from streamrec.model.registry import CorruptModelError, PinnedError, RegistryError, version_number
 
 log = logging.getLogger(__name__)
 

@@ -101,7 +101,7 @@ def load_item_table(registry: Any, version: str, expected_dim: int | None = None
     """The ``items.npz`` of ``version`` (sha256-checked, :class:`CorruptModelError` otherwise),
     checked against the version's meta.json ``item_ids`` and ``dim``, against ``expected_dim``
     (the learner's: a version of another dimension is never served) and for NaN / Inf weights."""
-    from model.registry import CorruptModelError
+    from streamrec.model.registry import CorruptModelError
 
     data = registry.load_attachment(version, ITEMS_ATTACHMENT)
     try:

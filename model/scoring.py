@@ -29,7 +29,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from model.onnx_model import (
+from streamrec.model.onnx_model import (
     FORMAT,
     INPUT_ITEMS,
     INPUT_K,
@@ -101,7 +101,7 @@ def check_servable(registry: Any, version: str, expected_dim: int) -> None:
     ONNX graph against meta.json, NaN / Inf weights, the item table and the learner's dimension),
     so that an operator's ``promote`` / ``rollback`` refuses what the stream would refuse to load;
     raises :class:`ModelMismatchError` or :class:`model.registry.CorruptModelError`."""
-    from model.item_table import load_item_table
+    from streamrec.model.item_table import load_item_table
 
     data, meta = registry.load(version)
     ScoringModel.from_bytes(data, meta, providers=[CPU])

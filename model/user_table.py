@@ -78,7 +78,7 @@ def load_user_table(registry: Any, version: str, expected_dim: int) -> UserTable
     """The ``users.npz`` of ``version``, sha256-checked, of the learner's dimension and finite
     (:class:`model.registry.CorruptModelError` otherwise); a version exported before user
     snapshots were attached has none (:class:`model.registry.RegistryError`)."""
-    from model.registry import CorruptModelError, RegistryError
+    from streamrec.model.registry import CorruptModelError, RegistryError
 
     meta = registry.read_meta(version)
     if USERS_ATTACHMENT not in (meta.get("attachments") or {}):

@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-from streamrec.config import Config, ConfigError, describe, load_config
+from streamrec.core.config import Config, ConfigError, describe, load_config
 
 
 def _at_least(minimum: int):
@@ -85,7 +85,7 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 def ensure_kafka(cfg: Config, topics: list[str] | None = None) -> None:
     """Start/reuse the embedded broker (if no real Kafka is configured) and create topics."""
-    from streamrec import broker, kafka_io
+    from streamrec.runtime import broker, kafka_io
 
     status = broker.up(cfg, log=lambda m: print(m, file=sys.stderr))
     if status.embedded and not status.started:
@@ -94,7 +94,7 @@ def ensure_kafka(cfg: Config, topics: list[str] | None = None) -> None:
 
 
 def cmd_up(args, cfg: Config) -> int:
-    from streamrec import broker
+    from streamrec.runtime import broker
 
     status = broker.up(cfg, log=lambda m: print(m, file=sys.stderr))
     if not status.embedded:
@@ -103,7 +103,7 @@ def cmd_up(args, cfg: Config) -> int:
     elif not status.started:
         print(f"embedded broker already running (pid {status.pid})", file=sys.stderr)
     if not args.no_topics:
-        from streamrec.kafka_io import ensure_topics
+        from streamrec.runtime.kafka_io import ensure_topics
 
         ensure_topics(cfg)
     print(status.bootstrap)
@@ -111,14 +111,14 @@ def cmd_up(args, cfg: Config) -> int:
 
 
 def cmd_down(args, cfg: Config) -> int:
-    from streamrec import broker
+    from streamrec.runtime import broker
 
     broker.down(cfg)
     return 0
 
 
 def cmd_status(args, cfg: Config) -> int:
-    from streamrec import broker
+    from streamrec.runtime import broker
 
     st = broker.status(cfg)
     if st is None:
@@ -130,7 +130,7 @@ def cmd_status(args, cfg: Config) -> int:
 
 
 def cmd_topics(args, cfg: Config) -> int:
-    from streamrec.kafka_io import admin, ensure_topics
+    from streamrec.runtime.kafka_io import admin, ensure_topics
 
     if args.action == "create":
         ensure_kafka(cfg, [])
@@ -144,9 +144,10 @@ def cmd_topics(args, cfg: Config) -> int:
 
 
 def cmd_replay(args, cfg: Config) -> int:
-    from streamrec import assets, replay
+    from streamrec.runtime import assets
+    from streamrec import replay
 
-    from streamrec.kafka_io import topic_exists
+    from streamrec.runtime.kafka_io import topic_exists
 
     topic = args.topic or cfg.kafka.topics.raw
     configured = set(cfg.kafka.topics.model_dump().values())
@@ -175,7 +176,7 @@ def cmd_replay(args, cfg: Config) -> int:
 
 
 def cmd_consume(args, cfg: Config) -> int:
-    from streamrec.kafka_io import read_topic, topic_exists
+    from streamrec.runtime.kafka_io import read_topic, topic_exists
 
     if not topic_exists(cfg, args.topic):
         print(f"error: topic {args.topic!r} does not exist at {cfg.bootstrap_servers} "
@@ -197,7 +198,7 @@ def cmd_consume(args, cfg: Config) -> int:
 
 
 def cmd_run(args, cfg: Config) -> int:
-    from flink_jobs import pipeline
+    from streamrec.flink_jobs import pipeline
 
     try:
         if args.from_version:  # before a broker or a job is started for nothing
@@ -212,7 +213,7 @@ def cmd_run(args, cfg: Config) -> int:
 
 
 def cmd_sql(args, cfg: Config) -> int:
-    from flink_jobs.sql_query import QueryError, format_table, prepare_query
+    from streamrec.flink_jobs.sql_query import QueryError, format_table, prepare_query
 
     if args.file:
         try:
@@ -248,7 +249,7 @@ def cmd_demo(args, cfg: Config) -> int:
 
 
 def cmd_cluster(args, cfg: Config) -> int:
-    from streamrec import cluster
+    from streamrec.runtime import cluster
 
     if args.action == "up":
         cluster.up(cfg)
@@ -265,16 +266,16 @@ def cmd_cluster(args, cfg: Config) -> int:
 
 
 def cmd_submit(args, cfg: Config) -> int:
-    from streamrec import cluster
+    from streamrec.runtime import cluster
 
     ensure_kafka(cfg)
-    # The job's driver decides where it starts (flink_jobs/lineage.py): the latest retained
+    # The job's driver decides where it starts (runtime/lineage.py): the latest retained
     # checkpoint or recorded savepoint of this state dir, --from-savepoint, or --fresh.
     job_args = ["--no-wait"] + (["--bounded"] if args.bounded else []) + (["--fresh"] if args.fresh else [])
     if args.from_savepoint:
         job_args += ["--restore-from", args.from_savepoint]
     if args.from_version:
-        from flink_jobs.pipeline import FromVersionError, check_from_version
+        from streamrec.flink_jobs.pipeline import FromVersionError, check_from_version
 
         try:  # here, before submitting: the driver on the cluster would fail less visibly
             check_from_version(cfg, args.from_version)
@@ -287,26 +288,26 @@ def cmd_submit(args, cfg: Config) -> int:
     print(f"web UI: {cluster.rest_url(cfg)}/#/job/running/{job_id}/overview")
     # The features job (flink_jobs/features.py) is a job of its own: submitted once, it keeps
     # running across the pipeline's upgrades (a stop with savepoint and a resubmit).
-    from flink_jobs.features import JOB_NAME as FEATURES_JOB
+    from streamrec.flink_jobs.features import JOB_NAME as FEATURES_JOB
 
     running = cluster.running_jobs(cfg, FEATURES_JOB)
     if running:
         print(f"features job {running[0]} is running (left as it is)")
     else:
-        features_id = cluster.submit(cfg, job_module="flink_jobs.features", parallelism=args.parallelism,
+        features_id = cluster.submit(cfg, job_module="streamrec.flink_jobs.features", parallelism=args.parallelism,
                                      job_args=["--no-wait"] + (["--fresh"] if args.fresh else []))
         print(f"submitted features job {features_id}")
     return 0
 
 
 def cmd_stop(args, cfg: Config) -> int:
-    from streamrec import cluster
+    from streamrec.runtime import cluster
 
     if not args.savepoint:
         print("error: only `streamrec stop --savepoint JOB_ID` is supported (a stop without a "
               "savepoint loses the job's state; use the web UI to cancel)", file=sys.stderr)
         return 2
-    from flink_jobs import lineage
+    from streamrec.runtime import lineage
 
     name = cluster.job_name(cfg, args.job_id)
     path = cluster.stop_with_savepoint(cfg, args.job_id)
@@ -318,7 +319,7 @@ def cmd_stop(args, cfg: Config) -> int:
 def cmd_exporter(args, cfg: Config) -> int:
     import logging
 
-    from model.exporter import INPUTS, Exporter
+    from streamrec.model.exporter import INPUTS, Exporter
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -341,7 +342,7 @@ def cmd_exporter(args, cfg: Config) -> int:
 
 
 def _model_rows(reg) -> list[list[str]]:
-    from model.registry import CorruptModelError
+    from streamrec.model.registry import CorruptModelError
 
     current = reg.current()
     refused = reg.refusals()
@@ -376,7 +377,7 @@ def _refused_note(entries) -> str:
 def _model_document(reg) -> dict:
     """Every version with its creation time, training position, gate figures, status and sha256,
     plus CURRENT and the pin: one JSON document (`streamrec model list --json`)."""
-    from model.registry import CorruptModelError
+    from streamrec.model.registry import CorruptModelError
 
     current, pin = reg.current(), reg.pinned()
     refused = reg.refusals()
@@ -418,8 +419,8 @@ def _log_line(entry: dict) -> str:
 def cmd_model(args, cfg: Config) -> int:
     import getpass
 
-    from model.registry import Registry, RegistryError
-    from model.scoring import check_servable
+    from streamrec.model.registry import Registry, RegistryError
+    from streamrec.model.scoring import check_servable
 
     reg = Registry(cfg.paths_resolved.registry_dir, log_max_bytes=cfg.exporter.log_max_bytes,
                    log_keep=cfg.exporter.log_keep)
@@ -506,25 +507,18 @@ def cmd_eval(args, cfg: Config) -> int:
 
 
 def cmd_bench(args, cfg: Config) -> int:
-    # bench/ lives in the source checkout, not in the installed packages
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "bench" / "run_bench.py").is_file():
-        print(f"error: bench/run_bench.py not found under {root} (run from a source checkout)", file=sys.stderr)
-        return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     command = "streamrec " + " ".join(sys.argv[1:])
     if args.shards:
-        from bench.sharded import run_sharded
+        from streamrec.bench.sharded import run_sharded
 
         run_sharded(cfg, args.name or "sharded", command=command)
         return 0
     if args.scale:
-        from bench.scale import run_scale
+        from streamrec.bench.scale import run_scale
 
         run_scale(cfg, args.name or "scale", events=args.events, command=command)
         return 0
-    from bench.run_bench import run_bench
+    from streamrec.bench.run_bench import run_bench
 
     run_bench(cfg, name=args.name, limit=args.limit, latency_seconds=args.latency_seconds,
               latency_rate=args.latency_rate, skip_latency=args.skip_latency,
@@ -535,7 +529,7 @@ def cmd_bench(args, cfg: Config) -> int:
 
 
 def cmd_setup(args, cfg: Config) -> int:
-    from streamrec import assets
+    from streamrec.runtime import assets
 
     print(assets.check_java())
     if args.relock:  # after a version change in a POM: resolve afresh, rewrite the lock, review
@@ -689,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="fetch (Maven, PyPI) and verify the Kafka broker, the Flink "
                        "connector and ML-100k")
-    p.add_argument("--relock", action="store_true", help="re-resolve the POMs in streamrec/jvm/ "
+    p.add_argument("--relock", action="store_true", help="re-resolve the POMs in runtime/jvm/ "
                    "and rewrite their sha256 lock files (after a version change)")
     p.set_defaults(func=cmd_setup)
     sub.add_parser("config", help="print the effective configuration").set_defaults(func=cmd_config)
@@ -709,12 +703,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line for known failures; tracebacks only for bugs
-        from flink_jobs.lineage import LineageError
-        from flink_jobs.pipeline import JobFailedError
-        from streamrec.assets import AssetError
-        from streamrec.broker import BrokerError
-        from streamrec.cluster import ClusterError
-        from streamrec.kafka_io import KafkaSetupError
+        from streamrec.runtime.lineage import LineageError
+        from streamrec.flink_jobs.pipeline import JobFailedError
+        from streamrec.runtime.assets import AssetError
+        from streamrec.runtime.broker import BrokerError
+        from streamrec.runtime.cluster import ClusterError
+        from streamrec.runtime.kafka_io import KafkaSetupError
 
         if isinstance(exc, (AssetError, BrokerError, ClusterError, JobFailedError, KafkaSetupError,
                             LineageError)):

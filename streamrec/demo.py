@@ -22,8 +22,9 @@ import threading
 import time
 from collections import Counter
 
-from streamrec import assets, broker, kafka_io, replay
-from streamrec.config import Config, to_env
+from streamrec.runtime import assets, broker, kafka_io
+from streamrec import replay
+from streamrec.core.config import Config, to_env
 
 
 def _say(msg: str) -> None:
@@ -139,8 +140,8 @@ class Progress(threading.Thread):
 
 
 def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) -> int:
-    from flink_jobs import pipeline
-    from model.registry import Registry
+    from streamrec.flink_jobs import pipeline
+    from streamrec.model.registry import Registry
     from streamrec.evaluate import evaluate_topics
 
     started_at = time.monotonic()
@@ -191,7 +192,7 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
              f"{retention_rule(ex.retention, ex.retention_hourly_hours, ex.retention_daily_days)})")
         _say(counted)
         recs = [r.json() for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
-        from udfs.shard_model import MODEL, NONE, POPULARITY
+        from streamrec.udfs.shard_model import MODEL, NONE, POPULARITY
 
         by_strategy = Counter(r["strategy"] for r in recs)
         # every strategy, 0 included: `none` counts the events whose user had every known item
@@ -203,7 +204,7 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         else:
             _say(f"recommendations: {len(recs):,} records ({dict(strategies)}); served by "
                  f"{len(served)} model versions (hot swaps: {max(0, len(served) - 1)})")
-        from model.scoring import choose_providers
+        from streamrec.model.scoring import choose_providers
 
         _say(f"onnxruntime provider: {choose_providers(cfg.scoring.provider)[0]}")
         titles = replay.ml100k_titles(data_dir)

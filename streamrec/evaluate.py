@@ -35,7 +35,7 @@ from typing import Iterable
 
 import numpy as np
 
-from udfs.prequential import hit_rank, ndcg_of_rank
+from streamrec.udfs.prequential import hit_rank, ndcg_of_rank
 
 
 @dataclass
@@ -129,8 +129,8 @@ def evaluate(events: Iterable[dict], recommendations: Iterable[dict], k: int = 1
 
     popularity = reference = None
     if baselines:
-        from udfs.online_mf import OnlineMF
-        from udfs.popularity import Popularity
+        from streamrec.udfs.online_mf import OnlineMF
+        from streamrec.udfs.popularity import Popularity
 
         pop_model, ref_model = Popularity(window=popularity_window), OnlineMF(learner_cfg, snapshot_every=1)
         popularity, reference = Metrics(), Metrics()
@@ -159,7 +159,7 @@ def evaluate(events: Iterable[dict], recommendations: Iterable[dict], k: int = 1
 
 def evaluate_topics(cfg, k: int = 10, baselines: bool = True) -> EvalResult:
     """Read ``events.clean`` and ``recommendations`` (read_committed) and evaluate."""
-    from streamrec.kafka_io import read_topic
+    from streamrec.runtime.kafka_io import read_topic
 
     events = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
     recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from streamrec.config import Config
+from streamrec.core.config import Config
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def produce(cfg: Config, topic: str, items: Iterable[ReplayItem], total: int | N
     from confluent_kafka import KafkaException
     from tqdm import tqdm
 
-    from streamrec.kafka_io import producer
+    from streamrec.runtime.kafka_io import producer
 
     prod = producer(cfg)
     # connected before the clock starts: records produced while the client still connects (and

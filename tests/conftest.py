@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from streamrec import broker
-from streamrec.config import Config
+from streamrec.runtime import broker
+from streamrec.core.config import Config
 from tests.support import free_port, make_config
 
 

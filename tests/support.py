@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Hashable, Iterable, Iterator, Mapping
 
-from streamrec.config import Config, load_config, to_env
-from streamrec.kafka_io import read_topic
+from streamrec.core.config import Config, load_config, to_env
+from streamrec.runtime.kafka_io import read_topic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def make_config(state_dir: Path, port: int, **overrides) -> Config:
 def export_forced(cfg: Config, timeout_s: float = 60.0):
     """One forced export by a fresh exporter (catch up, export, close): the version it published,
     promoted without the gate."""
-    from model.exporter import Exporter
+    from streamrec.model.exporter import Exporter
 
     exporter = Exporter(cfg, force=True)
     try:
@@ -138,14 +138,14 @@ def account_recommendations(clean: list[dict], recs: list[dict]) -> Accounting:
 
 
 def account_ingestion(raw: list, clean: list[dict], dlq: list[dict]) -> Accounting:
-    """Every ``events.raw`` record (``streamrec.kafka_io.Record``) against ``events.clean`` and
+    """Every ``events.raw`` record (``streamrec.runtime.kafka_io.Record``) against ``events.clean`` and
     ``events.dlq``, keyed by partition and offset (both outputs carry ``src_partition`` /
     ``src_offset``): in exactly one of them, or ``dropped`` as a duplicate. Deduplication leaves
     no record of its own, so a raw record in neither output counts as dropped only if its
     ``event_id`` is in events.clean from another raw record that dedup saw first (an earlier
     offset of its partition, or another partition); otherwise it is lost.
 
-    >>> from streamrec.kafka_io import Record
+    >>> from streamrec.runtime.kafka_io import Record
     >>> raw = [Record("raw", 0, n, None, v, 0) for n, v in enumerate(
     ...     [b'{"event_id":"a"}', b'{"event_id":"a"}', b'nope', b'{"event_id":"b"}', b'{"event_id":"c"}'])]
     >>> clean = [dict(event_id="a", src_partition=0, src_offset=0), dict(event_id="b", src_partition=0, src_offset=3)]
@@ -196,7 +196,7 @@ def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[d
     """Committed records of ``topic`` once ``expected`` are there (or what is there at timeout)."""
     from confluent_kafka import KafkaException
 
-    from streamrec.kafka_io import KafkaSetupError
+    from streamrec.runtime.kafka_io import KafkaSetupError
 
     deadline = time.monotonic() + timeout_s
     while True:

@@ -42,7 +42,11 @@ def test_flink_runs_the_official_image_with_pyflink_and_the_connector():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert re.search(r"^FROM flink:2\.\d+\.\d+-java17$", dockerfile, re.M)
     assert "flink-connector.lock" in dockerfile and "sha256sum -c" in dockerfile
-    assert "/opt/flink/lib/" in dockerfile and "uv pip install -e ." in dockerfile
+    assert "/opt/flink/lib/" in dockerfile
+    # a regular install of the package (an editable one needs the source tree at run time)
+    assert "uv pip install -c constraints.txt ." in dockerfile and "pip install -e" not in dockerfile
+    for folder in ("streamrec", "core", "runtime", "flink_jobs", "udfs", "model", "sql"):
+        assert f"COPY {folder} ./{folder}" in dockerfile, folder
     # the jobs register the validation fast path by class name: the cluster needs the UDF jar
     assert "javac" in dockerfile and "udfs/jvm" in dockerfile and "streamrec-udfs.jar" in dockerfile
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable
 
-from streamrec.config import IngestConfig
+from streamrec.core.config import IngestConfig
 
 TYPES = (("views", "view"), ("clicks", "click"), ("carts", "cart"), ("purchases", "purchase"),
          ("ratings", "rating"))

@@ -37,8 +37,8 @@ from pyflink.common.time import Duration, Time
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from udfs import item_exchange, online_mf, state_codec
-from udfs.shard_model import Event, ShardModel, ShardSettings, decode_user
+from streamrec.udfs import item_exchange, online_mf, state_codec
+from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings, decode_user
 
 log = logging.getLogger("streamrec.operators")
 
@@ -92,7 +92,7 @@ class ShardLearner(KeyedProcessFunction):
         self.exchange_interval_ms = exchange_interval_ms
 
     def open(self, ctx: RuntimeContext):
-        from model.scoring import LiveScorer, choose_providers
+        from streamrec.model.scoring import LiveScorer, choose_providers
 
         self.params = online_mf.LearnerParams.of(None, **self.learner)
         self.providers = choose_providers(self.provider)
@@ -109,16 +109,16 @@ class ShardLearner(KeyedProcessFunction):
         self.reset_tables = None
         self.reset_keys: set[int] = set()  # keys known reset: the state is read once per key, not per batch
         if self.reset_to:
-            from model.item_table import load_item_table
-            from model.registry import Registry
-            from model.user_table import load_user_table
+            from streamrec.model.item_table import load_item_table
+            from streamrec.model.registry import Registry
+            from streamrec.model.user_table import load_user_table
 
             registry, version = Registry(self.registry_dir), self.reset_to["version"]
             self.reset_tables = (load_item_table(registry, version, expected_dim=self.params.dim),
                                  load_user_table(registry, version, expected_dim=self.params.dim).as_dict())
         self.watcher = None
         if self.serve == "registry":
-            from model.registry import CurrentModelWatcher, Registry
+            from streamrec.model.registry import CurrentModelWatcher, Registry
 
             self.registry = Registry(self.registry_dir)
             self.watcher = CurrentModelWatcher(self.registry, self._load_version,
@@ -146,8 +146,8 @@ class ShardLearner(KeyedProcessFunction):
         self.phase_totals = dict.fromkeys(self.phases, 0)
 
     def _load_version(self, model_bytes: bytes, meta: dict):
-        from model.item_table import load_item_table
-        from model.scoring import ScoringModel
+        from streamrec.model.item_table import load_item_table
+        from streamrec.model.scoring import ScoringModel
 
         import onnxruntime as ort
 

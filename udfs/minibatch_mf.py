@@ -36,8 +36,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from udfs.embeddings import init_vector, item_key
-from udfs.online_mf import LearnerParams
+from streamrec.udfs.embeddings import init_vector, item_key
+from streamrec.udfs.online_mf import LearnerParams
 
 _ADAGRAD_EPS = 1e-6
 _FLOAT16_MAX = float(np.finfo(np.float16).max)

@@ -56,7 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from udfs.embeddings import hash_uniforms, init_vector, item_key, user_key
+from streamrec.udfs.embeddings import hash_uniforms, init_vector, item_key, user_key
 
 __all__ = [
     "FORMAT_VERSION",
@@ -90,7 +90,7 @@ _ADAGRAD_EPS = 1e-6
 class LearnerParams:
     """The learner's hyper-parameters as a plain frozen dataclass (cheap to read per event).
 
-    Build it with :meth:`of` from a ``streamrec.config.LearnerConfig`` (or any object with the same
+    Build it with :meth:`of` from a ``streamrec.core.config.LearnerConfig`` (or any object with the same
     attribute names), optionally overriding fields; values are validated by ``LearnerConfig``.
 
     >>> LearnerParams.of(None, dim=8).dim
@@ -119,7 +119,7 @@ class LearnerParams:
             return cfg
         from pydantic import ValidationError
 
-        from streamrec.config import LearnerConfig
+        from streamrec.core.config import LearnerConfig
 
         if cfg is None:
             values: dict[str, Any] = {}

@@ -50,11 +50,11 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from udfs import online_mf
-from udfs.item_exchange import HALF_PRECISION, ItemDeltas
-from udfs.embeddings import init_vector, user_key
-from udfs.minibatch_mf import ItemTable, batch_step
-from udfs.seen_filter import SeenFilter, item_positions
+from streamrec.udfs import online_mf
+from streamrec.udfs.item_exchange import HALF_PRECISION, ItemDeltas
+from streamrec.udfs.embeddings import init_vector, user_key
+from streamrec.udfs.minibatch_mf import ItemTable, batch_step
+from streamrec.udfs.seen_filter import SeenFilter, item_positions
 
 #: ``strategy`` values of a recommendation record: ``none`` has no items, and its ``reason`` says why.
 MODEL, POPULARITY, NONE = "model", "popularity", "none"
@@ -179,7 +179,7 @@ class ShardModel:
         #: A registry version to serve instead of the live table (``scoring.serve = registry``).
         self.serving: Catalogue | None = None
         if scorer is None:
-            from model.scoring import LiveScorer
+            from streamrec.model.scoring import LiveScorer
 
             scorer = LiveScorer(params.dim)
         self.scorer = scorer

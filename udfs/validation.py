@@ -20,7 +20,7 @@ It never raises, whatever the bytes. Reason codes (docs/ingestion.md has the tab
 ``ts_out_of_range``        ``ts < ingest.min_ts_ms`` or ``ts > now_ms + ingest.max_future_ms``
 =========================  ==========================================================================
 
->>> from streamrec.config import IngestConfig
+>>> from streamrec.core.config import IngestConfig
 >>> cfg = IngestConfig()
 >>> validate(b'{"event_id":" e1 ","user_id":"u1","item_id":"i1","event_type":"VIEW","ts":5}', 0, 7, 10, cfg)
 CleanEvent(event_id='e1', user_id='u1', item_id='i1', event_type='view', rating=None, ts=5)
@@ -50,7 +50,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from streamrec.config import IngestConfig
+from streamrec.core.config import IngestConfig
 
 EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
 ID_FIELDS = ("event_id", "user_id", "item_id")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.run_bench import (
+from streamrec.bench.run_bench import (
     batch_histogram,
     batch_summary,
     cycled_events,
@@ -21,7 +21,7 @@ from bench.run_bench import (
     table,
     time_reached,
 )
-from bench.scale import zipf_weights
+from streamrec.bench.scale import zipf_weights
 
 
 def test_percentiles_interpolate_and_handle_empty():
@@ -126,7 +126,7 @@ def test_thread_cpu_reads_this_process_threads_and_groups_them():
     import os
     import time
 
-    from bench.run_bench import thread_cpu, thread_cpu_table
+    from streamrec.bench.run_bench import thread_cpu, thread_cpu_table
 
     before = thread_cpu(os.getpid())
     assert os.getpid() in before  # the main thread's id is the process id
@@ -146,7 +146,7 @@ def test_thread_cpu_reads_this_process_threads_and_groups_them():
 def test_thread_waits_read_schedstat_and_join_the_cpu_table():
     import os
 
-    from bench.run_bench import thread_cpu, thread_cpu_table, thread_waits
+    from streamrec.bench.run_bench import thread_cpu, thread_cpu_table, thread_waits
 
     waits = thread_waits(os.getpid())
     if not waits:

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from streamrec import broker, replay
-from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
+from streamrec.runtime import broker
+from streamrec import replay
+from streamrec.runtime.kafka_io import end_offsets, ensure_topics, read_topic
 from tests.support import StreamrecProcess as Run
 from tests.support import (account_ingestion, account_recommendations, fill_up, free_port, make_config,
                            planted_stream, small_filesystem)

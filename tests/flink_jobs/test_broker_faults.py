@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from flink_jobs import pipeline
-from streamrec import broker, replay
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.flink_jobs import pipeline
+from streamrec.runtime import broker
+from streamrec import replay
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import (account_ingestion, account_recommendations, free_port, make_config, planted_stream,
                            wait_for_records)
 
@@ -38,7 +39,7 @@ def _first_commit_after(cfg, since: float, timeout_s: float) -> float:
     and committed again: its recovery time as a reader sees it)."""
     from confluent_kafka import KafkaException
 
-    from streamrec.kafka_io import KafkaSetupError, end_offsets
+    from streamrec.runtime.kafka_io import KafkaSetupError, end_offsets
 
     def committed() -> int | None:
         try:

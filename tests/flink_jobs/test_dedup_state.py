@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from flink_jobs import features, ingest
-from flink_jobs.env import build_runtime
+from streamrec.flink_jobs import features, ingest
+from streamrec.flink_jobs.env import build_runtime
 from streamrec import replay
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@
 
 import os
 
-from flink_jobs import env
-from streamrec.config import load_config
+from streamrec.flink_jobs import env
+from streamrec.core.config import load_config
 
 
 def test_the_gateway_jvm_gets_the_low_priority_jit_and_keeps_the_users_options(monkeypatch):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from flink_jobs import features, lineage
-from streamrec.config import load_config
+from streamrec.flink_jobs import features
+from streamrec.runtime import lineage
+from streamrec.core.config import load_config
 
 
 @pytest.fixture

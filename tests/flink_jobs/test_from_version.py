@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flink_jobs import pipeline
-from model.item_table import ITEMS_ATTACHMENT, ItemTable
-from model.onnx_model import export_model_bytes
-from model.registry import Registry
-from model.user_table import USERS_ATTACHMENT, UserTable
+from streamrec.flink_jobs import pipeline
+from streamrec.model.item_table import ITEMS_ATTACHMENT, ItemTable
+from streamrec.model.onnx_model import export_model_bytes
+from streamrec.model.registry import Registry
+from streamrec.model.user_table import USERS_ATTACHMENT, UserTable
 from tests.support import make_config
 
 DIM = 4
@@ -62,7 +62,7 @@ def test_the_pin_is_set_once_per_run_so_a_rerun_after_a_crash_does_not_reset_aga
 
 def test_the_cli_refuses_before_starting_anything(fcfg, monkeypatch, capsys):
     from streamrec.cli import main
-    from streamrec.config import to_env
+    from streamrec.core.config import to_env
 
     for key, value in to_env(fcfg).items():
         monkeypatch.setenv(key, value)

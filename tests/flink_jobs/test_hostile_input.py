@@ -39,14 +39,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from flink_jobs import pipeline
-from model.item_table import load_item_table
-from model.registry import Registry
-from model.scoring import CPU, ScoringModel, check_servable
-from model.user_table import load_user_table
-from streamrec.kafka_io import ensure_topics, producer, read_topic
+from streamrec.flink_jobs import pipeline
+from streamrec.model.item_table import load_item_table
+from streamrec.model.registry import Registry
+from streamrec.model.scoring import CPU, ScoringModel, check_servable
+from streamrec.model.user_table import load_user_table
+from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
 from tests.support import account_recommendations, export_forced
-from udfs.validation import REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
+from streamrec.udfs.validation import REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from flink_jobs import features, ingest
-from streamrec.kafka_io import ensure_topics, producer, read_topic
-from udfs.features import event_weight, window_features
-from udfs.validation import CleanEvent, validate
+from streamrec.flink_jobs import features, ingest
+from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
+from streamrec.udfs.features import event_weight, window_features
+from streamrec.udfs.validation import CleanEvent, validate
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,8 @@ def test_feature_windows_are_complete_under_a_backlog(cfg):
     the order the ingestion read them, chunk after chunk: a watermark of the features job's own
     from `ts` would jump to the last quarter and make the earlier ones late there (checked: it
     loses rows); the pipeline's watermark the clean events carry must lose none."""
-    from streamrec import assets, replay
+    from streamrec.runtime import assets
+    from streamrec import replay
 
     events = replay.ml100k_events(assets.ml100k_dir(cfg))[:20_000]
     ensure_topics(cfg, ingest.ingestion_topics(cfg))

@@ -20,11 +20,11 @@ import time
 
 import pytest
 
-from flink_jobs import pipeline
+from streamrec.flink_jobs import pipeline
 from streamrec import replay
-from streamrec.kafka_io import end_offsets, read_topic
+from streamrec.runtime.kafka_io import end_offsets, read_topic
 from tests.support import StreamrecProcess, wait_for_records
-from udfs.shard_model import shard_of
+from streamrec.udfs.shard_model import shard_of
 
 pytestmark = pytest.mark.slow
 

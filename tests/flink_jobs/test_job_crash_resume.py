@@ -16,11 +16,12 @@ import time
 
 import pytest
 
-from flink_jobs import lineage
-from flink_jobs.pipeline import JOB_NAME
-from streamrec import assets, replay
-from streamrec.config import to_env
-from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
+from streamrec.runtime import lineage
+from streamrec.flink_jobs.pipeline import JOB_NAME
+from streamrec.runtime import assets
+from streamrec import replay
+from streamrec.core.config import to_env
+from streamrec.runtime.kafka_io import end_offsets, ensure_topics, read_topic
 from tests.support import StreamrecProcess as Run
 from tests.support import account_ingestion, account_recommendations
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from flink_jobs import pipeline
-from streamrec import assets, replay
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.flink_jobs import pipeline
+from streamrec.runtime import assets
+from streamrec import replay
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import account_recommendations
 
 pytestmark = pytest.mark.slow

@@ -15,15 +15,15 @@ import time
 import numpy as np
 import pytest
 
-from flink_jobs import pipeline
-from model.item_table import load_item_table
-from model.registry import Registry
-from model.user_table import load_user_table
+from streamrec.flink_jobs import pipeline
+from streamrec.model.item_table import load_item_table
+from streamrec.model.registry import Registry
+from streamrec.model.user_table import load_user_table
 from streamrec import replay
-from streamrec.kafka_io import end_offsets, ensure_topics, read_topic
+from streamrec.runtime.kafka_io import end_offsets, ensure_topics, read_topic
 from tests.support import account_recommendations, export_forced, planted_stream
-from udfs.embeddings import init_vector, user_key
-from udfs.online_mf import LearnerParams
+from streamrec.udfs.embeddings import init_vector, user_key
+from streamrec.udfs.online_mf import LearnerParams
 
 pytestmark = pytest.mark.slow
 

@@ -16,12 +16,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from flink_jobs import pipeline
+from streamrec.flink_jobs import pipeline
 from streamrec import replay
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import account_recommendations
-from udfs.online_mf import LearnerParams
-from udfs.shard_model import Event, ShardModel, ShardSettings
+from streamrec.udfs.online_mf import LearnerParams
+from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def _final_vectors(cfg, topic: str, key: str) -> dict[str, np.ndarray]:
 
 
 def _assert_same_as_core(cfg, clean: list[dict], recs: list[dict]) -> None:
-    from udfs.shard_model import decode_user
+    from streamrec.udfs.shard_model import decode_user
 
     shard, user_records, core_recs = _in_memory(cfg, clean, recs)
     users = _final_vectors(cfg, cfg.kafka.topics.model_users, "user_id")

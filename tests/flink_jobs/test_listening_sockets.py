@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs.env import build_runtime
-from streamrec.config import load_config
+from streamrec.flink_jobs.env import build_runtime
+from streamrec.core.config import load_config
 
 pytestmark = pytest.mark.slow
 

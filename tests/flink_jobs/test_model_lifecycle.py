@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from flink_jobs import pipeline
-from model.registry import Registry, version_number
+from streamrec.flink_jobs import pipeline
+from streamrec.model.registry import Registry, version_number
 from streamrec import replay
-from streamrec.config import to_env
+from streamrec.core.config import to_env
 from streamrec.demo import start_exporter, stop_process
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import planted_stream
 
 pytestmark = pytest.mark.slow

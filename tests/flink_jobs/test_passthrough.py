@@ -2,9 +2,9 @@
 
 import pytest
 
-from flink_jobs import passthrough
+from streamrec.flink_jobs import passthrough
 from streamrec import replay
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 
 pytestmark = pytest.mark.slow
 

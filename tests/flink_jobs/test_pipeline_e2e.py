@@ -15,17 +15,17 @@ import time
 
 import pytest
 
-from flink_jobs import pipeline
+from streamrec.flink_jobs import pipeline
 import numpy as np
 
-from model.item_table import ItemTable
-from model.onnx_model import export_model_bytes, popularity_prior
-from model.registry import Registry
+from streamrec.model.item_table import ItemTable
+from streamrec.model.onnx_model import export_model_bytes, popularity_prior
+from streamrec.model.registry import Registry
 from streamrec import replay
-from streamrec.config import to_env
+from streamrec.core.config import to_env
 from streamrec.demo import start_exporter, stop_process
 from streamrec.evaluate import evaluate
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import N_ITEMS, account_ingestion, account_recommendations, planted_stream, wait_for_records
 
 pytestmark = pytest.mark.slow

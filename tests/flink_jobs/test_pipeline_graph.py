@@ -7,8 +7,8 @@ sinks therefore run in a task of their own."""
 
 from __future__ import annotations
 
-from flink_jobs import pipeline
-from flink_jobs.env import build_runtime
+from streamrec.flink_jobs import pipeline
+from streamrec.flink_jobs.env import build_runtime
 
 
 def job_vertices(cfg) -> list[str]:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs import pipeline
-from streamrec import broker, replay
-from streamrec.kafka_io import admin, ensure_topics, read_topic
+from streamrec.flink_jobs import pipeline
+from streamrec.runtime import broker
+from streamrec import replay
+from streamrec.runtime.kafka_io import admin, ensure_topics, read_topic
 from tests.support import account_recommendations, export_forced, free_port, make_config, planted_stream
 
 pytestmark = pytest.mark.slow

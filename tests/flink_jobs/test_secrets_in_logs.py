@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flink_jobs import ingest
-from streamrec import broker, replay
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.flink_jobs import ingest
+from streamrec.runtime import broker
+from streamrec import replay
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import free_port, make_config, planted_stream
 
 pytestmark = pytest.mark.slow

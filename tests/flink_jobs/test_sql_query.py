@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from flink_jobs.sql_query import (DYNAMIC_OPTIONS, QueryError, check_read_only, query_environment,
+from streamrec.flink_jobs.sql_query import (DYNAMIC_OPTIONS, QueryError, check_read_only, query_environment,
                                   run_query)
-from streamrec.config import to_env
-from streamrec.kafka_io import ensure_topics, producer
+from streamrec.core.config import to_env
+from streamrec.runtime.kafka_io import ensure_topics, producer
 from tests.support import free_port, make_config
 
 pytestmark = pytest.mark.slow
@@ -94,8 +94,8 @@ def test_sql_front_door_exact_rows_and_clean_errors(cfg, capsys):
 
 
 def test_the_recommendations_table_reads_the_shards_records(cfg):
-    from udfs.online_mf import LearnerParams
-    from udfs.shard_model import Event, ShardModel, ShardSettings
+    from streamrec.udfs.online_mf import LearnerParams
+    from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
     # the stream's first event has nothing to recommend (a `none` record), the second gets a list
     shard = ShardModel(LearnerParams.of(None, dim=4, seed=1), ShardSettings(top_k=3))

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from flink_jobs import ingest
-from streamrec.kafka_io import ensure_topics, producer, read_topic
+from streamrec.flink_jobs import ingest
+from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
 from tests.validation_corpus import FIXED, ID_CASES, RECORD_TIMESTAMPS, SETTINGS, bound_cases, hypothesis_records
-from udfs.validation import CleanEvent, validate
+from streamrec.udfs.validation import CleanEvent, validate
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from model.exporter import FEATURE_ITEM_ID, FEATURE_POPULARITY, FORCE_ACTOR, Exporter
-from model.item_table import ITEMS_ATTACHMENT, load_item_table
-from model.user_table import USERS_ATTACHMENT
-from model.registry import Registry
-from streamrec import kafka_io
-from streamrec.config import to_env
+from streamrec.model.exporter import FEATURE_ITEM_ID, FEATURE_POPULARITY, FORCE_ACTOR, Exporter
+from streamrec.model.item_table import ITEMS_ATTACHMENT, load_item_table
+from streamrec.model.user_table import USERS_ATTACHMENT
+from streamrec.model.registry import Registry
+from streamrec.runtime import kafka_io
+from streamrec.core.config import to_env
 from tests.support import REPO
 
 pytestmark = pytest.mark.slow

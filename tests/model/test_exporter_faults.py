@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from model.item_table import load_item_table
-from model.registry import Registry
-from model.scoring import ScoringModel
-from streamrec.config import to_env
+from streamrec.model.item_table import load_item_table
+from streamrec.model.registry import Registry
+from streamrec.model.scoring import ScoringModel
+from streamrec.core.config import to_env
 from tests.model.test_exporter import World, _cfg, produce, produce_world
 from tests.support import REPO
 

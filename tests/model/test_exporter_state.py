@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from model import exporter as ex
-from model.exporter import (
+from streamrec.model import exporter as ex
+from streamrec.model.exporter import (
     FEATURE_ITEM_ID,
     FEATURE_POPULARITY,
     PIPELINE_JOB,
@@ -16,9 +16,9 @@ from model.exporter import (
     ExporterState,
     config_sha256,
 )
-from model.item_table import ITEMS_ATTACHMENT
-from model.user_table import load_user_table
-from model.registry import Registry, sha256_hex
+from streamrec.model.item_table import ITEMS_ATTACHMENT
+from streamrec.model.user_table import load_user_table
+from streamrec.model.registry import Registry, sha256_hex
 from tests.support import make_config
 
 
@@ -182,7 +182,7 @@ def test_every_meta_field_of_an_export(tmp_path, monkeypatch):
     text = (reg.path(version) / "meta.json").read_text()
     assert secret not in text
     meta = json.loads(text)
-    from flink_jobs.lineage import code_version
+    from streamrec.runtime.lineage import code_version
 
     assert meta["learner"] == exp.cfg.learner.model_dump(mode="json") and meta["learner"]["dim"] == 2
     assert meta["code_version"] == code_version() != ""
@@ -219,7 +219,7 @@ def test_no_checkpoint_or_an_unreadable_one_never_fails_an_export(tmp_path):
 
 
 def test_the_pipeline_job_name_is_the_pipelines():
-    from flink_jobs import pipeline  # pyflink: the exporter itself must not import it
+    from streamrec.flink_jobs import pipeline  # pyflink: the exporter itself must not import it
 
     assert PIPELINE_JOB == pipeline.JOB_NAME
 

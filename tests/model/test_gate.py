@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from model.gate import evaluate, evaluate_recall, gate_decision, run_gate
-from model.onnx_model import export_model_bytes
-from model.registry import Registry
-from model.scoring import ScoringModel
+from streamrec.model.gate import evaluate, evaluate_recall, gate_decision, run_gate
+from streamrec.model.onnx_model import export_model_bytes
+from streamrec.model.registry import Registry
+from streamrec.model.scoring import ScoringModel
 
 CPU = ["CPUExecutionProvider"]
 CLUSTERS, PER_CLUSTER, DIM, USERS = 10, 20, 16, 120

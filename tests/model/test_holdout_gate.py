@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from model.gate import BASELINE, HoldOutGate, check_candidate
-from model.onnx_model import build_scoring_model, export_model_bytes
-from model.registry import Registry
-from model.scoring import ScoringModel
+from streamrec.model.gate import BASELINE, HoldOutGate, check_candidate
+from streamrec.model.onnx_model import build_scoring_model, export_model_bytes
+from streamrec.model.registry import Registry
+from streamrec.model.scoring import ScoringModel
 from tests.model.test_gate import DIM, _world
 
 CPU = ["CPUExecutionProvider"]

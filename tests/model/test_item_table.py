@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from model.item_table import ITEMS_ATTACHMENT, ItemTable, load_item_table
-from model.onnx_model import export_model_bytes
-from model.registry import CorruptModelError, Registry, sha256_hex
+from streamrec.model.item_table import ITEMS_ATTACHMENT, ItemTable, load_item_table
+from streamrec.model.onnx_model import export_model_bytes
+from streamrec.model.registry import CorruptModelError, Registry, sha256_hex
 
 
 def _table(n=5, d=3, seed=0):

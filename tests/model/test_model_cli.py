@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from model.item_table import ITEMS_ATTACHMENT, ItemTable
-from model.onnx_model import export_model_bytes
-from model.registry import Registry
+from streamrec.model.item_table import ITEMS_ATTACHMENT, ItemTable
+from streamrec.model.onnx_model import export_model_bytes
+from streamrec.model.registry import Registry
 from streamrec.cli import main
 
 
@@ -141,8 +141,8 @@ def test_list_json_is_one_document_with_statuses_and_checksums(reg, capsys):
 def test_list_json_shows_what_an_export_recorded(reg, capsys, monkeypatch):
     import json
 
-    from model.exporter import Exporter, config_sha256
-    from streamrec.config import load_config
+    from streamrec.model.exporter import Exporter, config_sha256
+    from streamrec.core.config import load_config
 
     monkeypatch.setenv("STREAMREC_LEARNER__DIM", "3")
     monkeypatch.setenv("STREAMREC_EXPORTER__GATE_MIN_EVENTS", "0")
@@ -186,7 +186,7 @@ def _publish_broken(registry, vectors: np.ndarray, poison_graph: bool = False) -
     """A version whose files are intact (sha256 matches) but that no reader would serve."""
     from onnx import numpy_helper
 
-    from model.onnx_model import build_scoring_model
+    from streamrec.model.onnx_model import build_scoring_model
 
     n = len(vectors)
     table = ItemTable(np.array([f"i{j}" for j in range(n)]), vectors.astype(np.float32),

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from model.onnx_model import (
+from streamrec.model.onnx_model import (
     FORMAT,
     build_scoring_model,
     export_model_bytes,

@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import pytest
 
-from model.onnx_model import export_model_bytes
-from model.registry import (
+from streamrec.model.onnx_model import export_model_bytes
+from streamrec.model.registry import (
     CorruptModelError,
     CurrentModelWatcher,
     Registry,
     RegistryError,
     sha256_hex,
 )
-from model.scoring import ScoringModel
+from streamrec.model.scoring import ScoringModel
 
 CPU = ["CPUExecutionProvider"]
 
@@ -190,7 +190,7 @@ def test_watcher_keeps_previous_model_when_new_one_is_corrupt(tmp_path, caplog):
     raw = bytearray(model_file.read_bytes())
     raw[100] ^= 0x01
     model_file.write_bytes(bytes(raw))
-    with caplog.at_level(logging.ERROR, logger="model.registry"):
+    with caplog.at_level(logging.ERROR, logger="streamrec.model.registry"):
         assert not watcher.check()
         assert not watcher.check()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -303,7 +303,7 @@ def test_default_rollback_skips_versions_rejected_after_promotion(tmp_path):
 
 
 def test_a_rollback_pins_current_until_unpin_or_a_manual_promote(tmp_path):
-    from model.registry import PinnedError
+    from streamrec.model.registry import PinnedError
 
     reg = Registry(tmp_path)
     v1, v2, v3, v4 = (_publish(reg, seed=s) for s in range(4))
@@ -479,7 +479,7 @@ def test_a_rotated_log_keeps_the_pin_in_its_snapshot(tmp_path):
 
 
 def test_verify_checks_every_file(tmp_path):
-    from model.item_table import ITEMS_ATTACHMENT
+    from streamrec.model.item_table import ITEMS_ATTACHMENT
 
     reg = Registry(tmp_path)
     data, meta = _model()

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from model.exporter import Exporter
-from model.registry import Registry
+from streamrec.model.exporter import Exporter
+from streamrec.model.registry import Registry
 from tests.model.test_exporter import World, _cfg, produce, produce_world
 from tests.model.test_exporter_faults import _assert_registry_sound
 from tests.support import fill_up, small_filesystem

@@ -4,9 +4,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from model.onnx_model import export_model_bytes, item_offsets, numpy_topk, popularity_prior
-from model.registry import Registry
-from model.scoring import (
+from streamrec.model.onnx_model import export_model_bytes, item_offsets, numpy_topk, popularity_prior
+from streamrec.model.registry import Registry
+from streamrec.model.scoring import (
     ModelMismatchError,
     ProviderUnavailableError,
     ScoringModel,
@@ -105,8 +105,8 @@ def test_choose_providers():
 def test_a_graph_with_nan_weights_is_refused():
     from onnx import numpy_helper
 
-    from model.onnx_model import build_scoring_model
-    from model.scoring import ModelMismatchError, ScoringModel
+    from streamrec.model.onnx_model import build_scoring_model
+    from streamrec.model.scoring import ModelMismatchError, ScoringModel
 
     proto = build_scoring_model(np.ones((4, 3), np.float32), np.zeros(4, np.float32), np.zeros(4), 0.0)
     init = max(proto.graph.initializer, key=lambda i: numpy_helper.to_array(i).size)  # the item matrix

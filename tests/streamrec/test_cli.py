@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from streamrec import assets
+from streamrec.runtime import assets
 from streamrec.cli import main
-from streamrec.config import to_env
+from streamrec.core.config import to_env
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_sql_from_a_missing_file_is_a_clear_error(capsys):
 
 @pytest.mark.slow
 def test_missing_topics_are_errors_not_tracebacks_or_new_topics(cli_env, capsys):
-    from streamrec.kafka_io import topic_exists
+    from streamrec.runtime.kafka_io import topic_exists
 
     typo = cli_env.kafka.topics.raw + "-typo"
     for argv in (["consume", typo, "--follow"], ["consume", typo]):

@@ -3,8 +3,9 @@ from collections import defaultdict
 
 import pytest
 
-from streamrec import assets, replay
-from streamrec.kafka_io import ensure_topics, read_topic
+from streamrec.runtime import assets
+from streamrec import replay
+from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import make_config
 
 pytestmark = pytest.mark.slow

@@ -17,11 +17,11 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from streamrec import assets
+from streamrec.runtime import assets
 from streamrec.replay import encode_events
 from tests.support import REPO, free_port, make_config, planted_stream
 from tests.validation_corpus import FIXED, ID_CASES, NOW, SETTINGS, hypothesis_records, mostly
-from udfs.validation import CleanEvent, validate
+from streamrec.udfs.validation import CleanEvent, validate
 
 
 @pytest.fixture(scope="module")

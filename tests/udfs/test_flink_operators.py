@@ -6,8 +6,8 @@ import inspect
 from pyflink.common import Types
 from pyflink.common.typeinfo import MapTypeInfo
 
-from udfs import flink_operators
-from udfs.flink_operators import ShardLearner, _bytes_state, _map_state, state_descriptors
+from streamrec.udfs import flink_operators
+from streamrec.udfs.flink_operators import ShardLearner, _bytes_state, _map_state, state_descriptors
 
 #: Types whose values PyFlink hands to Java as they are: a pickled one (PICKLED_BYTE_ARRAY, and
 #: Row or Tuple types, which thread mode pickles too) is not among them.

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from udfs import item_exchange
-from udfs.minibatch_mf import ItemTable
-from udfs.online_mf import LearnerParams
-from udfs.shard_model import Event, ShardModel, ShardSettings, shard_of
+from streamrec.udfs import item_exchange
+from streamrec.udfs.minibatch_mf import ItemTable
+from streamrec.udfs.online_mf import LearnerParams
+from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings, shard_of
 
 
 def _events(n: int, seed: int = 5) -> list[Event]:

@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from streamrec.config import LearnerConfig
-from udfs.embeddings import hash_uniforms, init_vector
-from udfs.online_mf import (
+from streamrec.core.config import LearnerConfig
+from streamrec.udfs.embeddings import hash_uniforms, init_vector
+from streamrec.udfs.online_mf import (
     init_item_state,
     init_user_state,
     FORMAT_VERSION,
@@ -24,8 +24,8 @@ from udfs.online_mf import (
     user_state_to_bytes,
     user_step,
 )
-from udfs.popularity import Popularity
-from udfs.prequential import prequential
+from streamrec.udfs.popularity import Popularity
+from streamrec.udfs.prequential import prequential
 
 #: Documented bounds at dim 32: item = 283 bytes, user = 269 + sum(2 + len(id)) over recent ids.
 ITEM_BYTES_DIM32 = 283

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from udfs.popularity import Popularity
-from udfs.prequential import PrequentialMetrics, hit_rank, ndcg_of_rank, prequential
+from streamrec.udfs.popularity import Popularity
+from streamrec.udfs.prequential import PrequentialMetrics, hit_rank, ndcg_of_rank, prequential
 
 
 class ScriptedModel:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from udfs.seen_filter import SeenFilter, false_positive_rate, item_positions
+from streamrec.udfs.seen_filter import SeenFilter, false_positive_rate, item_positions
 
 
 def test_every_added_item_is_seen_and_false_positives_follow_the_formula():

@@ -3,12 +3,12 @@ import random
 import numpy as np
 import pytest
 
-from model.item_table import ItemTable as RegistryItems
-from model.onnx_model import export_model_bytes, popularity_prior
-from model.scoring import ScoringModel
-from udfs.online_mf import LearnerParams
-from udfs.popularity import Popularity
-from udfs.shard_model import Event, ShardModel, ShardSettings, decode_user, shard_of
+from streamrec.model.item_table import ItemTable as RegistryItems
+from streamrec.model.onnx_model import export_model_bytes, popularity_prior
+from streamrec.model.scoring import ScoringModel
+from streamrec.udfs.online_mf import LearnerParams
+from streamrec.udfs.popularity import Popularity
+from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings, decode_user, shard_of
 
 
 def _stream(n, users=30, items=60, seed=5):

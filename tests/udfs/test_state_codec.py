@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udfs.state_codec import CHANGELOG_FORMAT, decode_changelog, encode_changelog, refuse_unknown_format
+from streamrec.udfs.state_codec import CHANGELOG_FORMAT, decode_changelog, encode_changelog, refuse_unknown_format
 
 HOSTILE_IDS = {"", "a,b", ",", "nul\x00id", "\x00", "😀", "emoji 😀 id", '"quoted"', "back\\slash", "[1]",
                "new\nline", "\t", "lone \ud800 surrogate", "\udfff", "\x01[[],[],0]", "\u2028", "é" * 300}

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
-from streamrec.config import IngestConfig, load_config
+from streamrec.core.config import IngestConfig, load_config
 from tests.validation_corpus import ID_CASES, SETTINGS, NOW as CORPUS_NOW
-from udfs.validation import ID_FIELDS, REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
+from streamrec.udfs.validation import ID_FIELDS, REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
 
 CFG = IngestConfig(max_payload_bytes=512, dlq_payload_max_bytes=64, max_future_ms=1_000,
                    min_ts_ms=100)

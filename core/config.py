@@ -11,10 +11,11 @@ variables, where a double underscore separates a section from its key::
 >>> cfg = load_config(env={"STREAMREC_LEARNER__DIM": "16"}, config_file=None)
 >>> cfg.learner.dim
 16
->>> load_config(env={"STREAMREC_FLINK__STATE_BACKEND": "memory"}, config_file=None)
-Traceback (most recent call last):
-...
-streamrec.config.ConfigError: invalid configuration:
+>>> try:
+...     load_config(env={"STREAMREC_FLINK__STATE_BACKEND": "memory"}, config_file=None)
+... except ConfigError as exc:
+...     print(exc)
+invalid configuration:
   flink.state_backend = 'memory' (from STREAMREC_FLINK__STATE_BACKEND): must be one of 'rocksdb', 'hashmap'
 """
 

@@ -12,12 +12,13 @@ import time
 
 import pytest
 
-from flink_jobs import lineage, pipeline
+from streamrec.runtime import lineage
+from streamrec.flink_jobs import pipeline
 from tests.support import REPO, free_port, make_config
 
 HOLD = """
 import sys, time
-from flink_jobs import lineage
+from streamrec.runtime import lineage
 from tests.support import make_config
 cfg = make_config(sys.argv[1], int(sys.argv[2]))
 lineage.run_lock(cfg, "streamrec-pipeline").acquire()

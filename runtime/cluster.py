@@ -8,7 +8,7 @@ FLINK_PID_DIR, so the installed package is never modified. Our lib dir links Fli
 second Python job on a TaskManager fails with NoSuchFieldException loadedLibraryNames).
 ``down`` kills exactly the PIDs in our pid files.
 
-``submit`` runs ``flink run -py flink_jobs/pipeline.py`` against the local cluster or a remote
+``submit`` runs ``flink run -pym streamrec.flink_jobs.pipeline`` (the package shipped as one zip) against the local cluster or a remote
 JobManager (``flink.jobmanager_address``); ``stop_with_savepoint`` uses the CLI because PyFlink
 2.3's ``JobClient.stop_with_savepoint`` is broken.
 """
@@ -29,12 +29,10 @@ from pathlib import Path
 
 import pyflink
 
-from streamrec.assets import job_jars
-from streamrec.config import Config, to_env
+from streamrec.runtime.assets import job_jars
+from streamrec.core.config import Config, to_env
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
-REPO = Path(__file__).resolve().parent.parent
-PY_PACKAGES = ("streamrec", "flink_jobs", "udfs", "model")
 
 
 class ClusterError(RuntimeError):
@@ -209,17 +207,17 @@ def _flink_cli(cfg: Config, args: list[str], timeout: float = 300) -> subprocess
     env = {k: v for k, v in env.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
     addr = cfg.flink.jobmanager_address.strip() or f"localhost:{cfg.flink.rest_port}"
     cmd = ["bash", str(FLINK_HOME / "bin" / "flink"), *args[:1], "-m", addr, *args[1:]]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def submit(cfg: Config, job_module: str = "flink_jobs.pipeline", parallelism: int | None = None,
+def submit(cfg: Config, job_module: str = "streamrec.flink_jobs.pipeline", parallelism: int | None = None,
            job_args: list[str] | None = None) -> str:
     """Submit a job detached; returns its job id. The job runs with ``cfg`` (passed as env)."""
     flink = {"parallelism": parallelism} if parallelism else {}
     if not cfg.flink.jobmanager_address.strip():
         flink["ship_connector"] = False  # our standalone cluster has it in lib/
     cfg = cfg.model_copy(update={"flink": cfg.flink.model_copy(update=flink)})
-    args = ["run", "-d", "-pym", job_module, "-pyfs", ",".join(str(REPO / p) for p in PY_PACKAGES),
+    args = ["run", "-d", "-pym", job_module, "-pyfs", str(package_archive(cfg)),
             "-pyexec", sys.executable, "-pyclientexec", sys.executable]
     args += job_args or []
     proc = _flink_cli(cfg, args)
@@ -228,6 +226,35 @@ def submit(cfg: Config, job_module: str = "flink_jobs.pipeline", parallelism: in
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise ClusterError(f"flink run failed (exit {proc.returncode}):\n{tail}")
     return match.group(1)
+
+
+def package_archive(cfg: Config) -> Path:
+    """The ``streamrec`` package as one zip (``streamrec/...`` inside), for ``flink run -pyfs``.
+
+    Built from wherever the package is imported from, so an editable checkout (whose subpackages
+    live in the repository's top-level folders) and a regular install ship the same tree.
+    """
+    import importlib.util
+    import zipfile
+
+    import streamrec
+
+    roots = {"streamrec": Path(streamrec.__file__).parent}
+    for sub in ("core", "runtime", "udfs", "model", "flink_jobs", "sql"):
+        spec = importlib.util.find_spec(f"streamrec.{sub}")
+        roots[f"streamrec/{sub}"] = Path(next(iter(spec.submodule_search_locations)))
+    out = cfg.paths_resolved.cache_dir / "streamrec-package.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for prefix, root in roots.items():
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root)
+                if path.is_file() and "__pycache__" not in rel.parts and path.suffix in {".py", ".sql"} \
+                        and (prefix != "streamrec" or len(rel.parts) == 1):
+                    zf.write(path, f"{prefix}/{rel.as_posix()}")
+    os.replace(tmp, out)
+    return out
 
 
 def job_name(cfg: Config, job_id: str) -> str:

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamrec.config import Config
+from streamrec.core.config import Config
 
 #: The main class must be in the command line of the process we stop (guards against pid reuse).
 MAIN_CLASS = "kafka.Kafka"
@@ -139,7 +139,7 @@ def _write_config(cfg: Config) -> tuple[Path, Path]:
 
 
 def _java_cmd(cfg: Config, main: list[str], heap_mb: int) -> list[str]:
-    from streamrec.assets import check_java, kafka_broker_jars
+    from streamrec.runtime.assets import check_java, kafka_broker_jars
 
     check_java(min_major=17)
     bdir = broker_dir(cfg)

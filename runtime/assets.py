@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from streamrec.config import Config
+from streamrec.core.config import Config
 
 
 class AssetError(RuntimeError):
@@ -103,11 +103,11 @@ def _extract(asset: WheelAsset, wheel: Path, dest: Path) -> list[Path]:
 class MavenClasspath:
     """A set of jars resolved by ``mvn`` from a committed POM and pinned by a sha256 lock file."""
 
-    name: str  # directory under <cache_dir>/maven/ and the POM / lock file stem in streamrec/jvm/
+    name: str  # directory under <cache_dir>/maven/ and the POM / lock file stem in runtime/jvm/
 
     @property
     def pom(self) -> Path:
-        return Path(str(files("streamrec").joinpath("jvm", f"{self.name}.pom.xml")))
+        return Path(str(files("streamrec.runtime").joinpath("jvm", f"{self.name}.pom.xml")))
 
     @property
     def lock(self) -> Path:
@@ -205,7 +205,7 @@ UDF_SOURCES = "jvm"
 
 
 def _udf_sources() -> list[Path]:
-    root = Path(str(files("udfs").joinpath(UDF_SOURCES)))
+    root = Path(str(files("streamrec.udfs").joinpath(UDF_SOURCES)))
     return sorted(root.rglob("*.java"))
 
 

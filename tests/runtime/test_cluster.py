@@ -31,10 +31,10 @@ import urllib.request
 
 import pytest
 
-from streamrec import broker, cluster
+from streamrec.runtime import broker, cluster
 from streamrec.cli import main
-from streamrec.config import to_env
-from streamrec.kafka_io import ensure_topics, producer, read_topic
+from streamrec.core.config import to_env
+from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
 from tests.support import account_ingestion, account_recommendations, export_forced, free_port, make_config
 
 pytestmark = pytest.mark.slow

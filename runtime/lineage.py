@@ -34,7 +34,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from streamrec.config import Config
+from streamrec.core.config import Config
 
 LINEAGE_FILE = "lineage.json"
 

@@ -16,7 +16,7 @@ from typing import Iterator
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamrec.config import Config
+from streamrec.core.config import Config
 
 
 class KafkaSetupError(RuntimeError):

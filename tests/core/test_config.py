@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from streamrec.config import ConfigError, describe, load_config
+from streamrec.core.config import ConfigError, describe, load_config
 
 
 def test_defaults_use_the_embedded_broker():
@@ -93,7 +93,7 @@ def test_transaction_timeout_below_what_recovery_needs_is_refused():
 
 
 def test_restart_strategy_reaches_the_flink_configuration(tmp_path):
-    from flink_jobs.env import flink_configuration
+    from streamrec.flink_jobs.env import flink_configuration
 
     cfg = load_config(config_file=None, env={}, overrides={
         "paths.state_dir": str(tmp_path), "flink.restart_attempts": 0,
@@ -106,7 +106,7 @@ def test_restart_strategy_reaches_the_flink_configuration(tmp_path):
 
 
 def test_extra_flink_settings_from_env_win_over_derived_ones(tmp_path):
-    from flink_jobs.env import flink_configuration
+    from streamrec.flink_jobs.env import flink_configuration
 
     cfg = load_config(config_file=None, env={
         "STREAMREC_PATHS__STATE_DIR": str(tmp_path), "STREAMREC_FLINK__SHIP_CONNECTOR": "false",
@@ -132,9 +132,9 @@ SECRET = "s3cr3t-'\"quote-XYZ"
 def test_a_secret_never_appears_in_printed_config_or_unescaped_in_sql(capsys, monkeypatch):
     """The password reaches both clients, but `streamrec config`, the job's start-up lines and
     the generated SQL never show it raw (the SQL holds it only as an escaped literal)."""
-    from flink_jobs.env import kafka_sink_options, kafka_source_options
+    from streamrec.flink_jobs.env import kafka_sink_options, kafka_source_options
     from streamrec.cli import main
-    from streamrec.kafka_io import _base
+    from streamrec.runtime.kafka_io import _base
 
     env = {"STREAMREC_KAFKA__SECURITY__PROTOCOL": "SASL_SSL",
            "STREAMREC_KAFKA__SECURITY__SASL_MECHANISM": "SCRAM-SHA-512",
@@ -159,7 +159,7 @@ def test_secrets_in_property_maps_are_masked_whatever_their_last_segment(tmp_pat
     """A JAAS line passed as a client property (``...sasl.jaas.config``: its last segment is
     ``config``) and the embedded broker's inline PEM key (``ssl.keystore.key``) were printed in
     clear by `streamrec config` and at every job start; the exporter's metadata drops them."""
-    from model.exporter import redacted_config
+    from streamrec.model.exporter import redacted_config
     from streamrec.cli import main
 
     jaas = f"org.apache.kafka.common.security.scram.ScramLoginModule required password=\"{SECRET}\";"

@@ -1,4 +1,4 @@
-"""Where a run starts (flink_jobs/lineage.py), on checkpoint directories laid out as Flink lays
+"""Where a run starts (runtime/lineage.py), on checkpoint directories laid out as Flink lays
 them out (``<job dir>/<job id>/chk-N/_metadata``)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from flink_jobs import lineage
-from streamrec.config import load_config
+from streamrec.runtime import lineage
+from streamrec.core.config import load_config
 
 JOB = "streamrec-pipeline"
 

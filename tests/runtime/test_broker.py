@@ -2,8 +2,8 @@ import socket
 
 import pytest
 
-from streamrec import broker
-from streamrec.kafka_io import ensure_topics, admin
+from streamrec.runtime import broker
+from streamrec.runtime.kafka_io import ensure_topics, admin
 from tests.support import free_port, make_config
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_topics_created_with_configured_partitions(cfg):
 
 def test_data_survives_down_and_up(tmp_path):
     from streamrec import replay
-    from streamrec.kafka_io import read_topic
+    from streamrec.runtime.kafka_io import read_topic
 
     cfg = make_config(tmp_path, free_port())
     broker.up(cfg, log=lambda m: None)
@@ -102,7 +102,7 @@ def test_busy_controller_port_and_port_clash_fail_clearly(tmp_path):
 
 
 def test_out_of_range_port_is_a_config_error(tmp_path):
-    from streamrec.config import ConfigError
+    from streamrec.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="embedded.port = 80"):
         make_config(tmp_path, 80)
