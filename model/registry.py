@@ -117,6 +117,10 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: The keys every registry.log entry has (the rest are an action's extras).
+_LOG_KEYS = frozenset({"ts", "action", "version", "from", "actor", "reason", "pin"})
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -222,13 +226,60 @@ class Registry:
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._finish_interrupted_change()
             yield
         finally:
             os.close(fd)  # closing releases the lock
 
+    def _finish_interrupted_change(self) -> None:
+        """Redo a CURRENT change that was logged but not carried out (a writer killed between
+        the two: the log is written first). Under the lock, before any other change.
+
+        The last log line is a ``promote`` or ``rollback`` whose version CURRENT does not name
+        while CURRENT is older than that line: set CURRENT (and, for a pinning rollback, the pin).
+        A CURRENT written after the line (by hand) is left alone, as everywhere else."""
+        last = self._last_log_entry()
+        if last is None or last.get("action") not in {"promote", "rollback"}:
+            return
+        version = last.get("version")
+        if not isinstance(version, str) or not (self.root / version).is_dir():
+            return
+        try:
+            logged_at = datetime.fromisoformat(last["ts"]).timestamp()
+            current_at = (self.root / CURRENT_FILE).stat().st_mtime
+        except FileNotFoundError:
+            current_at = float("-inf")
+        except (KeyError, TypeError, ValueError):
+            return
+        if self.current() != version and current_at < logged_at:
+            self._set_current(version)
+            log.warning("registry %s: finished an interrupted %s: CURRENT = %s", self.root,
+                        last["action"], version)
+        if last["action"] == "rollback" and last.get("pin") and self.current() == version \
+                and not (self.root / PIN_FILE).exists():
+            self._write_pin(version, last.get("actor", "operator"), last.get("reason", ""),
+                            {k: v for k, v in last.items() if k not in _LOG_KEYS})
+            self._append_log("pin", version, last.get("from"), last.get("actor", "operator"),
+                             last.get("reason", ""))
+
+    def _last_log_entry(self) -> dict[str, Any] | None:
+        path = self.root / LOG_FILE
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65_536))
+                tail = f.read()
+        except FileNotFoundError:
+            return None
+        entries = self._parse_lines(tail.decode("utf-8", "replace").splitlines()[-2:])
+        return entries[-1] if entries else None
+
     def _append_log(
-        self, action: str, version: str | None, frm: str | None, actor: str, reason: str, **extra: Any
+        self, action: str, version: str | None, frm: str | None, actor: str, reason: str,
+        rotate: bool = True, **extra: Any,
     ) -> None:
+        """One line, fsynced. ``rotate=False`` for a line whose change is still to be carried
+        out (the rotation's snapshot must see it done): :meth:`_rotate_if_due` follows it."""
         entry = {"ts": _now_iso(), "action": action, "version": version, "from": frm,
                  "actor": actor, "reason": reason}
         entry.update(extra)
@@ -237,9 +288,13 @@ class Registry:
         try:
             os.write(fd, line)  # one write of one line: O_APPEND keeps lines whole
             os.fsync(fd)
-            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        if rotate:
+            self._rotate_if_due()
+
+    def _rotate_if_due(self) -> None:
+        size = (self.root / LOG_FILE).stat().st_size
         if self.log_max_bytes and size > self.log_max_bytes:
             self._rotate_log(size)
 
@@ -609,6 +664,10 @@ class Registry:
     def _set_current(self, version: str) -> None:
         _write_file_atomic(self.root / CURRENT_FILE, f"{version}\n".encode())
 
+    def _write_pin(self, version: str, actor: str, reason: str, extra: dict[str, Any]) -> None:
+        _write_file_atomic(self.root / PIN_FILE, _json_bytes(
+            {"version": version, "actor": actor, "reason": reason, "ts": _now_iso(), **extra}))
+
     def promote(
         self, version: str, actor: str, reason: str, figures: dict[str, Any] | None = None,
         log_extra: dict[str, Any] | None = None, end_pin: bool = False,
@@ -642,9 +701,11 @@ class Registry:
                      **(log_extra or {})})
 
             self._update_meta(version, change)
-            self._set_current(version)
             extra = {**({"figures": _brief(figures)} if figures else {}), **(log_extra or {})}
-            self._append_log("promote", version, previous, actor, reason, **extra)
+            # logged first: a writer killed in between leaves a change the next one finishes
+            self._append_log("promote", version, previous, actor, reason, rotate=False, **extra)
+            self._set_current(version)
+            self._rotate_if_due()
         log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
 
     def _record_decision(self, version: str, status: str, action: str, reason: str,
@@ -711,12 +772,13 @@ class Registry:
             self._update_meta(target, lambda m: m.setdefault("history", []).append(
                 {"ts": _now_iso(), "action": "rollback", "actor": actor, "reason": reason,
                  **(log_extra or {})}))
+            # logged first (with whether it pins): _finish_interrupted_change completes it
+            self._append_log("rollback", target, previous, actor, reason, rotate=False, pin=pin,
+                             **(log_extra or {}))
             self._set_current(target)
-            self._append_log("rollback", target, previous, actor, reason, **(log_extra or {}))
+            self._rotate_if_due()
             if pin:
-                _write_file_atomic(self.root / PIN_FILE, _json_bytes(
-                    {"version": target, "actor": actor, "reason": reason, "ts": _now_iso(),
-                     **(log_extra or {})}))
+                self._write_pin(target, actor, reason, log_extra or {})
                 self._append_log("pin", target, previous, actor, reason, **(log_extra or {}))
         log.warning("registry %s: rolled back %s -> %s by %s: %s", self.root, previous, target, actor, reason)
         return target
