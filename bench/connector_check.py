@@ -2,7 +2,7 @@
 exercise the connector (pass-through exact count, the pipeline across a broker kill -9 and a clean
 restart) with a given ``flink-sql-connector-kafka`` version instead of the locked one.
 
-    .venv/bin/python -m bench.connector_check 4.0.1-2.0 5.0.0-2.2
+    .venv/bin/python -m streamrec.bench.connector_check 4.0.1-2.0 5.0.0-2.2
 
 Evidence for the choice in ``runtime/jvm/flink-connector.pom.xml``; results in docs/kafka.md.
 """
@@ -53,7 +53,7 @@ def main(versions: list[str]) -> int:
     rows = []
     for version in versions:  # one process per version: one PyFlink gateway JVM per connector
         started = time.monotonic()
-        code = subprocess.run([sys.executable, "-m", "bench.connector_check", "--one", version]).returncode
+        code = subprocess.run([sys.executable, "-m", "streamrec.bench.connector_check", "--one", version]).returncode
         rows.append((version, code, time.monotonic() - started))
     for version, code, seconds in rows:
         print(f"{version:12s} {'PASS' if code == 0 else f'FAIL (pytest exit {code})'} in {seconds:.0f} s")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/learner_choice.py PATH/ml-100k.inter [--only NAME ...] [--jobs N] [--limit N]
+    python -m streamrec.bench.learner_choice PATH/ml-100k.inter [--only NAME ...] [--jobs N] [--limit N]
 
 ``PATH`` is a RecBole-style ``.inter`` file (tab-separated, header
 ``user_id:token item_id:token rating:float timestamp:float``). Events are sorted by timestamp
@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
-
-from streamrec.udfs.online_mf import OnlineMF  # noqa: E402
-from streamrec.udfs.popularity import Popularity  # noqa: E402
-from streamrec.udfs.prequential import prequential  # noqa: E402
+from streamrec.udfs.online_mf import OnlineMF
+from streamrec.udfs.popularity import Popularity
+from streamrec.udfs.prequential import prequential
 
 #: Every OnlineMF row starts from LearnerConfig()'s defaults (the chosen setting: softmax,
 #: popularity-sampled negatives=8, sgd lr=0.2, reg=0.001, dim=32, popularity_prior=0.5) and

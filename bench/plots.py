@@ -1,6 +1,6 @@
 """Plots of a ``streamrec bench`` result (matplotlib, Agg backend: no display needed).
 
-    python bench/plots.py bench/results/2025-01-01-ml100k.json   # re-draws the .png next to it
+    python -m streamrec.bench.plots bench/results/2025-01-01-ml100k.json   # re-draws the .png next to it
 
 One PNG, six panels: rolling recall@10 over the stream (pipeline, popularity, sequential
 reference); recommendations per second over the throughput run; latency p50/p99 per second of

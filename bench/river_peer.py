@@ -18,42 +18,65 @@ from __future__ import annotations
 import random
 import sys
 import time
+from typing import Iterable
 
 import numpy as np
+
+from streamrec.udfs.base import Recommender
+
+
+class RiverBiasedMF(Recommender):
+    """River's ``reco.BiasedMF`` as a :class:`udfs.base.Recommender`: each event is learned as
+    ``y = 1``, then ``negatives`` items drawn uniformly from those known before it as ``y = 0``;
+    a list scores every known item (one ``predict_one`` each)."""
+
+    def __init__(self, negatives: int = 4, seed: int = 42) -> None:
+        from river import optim, reco
+
+        self.model = reco.BiasedMF(n_factors=32, bias_optimizer=optim.SGD(0.025),
+                                   latent_optimizer=optim.SGD(0.05),
+                                   latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed),
+                                   l2_bias=0.0, l2_latent=0.001, seed=seed)
+        self.negatives = negatives
+        self.rng = random.Random(seed)
+        self.items: list[str] = []  # known items, in order of arrival
+        self.known: set[str] = set()
+        self.seen: dict[str, set[str]] = {}
+
+    def learn_one(self, user: str, item: str, weight: float = 1.0, event_id: str | None = None) -> None:
+        user, item = str(user), str(item)
+        self.model.learn_one(user, item, 1.0)
+        for _ in range(self.negatives if self.items else 0):
+            self.model.learn_one(user, self.items[self.rng.randrange(len(self.items))], 0.0)
+        self.seen.setdefault(user, set()).add(item)
+        if item not in self.known:
+            self.known.add(item)
+            self.items.append(item)
+
+    def recommend(self, user: str, k: int = 10, exclude_seen: bool = True,
+                  exclude: Iterable[str] | None = None) -> list[str]:
+        banned = set(exclude or ())
+        if exclude_seen:
+            banned |= self.seen.get(str(user), set())
+        candidates = [i for i in self.items if i not in banned]
+        scores = np.fromiter((self.model.predict_one(user, i) for i in candidates), np.float64, len(candidates))
+        return [candidates[n] for n in np.argsort(-scores, kind="stable")[:max(k, 0)]]
 
 
 def river_peer(events: list[dict], k: int = 10, negatives: int = 4, seed: int = 42) -> dict:
     """Prequential recall@k and events/s of River's BiasedMF over ``events`` (dicts with
     ``user_id``, ``item_id``), in stream order."""
-    from river import optim, reco
-
     import river
 
-    model = reco.BiasedMF(n_factors=32, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.05),
-                          latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed),
-                          l2_bias=0.0, l2_latent=0.001, seed=seed)
-    rng = random.Random(seed)
-    items: list[str] = []
-    known: set[str] = set()
-    seen: dict[str, set[str]] = {}
+    model = RiverBiasedMF(negatives, seed)
     evaluated = hits = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for ev in events:
         user, item = str(ev["user_id"]), str(ev["item_id"])
-        history = seen.setdefault(user, set())
-        if item not in history and items:
-            candidates = [i for i in items if i not in history]
-            scores = np.fromiter((model.predict_one(user, i) for i in candidates), np.float64, len(candidates))
-            top = np.argsort(-scores, kind="stable")[:k]
+        if item not in model.seen.get(user, ()) and model.items:
             evaluated += 1
-            hits += item in {candidates[n] for n in top}
-        model.learn_one(user, item, 1.0)
-        for _ in range(negatives if items else 0):
-            model.learn_one(user, items[rng.randrange(len(items))], 0.0)
-        history.add(item)
-        if item not in known:
-            known.add(item)
-            items.append(item)
+            hits += item in model.recommend(user, k)
+        model.learn_one(user, item)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"library": f"river {river.__version__}", "model": "reco.BiasedMF (32 factors, y=1 + "
             f"{negatives} uniform negatives with y=0)", "events": len(events), "evaluated": evaluated,

@@ -1,37 +1,39 @@
-"""Scale benchmark: how the costs grow with the catalogue and the id space (no Flink, no Kafka).
+"""Scale benchmark: how the learner's costs grow with the catalogue and the id space (no Flink, no Kafka).
 
-    python bench/scale.py [--name NAME] [--events 200000] [--items 10000 100000]
+    python -m streamrec.bench.scale [--name NAME] [--events 200000] [--items 1682 10000 100000] [--out DIR]
     streamrec bench --scale                     (the same, from the CLI)
 
-1. **Scoring cost as items grow**: a real ONNX scoring graph (:mod:`model.onnx_model`) with N
-   random item vectors at the configured ``learner.dim``, loaded in onnxruntime exactly as the
-   Scorer does (:class:`model.scoring.ScoringModel`), top-K with each user's 20 recent items
-   excluded; batches of 1 (one call per record) and of ``scoring.batch_size`` (64): per-call
-   latency and users scored per second.
-2. **State bytes per key** at the configured dim: the serialised user / item states
-   (``udfs.online_mf.*_to_bytes``) and what the operators actually store (the bytes pickled by
-   ``Types.PICKLED_BYTE_ARRAY``, plus the small meta states).
-3. **Learner throughput on a synthetic Zipf stream**: 1M users / 100k items id space, Zipf
-   popularity (s = 1.1 for items, 0.8 for users), ``--events`` events through the pure-Python
-   core the Flink operators wrap: state decode, ``user_step``, state encode, then ``item_step``
-   with decode/encode for every item update (1 positive + ``negatives``), against an item snapshot
-   of all items. That is the per-event Python work of UserLearner + ItemLearner without Flink's
-   state backend and serialisation between operators.
+1. **Scoring cost as items grow**: the call that scores a micro-batch against the shard's live item
+   table (:class:`model.scoring.LiveScorer`, as :class:`udfs.shard_model.ShardModel` makes it with
+   ``scoring.serve = live``), N random item vectors at ``learner.dim``, each user's top K + 16
+   (the shard's first fetch, before any fetch by history size); batches of 1, 64 and
+   ``scoring.max_batch_events`` users, with ``scoring.ort_threads`` intra-op threads and with
+   onnxruntime's default pool: per-call latency and users scored per second.
+2. **State bytes per key** as the ShardLearner's keyed state stores them (plain bytes, no pickle:
+   udfs/state_codec.py): a user record (:func:`udfs.shard_model.encode_user`: vector, AdaGrad
+   sums and the seen filter of ``scoring.seen_filter_bits``, so the same size whatever the
+   history) and an item record (:meth:`udfs.minibatch_mf.ItemTable.encode`; with the item
+   exchange it also carries the steps not yet sent).
+3. **Learner core on a synthetic Zipf stream**: a 1M-user / 100k-item id space, Zipf popularity
+   (s = 1.1 for items, 0.8 for users), ``--events`` events through :meth:`ShardModel.process` in
+   micro-batches of ``scoring.max_batch_events``, the users' records passed in and out as the
+   bytes the operator keeps: the ShardLearner's Python work per event without Flink (no state
+   backend, no JVM batching, no sinks), as the catalogue grows towards 100k items.
 
-Writes ``bench/results/<date>-<name>.json`` (+ ``.png``) and prints a table; ~2-4 minutes here.
+Writes ``<out_dir>/<date>-<name>.json`` (+ ``.png``; ``out_dir``: ``bench/results`` under the
+working directory unless given) and prints a table.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
+#: The shard's first fetch beyond K (udfs/shard_model.py fetches K + 16 for every event of a batch).
+FIRST_FETCH_MARGIN = 16
 
 
 def zipf_weights(n: int, s: float) -> np.ndarray:
@@ -56,152 +58,125 @@ def _timed(fn, min_s: float = 2.0, min_calls: int = 5) -> list[float]:
     return times
 
 
-def scoring_cost(items_list: list[int], dim: int, k: int, batches: list[int], recent: int = 20,
+def scoring_cost(items_list: list[int], dim: int, k: int, batches: list[int], ort_threads: list[int],
                  seed: int = 7, min_s: float = 2.0, say=print) -> list[dict]:
-    from streamrec.model.onnx_model import export_model_bytes, popularity_prior
-    import onnxruntime as ort
-
-    from streamrec.model.scoring import ScoringModel, choose_providers
+    """Per catalogue size, batch size and onnxruntime thread count (0: its default pool): the
+    live table's top-(K + 16) call, timed."""
+    from streamrec.model.onnx_model import popularity_prior
+    from streamrec.model.scoring import LiveScorer, choose_providers
 
     rng = np.random.default_rng(seed)
+    scorers = {threads: LiveScorer(dim, choose_providers("cpu"), threads) for threads in ort_threads}
     rows = []
     for n in items_list:
         vectors = (rng.standard_normal((n, dim)) * 0.1).astype(np.float32)
-        pop = (zipf_weights(n, 1.1) * 1e6).astype(np.float32)
-        t = time.perf_counter()
-        blob = export_model_bytes(vectors, np.zeros(n, np.float32), popularity_prior(pop), 0.1)
-        build_s = time.perf_counter() - t
-        ids = [f"i{j}" for j in range(n)]
-        t = time.perf_counter()
-        meta = {"version": "bench", "item_ids": ids, "dim": dim}
-        model = ScoringModel.from_bytes(blob, meta, providers=choose_providers("cpu"))
-        load_s = time.perf_counter() - t
-        one = ort.SessionOptions()
-        one.intra_op_num_threads = 1
-        single = ScoringModel.from_bytes(blob, meta, providers=choose_providers("cpu"), session_options=one)
-        for b, threads in [(b, th) for b in batches for th in ("default", "1")]:
-            scorer = model if threads == "default" else single
+        offsets = (0.5 * popularity_prior(zipf_weights(n, 1.1) * 1e6)).astype(np.float32)
+        fetch = min(n, k + FIRST_FETCH_MARGIN)
+        for b, threads in [(b, th) for b in batches for th in ort_threads]:
             users = (rng.standard_normal((b, dim)) * 0.3).astype(np.float32)
-            excl = [set(rng.choice(ids, recent, replace=False).tolist()) for _ in range(b)]
-            times = _timed(lambda: scorer.topk(users, k, exclude=excl), min_s=min_s)
+            scorer = scorers[threads]
+            times = _timed(lambda: scorer.topk(users, vectors, offsets, fetch), min_s=min_s)
             per_call = np.asarray(times) * 1000.0
-            row = {"items": n, "batch": b, "ort_intra_op_threads": threads, "calls": len(times),
+            label = str(threads) if threads else "default"
+            row = {"items": n, "batch": b, "ort_intra_op_threads": label, "fetch": fetch, "calls": len(times),
                    "call_ms_p50": round(float(np.percentile(per_call, 50)), 3),
                    "call_ms_p99": round(float(np.percentile(per_call, 99)), 3),
                    "records_per_s": round(b / float(np.mean(times)), 1),
-                   "records_per_s_at_p50": round(b / float(np.percentile(times, 50)), 1),
-                   "model_bytes": len(blob), "build_s": round(build_s, 3), "load_s": round(load_s, 3)}
+                   "records_per_s_at_p50": round(b / float(np.percentile(times, 50)), 1)}
             rows.append(row)
-            say(f"scoring: {n:>7,} items, batch {b:>3}, ORT threads {threads:>7}: {row['call_ms_p50']:8.3f} "
+            say(f"scoring: {n:>7,} items, batch {b:>3}, ORT threads {label:>7}: {row['call_ms_p50']:8.3f} "
                 f"ms/call p50, {row['records_per_s']:>10,.0f} users/s (mean), "
                 f"{row['records_per_s_at_p50']:>10,.0f} at p50")
     return rows
 
 
 def state_sizes(cfg) -> dict:
-    from streamrec.udfs import online_mf
-    from streamrec.udfs.online_mf import init_item_state, init_user_state
+    """Bytes of one user record and one item record at the configured dim and seen filter."""
+    from streamrec.udfs.embeddings import init_vector, user_key
+    from streamrec.udfs.minibatch_mf import ItemTable
+    from streamrec.udfs.online_mf import LearnerParams
+    from streamrec.udfs.seen_filter import SeenFilter
+    from streamrec.udfs.shard_model import UserRecord, encode_user
 
-    p = online_mf.LearnerParams.of(cfg.learner)
-    out = {"dim": p.dim, "recent_items_max": p.recent_items}
-    user = init_user_state("123456", p)
-    for n in (0, 10, p.recent_items):
-        s = online_mf.UserState(user.vector, user.accum, [f"{100000 + j}" for j in range(n)], 42)
-        raw = online_mf.user_state_to_bytes(s)
-        out[f"user_state_bytes_recent{n}"] = len(raw)
-        out[f"user_state_pickled_bytes_recent{n}"] = len(pickle.dumps(raw))
-    item = online_mf.item_state_to_bytes(init_item_state("123456", p))
-    out["item_state_bytes"] = len(item)
-    out["item_state_pickled_bytes"] = len(pickle.dumps(item))
-    out["user_meta_pickled_bytes"] = len(pickle.dumps((29_000_000, 3, 1_740_000_000_000, 1_740_000_000_000)))
-    out["item_emit_pickled_bytes"] = len(pickle.dumps((1_740_000_000_000, None, 1_740_000_000_000)))
-    return out
+    p, sc = LearnerParams.of(cfg.learner), cfg.scoring
+    seen = SeenFilter.empty(sc.seen_filter_bits, sc.seen_filter_hashes).add("123456")
+    vector = init_vector(user_key("123456"), p.dim, p.seed, p.init_scale)
+    user = encode_user(UserRecord(vector, np.zeros(p.dim, np.float32), seen))
+    item = {}
+    for exchanging in (False, True):
+        table = ItemTable(p, track_pending=exchanging)
+        item[exchanging] = table.encode(table.rows(["123456"]), now_ms=1_740_000_000_000)["123456"]
+    return {"dim": p.dim, "seen_filter_bits": sc.seen_filter_bits, "user_record_bytes": len(user),
+            "item_record_bytes": len(item[False]), "item_record_bytes_exchanging": len(item[True])}
 
 
 def learner_stream(cfg, users: int, items: int, events: int, seed: int = 11, say=print,
                    max_s: float = 150.0) -> dict:
-    """Events/s of the UserLearner + ItemLearner Python core on a synthetic Zipf stream."""
-    from streamrec.udfs import online_mf
-    from streamrec.udfs.online_mf import init_item_state, init_user_state
+    """Events/s and CPU per event of :meth:`ShardModel.process` on a synthetic Zipf stream."""
+    from streamrec.udfs.online_mf import LearnerParams
+    from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
-    p = online_mf.LearnerParams.of(cfg.learner)
+    sc = cfg.scoring
+    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
+        top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events, seen_filter_bits=sc.seen_filter_bits,
+        seen_filter_hashes=sc.seen_filter_hashes, warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events))
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
-    item_p = zipf_weights(items, 1.1)
-    user_p = zipf_weights(users, 0.8)
-    item_idx = rng.choice(items, size=events, p=item_p)
-    user_idx = rng.choice(users, size=events, p=user_p)
-    snapshot = online_mf.ItemSnapshot([f"i{j}" for j in range(items)],
-                                      (rng.standard_normal((items, p.dim)) * 0.1).astype(np.float32),
-                                      np.zeros(items, np.float32), item_p * events, p.dim)
+    item_idx = rng.choice(items, size=events, p=zipf_weights(items, 1.1))
+    user_idx = rng.choice(users, size=events, p=zipf_weights(users, 0.8))
     setup_s = time.perf_counter() - t
-    user_states: dict[str, bytes] = {}
-    item_states: dict[str, bytes] = {}
-    t_user = t_item = 0.0
-    updates = 0
+    batch = sc.max_batch_events
+    records: dict[str, bytes] = {}  # user id -> record, as the operator's MapState holds them
     done = 0
-    start = time.perf_counter()
-    for n in range(events):
-        uid, iid, eid = f"u{user_idx[n]}", f"i{item_idx[n]}", f"e{n}"
-        t0 = time.perf_counter()
-        raw = user_states.get(uid)
-        state = online_mf.user_state_from_bytes(raw) if raw is not None else init_user_state(uid, p)
-        state, upds = online_mf.user_step(state, iid, 1.0, eid, snapshot, p)
-        user_states[uid] = online_mf.user_state_to_bytes(state)
-        t1 = time.perf_counter()
-        for u in upds:
-            raw_i = item_states.get(u.item_id)
-            ist = online_mf.item_state_from_bytes(raw_i) if raw_i is not None else init_item_state(u.item_id, p)
-            item_states[u.item_id] = online_mf.item_state_to_bytes(online_mf.item_step(ist, u, p))
-        t2 = time.perf_counter()
-        t_user += t1 - t0
-        t_item += t2 - t1
-        updates += len(upds)
-        done += 1
-        if done % 20_000 == 0:
-            say(f"learner stream: {done:,}/{events:,} events, {done / (t2 - start):,.0f} events/s")
-            if t2 - start > max_s:
-                say(f"learner stream: stopping after {max_s:.0f} s")
-                break
-    total = time.perf_counter() - start
-    user_bytes = sum(len(v) for v in user_states.values())
-    item_bytes = sum(len(v) for v in item_states.values())
+    start, cpu = time.perf_counter(), time.process_time()
+    for lo in range(0, events, batch):
+        hi = min(events, lo + batch)
+        # one event per second of event time: no user comes near the bot limit (events per minute)
+        out = shard.process([Event(f"e{n}", f"u{user_idx[n]}", f"i{item_idx[n]}", 1.0, 1_740_000_000_000 + 1_000 * n,
+                                   0, n) for n in range(lo, hi)], records, now_ms=0)
+        records.update(out.user_records)
+        done = hi
+        elapsed = time.perf_counter() - start
+        if done // 20_000 != lo // 20_000:
+            say(f"learner stream: {done:,}/{events:,} events, {done / elapsed:,.0f} events/s, "
+                f"{len(shard.items):,} items known")
+        if elapsed > max_s:
+            say(f"learner stream: stopping after {max_s:.0f} s")
+            break
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "id_space": {"users": users, "items": items}, "zipf_s": {"items": 1.1, "users": 0.8},
-        "events": done, "seconds": round(total, 2), "setup_s": round(setup_s, 2),
-        "events_per_s": round(done / total, 1),
-        "user_step_us_per_event": round(1e6 * t_user / done, 1),
-        "item_steps_us_per_event": round(1e6 * t_item / done, 1),
-        "item_updates_per_event": round(updates / done, 2),
-        "item_step_us_per_update": round(1e6 * t_item / max(updates, 1), 1),
-        "distinct_users": len(user_states), "distinct_items": len(item_states),
-        "mean_user_state_bytes": round(user_bytes / max(len(user_states), 1), 1),
-        "mean_item_state_bytes": round(item_bytes / max(len(item_states), 1), 1),
+        "events": done, "batch": batch, "seconds": round(total, 2), "setup_s": round(setup_s, 2),
+        "events_per_s": round(done / total, 1), "cpu_us_per_event": round(1e6 * cpu / done, 1),
+        "distinct_users": len(records), "distinct_items": len(shard.items),
+        "user_records_mib": round(sum(len(v) for v in records.values()) / 2**20, 1),
     }
 
 
 def run_scale(cfg, name: str = "scale", events: int = 200_000, items_list: list[int] | None = None,
               out_dir: Path | None = None, command: str | None = None) -> dict:
-    from streamrec.bench.run_bench import new_result
+    import os
+
+    from streamrec.bench.report import new_result, write_result
 
     def say(msg: str) -> None:
         print(f"[scale] {msg}", flush=True)
 
-    import os
-
     items_list = items_list or [1_682, 10_000, 100_000]
     started = time.time()
     stem, result = new_result(name, command, out_dir)
-    result |= {"dim": cfg.learner.dim, "top_k": cfg.scoring.top_k}
-    batches = sorted({1, cfg.scoring.batch_size})
-    result["scoring"] = scoring_cost(items_list, cfg.learner.dim, cfg.scoring.top_k, batches, say=say)
+    sc = cfg.scoring
+    result |= {"dim": cfg.learner.dim, "top_k": sc.top_k}
+    batches = sorted({1, 64, sc.max_batch_events})
+    threads = sorted({sc.ort_threads, 0}, reverse=True)  # the configured count, then onnxruntime's pool
+    result["scoring"] = scoring_cost(items_list, cfg.learner.dim, sc.top_k, batches, threads, say=say)
     result["state_bytes"] = state_sizes(cfg)
     say(f"state bytes: {result['state_bytes']}")
     result["learner_stream"] = learner_stream(cfg, 1_000_000, 100_000, events, say=say)
     say(f"learner stream: {result['learner_stream']}")
     result["load_after"] = os.getloadavg()
     result["total_s"] = round(time.time() - started, 1)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, stem)
     try:
         from streamrec.bench.plots import plot_scale
 
@@ -221,14 +196,15 @@ def scale_table(result: dict) -> str:
                      f"{r['call_ms_p99']:>12.3f} {r['records_per_s']:>12,.0f} {r['records_per_s_at_p50']:>12,.0f}")
     ls = result.get("learner_stream") or {}
     if ls:
-        lines.append(f"learner core on Zipf stream (1M users / 100k items): {ls['events_per_s']:,.0f} events/s "
-                     f"(user side {ls['user_step_us_per_event']} us + item side {ls['item_steps_us_per_event']} us "
-                     f"per event, {ls['item_updates_per_event']} item updates per event)")
+        lines.append(f"learner core (ShardModel, batches of {ls['batch']}) on a Zipf stream (1M users / 100k items): "
+                     f"{ls['events_per_s']:,.0f} events/s, {ls['cpu_us_per_event']:,.0f} CPU us per event; "
+                     f"{ls['distinct_items']:,} items, {ls['distinct_users']:,} users "
+                     f"({ls['user_records_mib']:,.0f} MiB of user records)")
     sb = result.get("state_bytes") or {}
     if sb:
-        lines.append(f"state per key at dim {sb['dim']}: item {sb['item_state_bytes']} B, user "
-                     f"{sb['user_state_bytes_recent0']}-{sb['user_state_bytes_recent' + str(sb['recent_items_max'])]} B "
-                     f"(0-{sb['recent_items_max']} recent items)")
+        lines.append(f"state per key at dim {sb['dim']}: user {sb['user_record_bytes']:,} B (seen filter of "
+                     f"{sb['seen_filter_bits']:,} bits), item {sb['item_record_bytes']} B "
+                     f"({sb['item_record_bytes_exchanging']} B with the item exchange)")
     return "\n".join(lines)
 
 
@@ -237,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from streamrec.core.config import load_config
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m streamrec.bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="scale")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--items", type=int, nargs="+")
+    parser.add_argument("--out", help="results folder (default: bench/results under the working directory)")
     args = parser.parse_args(argv)
-    cmd = " ".join(["python", "bench/scale.py", *(argv if argv is not None else sys.argv[1:])])
-    run_scale(load_config(), args.name, args.events, args.items, command=cmd)
+    cmd = " ".join(["python -m streamrec.bench.scale", *(argv if argv is not None else sys.argv[1:])])
+    run_scale(load_config(), args.name, args.events, args.items, out_dir=args.out, command=cmd)
     return 0
 
 

@@ -15,7 +15,8 @@ compared on the same events, free of the machine's noise:
 Staleness between shards is then at most ``exchange_ms + delivery_ms + batch_ms`` of simulated
 time, i.e. that many seconds times ``rate`` events.
 
-    python -m bench.sharded [EVENTS]      (ML-100k; `streamrec bench --shards` writes the JSON)
+    python -m streamrec.bench.sharded [EVENTS]   (ML-100k; prints the figures)
+    streamrec bench --shards                     (both streams; writes the JSON and a PNG: run_sharded)
 """
 
 from __future__ import annotations
@@ -120,27 +121,14 @@ def ml100k(cfg, limit: int | None = None) -> list[dict]:
             for n, e in enumerate(events)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from streamrec.core.config import load_config
-
-    argv = sys.argv[1:] if argv is None else argv
-    cfg = load_config()
-    result = sharded_quality(cfg, ml100k(cfg, int(argv[0]) if argv else None))
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run_sharded(cfg, name: str = "sharded", command: str | None = None, out_dir=None) -> dict:
     """`streamrec bench --shards`: both bench streams, 2 and 4 shards, the exchange delivered
     after the checkpoint interval of the latency phase (300 ms) and after the job's default
-    (``flink.checkpoint_interval_ms``); bench/results/<date>-<name>.json and a PNG beside it."""
+    (``flink.checkpoint_interval_ms``); ``<out_dir>/<date>-<name>.json`` and a PNG beside it
+    (``out_dir``: ``bench/results`` under the working directory unless given)."""
     import os
 
-    from streamrec.bench.run_bench import new_result
+    from streamrec.bench.report import new_result, write_result
     from streamrec.bench.synthetic import synthetic_stream
 
     def say(msg: str) -> None:
@@ -158,10 +146,10 @@ def run_sharded(cfg, name: str = "sharded", command: str | None = None, out_dir=
         result["runs"][stream] = sharded_quality(
             cfg, events, exchange_ms=cfg.learner.exchange_interval_ms,
             deliveries_ms=(300 + batch, cfg.flink.checkpoint_interval_ms + batch), say=say)
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        write_result(result, stem)
     result["load_after"] = os.getloadavg()
     result["total_s"] = round(time.time() - started, 1)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, stem)
     plot_sharded(result, stem.with_suffix(".png"))
     say(f"results: {stem.with_suffix('.json')} and .png; {result['total_s']:.0f} s")
     return result
@@ -193,3 +181,17 @@ def plot_sharded(result: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from streamrec.core.config import load_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = load_config()
+    result = sharded_quality(cfg, ml100k(cfg, int(argv[0]) if argv else None))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

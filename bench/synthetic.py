@@ -10,7 +10,7 @@ excluded, not the last 200). Events spread over ``years`` of event time.
 exact code of the Flink operator, batch for batch: tests/flink_jobs/test_learning_equivalence.py)
 and the sequential reference on the stream, with the evaluator of ``make bench``.
 
-    python -m bench.synthetic [EVENTS]
+    python -m streamrec.bench.synthetic [EVENTS]
 """
 
 from __future__ import annotations

@@ -118,8 +118,7 @@ class KafkaConfig(_Section):
     security: KafkaSecurityConfig = KafkaSecurityConfig()
     #: The Flink sinks' producer batches (Kafka's ``batch.size`` / ``linger.ms``, per partition).
     #: Bigger, fewer produce requests cost the broker and the producers' network threads less per
-    #: record (at ~4,500 events/s: broker 99 -> 73 and network threads 19 -> 11 CPU µs per event,
-    #: means of four alternating runs, BENCHMARKS.md). An exactly-once sink flushes at every
+    #: record (BENCHMARKS.md, "Figures behind the defaults"). An exactly-once sink flushes at every
     #: checkpoint, so a read_committed reader waits no longer; only a read_uncommitted one sees
     #: records up to the linger later.
     sink_batch_bytes: int = Field(262_144, ge=1_024, le=16_777_216)
@@ -182,7 +181,8 @@ class FlinkConfig(_Section):
     restart_delay_ms: int = Field(2_000, ge=0)
     #: Checkpoint failures in a row tolerated before the job fails over.
     tolerable_checkpoint_failures: int = Field(3, ge=0, le=1000)
-    #: thread mode runs Python in the JVM (~20x faster keyed state than process mode).
+    #: thread mode runs Python in the JVM: keyed state far cheaper than in process mode
+    #: (BENCHMARKS.md, "Figures behind the defaults").
     execution_mode: Literal["thread", "process"] = "thread"
     state_backend: Literal["rocksdb", "hashmap"] = "rocksdb"
     incremental_checkpoints: bool = True
@@ -190,11 +190,10 @@ class FlinkConfig(_Section):
     #: appended to a log under the job's checkpoint directory, so a checkpoint persists that log's
     #: tail (tens of ms) instead of flushing RocksDB's memtables in the task threads, and RocksDB
     #: itself is snapshotted in the background every ``changelog_materialize_interval_ms``. The
-    #: exactly-once sinks commit on checkpoint completion, so this is the read_committed latency:
-    #: at 1,500 events/s with 500 ms checkpoints p50 666 -> 510 ms, p99 1,126 -> 844 ms, for
-    #: +7 % JVM CPU per event and -6 % throughput (every state change is written twice): where
-    #: throughput matters more than a read_committed reader's latency, switch it off
-    #: (docs/hot-path.md). Restores with it claim their snapshot (docs/reliability.md).
+    #: exactly-once sinks commit on checkpoint completion, so this is the read_committed latency,
+    #: bought with JVM CPU and throughput (every state change is written twice; BENCHMARKS.md,
+    #: "Figures behind the defaults"): where throughput matters more than a read_committed
+    #: reader's latency, switch it off. Restores with it claim their snapshot (docs/reliability.md).
     state_changelog: bool = True
     #: How often the changelog state backend snapshots the state backend itself (the log since the
     #: last one is what a restore replays and what the checkpoint directory keeps on disk).
@@ -205,14 +204,14 @@ class FlinkConfig(_Section):
     #: Longest a network buffer waits to fill before it is sent downstream (Flink's
     #: execution.buffer-timeout.interval; Flink's default is 100 ms). Every exchange between
     #: operators (the job has 7) adds up to this much latency to a record that does not fill its
-    #: buffer: at 1,750 events/s 100 -> 10 ms took the emitted p50 from 294 to 113 ms with the same
-    #: throughput (docs/hot-path.md). 0 sends every record on its own (costly).
+    #: buffer; 10 ms cut the emitted latency with the same throughput (BENCHMARKS.md, "Figures
+    #: behind the defaults"). 0 sends every record on its own (costly).
     buffer_timeout_ms: int = Field(10, ge=0, le=60_000)
     #: Run the JVM's JIT compiler threads at a lower OS priority (nice +4: HotSpot's
     #: -XX:ThreadPriorityPolicy=1 -XX:CompilerThreadPriority=1), so where cores are few the task
     #: threads, the shard learner above all, get the CPU first and the JIT compiles in what is
-    #: left. Measured on 2 cores, where a run-queue sample had the learner thread waiting for a
-    #: core ~60 % of its busy time: docs/hot-path.md. Lowering a priority needs no privilege.
+    #: left: on 2 cores the learner thread waited for a core more than it ran (BENCHMARKS.md,
+    #: "Figures behind the defaults"). Lowering a priority needs no privilege.
     low_priority_jit: bool = True
     #: Python interpreter on the TaskManagers; empty = the one running the driver (this venv).
     python_executable: str = ""
@@ -255,7 +254,7 @@ class EventWeights(_Section):
     cart: float = Field(1.0, gt=0)
     purchase: float = Field(2.0, gt=0)
     #: A rating r in [0.5, 5] maps to rating_base + rating_scale * r (0.55-1.0 by default; small
-    #: weights slow learning: 0.2 r measured 0.144 recall@10 on ML-100k against 0.152 for these).
+    #: weights slow learning: docs/ingestion.md, "Cleaning and weights").
     rating_base: float = 0.5
     rating_scale: float = Field(0.1, ge=0)
 
@@ -286,8 +285,8 @@ class IngestConfig(_Section):
     #: A partition with no record for this long stops holding the watermark back (0 = never).
     #: Off by default: under a backlog the source reader drains one partition's fetch at a time,
     #: so the others look idle, the watermark jumps past their queued events and the feature
-    #: windows drop them silently (measured: 60-75 % of the window rows lost on ML-100k;
-    #: docs/ingestion.md, "Source idleness"). Set it only where a partition can stay empty for
+    #: windows drop them silently (docs/ingestion.md, "Source idleness", has what it lost on
+    #: ML-100k). Set it only where a partition can stay empty for
     #: long (a source parallelism above the partition count on a cluster), knowing that price.
     #: Bounded runs never use it: a partition that has reached its end offset no longer counts.
     source_idle_timeout_ms: int = Field(0, ge=0)
@@ -334,15 +333,16 @@ class LearnerConfig(_Section):
     init_scale: float = Field(0.1, gt=0)
     seed: int = 42
     negatives: int = Field(8, ge=0, le=256)
-    #: Items remembered per user: excluded from the user's recommendations and from its negatives.
-    #: 200 covers most ML-100k histories (mean 106 ratings) at ~1.5 KB of state per user.
+    #: Items the sequential reference (udfs/online_mf.py) remembers per user: excluded from the
+    #: user's recommendations and from its negatives. The pipeline's learner excludes a user's
+    #: whole history instead (``scoring.seen_filter_bits``).
     recent_items: int = Field(200, ge=1, le=10_000)
     state_ttl_ms: int = Field(30 * 86_400_000, ge=60_000)
     #: Processing time between two flushes of the changed items and users to the model.items /
     #: model.users changelogs (each changed id once per flush): the exporter's and the broker's
-    #: load follows changed items per interval, not events. At ~1,000 events/s nearly every item
-    #: changes within a second, and encoding them was ~15 % of the learner's Python time at a 1 s
-    #: interval (py-spy, docs/hot-path.md); 5 s matches the exporter's own interval.
+    #: load follows changed items per interval, not events. Under load nearly every item changes
+    #: within a second, so a short interval re-encodes the whole table (BENCHMARKS.md, "Figures
+    #: behind the defaults"); 5 s matches the exporter's own interval.
     changelog_interval_ms: int = Field(5_000, ge=0)
     #: At parallelism > 1 (unbounded runs), how often each shard sends the item steps it took to
     #: the other shards (udfs/item_exchange.py); 0: never, each shard learns its own item table.
@@ -403,9 +403,8 @@ class ScoringConfig(_Section):
     swap_check_interval_s: float = Field(2.0, gt=0)
     #: A user's list comes from the model once it has learned this many of the user's events
     #: (the current one included), from in-stream popularity before. 1: the model's list beat
-    #: popularity from a user's first event on both bench streams (in-process, 256-event
-    #: batches: ML-100k recall/reference 0.945 against 0.929 at 3; the synthetic second stream
-    #: 0.909 against 0.891), its item biases and the popularity prior carry a new user's list.
+    #: popularity from a user's first event on both bench streams (BENCHMARKS.md, "Figures behind
+    #: the defaults"); its item biases and the popularity prior carry a new user's list.
     cold_start_min_events: int = Field(1, ge=0)
     #: The per-user filter of every item the user had (udfs/seen_filter.py): bits and hashes.
     seen_filter_bits: int = Field(32_768, ge=64, le=8_388_608, multiple_of=8)
@@ -416,8 +415,9 @@ class ScoringConfig(_Section):
     #: chunk's start: bigger chunks are cheaper per event and staler).
     max_batch_events: int = Field(256, ge=1, le=65_536)
     provider: Literal["auto", "cuda", "cpu"] = "auto"
-    #: onnxruntime intra-op threads per scorer subtask; 1 was 1.8-6.5x faster than the default pool
-    #: for batched scoring on 2 shared cores (bench --scale); 0 = onnxruntime's default.
+    #: onnxruntime intra-op threads per scorer subtask; 1 beat the default pool for batched
+    #: scoring on 2 shared cores (BENCHMARKS.md, "Figures behind the defaults"); 0 = onnxruntime's
+    #: default.
     ort_threads: int = Field(1, ge=0, le=256)
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -307,9 +308,56 @@ def check_java(min_major: int = 17) -> str:
     return first
 
 
-def ensure_all(cfg: Config, log=print) -> None:
-    check_java()
-    kafka_broker_jars(cfg, log)
-    connector_jars(cfg, log)
-    udf_jar(cfg, log)
-    ml100k_dir(cfg, log)
+#: The subpackages a Python worker imports (bench and the CLI's top layer never run there).
+WORKER_SUBPACKAGES = ("core", "runtime", "udfs", "model", "flink_jobs", "sql")
+
+
+def installed_as_one_tree() -> bool:
+    """Whether every subpackage lies under the ``streamrec`` folder (a regular install), as
+    opposed to a checkout's editable install, whose subpackages live in the repository's
+    top-level folders and are found by setuptools' import hook, which an embedded interpreter
+    (thread mode) does not load."""
+    import importlib.util
+
+    import streamrec
+
+    home = Path(streamrec.__file__).resolve().parent
+    return all(Path(next(iter(importlib.util.find_spec(f"streamrec.{sub}").submodule_search_locations)))
+               .resolve() == home / sub for sub in WORKER_SUBPACKAGES)
+
+
+def package_archive(cfg: Config) -> Path:
+    """The ``streamrec`` package as one zip (``streamrec/...`` inside) for Python workers: their
+    path entry on the mini-cluster (from a checkout) and ``flink run -pyfs`` on a cluster.
+
+    Built from wherever the package is imported from, so a checkout and a regular install ship
+    the same tree; rewritten only when its content changes.
+    """
+    import importlib.util
+    import io
+    import zipfile
+
+    import streamrec
+
+    roots = {"streamrec": Path(streamrec.__file__).parent}
+    for sub in WORKER_SUBPACKAGES:
+        spec = importlib.util.find_spec(f"streamrec.{sub}")
+        roots[f"streamrec/{sub}"] = Path(next(iter(spec.submodule_search_locations)))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for prefix, root in roots.items():
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root)
+                if path.suffix in {".py", ".sql"} and path.is_file() and "__pycache__" not in rel.parts \
+                        and (prefix != "streamrec" or len(rel.parts) == 1):
+                    info = zipfile.ZipInfo(f"{prefix}/{rel.as_posix()}", date_time=(1980, 1, 1, 0, 0, 0))
+                    zf.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+    data = buf.getvalue()
+    out = cfg.paths_resolved.cache_dir / "python" / f"streamrec-{hashlib.sha256(data).hexdigest()[:16]}.zip"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    return out
+

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyflink
 
-from streamrec.runtime.assets import job_jars
+from streamrec.runtime.assets import job_jars, package_archive
 from streamrec.core.config import Config, to_env
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
@@ -164,11 +164,15 @@ def up(cfg: Config, timeout: float = 90.0, log=print) -> ClusterInfo:
     for pid_file in (_dir(cfg) / "pids").glob("*.pid"):
         pid_file.unlink()
     bin_dir = FLINK_HOME / "bin"
+    # The daemons' working directory lands on the Python workers' path ahead of the shipped
+    # package (submit's -pyfs): started from a checkout, `streamrec` would resolve to the bare
+    # streamrec/ folder, which lacks the subpackages that live in the repository's other folders.
+    run_dir = _dir(cfg)
     subprocess.run(["bash", str(bin_dir / "jobmanager.sh"), "start"], env=env, check=True,
-                   capture_output=True)
+                   capture_output=True, cwd=run_dir)
     for _ in range(cfg.flink.taskmanagers):
         subprocess.run(["bash", str(bin_dir / "taskmanager.sh"), "start"], env=env, check=True,
-                       capture_output=True)
+                       capture_output=True, cwd=run_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         current = info(cfg)
@@ -226,35 +230,6 @@ def submit(cfg: Config, job_module: str = "streamrec.flink_jobs.pipeline", paral
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise ClusterError(f"flink run failed (exit {proc.returncode}):\n{tail}")
     return match.group(1)
-
-
-def package_archive(cfg: Config) -> Path:
-    """The ``streamrec`` package as one zip (``streamrec/...`` inside), for ``flink run -pyfs``.
-
-    Built from wherever the package is imported from, so an editable checkout (whose subpackages
-    live in the repository's top-level folders) and a regular install ship the same tree.
-    """
-    import importlib.util
-    import zipfile
-
-    import streamrec
-
-    roots = {"streamrec": Path(streamrec.__file__).parent}
-    for sub in ("core", "runtime", "udfs", "model", "flink_jobs", "sql"):
-        spec = importlib.util.find_spec(f"streamrec.{sub}")
-        roots[f"streamrec/{sub}"] = Path(next(iter(spec.submodule_search_locations)))
-    out = cfg.paths_resolved.cache_dir / "streamrec-package.zip"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for prefix, root in roots.items():
-            for path in sorted(root.rglob("*")):
-                rel = path.relative_to(root)
-                if path.is_file() and "__pycache__" not in rel.parts and path.suffix in {".py", ".sql"} \
-                        and (prefix != "streamrec" or len(rel.parts) == 1):
-                    zf.write(path, f"{prefix}/{rel.as_posix()}")
-    os.replace(tmp, out)
-    return out
 
 
 def job_name(cfg: Config, job_id: str) -> str:

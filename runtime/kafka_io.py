@@ -119,14 +119,6 @@ def delete_topics(cfg: Config, topics: list[str], timeout: float = 30.0) -> None
             pass
 
 
-def delete_topics_with_prefix(cfg: Config, prefix: str, timeout: float = 30.0) -> list[str]:
-    """Delete every topic whose name starts with ``prefix``; returns their names."""
-    names = [t for t in admin(cfg).list_topics(timeout=timeout).topics if t.startswith(prefix)]
-    if names:
-        delete_topics(cfg, names, timeout)
-    return names
-
-
 def producer(cfg: Config, **extra: str) -> Producer:
     conf = {
         **_base(cfg),

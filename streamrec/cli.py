@@ -511,12 +511,12 @@ def cmd_bench(args, cfg: Config) -> int:
     if args.shards:
         from streamrec.bench.sharded import run_sharded
 
-        run_sharded(cfg, args.name or "sharded", command=command)
+        run_sharded(cfg, args.name or "sharded", command=command, out_dir=args.out)
         return 0
     if args.scale:
         from streamrec.bench.scale import run_scale
 
-        run_scale(cfg, args.name or "scale", events=args.events, command=command)
+        run_scale(cfg, args.name or "scale", events=args.events, command=command, out_dir=args.out)
         return 0
     from streamrec.bench.run_bench import run_bench
 
@@ -524,7 +524,7 @@ def cmd_bench(args, cfg: Config) -> int:
               latency_rate=args.latency_rate, skip_latency=args.skip_latency,
               skip_quality=args.skip_quality, progress=not args.quiet, command=command,
               peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms,
-              latency_with_features=not args.latency_without_features)
+              latency_with_features=not args.latency_without_features, out_dir=args.out)
     return 0
 
 
@@ -679,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", action="store_true", help="the sharding benchmark instead (recall of "
                    "2 and 4 shards with and without the item exchange, in process: bench/sharded.py)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, help="results folder (default: bench/results under the working directory)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("setup", help="fetch (Maven, PyPI) and verify the Kafka broker, the Flink "

@@ -1,5 +1,5 @@
-"""Plain-Python reference of the windowed features that sql/ingest_sinks.sql and
-sql/ingest_features.sql compute.
+"""Plain-Python reference of the windowed features that the features job computes
+(flink_jobs/features.py: sql/features.sql, then sql/features_windows.sql).
 
 Input: cleaned, deduplicated, non-late events (dicts with user_id, item_id, event_type, weight,
 ts). Output: one row per (id, sliding window) holding at least one event, exactly the columns of

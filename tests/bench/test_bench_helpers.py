@@ -1,4 +1,5 @@
-"""The pure helpers of bench/run_bench.py and bench/scale.py (no broker, no Flink)."""
+"""The pure helpers of the benchmarks (bench/stats.py, probes.py, report.py, phases.py, scale.py;
+no broker, no Flink)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,20 @@ import math
 
 import pytest
 
-from streamrec.bench.run_bench import (
+from streamrec.bench.phases import cycled_events
+from streamrec.bench.probes import parse_listening, parse_ppid, parse_status_kb
+from streamrec.bench.report import results_dir, table
+from streamrec.bench.scale import zipf_weights
+from streamrec.bench.stats import (
     batch_histogram,
     batch_summary,
-    cycled_events,
     downsample,
     latency_series,
-    parse_listening,
-    parse_ppid,
-    parse_status_kb,
     percentiles,
     rate_series,
     span_throughput,
-    table,
     time_reached,
 )
-from streamrec.bench.scale import zipf_weights
 
 
 def test_percentiles_interpolate_and_handle_empty():
@@ -111,9 +110,15 @@ def test_table_renders_partial_results():
     text = table({"throughput": {"events": 10, "events_per_s": 5.0, "wall_s": 2.0,
                                  "batch": {"mean_batch": 2.0, "max_batch": 3},
                                  "memory": {"jvm_peak_rss": 2**30}, "checkpoints": {},
-                                 "vertices": [{"vertex": "Scorer", "busy_ms_per_s": 900.0,
+                                 "vertices": [{"vertex": "ShardLearner", "busy_ms_per_s": 900.0,
                                                "backpressured_ms_per_s": 0.0}]}})
-    assert "5 events/s" in text and "1,024 MiB" in text and "Scorer" in text
+    assert "5 events/s" in text and "1,024 MiB" in text and "ShardLearner" in text
+
+
+def test_results_go_under_the_working_directory_unless_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert results_dir() == tmp_path / "bench" / "results"
+    assert results_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"
 
 
 def test_zipf_weights_normalised_and_decreasing():
@@ -126,7 +131,7 @@ def test_thread_cpu_reads_this_process_threads_and_groups_them():
     import os
     import time
 
-    from streamrec.bench.run_bench import thread_cpu, thread_cpu_table
+    from streamrec.bench.probes import thread_cpu, thread_cpu_table
 
     before = thread_cpu(os.getpid())
     assert os.getpid() in before  # the main thread's id is the process id
@@ -146,7 +151,7 @@ def test_thread_cpu_reads_this_process_threads_and_groups_them():
 def test_thread_waits_read_schedstat_and_join_the_cpu_table():
     import os
 
-    from streamrec.bench.run_bench import thread_cpu, thread_cpu_table, thread_waits
+    from streamrec.bench.probes import thread_cpu, thread_cpu_table, thread_waits
 
     waits = thread_waits(os.getpid())
     if not waits:
@@ -159,3 +164,23 @@ def test_thread_waits_read_schedstat_and_join_the_cpu_table():
     # a thread the waits do not know (ended before the sample) leaves the fields out
     assert "waited_for_core_s" not in thread_cpu_table({10**9: ("rocksdb:low", 2.0)}, {}, 1_000, waits)[0]
     assert thread_waits(None) == {}
+
+
+def test_scale_state_sizes_are_the_operators_records():
+    from streamrec.bench.scale import state_sizes
+    from streamrec.core.config import load_config
+
+    cfg = load_config(config_file=None, env={})
+    sizes = state_sizes(cfg)
+    dim, bits = cfg.learner.dim, cfg.scoring.seen_filter_bits
+    # head, vector and AdaGrad sums (float32), the seen filter's head and bits
+    assert sizes["user_record_bytes"] == 23 + 8 * dim + 10 + bits // 8
+    assert sizes["item_record_bytes"] < sizes["item_record_bytes_exchanging"]
+
+
+def test_the_command_line_parses(capsys):
+    from streamrec.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "--out" in capsys.readouterr().out
