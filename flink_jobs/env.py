@@ -26,10 +26,23 @@ from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import EnvironmentSettings, Schema, StreamTableEnvironment, Table
 
-from streamrec.runtime.assets import job_jars
+from streamrec.runtime.assets import installed_as_one_tree, job_jars, package_archive
 from streamrec.core.config import Config
+from streamrec.core.records import (CLEAN_EVENT, DLQ_RECORD, FEATURES_ITEM, FEATURES_USER, LEARNER_EVENT,
+                                    RECOMMENDATION)
 
 SQL_DIR = Path(str(files("streamrec.sql")))
+
+#: Placeholders every sql/*.sql may use, from the records' one declaration (core/records.py):
+#: ``${<record>_columns}``, its column declarations, and ``${<record>_names}``, its fields as a
+#: projection, both in the record's order.
+RECORD_PLACEHOLDERS: dict[str, str] = {
+    f"{key}_{kind}": text
+    for key, record in {"clean_event": CLEAN_EVENT, "dlq_record": DLQ_RECORD,
+                        "features_user": FEATURES_USER, "features_item": FEATURES_ITEM,
+                        "learner_event": LEARNER_EVENT, "recommendation": RECOMMENDATION}.items()
+    for kind, text in (("columns", record.columns()), ("names", record.column_names()))
+}
 
 
 @dataclass
@@ -47,10 +60,27 @@ class FlinkRuntime:
         return f"{self.job_name}-{self.run_id}"
 
 
-def python_path() -> str:
+def python_path(cfg: Config) -> str:
+    """The Python workers' path: thread mode embeds libpython, which does not know it runs inside
+    a venv (so: the venv's site-packages) and loads no import hooks (so, from a checkout's
+    editable install: the package as one archive)."""
     import site
 
-    return ":".join([*site.getsitepackages(), str(SQL_DIR.parent)])
+    entries = []
+    for site_dir in site.getsitepackages():
+        entries.append(site_dir)
+        # what the site dir's .pth files add (an embedded interpreter reads none of them);
+        # their `import` lines (import hooks) cannot be carried over
+        for pth in sorted(Path(site_dir).glob("*.pth")):
+            for line in pth.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith(("#", "import ", "import\t")):
+                    extra = Path(site_dir, line).resolve()
+                    if extra.is_dir():
+                        entries.append(str(extra))
+    if not installed_as_one_tree():
+        entries.insert(0, str(package_archive(cfg)))
+    return ":".join(dict.fromkeys(entries))
 
 
 def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) -> dict[str, str]:
@@ -65,9 +95,7 @@ def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) 
         # TaskManagers need another path (a remote cluster)
         "python.executable": cfg.flink.python_executable or sys.executable,
         "python.client.executable": sys.executable,
-        # thread mode embeds libpython, which does not know it runs inside a venv: give it the
-        # venv's site-packages and the project root explicitly
-        "python.pythonpath": python_path(),
+        "python.pythonpath": python_path(cfg),
         "state.backend.type": cfg.flink.state_backend,
         # RocksDB's own memory per column family (16 MiB write buffers, x2, and an 8 MiB block
         # cache each), not Flink's managed budget: with the managed budget shared by every state
@@ -184,7 +212,7 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
     python = cfg.flink.python_executable or sys.executable
     env.set_python_executable(python)
     t_env.get_config().set("python.executable", python)
-    t_env.get_config().set("python.pythonpath", python_path())
+    t_env.get_config().set("python.pythonpath", python_path(cfg))
     return FlinkRuntime(env, t_env, job_name, cfg.paths_resolved.checkpoint_dir / job_name,
                         run_id or uuid.uuid4().hex[:10])
 
@@ -313,12 +341,16 @@ def apply_sql(t_env, statements, name: str, **params: object) -> None:
 
 
 def render_sql(name: str, **params: object) -> list[str]:
-    """Load ``sql/<name>.sql``, fill ``${param}`` placeholders, split into statements.
+    """Load ``sql/<name>.sql``, fill ``${param}`` placeholders (``params`` and
+    :data:`RECORD_PLACEHOLDERS`), split into statements.
 
     Statements are separated by a line holding only ``;`` or a ``;`` at the end of a line.
     """
+    clash = RECORD_PLACEHOLDERS.keys() & params.keys()
+    if clash:
+        raise ValueError(f"render_sql({name!r}): {', '.join(sorted(clash))} is a record's placeholder")
     text = Template((SQL_DIR / f"{name}.sql").read_text()).substitute(
-        {k: str(v) for k, v in params.items()}
+        {**RECORD_PLACEHOLDERS, **{k: str(v) for k, v in params.items()}}
     )
     lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
     statements, current = [], []

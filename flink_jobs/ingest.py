@@ -22,7 +22,6 @@ Graph (one Kafka source, shared by every output):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -33,15 +32,18 @@ from pyflink.table import Schema, StatementSet, Table
 from streamrec.flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
                             render_sql, sql_double, sql_interval, with_time_attributes)
 from streamrec.core.config import Config, load_config
+from streamrec.core.records import CLEAN_EVENT, DLQ_RECORD
 from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from streamrec.udfs.validation import make_udfs
 
 JOB_NAME = "streamrec-ingest"
 #: The JVM fast path of validation (udfs/jvm/streamrec/udfs/AcceptFlatEvent.java).
 FAST_PATH_FUNCTION, FAST_PATH_CLASS = "accept_flat_event", "streamrec.udfs.AcceptFlatEvent"
+#: The clean event's fields the dedup passes on: every one but the watermark stamp, which the
+#: sink adds (sql/ingest_sinks.sql).
+DEDUPED_FIELDS = tuple(n for n in CLEAN_EVENT.names if n != "ingest_watermark_ms")
 #: Columns of the Table add_ingestion returns (plus the rowtime attribute ``event_time``).
-CLEAN_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "rating", "weight", "ts",
-                 "src_partition", "src_offset")
+CLEAN_COLUMNS = tuple(n for n in DEDUPED_FIELDS if n != "late")
 
 
 def ingestion_topics(cfg: Config) -> list[str]:
@@ -105,17 +107,16 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         t_env, t_env.from_path("validated"),
         [("proc_time", "PROCTIME()"), ("row_time", "TO_TIMESTAMP_LTZ(COALESCE(ts, CAST(0 AS BIGINT)), 3)")],
         watermark=("row_time", "SOURCE_WATERMARK()")))
-    for ddl in render_sql("ingest_route"):
+    for ddl in render_sql("ingest_route", deduped_names=CLEAN_EVENT.column_names(DEDUPED_FIELDS)):
         t_env.execute_sql(ddl)
     # The deduplicated rows get their event-time attribute back (the clean ts, with the source's
     # watermarks) on the way through a DataStream: JVM only, no Python.
+    schema = Schema.new_builder()
+    for name in DEDUPED_FIELDS:
+        schema = schema.column(name, CLEAN_EVENT.field(name).type.sql)
     t_env.create_temporary_view("deduped_all", t_env.from_data_stream(
         t_env.to_data_stream(t_env.from_path("deduped")),
-        Schema.new_builder()
-        .column("event_id", "STRING").column("user_id", "STRING").column("item_id", "STRING")
-        .column("event_type", "STRING").column("rating", "DOUBLE").column("weight", "DOUBLE")
-        .column("ts", "BIGINT").column("src_partition", "INT").column("src_offset", "BIGINT")
-        .column("late", "BOOLEAN")
+        schema
         .column_by_expression("event_time", "TO_TIMESTAMP_LTZ(ts, 3)")
         .column_by_expression("proc_time", "PROCTIME()")
         .watermark("event_time", "SOURCE_WATERMARK()")
@@ -156,10 +157,10 @@ def summarize(cfg: Config, seconds: float = 0.0) -> IngestSummary:
     are what is left."""
     summary = IngestSummary(seconds=seconds)
     for rec in read_topic(cfg, cfg.kafka.topics.dlq, read_committed=True):
-        summary.rejected[json.loads(rec.value)["reason"]] += 1
+        summary.rejected[DLQ_RECORD.decode(rec.value)["reason"]] += 1
     for rec in read_topic(cfg, cfg.kafka.topics.clean, read_committed=True):
         summary.cleaned += 1
-        summary.late += bool(json.loads(rec.value).get("late"))
+        summary.late += CLEAN_EVENT.decode(rec.value)["late"]
     summary.parsed = sum(1 for _ in read_topic(cfg, cfg.kafka.topics.raw, read_committed=True))
     summary.duplicates = summary.parsed - summary.cleaned - summary.dlq
     return summary

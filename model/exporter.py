@@ -3,25 +3,23 @@
 A long-running process next to the Flink job (not part of it). It consumes, read_committed:
 
 =====================  ===========  =============================================================
-topic (config key)     key          value (JSON) and what the exporter keeps
+topic (config key)     key          value (core/records.py) and what the exporter keeps
 =====================  ===========  =============================================================
-``model_items``        item_id      ``{"item_id", "vector": [float], "bias", "updates", "ts"}``:
-                                    the latest record per item (offset order; a null value, i.e.
-                                    a tombstone, deletes the item)
-``model_users``        user_id      ``{"user_id", "vector": [float], "events", "ts"}``: the latest
-                                    user vectors (used by the quality gate only)
-``features_item``      item_id      at least :data:`FEATURE_ITEM_ID` and
-                                    :data:`FEATURE_POPULARITY`: the latest popularity per item
-``clean``              user_id      cleaned events ``{"event_id", "user_id", "item_id", ...}``:
-                                    bounded per-user sets of seen items, and the held-out events
-                                    of the pending candidate (see "Gate")
+``model_items``        item_id      ``ITEM_RECORD``: the latest vector and bias per item (offset
+                                    order; a null value, i.e. a tombstone, deletes the item)
+``model_users``        user_id      ``USER_RECORD``: the latest user vectors (used by the quality
+                                    gate and the users.npz snapshot)
+``features_item``      item_id      ``FEATURES_ITEM``: the latest popularity per item
+``clean``              user_id      ``CLEAN_EVENT``: bounded per-user sets of seen items, and the
+                                    held-out events of the pending candidate (see "Gate")
 =====================  ===========  =============================================================
 
 The three changelogs are read from the beginning at start (so a restarted exporter rebuilds the
 full item table); ``events.clean`` from :data:`EVENTS_LOOKBACK` x ``gate_events`` records before
 the end of each partition (the seen sets). Offsets are never committed: the exporter's state is
-derived, not owned. Records that do not parse, lack a field or carry a vector of the wrong
-dimension (``learner.dim``) are counted and skipped (the first few per topic are logged).
+derived, not owned. Records that are not their topic's record (decoded strictly: a missing,
+unknown or mistyped field), or carry a vector of the wrong dimension (``learner.dim``) or a
+non-finite number, are counted and skipped (the first few per topic are logged).
 
 **Export.** After catching up to the end offsets present at start, and then every
 ``exporter.interval_s`` seconds or ``exporter.every_n_changes`` item changes, whichever comes
@@ -32,7 +30,7 @@ nothing would ever be decided) or the pending one has waited ``exporter.gate_max
 events of users it has vectors for; the next export then supersedes it):
 
 1. arrays in **sorted item-id order** (row *i* = ``item_ids[i]``): vectors, biases, popularity
-   (0 for items without features), prior = :func:`model.onnx_model.popularity_prior`;
+   (:meth:`ExporterState.item_table`), prior = :func:`model.onnx_model.popularity_prior`;
 2. :func:`model.onnx_model.export_model_bytes` with ``prior_weight = learner.popularity_prior``
    (the same alpha the learner scores with: one setting, so training and serving agree);
 3. the **cut**: the user vectors are snapshotted and the training position recorded: the
@@ -62,7 +60,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -83,12 +80,9 @@ from streamrec.model.onnx_model import export_model_bytes, popularity_prior
 from streamrec.model.registry import Registry
 from streamrec.model.scoring import CPU, ScoringModel
 from streamrec.core.config import is_secret
+from streamrec.core.records import CLEAN_EVENT, FEATURES_ITEM, ITEM_RECORD, USER_RECORD
 
 log = logging.getLogger(__name__)
-
-#: Field names read from ``features.item`` records (the SQL stage's schema; change them here only).
-FEATURE_ITEM_ID = "item_id"
-FEATURE_POPULARITY = "popularity"
 
 #: ``events.clean`` is read from this many times ``gate_events`` records before each partition's end.
 EVENTS_LOOKBACK = 5
@@ -108,6 +102,8 @@ PIPELINE_JOB = "streamrec-pipeline"
 
 #: Logical names of the four inputs -> TopicsConfig field.
 INPUTS = {"items": "model_items", "users": "model_users", "features": "features_item", "events": "clean"}
+#: Each input's record: its values are decoded strictly by it.
+INPUT_RECORDS = {"items": ITEM_RECORD, "users": USER_RECORD, "features": FEATURES_ITEM, "events": CLEAN_EVENT}
 _LOG_BAD_FIRST = 5
 
 
@@ -220,26 +216,13 @@ def latest_checkpoint(cfg: Any, job_name: str = PIPELINE_JOB) -> dict[str, Any] 
         return None
 
 
-def _vector(value: Any, dim: int) -> np.ndarray | None:
-    if not isinstance(value, list) or len(value) != dim:
+def _vector(value: list, dim: int) -> np.ndarray | None:
+    """A decoded ARRAY<DOUBLE> as float32, or None if not ``dim`` long or not finite as float32."""
+    if len(value) != dim:
         return None
-    try:
+    with np.errstate(over="ignore"):  # a DOUBLE beyond float32's range becomes inf: refused below
         vec = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        return None
     return vec if np.isfinite(vec).all() else None
-
-
-def _float(value: Any, default: float | None = None) -> float | None:
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 class ExporterState:
@@ -287,11 +270,9 @@ class ExporterState:
                 return self._bad(kind, "tombstone without key", value)
             return self._tombstone(kind, key_s)
         try:
-            rec = json.loads(value)
-        except (ValueError, UnicodeDecodeError):
-            return self._bad(kind, "not JSON", value)
-        if not isinstance(rec, dict):
-            return self._bad(kind, "not a JSON object", value)
+            rec = INPUT_RECORDS[kind].decode(value)
+        except ValueError as exc:
+            return self._bad(kind, str(exc), value)
         if kind == "events":
             return self._apply_events(rec, key_s, value, partition, offset)
         return getattr(self, f"_apply_{kind}")(rec, key_s, value)
@@ -309,42 +290,27 @@ class ExporterState:
         return True
 
     def _apply_items(self, rec: dict, key: str | None, raw: bytes) -> bool:
-        item_id = rec.get("item_id", key)
-        if not isinstance(item_id, str) or not item_id:
-            return self._bad("items", "no item_id", raw)
-        vec = _vector(rec.get("vector"), self.dim)
+        item_id = rec["item_id"]
+        vec = _vector(rec["vector"], self.dim)
         if vec is None:
             return self._bad("items", f"vector is not {self.dim} finite numbers", raw)
-        bias = _float(rec.get("bias"), 0.0)
-        if bias is None:
-            return self._bad("items", "bias is not a finite number", raw)
-        self.items[item_id] = (vec, bias)
-        learned = _float(rec.get("popularity"))
-        if learned is not None:
-            self.learned_popularity[item_id] = learned
+        self.items[item_id] = (vec, float(rec["bias"]))
+        self.learned_popularity[item_id] = float(rec["popularity"])
         self.item_changes += 1
-        ts = rec.get("ts")
-        if isinstance(ts, int) and not isinstance(ts, bool):
+        ts = rec["ts"]
+        if ts is not None:
             self.items_watermark = ts if self.items_watermark is None else max(self.items_watermark, ts)
         return True
 
     def _apply_users(self, rec: dict, key: str | None, raw: bytes) -> bool:
-        user_id = rec.get("user_id", key)
-        if not isinstance(user_id, str) or not user_id:
-            return self._bad("users", "no user_id", raw)
-        vec = _vector(rec.get("vector"), self.dim)
+        vec = _vector(rec["vector"], self.dim)
         if vec is None:
             return self._bad("users", f"vector is not {self.dim} finite numbers", raw)
-        self.users[user_id] = vec
+        self.users[rec["user_id"]] = vec
         return True
 
     def _apply_features(self, rec: dict, key: str | None, raw: bytes) -> bool:
-        item_id = rec.get(FEATURE_ITEM_ID, key)
-        if not isinstance(item_id, str) or not item_id:
-            return self._bad("features", f"no {FEATURE_ITEM_ID}", raw)
-        pop = _float(rec.get(FEATURE_POPULARITY))
-        if pop is None:
-            return self._bad("features", f"{FEATURE_POPULARITY} is not a finite number", raw)
+        item_id, pop = rec["item_id"], float(rec["popularity"])
         if self.popularity.get(item_id) != pop:
             self.popularity[item_id] = pop
             self.feature_changes += 1
@@ -352,9 +318,7 @@ class ExporterState:
 
     def _apply_events(self, rec: dict, key: str | None, raw: bytes,
                       partition: int | None = None, offset: int | None = None) -> bool:
-        user_id, item_id = rec.get("user_id"), rec.get("item_id")
-        if not isinstance(user_id, str) or not user_id or not isinstance(item_id, str) or not item_id:
-            return self._bad("events", "no user_id / item_id", raw)
+        user_id, item_id = rec["user_id"], rec["item_id"]
         if self.gate is not None and partition is not None and offset is not None:
             self.held_out += self.gate.observe(partition, offset, user_id, item_id)
         seen = self.seen.get(user_id)
@@ -368,9 +332,8 @@ class ExporterState:
         seen.move_to_end(item_id)
         if len(seen) > SEEN_ITEMS_PER_USER:
             seen.popitem(last=False)
-        ts = rec.get("ts")
-        if isinstance(ts, int) and not isinstance(ts, bool):
-            self.events_watermark = ts if self.events_watermark is None else max(self.events_watermark, ts)
+        ts = rec["ts"]
+        self.events_watermark = ts if self.events_watermark is None else max(self.events_watermark, ts)
         return True
 
     # ---------------------------------------------------------------- reading

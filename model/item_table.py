@@ -10,9 +10,10 @@ the exporter stores them next to the model, sha256-checked like the model itself
 ==============  =================  =====================================================
 ``item_ids``    str ``[N]``        sorted ascending; row *i* of every array, and index *i*
                                    of the model's graph / meta.json ``item_ids``
-``vectors``     float32 ``[N, D]`` item factors from ``model.items``
+``vectors``     float32 ``[N, D]`` item factors from ``model.items`` (core.records.ITEM_RECORD)
 ``bias``        float32 ``[N]``    item biases from ``model.items``
-``popularity``  float32 ``[N]``    from ``features.item`` (0 for items without features)
+``popularity``  float32 ``[N]``    the learner's count from ``model.items``, else ``features.item``'s
+                                   (core.records.FEATURES_ITEM), else 0
 ==============  =================  =====================================================
 
 >>> import numpy as np

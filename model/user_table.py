@@ -7,7 +7,7 @@ sha256-checked like every file of a version:
 
 ============  =================  ==================================================
 ``user_ids``  str ``[U]``        sorted ascending
-``vectors``   float32 ``[U, D]`` the latest ``model.users`` vector of each user
+``vectors``   float32 ``[U, D]`` the latest ``model.users`` vector of each user (core.records.USER_RECORD)
 ============  =================  ==================================================
 
 >>> import numpy as np

@@ -1,7 +1,8 @@
 -- The features job, part 1 (flink_jobs/features.py): the clean events of the pipeline's
 -- ingestion (events.clean, read_committed) -> one (user, item, slice) row per pair and slice;
 -- part 2 (sql/features_windows.sql) makes the user and item windows of them.
--- Placeholders: source_options, user_sink_options, item_sink_options, slide.
+-- Placeholders: source_options, user_sink_options, item_sink_options, slide; the tables' columns
+-- are the records' (core/records.py, flink_jobs.env.RECORD_PLACEHOLDERS).
 
 -- The watermark is the pipeline's, carried by every clean event (sql/ingest_sinks.sql), not one
 -- of this job's own from `ts`: events.clean is keyed by user, so a partition mixes the events of
@@ -11,17 +12,7 @@
 -- event it did not flag late is newer than it: the windows drop none of them (parallelism 1; at
 -- more, the writers' watermarks differ by their propagation, docs/ingestion.md).
 CREATE TABLE clean_in (
-  event_id STRING,
-  user_id STRING,
-  item_id STRING,
-  event_type STRING,
-  rating DOUBLE,
-  weight DOUBLE,
-  ts BIGINT,
-  src_partition INT,
-  src_offset BIGINT,
-  late BOOLEAN,
-  ingest_watermark_ms BIGINT,
+  ${clean_event_columns},
   event_time AS TO_TIMESTAMP_LTZ(ts, 3),
   stamped_watermark AS TO_TIMESTAMP_LTZ(COALESCE(ingest_watermark_ms, CAST(0 AS BIGINT)), 3),
   WATERMARK FOR event_time AS stamped_watermark
@@ -62,28 +53,7 @@ FROM TABLE(TUMBLE(TABLE feature_events, DESCRIPTOR(event_time), ${slide}))
 GROUP BY user_id, item_id, window_start, window_end, window_time;
 
 CREATE TABLE features_user_out (
-  user_id STRING,
-  window_start BIGINT,
-  window_end BIGINT,
-  short_events BIGINT,
-  short_views BIGINT,
-  short_clicks BIGINT,
-  short_carts BIGINT,
-  short_purchases BIGINT,
-  short_ratings BIGINT,
-  short_weight DOUBLE,
-  short_distinct_items BIGINT,
-  long_events BIGINT,
-  long_views BIGINT,
-  long_clicks BIGINT,
-  long_carts BIGINT,
-  long_purchases BIGINT,
-  long_ratings BIGINT,
-  long_weight DOUBLE,
-  long_distinct_items BIGINT,
-  last_seen_ts BIGINT,
-  events_per_minute DOUBLE,
-  is_bot BOOLEAN,
+  ${features_user_columns},
   PRIMARY KEY (user_id) NOT ENFORCED
 ) WITH (
   ${user_sink_options},
@@ -92,28 +62,7 @@ CREATE TABLE features_user_out (
 );
 
 CREATE TABLE features_item_out (
-  item_id STRING,
-  window_start BIGINT,
-  window_end BIGINT,
-  short_events BIGINT,
-  short_views BIGINT,
-  short_clicks BIGINT,
-  short_carts BIGINT,
-  short_purchases BIGINT,
-  short_ratings BIGINT,
-  short_weight DOUBLE,
-  short_distinct_users BIGINT,
-  long_events BIGINT,
-  long_views BIGINT,
-  long_clicks BIGINT,
-  long_carts BIGINT,
-  long_purchases BIGINT,
-  long_ratings BIGINT,
-  long_weight DOUBLE,
-  long_distinct_users BIGINT,
-  last_seen_ts BIGINT,
-  popularity DOUBLE,
-  trend DOUBLE,
+  ${features_item_columns},
   PRIMARY KEY (item_id) NOT ENFORCED
 ) WITH (
   ${item_sink_options},

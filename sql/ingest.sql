@@ -2,7 +2,8 @@
 -- JVM by accept_flat_event, every other one by the Python UDF validate_event).
 -- Placeholders: source_options, dlq_sink_options, watermark_delay, watermark_delay_ms,
 -- min_ts_ms, max_future_ms, rating_min, rating_max, max_payload_bytes, w_view, w_click, w_cart,
--- w_purchase, w_rating_base, w_rating_scale.
+-- w_purchase, w_rating_base, w_rating_scale; dlq_record_columns (core/records.py, as every record's
+-- placeholders: flink_jobs.env.RECORD_PLACEHOLDERS).
 --
 -- The watermark is generated in the Kafka source, per partition, from the payload's "ts" (read
 -- with JSON_VALUE only for this purpose); a ts outside [min_ts_ms, processing time + max_future_ms]
@@ -79,13 +80,7 @@ FROM (
 );
 
 CREATE TABLE dlq_out (
-  payload STRING,
-  payload_bytes INT,
-  truncated BOOLEAN,
-  reason STRING,
-  src_partition INT,
-  src_offset BIGINT,
-  ingest_ts BIGINT
+  ${dlq_record_columns}
 ) WITH (
   ${dlq_sink_options},
   'format' = 'json'

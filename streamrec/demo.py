@@ -25,6 +25,7 @@ from collections import Counter
 from streamrec.runtime import assets, broker, kafka_io
 from streamrec import replay
 from streamrec.core.config import Config, to_env
+from streamrec.core.records import RECOMMENDATION
 
 
 def _say(msg: str) -> None:
@@ -191,7 +192,7 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         _say(f"{fates}; CURRENT = {registry.current()} (retention keeps "
              f"{retention_rule(ex.retention, ex.retention_hourly_hours, ex.retention_daily_days)})")
         _say(counted)
-        recs = [r.json() for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
+        recs = [RECOMMENDATION.decode(r.value) for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
         from streamrec.udfs.shard_model import MODEL, NONE, POPULARITY
 
         by_strategy = Counter(r["strategy"] for r in recs)

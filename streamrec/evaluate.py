@@ -17,7 +17,11 @@ Both baselines exclude everything the user has had (the protocol's "seen items e
 pipeline excludes the user's ``learner.recent_items`` most recent items (its keyed state).
 The ratio pipeline / reference is what staleness and asynchrony cost.
 
->>> events = [dict(user_id="u", item_id=i, src_offset=n, weight=1.0, ts=n, event_id=str(n))
+The events and recommendations are the topics' records (core/records.py ``CLEAN_EVENT``,
+``RECOMMENDATION``; :func:`evaluate_topics` decodes them strictly); :func:`evaluate` reads the
+fields below of them.
+
+>>> events = [dict(user_id="u", item_id=i, src_partition=0, src_offset=n, weight=1.0, ts=n, event_id=str(n))
 ...           for n, i in enumerate(["a", "b", "c"])]
 >>> recs = [dict(user_id="u", source_offset=0, items=[{"item_id": "b", "score": 1.0}])]
 >>> r = evaluate(events, recs, k=10, baselines=False)
@@ -35,6 +39,7 @@ from typing import Iterable
 
 import numpy as np
 
+from streamrec.core.records import CLEAN_EVENT, RECOMMENDATION
 from streamrec.udfs.prequential import hit_rank, ndcg_of_rank
 
 
@@ -113,7 +118,7 @@ class EvalResult:
 
 def stream_order(events: Iterable[dict]) -> list[dict]:
     """Cleaned events in event-time order (ties: partition, then offset)."""
-    return sorted(events, key=lambda e: (e["ts"], e.get("src_partition", 0), e["src_offset"]))
+    return sorted(events, key=lambda e: (e["ts"], e["src_partition"], e["src_offset"]))
 
 
 def evaluate(events: Iterable[dict], recommendations: Iterable[dict], k: int = 10,
@@ -151,9 +156,9 @@ def evaluate(events: Iterable[dict], recommendations: Iterable[dict], k: int = 1
                     reference.add(hit_rank(ref_model.recommend(user, k, exclude=seen[user]), item))
         seen[user].add(item)
         if baselines:
-            weight = float(event.get("weight", 1.0))
+            weight = float(event["weight"])
             pop_model.learn_one(user, item, weight)
-            ref_model.learn_one(user, item, weight, event.get("event_id"))
+            ref_model.learn_one(user, item, weight, event["event_id"])
     return EvalResult(k, len(events), first, with_list, pipeline, popularity, reference)
 
 
@@ -161,8 +166,8 @@ def evaluate_topics(cfg, k: int = 10, baselines: bool = True) -> EvalResult:
     """Read ``events.clean`` and ``recommendations`` (read_committed) and evaluate."""
     from streamrec.runtime.kafka_io import read_topic
 
-    events = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    events = [CLEAN_EVENT.decode(r.value) for r in read_topic(cfg, cfg.kafka.topics.clean)]
+    recs = [RECOMMENDATION.decode(r.value) for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
     return evaluate(events, recs, k=k, baselines=baselines, learner_cfg=cfg.learner)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Hashable, Iterable, Iterator, Mapping
 
 from streamrec.core.config import Config, load_config, to_env
+from streamrec.core.records import RECORDS, Record
 from streamrec.runtime.kafka_io import read_topic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,8 +193,24 @@ def planted_stream(n_events: int, seed: int = 7) -> list[dict]:
     return events
 
 
+def topic_record(cfg, topic: str) -> Record:
+    """The record (core/records.py) of the topic named ``topic`` in ``cfg``."""
+    for key, record in RECORDS.items():
+        if getattr(cfg.kafka.topics, key) == topic:
+            return record
+    raise KeyError(f"no record is declared for topic {topic!r}")
+
+
+def read_records(cfg, topic: str, **read_kwargs) -> list[dict | None]:
+    """The records of ``topic`` (:func:`read_topic`), each decoded strictly by the topic's record:
+    a record that drifted from its declaration fails the test (a tombstone is None)."""
+    record = topic_record(cfg, topic)
+    return [None if r.value is None else record.decode(r.value) for r in read_topic(cfg, topic, **read_kwargs)]
+
+
 def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[dict]:
-    """Committed records of ``topic`` once ``expected`` are there (or what is there at timeout)."""
+    """Committed records of ``topic`` once ``expected`` are there (or what is there at timeout),
+    decoded strictly (:func:`read_records`)."""
     from confluent_kafka import KafkaException
 
     from streamrec.runtime.kafka_io import KafkaSetupError
@@ -201,7 +218,7 @@ def wait_for_records(cfg, topic: str, expected: int, timeout_s: float) -> list[d
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            recs = [r.json() for r in read_topic(cfg, topic, idle_timeout=2)]
+            recs = read_records(cfg, topic, idle_timeout=2)
         except (KafkaException, KafkaSetupError):  # a broker just back (unfenced, leaders moving)
             if time.monotonic() > deadline:
                 raise

@@ -11,6 +11,8 @@ import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from streamrec.core import records
+
 NOW = int(time.time() * 1000)
 #: max_id_chars at its lower bound, the JVM fast path's own cap (sql/ingest.sql), so both routes
 #: meet the id limit; payloads up to the default 16 KiB, so a 16,000-character id reaches it.
@@ -74,7 +76,7 @@ TS = mostly(st.integers(SETTINGS["min_ts_ms"], NOW - 60_000),
             st.floats(allow_nan=True, allow_infinity=False), st.text(max_size=4), st.booleans(), st.none())
 RATING = mostly(st.sampled_from([0.5, 1, 3, 4.5, 5, 5.0, 4]), st.sampled_from([0, -0.0, 5.5, 7, 1e300, -1]),
                 st.floats(0, 6), st.text(max_size=3), st.booleans(), st.none(), usual_in_10=6)
-EVENT_TYPES = mostly(st.sampled_from(["view", "click", "cart", "purchase", "rating"]),
+EVENT_TYPES = mostly(st.sampled_from(records.EVENT_TYPES),
                      st.sampled_from(["VIEW", " Click ", "RATING", "like", "", "cli\u212a", "view\u00a0"]),
                      st.text(max_size=5), st.integers(0, 9))
 

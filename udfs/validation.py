@@ -48,13 +48,15 @@ import json
 import math
 import re
 import time
+from collections import namedtuple
 from dataclasses import dataclass
 
 from streamrec.core.config import IngestConfig
+from streamrec.core.records import CLEAN_EVENT, EVENT_TYPES, RAW_EVENT, VALIDATED_FIELDS
 
-EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
 ID_FIELDS = ("event_id", "user_id", "item_id")
-REQUIRED_FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts")
+#: The raw event's keys that every event must have (``rating`` only a rating event).
+REQUIRED_FIELDS = tuple(f.name for f in RAW_EVENT.fields if not f.optional)
 
 #: Every reason code validate() can return (metrics are registered for each of them up front).
 REASONS: tuple[str, ...] = (
@@ -69,14 +71,10 @@ REASONS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class CleanEvent:
-    event_id: str
-    user_id: str
-    item_id: str
-    event_type: str
-    rating: float | None
-    ts: int
+#: A valid event: the fields ``validate()`` decides, in the clean event's order and of its types
+#: (core.records.VALIDATED_FIELDS; ``rating`` is None unless a rating event). A tuple, so the UDF
+#: passes its fields on positionally.
+CleanEvent = namedtuple("CleanEvent", VALIDATED_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -236,8 +234,11 @@ def payload_size(payload: bytes | str | None) -> int:
 
 # --- Flink wrappers ---------------------------------------------------------------------------
 
-VALIDATED_ROW = ("reason STRING, event_id STRING, user_id STRING, item_id STRING, event_type STRING, "
-                 "rating DOUBLE, ts BIGINT, dlq_text STRING, payload_bytes INT")
+#: validate_event's result: the verdict, the cleaned fields (the clean event's, core/records.py),
+#: the DLQ text and the payload's size.
+VALIDATED_ROW = (f"ROW<reason STRING, {CLEAN_EVENT.columns(VALIDATED_FIELDS, sep=', ')}, "
+                 "dlq_text STRING, payload_bytes INT>")
+_NO_EVENT = (None,) * len(VALIDATED_FIELDS)
 
 
 def make_udfs(cfg: IngestConfig):
@@ -246,21 +247,9 @@ def make_udfs(cfg: IngestConfig):
     for a rejection the DLQ text (:func:`truncate_payload`); the payload's size in bytes always.
     One function, so one Python call per record (three functions made two Python operators)."""
     from pyflink.common import Row
-    from pyflink.table import DataTypes
     from pyflink.table.udf import ScalarFunction, udf
 
     settings = cfg.model_copy()
-    row_type = DataTypes.ROW([
-        DataTypes.FIELD("reason", DataTypes.STRING()),
-        DataTypes.FIELD("event_id", DataTypes.STRING()),
-        DataTypes.FIELD("user_id", DataTypes.STRING()),
-        DataTypes.FIELD("item_id", DataTypes.STRING()),
-        DataTypes.FIELD("event_type", DataTypes.STRING()),
-        DataTypes.FIELD("rating", DataTypes.DOUBLE()),
-        DataTypes.FIELD("ts", DataTypes.BIGINT()),
-        DataTypes.FIELD("dlq_text", DataTypes.STRING()),
-        DataTypes.FIELD("payload_bytes", DataTypes.INT()),
-    ])
     max_dlq = settings.dlq_payload_max_bytes
 
     class ValidateEvent(ScalarFunction):
@@ -282,9 +271,7 @@ def make_udfs(cfg: IngestConfig):
                 counter = self.rejected.get(result.reason)
                 if counter is not None:
                     counter.inc()
-                return Row(result.reason, None, None, None, None, None, None,
-                           truncate_payload(payload, max_dlq), payload_size(payload))
-            return Row(None, result.event_id, result.user_id, result.item_id, result.event_type,
-                       result.rating, result.ts, None, payload_size(payload))
+                return Row(result.reason, *_NO_EVENT, truncate_payload(payload, max_dlq), payload_size(payload))
+            return Row(None, *result, None, payload_size(payload))
 
-    return {"validate_event": udf(ValidateEvent(), result_type=row_type)}
+    return {"validate_event": udf(ValidateEvent(), result_type=VALIDATED_ROW)}

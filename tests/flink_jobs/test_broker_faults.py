@@ -19,7 +19,7 @@ from streamrec.runtime import broker
 from streamrec import replay
 from streamrec.runtime.kafka_io import ensure_topics, read_topic
 from tests.support import (account_ingestion, account_recommendations, free_port, make_config, planted_stream,
-                           wait_for_records)
+                           read_records, wait_for_records)
 
 pytestmark = pytest.mark.slow
 
@@ -111,11 +111,11 @@ def test_pipeline_is_exactly_once_across_a_broker_restart(tmp_path, fault):
             # checkpoints, which would commit any duplicate
             wait_for_records(cfg, cfg.kafka.topics.recommendations, N_EVENTS, timeout_s=240)
             time.sleep(5)
-            recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+            recs = read_records(cfg, cfg.kafka.topics.recommendations)
             status = run.job_client.get_job_status().result().name
             raw = list(read_topic(cfg, cfg.kafka.topics.raw))
-            clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-            dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq)]
+            clean = read_records(cfg, cfg.kafka.topics.clean)
+            dlq = read_records(cfg, cfg.kafka.topics.dlq)
         finally:
             run.cancel()
     finally:

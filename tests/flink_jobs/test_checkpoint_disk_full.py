@@ -13,7 +13,7 @@ import pytest
 
 from streamrec import replay
 from streamrec.runtime.kafka_io import end_offsets, ensure_topics, read_topic
-from tests.support import StreamrecProcess as Run
+from tests.support import StreamrecProcess as Run, read_records
 from tests.support import account_ingestion, account_recommendations, fill_up, planted_stream, small_filesystem
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]  # ~2-3 min: make test-faults
@@ -55,9 +55,9 @@ def test_a_full_checkpoint_disk_stops_the_job_clearly_and_the_same_command_resum
     assert again.wait(timeout=600) == 0, again.output[-3000:]
     assert "resum" in again.output.lower(), again.output[-3000:]
     raw = list(read_topic(cfg, cfg.kafka.topics.raw))
-    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-    dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq)]
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    clean = read_records(cfg, cfg.kafka.topics.clean)
+    dlq = read_records(cfg, cfg.kafka.topics.dlq)
+    recs = read_records(cfg, cfg.kafka.topics.recommendations)
     ingested = account_ingestion(raw, clean, dlq)
     assert ingested.exact and ingested.checked == N_EVENTS, ingested
     recommended = account_recommendations(clean, recs)

@@ -45,7 +45,8 @@ from streamrec.model.registry import Registry
 from streamrec.model.scoring import CPU, ScoringModel, check_servable
 from streamrec.model.user_table import load_user_table
 from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
-from tests.support import account_recommendations, export_forced
+from streamrec.core.records import VALIDATED_FIELDS
+from tests.support import account_recommendations, export_forced, read_records, topic_record
 from streamrec.udfs.validation import REASONS, CleanEvent, Rejection, payload_size, truncate_payload, validate
 
 pytestmark = pytest.mark.slow
@@ -438,9 +439,11 @@ def produce_raw(cfg, topic: str, records: list[RawRecord], context: str) -> dict
 
 
 def latest_per_key(cfg, topic: str) -> dict[str, dict | None]:
+    """The latest record per key, decoded strictly by the topic's record (None: a tombstone)."""
+    record = topic_record(cfg, topic)
     out: dict[str, dict | None] = {}
     for r in read_topic(cfg, topic):
-        out[r.key.decode("utf-8")] = r.json()
+        out[r.key.decode("utf-8")] = None if r.value is None else record.decode(r.value)
     return out
 
 
@@ -480,9 +483,9 @@ def test_hostile_stream_through_the_whole_pipeline(cfg, tmp_path):
     ran = time.monotonic()
 
     now_after = int(time.time() * 1000)
-    clean_list = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-    dlq_list = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq)]
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    clean_list = read_records(cfg, cfg.kafka.topics.clean)
+    dlq_list = read_records(cfg, cfg.kafka.topics.dlq)
+    recs = read_records(cfg, cfg.kafka.topics.recommendations)
     clean = {(c["src_partition"], c["src_offset"]): c for c in clean_list}
     dlq = {(d["src_partition"], d["src_offset"]): d for d in dlq_list}
     assert len(clean) == len(clean_list) and len(dlq) == len(dlq_list), f"{ctx} a coordinate written twice"
@@ -519,8 +522,7 @@ def test_hostile_stream_through_the_whole_pipeline(cfg, tmp_path):
                                f"events.clean {len(kept)} times: {kept}"
         (coord,) = kept
         verdict, got = verdicts[coord], clean[coord]
-        assert (got["event_id"], got["user_id"], got["item_id"], got["event_type"], got["rating"], got["ts"]) == \
-            (verdict.event_id, verdict.user_id, verdict.item_id, verdict.event_type, verdict.rating, verdict.ts), \
+        assert CleanEvent(**{f: got[f] for f in VALIDATED_FIELDS}) == verdict, \
             f"{ctx} clean record at {coord} differs from validate(): {got} vs {verdict}"
         assert math.isclose(got["weight"], expected_weight(cfg, verdict), rel_tol=1e-9), f"{ctx} weight of {got}"
         # the first occurrence by processing time is kept: in one partition, the lowest offset
@@ -566,7 +568,7 @@ def test_hostile_stream_through_the_whole_pipeline(cfg, tmp_path):
             (event["event_id"], event["user_id"], event["ts"]), f"{ctx} {rec} vs {event}"
         listed = [i["item_id"] for i in rec["items"]]
         if not listed:  # allowed only as the record saying why (strategy none, reason user_had_every_item)
-            assert (rec.get("strategy"), rec.get("reason")) == ("none", "user_had_every_item"), f"{ctx} {rec}"
+            assert (rec["strategy"], rec["reason"]) == ("none", "user_had_every_item"), f"{ctx} {rec}"
             nothing_to_show.add(event["event_id"])
         assert len(listed) <= cfg.scoring.top_k and len(set(listed)) == len(listed), f"{ctx} {rec}"
         assert set(listed) <= items and event["item_id"] not in listed, f"{ctx} {rec} (event {event})"

@@ -9,9 +9,10 @@ import random
 import pytest
 
 from streamrec.flink_jobs import features, ingest
-from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
+from streamrec.runtime.kafka_io import ensure_topics, producer
 from streamrec.udfs.features import event_weight, window_features
 from streamrec.udfs.validation import CleanEvent, validate
+from tests.support import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -97,8 +98,8 @@ def test_ingest_exact_routing_dedup_late_and_features(cfg):
 
     summary = ingest.run(cfg, bounded=True)
 
-    dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq)]
-    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
+    dlq = read_records(cfg, cfg.kafka.topics.dlq)
+    clean = read_records(cfg, cfg.kafka.topics.clean)
     # -- the crafted partition: exact reasons, survivors, duplicates, late flags
     got_reasons: dict[str, int] = {}
     for d in dlq:
@@ -142,7 +143,7 @@ def test_ingest_exact_routing_dedup_late_and_features(cfg):
         assert c["weight"] == pytest.approx(event_weight(c["event_type"], c["rating"], cfg.ingest))
     for topic, key in ((cfg.kafka.topics.features_user, "user_id"),
                        (cfg.kafka.topics.features_item, "item_id")):
-        got = sorted((r.json() for r in read_topic(cfg, topic)), key=lambda r: (r[key], r["window_end"]))
+        got = sorted(read_records(cfg, topic), key=lambda r: (r[key], r["window_end"]))
         want = window_features(feature_events, cfg.ingest, key)
         assert len(got) == len(want)
         for g, w in zip(got, want):
@@ -183,7 +184,7 @@ def test_feature_windows_are_complete_under_a_backlog(cfg):
     weighted = [{**e, "weight": event_weight(e["event_type"], e["rating"], cfg.ingest)} for e in events]
     for topic, key in ((cfg.kafka.topics.features_user, "user_id"),
                        (cfg.kafka.topics.features_item, "item_id")):
-        got = sorted((r.json() for r in read_topic(cfg, topic)), key=lambda r: (r[key], r["window_end"]))
+        got = sorted(read_records(cfg, topic), key=lambda r: (r[key], r["window_end"]))
         want = window_features(weighted, cfg.ingest, key)
         assert len(got) == len(want), (topic, len(got), len(want))
         for g, w in zip(got, want):

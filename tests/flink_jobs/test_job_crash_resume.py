@@ -20,9 +20,8 @@ from streamrec.runtime import lineage
 from streamrec.flink_jobs.pipeline import JOB_NAME
 from streamrec.runtime import assets
 from streamrec import replay
-from streamrec.core.config import to_env
 from streamrec.runtime.kafka_io import end_offsets, ensure_topics, read_topic
-from tests.support import StreamrecProcess as Run
+from tests.support import StreamrecProcess as Run, read_records
 from tests.support import account_ingestion, account_recommendations
 
 
@@ -84,9 +83,9 @@ def _assert_exactly_once(cfg, result: dict) -> None:
     assert result["kill_offsets"] == sorted(result["kill_offsets"])
     n_events = len(result["events"])
     raw = list(read_topic(cfg, cfg.kafka.topics.raw))
-    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-    dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq)]
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    clean = read_records(cfg, cfg.kafka.topics.clean)
+    dlq = read_records(cfg, cfg.kafka.topics.dlq)
+    recs = read_records(cfg, cfg.kafka.topics.recommendations)
     # every raw record in exactly one of events.clean / events.dlq (ML-100k: all valid, unique)
     ingested = account_ingestion(raw, clean, dlq)
     assert ingested.exact and ingested.checked == n_events and not ingested.dropped, ingested

@@ -15,8 +15,8 @@ import pytest
 from streamrec.flink_jobs import pipeline
 from streamrec.runtime import assets
 from streamrec import replay
-from streamrec.runtime.kafka_io import ensure_topics, read_topic
-from tests.support import account_recommendations
+from streamrec.runtime.kafka_io import ensure_topics
+from tests.support import account_recommendations, read_records
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,8 @@ def test_a_bounded_run_recommends_for_every_event_with_one_ms_windows(cfg, tmp_p
 
     pipeline.run(cfg, bounded=True, quiet=True, with_features=False)
 
-    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    clean = read_records(cfg, cfg.kafka.topics.clean)
+    recs = read_records(cfg, cfg.kafka.topics.recommendations)
     assert len(clean) == N_EVENTS
     # every event that reached the learner's windows has exactly one record (`none` included)
     recommended = account_recommendations(clean, recs)

@@ -20,8 +20,8 @@ from streamrec.model.registry import Registry, version_number
 from streamrec import replay
 from streamrec.core.config import to_env
 from streamrec.demo import start_exporter, stop_process
-from streamrec.runtime.kafka_io import ensure_topics, read_topic
-from tests.support import planted_stream
+from streamrec.runtime.kafka_io import ensure_topics
+from tests.support import planted_stream, read_records
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def test_rollback_pins_for_a_minute_of_events_then_unpin_resumes_promotion(cfg, 
         run.cancel()
         stop_process(exporter)
 
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    recs = read_records(cfg, cfg.kafka.topics.recommendations)
     model_recs = [r for r in recs if r["strategy"] == "model"]
     # while the pin held, the job served the pinned version (after its swap check), never a newer one
     during = [r for r in model_recs if pinned_at + 2 < r["emitted_ts"] / 1000 < pinned_at + PIN_HOLD_S]

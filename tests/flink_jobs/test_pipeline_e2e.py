@@ -26,7 +26,8 @@ from streamrec.core.config import to_env
 from streamrec.demo import start_exporter, stop_process
 from streamrec.evaluate import evaluate
 from streamrec.runtime.kafka_io import ensure_topics, read_topic
-from tests.support import N_ITEMS, account_ingestion, account_recommendations, planted_stream, wait_for_records
+from tests.support import (N_ITEMS, account_ingestion, account_recommendations, planted_stream, read_records,
+                           wait_for_records)
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +143,7 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
         # checkpoint after the last recommendation's: wait for every output the test counts.
         clean = wait_for_records(cfg, cfg.kafka.topics.clean, 2400, timeout_s=60)
         dlq = wait_for_records(cfg, cfg.kafka.topics.dlq, 2, timeout_s=60)
-        recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+        recs = read_records(cfg, cfg.kafka.topics.recommendations)
     finally:
         run.cancel()
         stop.set()
@@ -153,7 +154,7 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
     # ingestion accounting: every input record ends in exactly one place
     # (read again after the cancel: nothing committed may have gone, nothing more may have come)
     for topic, before in ((cfg.kafka.topics.clean, clean), (cfg.kafka.topics.dlq, dlq)):
-        after = [r.json() for r in read_topic(cfg, topic)]
+        after = read_records(cfg, topic)
         assert sorted(map(json.dumps, after)) == sorted(map(json.dumps, before)), topic
     assert len(clean) == 2400 and len(dlq) == 2, (len(clean), len(dlq))
     assert len(clean) + len(dlq) + len(duplicates) == len(items)
@@ -229,5 +230,5 @@ def test_pipeline_end_to_end(cfg, tmp_path, serve):
     assert quality.coverage > 0.9
     assert quality.pipeline.recall > quality.popularity.recall, quality.table()
 
-    changelog = [json.loads(r.value) for r in read_topic(cfg, cfg.kafka.topics.model_items)]
+    changelog = read_records(cfg, cfg.kafka.topics.model_items)
     assert {c["item_id"] for c in changelog} <= {f"i{n}" for n in range(N_ITEMS)}

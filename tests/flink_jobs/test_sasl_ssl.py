@@ -19,8 +19,8 @@ import pytest
 from streamrec.flink_jobs import pipeline
 from streamrec.runtime import broker
 from streamrec import replay
-from streamrec.runtime.kafka_io import admin, ensure_topics, read_topic
-from tests.support import account_recommendations, export_forced, free_port, make_config, planted_stream
+from streamrec.runtime.kafka_io import admin, ensure_topics
+from tests.support import account_recommendations, export_forced, free_port, make_config, planted_stream, read_records
 
 pytestmark = pytest.mark.slow
 
@@ -137,8 +137,8 @@ def test_scram_over_tls_pipeline_and_exporter_and_no_secret_anywhere(tmp_path, c
                                   progress=False).failed == 0
             run = pipeline.run(cfg, bounded=True, quiet=True, with_features=False)
             assert run.ingest.cleaned == len(events)
-            clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-            recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+            clean = read_records(cfg, cfg.kafka.topics.clean)
+            recs = read_records(cfg, cfg.kafka.topics.recommendations)
             recommended = account_recommendations(clean, recs)  # the Java client read and wrote over TLS
             assert recommended.exact and recommended.checked == len(events), recommended
             version = export_forced(cfg)

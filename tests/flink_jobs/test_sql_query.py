@@ -1,7 +1,6 @@
 """`streamrec sql`: exact rows for a known stream in events.clean; a bad statement is one line;
 read-only is Flink's parser and planner, so no spelling of a write or an OPTIONS hint gets by."""
 
-import json
 import time
 
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from streamrec.flink_jobs.sql_query import (DYNAMIC_OPTIONS, QueryError, check_read_only, query_environment,
                                   run_query)
 from streamrec.core.config import to_env
+from streamrec.core.records import CLEAN_EVENT, RECOMMENDATION
 from streamrec.runtime.kafka_io import ensure_topics, producer
 from tests.support import free_port, make_config
 
@@ -78,14 +78,16 @@ def test_sql_front_door_exact_rows_and_clean_errors(cfg, capsys):
     ensure_topics(cfg, [cfg.kafka.topics.clean])
     prod = producer(cfg)
     for i in range(12):
-        prod.produce(cfg.kafka.topics.clean, key=f"u{i % 3}".encode(), value=json.dumps({
-            "event_id": f"e{i}", "user_id": f"u{i % 3}", "item_id": f"i{i % 4}", "event_type": "view",
-            "rating": None, "weight": 0.25, "ts": 1_000 + i, "src_partition": 0, "src_offset": i}).encode())
+        prod.produce(cfg.kafka.topics.clean, key=f"u{i % 3}".encode(), value=CLEAN_EVENT.encode(
+            event_id=f"e{i}", user_id=f"u{i % 3}", item_id=f"i{i % 4}", event_type="view", rating=None,
+            weight=0.25, ts=1_000 + i, src_partition=0, src_offset=i, late=i == 11, ingest_watermark_ms=None))
     assert prod.flush(30) == 0
     columns, rows = run_query(cfg, "SELECT user_id, COUNT(*) AS n, SUM(weight) AS w FROM events_clean "
                                    "GROUP BY user_id ORDER BY user_id")
     assert columns == ["user_id", "n", "w"]
     assert rows == [("u0", 4, 1.0), ("u1", 4, 1.0), ("u2", 4, 1.0)]
+    _, rows = run_query(cfg, "SELECT event_id FROM events_clean WHERE late")  # every column of the record
+    assert rows == [("e11",)]
     _, rows = run_query(cfg, "SHOW TABLES;")  # not a query: read-only runs it all the same
     assert ("events_clean",) in rows and ("features_item",) in rows
     with pytest.raises(QueryError) as err:
@@ -103,11 +105,22 @@ def test_the_recommendations_table_reads_the_shards_records(cfg):
     ensure_topics(cfg, [cfg.kafka.topics.recommendations])
     prod = producer(cfg)
     for rec in out.recommendations:
-        prod.produce(cfg.kafka.topics.recommendations, key=rec["user_id"].encode(), value=json.dumps(rec).encode())
+        prod.produce(cfg.kafka.topics.recommendations, key=rec["user_id"].encode(), value=RECOMMENDATION.encode(rec))
     assert prod.flush(30) == 0
     _, rows = run_query(cfg, "SELECT source_event_id, strategy, reason, CARDINALITY(items) AS n, batch_size "
                              "FROM recommendations ORDER BY source_offset")
     assert rows == [("e0", "none", "user_had_every_item", 0, 1), ("e1", "model", None, 1, 1)]
+
+
+def test_a_record_that_drifted_from_its_declaration_is_an_error_not_a_skipped_row(cfg):
+    """The query tables no longer skip what does not parse ('json.ignore-parse-errors' is gone):
+    every writer encodes through core/records.py, so such a record is a bug to show."""
+    ensure_topics(cfg, [cfg.kafka.topics.recommendations])
+    prod = producer(cfg)
+    prod.produce(cfg.kafka.topics.recommendations, key=b"u9", value=b'{"user_id": "u9", "batch_size": "many"}')
+    assert prod.flush(30) == 0
+    with pytest.raises(QueryError):
+        run_query(cfg, "SELECT user_id, batch_size FROM recommendations")
 
 
 @pytest.mark.parametrize("statement, why", REFUSED)

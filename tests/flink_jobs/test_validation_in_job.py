@@ -14,7 +14,9 @@ import time
 import pytest
 
 from streamrec.flink_jobs import ingest
-from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
+from streamrec.core.records import VALIDATED_FIELDS
+from streamrec.runtime.kafka_io import ensure_topics, producer
+from tests.support import read_records
 from tests.validation_corpus import FIXED, ID_CASES, RECORD_TIMESTAMPS, SETTINGS, bound_cases, hypothesis_records
 from streamrec.udfs.validation import CleanEvent, validate
 
@@ -47,8 +49,8 @@ def test_every_record_gets_the_verdict_of_validate(cfg):
 
     ingest.run(cfg, bounded=True)  # no restart allowed: any exception in an operator fails this
 
-    clean = {c["src_offset"]: c for c in (r.json() for r in read_topic(cfg, cfg.kafka.topics.clean))}
-    dlq_records = {d["src_offset"]: d for d in (r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq))}
+    clean = {c["src_offset"]: c for c in read_records(cfg, cfg.kafka.topics.clean)}
+    dlq_records = {d["src_offset"]: d for d in read_records(cfg, cfg.kafka.topics.dlq)}
     dlq = {o: d["reason"] for o, d in dlq_records.items()}
     assert not clean.keys() & dlq.keys()
     lost = {o: p for o, p in sent.items() if o not in clean and o not in dlq}
@@ -61,9 +63,7 @@ def test_every_record_gets_the_verdict_of_validate(cfg):
         if isinstance(verdict, CleanEvent):
             got = clean.get(offset)
             assert got is not None, (payload, dlq.get(offset))
-            assert (got["event_id"], got["user_id"], got["item_id"], got["event_type"], got["rating"], got["ts"]) \
-                == (verdict.event_id, verdict.user_id, verdict.item_id, verdict.event_type, verdict.rating,
-                    verdict.ts), payload
+            assert CleanEvent(**{f: got[f] for f in VALIDATED_FIELDS}) == verdict, payload
             valid += 1
         else:
             assert dlq.get(offset) == verdict.reason, (payload, clean.get(offset))

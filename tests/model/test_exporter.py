@@ -2,7 +2,6 @@
 (user groups prefer item groups), exports into a tmp registry, the held-out quality gate (events
 after each candidate's cut), --force, the run loop's triggers and a clean stop on SIGTERM."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,13 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from streamrec.model.exporter import FEATURE_ITEM_ID, FEATURE_POPULARITY, FORCE_ACTOR, Exporter
+from streamrec.model.exporter import FORCE_ACTOR, Exporter
 from streamrec.model.item_table import ITEMS_ATTACHMENT, load_item_table
 from streamrec.model.user_table import USERS_ATTACHMENT
 from streamrec.model.registry import Registry
 from streamrec.runtime import kafka_io
 from streamrec.core.config import to_env
-from tests.support import REPO
+from tests.model.changelog import event, features, item, user
+from tests.support import REPO, topic_record
 
 pytestmark = pytest.mark.slow
 
@@ -56,17 +56,15 @@ class World:
         out = []
         for n, (item_id, vec) in enumerate(sorted(vectors.items())):
             self.ts += 1
-            out.append((item_id, {"item_id": item_id, "vector": vec.tolist(), "bias": 0.01 * (n % 5),
-                                  "updates": 3, "ts": self.ts}))
+            out.append((item_id, item(item_id, vec, bias=0.01 * (n % 5), updates=3, popularity=n % 7,
+                                      ts=self.ts)))
         return out
 
     def user_records(self):
-        return [(u, {"user_id": u, "vector": v.tolist(), "events": EVENTS_PER_USER, "ts": self.ts})
-                for u, v in self.users.items()]
+        return [(u, user(u, v, events=EVENTS_PER_USER, ts=self.ts)) for u, v in self.users.items()]
 
     def feature_records(self):
-        return [(i, {FEATURE_ITEM_ID: i, FEATURE_POPULARITY: float(self.rng.integers(0, 20)),
-                     "window_end": self.ts}) for i in self.items]
+        return [(i, features(i, float(self.rng.integers(0, 20)), window_end=self.ts)) for i in self.items]
 
     def event_records(self):
         out = []
@@ -74,9 +72,7 @@ class World:
             group = [i for i, g in self.group_of.items() if g == u % GROUPS]
             for item_id in self.rng.choice(group, size=EVENTS_PER_USER, replace=False):
                 self.ts += 1
-                out.append((user_id, {"event_id": f"e{self.ts}", "user_id": user_id, "item_id": str(item_id),
-                                      "event_type": "click", "rating": None, "weight": 0.5, "ts": self.ts,
-                                      "src_partition": 0, "src_offset": self.ts}))
+                out.append((user_id, event(user_id, str(item_id), ts=self.ts, offset=self.ts)))
         return out
 
     def shuffled(self):
@@ -92,8 +88,9 @@ def produce(cfg, topic, records, transactional=False):
     if transactional:
         prod.init_transactions(30)
         prod.begin_transaction()
+    record = topic_record(cfg, topic)
     for key, value in records:
-        prod.produce(topic, key=key.encode(), value=None if value is None else json.dumps(value).encode())
+        prod.produce(topic, key=key.encode(), value=None if value is None else record.encode(value))
     if transactional:
         prod.commit_transaction(30)
     assert prod.flush(30) == 0

@@ -8,59 +8,70 @@ import os
 import numpy as np
 
 from streamrec.model import exporter as ex
-from streamrec.model.exporter import (
-    FEATURE_ITEM_ID,
-    FEATURE_POPULARITY,
-    PIPELINE_JOB,
-    Exporter,
-    ExporterState,
-    config_sha256,
-)
+from streamrec.model.exporter import PIPELINE_JOB, Exporter, ExporterState, config_sha256
 from streamrec.model.item_table import ITEMS_ATTACHMENT
 from streamrec.model.user_table import load_user_table
 from streamrec.model.registry import Registry, sha256_hex
+from tests.model.changelog import encoded, event, features, item, user
 from tests.support import make_config
 
 
-def _j(obj) -> bytes:
-    return json.dumps(obj).encode()
+def _item(*args, **kwargs) -> bytes:
+    return encoded("items", item(*args, **kwargs))
+
+
+def _user(*args, **kwargs) -> bytes:
+    return encoded("users", user(*args, **kwargs))
+
+
+def _features(*args, **kwargs) -> bytes:
+    return encoded("features", features(*args, **kwargs))
+
+
+def _event(*args, **kwargs) -> bytes:
+    return encoded("events", event(*args, **kwargs))
 
 
 def test_items_features_users_and_order():
     st = ExporterState(dim=2)
     assert not st.changed
-    st.apply("items", b"b", _j({"item_id": "b", "vector": [1, 2], "bias": 0.5, "updates": 1, "ts": 10}))
-    st.apply("items", b"a", _j({"item_id": "a", "vector": [3, 4], "bias": -1, "updates": 1, "ts": 30}))
-    st.apply("items", b"b", _j({"item_id": "b", "vector": [5, 6], "bias": 0.25, "updates": 2, "ts": 20}))
-    st.apply("items", b"c", _j({"item_id": "c", "vector": [0, 0], "bias": 0, "updates": 1, "ts": 5}))
+    st.apply("items", b"b", _item("b", [1, 2], bias=0.5, popularity=1.0, ts=10))
+    st.apply("items", b"a", _item("a", [3, 4], bias=-1, ts=30))
+    st.apply("items", b"b", _item("b", [5, 6], bias=0.25, updates=2, popularity=2.0, ts=20))
+    st.apply("items", b"c", _item("c", [0, 0], ts=5))
     st.apply("items", b"c", None)  # tombstone
-    st.apply("features", b"b", _j({FEATURE_ITEM_ID: "b", FEATURE_POPULARITY: 7.0, "other": 1}))
-    st.apply("users", b"u", _j({"user_id": "u", "vector": [1, 0], "events": 3, "ts": 1}))
-    assert st.changed and st.item_changes == 5 and st.feature_changes == 1
+    st.apply("features", b"b", _features("b", 7.0))
+    st.apply("features", b"d", _features("d", 4.0))  # an item without a changelog record yet
+    st.apply("users", b"u", _user("u", [1, 0], events=3))
+    assert st.changed and st.item_changes == 5 and st.feature_changes == 2
     t = st.item_table()
     assert t.item_ids.tolist() == ["a", "b"]  # sorted ids, c deleted
     np.testing.assert_array_equal(t.vectors, [[3, 4], [5, 6]])  # last record of b wins
     np.testing.assert_array_equal(t.bias, np.array([-1, 0.25], np.float32))
-    np.testing.assert_array_equal(t.popularity, [0, 7])  # 0 without features
+    np.testing.assert_array_equal(t.popularity, [0, 2])  # the learner's own count
+    assert st.popularity == {"b": 7.0, "d": 4.0}
     assert st.items_watermark == 30
     st.mark_exported()
     assert not st.changed
-    st.apply("features", b"b", _j({FEATURE_ITEM_ID: "b", FEATURE_POPULARITY: 7.0}))  # no change
+    st.apply("features", b"b", _features("b", 7.0, window_end=120_000))  # no change
     assert not st.changed
     snapshot = st.user_snapshot()
-    st.apply("users", b"u", _j({"user_id": "u", "vector": [0, 1], "events": 4, "ts": 2}))
+    st.apply("users", b"u", _user("u", [0, 1], events=4, ts=2))
     assert snapshot["u"].tolist() == [1, 0] and st.users["u"].tolist() == [0, 1]  # the snapshot stays
 
 
 def test_bad_records_are_counted_and_skipped():
+    """Not the topic's record (decoded strictly, core/records.py), or of another dimension."""
     st = ExporterState(dim=2)
-    for raw in [b"{not json", _j([1, 2]), _j({"item_id": "x", "vector": [1]}),
-                _j({"item_id": "x", "vector": [1, float("nan")]}), _j({"vector": [1, 2]}),
-                _j({"item_id": "x", "vector": [1, 2], "bias": "high"})]:
-        assert st.apply("items", None, raw) is False
-    assert st.bad["items"] == 6 and st.items == {}
-    assert st.apply("features", b"i", _j({FEATURE_ITEM_ID: "i"})) is False
-    assert st.apply("events", b"u", _j({"user_id": "u"})) is False
+    whole = item("x", [1, 2])
+    for raw in [b"{not json", b"[1, 2]", _item("x", [1]), json.dumps({**whole, "vector": [1, float("nan")]}).encode(),
+                json.dumps({k: v for k, v in whole.items() if k != "item_id"}).encode(),
+                json.dumps({**whole, "bias": "high"}).encode(), json.dumps({**whole, "bias": None}).encode(),
+                json.dumps({**whole, "extra": 1}).encode(), _item("x", [1e39, 0])]:  # float32 overflows
+        assert st.apply("items", None, raw) is False, raw
+    assert st.bad["items"] == 9 and st.items == {}
+    assert st.apply("features", b"i", json.dumps({"item_id": "i", "popularity": 1.0}).encode()) is False
+    assert st.apply("events", b"u", json.dumps({"user_id": "u"}).encode()) is False
     assert not st.changed
 
 
@@ -69,10 +80,10 @@ def test_bounded_seen(monkeypatch):
     monkeypatch.setattr(ex, "SEEN_USERS_MAX", 2)
     st = ExporterState(dim=2)
     for n in range(6):
-        st.apply("events", b"u1", _j({"user_id": "u1", "item_id": f"i{n}", "ts": n}))
-    st.apply("events", b"u2", _j({"user_id": "u2", "item_id": "j", "ts": 100}))
+        st.apply("events", b"u1", _event("u1", f"i{n}", ts=n))
+    st.apply("events", b"u2", _event("u2", "j", ts=100))
     assert {u: list(s) for u, s in st.seen.items()} == {"u1": ["i3", "i4", "i5"], "u2": ["j"]}
-    st.apply("events", b"u3", _j({"user_id": "u3", "item_id": "k", "ts": 5}))
+    st.apply("events", b"u3", _event("u3", "k", ts=5))
     assert list(st.seen) == ["u2", "u3"]  # least recently active user dropped
     assert st.events_watermark == 100 and not st.changed  # events alone do not trigger exports
 
@@ -87,18 +98,18 @@ def _exporter(tmp_path, dim=2, **overrides):
 def test_export_triggers(tmp_path):
     exp = _exporter(tmp_path, every_n_changes=3, interval_s=60.0, gate_min_events=0)
     assert not exp._due(0.0)  # nothing changed
-    exp.state.apply("items", b"a", _j({"item_id": "a", "vector": [1, 2], "bias": 0}))
+    exp.state.apply("items", b"a", _item("a", [1, 2]))
     assert exp._due(0.0)  # never exported: due as soon as something changed
     exp._last_export = 100.0
     assert not exp._due(101.0) and exp._due(160.0)  # interval
     for n in range(2):
-        exp.state.apply("items", b"b", _j({"item_id": "b", "vector": [1, 2], "bias": n}))
+        exp.state.apply("items", b"b", _item("b", [1, 2], bias=n))
     assert exp._due(101.0)  # change count
     exp._retry_at = 200.0
     assert not exp._due(150.0) and exp._due(200.0)  # back-off after a failed export
     r = exp.export()  # exports into the registry without Kafka; min 0 events: decided at once
     assert r.version == "v000001" and r.promoted and r.items == 2 and not exp.state.changed
-    assert exp.training_position()["watermark"] is None
+    assert exp.training_position()["watermark"] == 1  # the newest item record's ts
 
 
 # --------------------------------------------------------------------------- the gate, end to end
@@ -106,9 +117,8 @@ def _world_records():
     from tests.model.test_gate import _world
 
     items, ids, users, events, seen = _world()
-    item_recs = [(i, _j({"item_id": i, "vector": v.tolist(), "bias": 0.0, "updates": 1, "ts": 1}))
-                 for i, v in zip(ids, items)]
-    user_recs = [(u, _j({"user_id": u, "vector": v.tolist(), "events": 1, "ts": 1})) for u, v in users.items()]
+    item_recs = [(i, _item(i, v)) for i, v in zip(ids, items)]
+    user_recs = [(u, _user(u, v)) for u, v in users.items()]
     history = [(u, i) for u, s in sorted(seen.items()) for i in sorted(s)]
     return items, ids, item_recs, user_recs, history, [e for e in events if e[0] != "ghost-user"]
 
@@ -120,7 +130,7 @@ def _feed(exp, records, kind="items"):
 
 def _events(exp, pairs, partition, start):
     for n, (u, i) in enumerate(pairs):
-        exp.state.apply("events", u.encode(), _j({"user_id": u, "item_id": i, "ts": 1_000 + n}),
+        exp.state.apply("events", u.encode(), _event(u, i, ts=1_000 + n, offset=start + n, partition=partition),
                         partition, start + n)
     exp.positions[(exp.topics["events"], partition)] = start + len(pairs)
 
@@ -172,11 +182,11 @@ def test_every_meta_field_of_an_export(tmp_path, monkeypatch):
     (job / "chk-7").mkdir(parents=True)
     (job / "chk-7" / "_metadata").write_bytes(b"flink")
     (job / "chk-8").mkdir()
-    exp.state.apply("items", b"a", _j({"item_id": "a", "vector": [1, 2], "bias": 0}))
-    exp.state.apply("items", b"b", _j({"item_id": "b", "vector": [2, 1], "bias": 0}))
-    exp.state.apply("features", b"a", _j({FEATURE_ITEM_ID: "a", FEATURE_POPULARITY: 3.0}))
-    exp.state.apply("users", b"u", _j({"user_id": "u", "vector": [1, 1]}))
-    exp.state.apply("items", b"x", _j({"item_id": "x", "vector": [1]}))  # skipped: wrong dim
+    exp.state.apply("items", b"a", _item("a", [1, 2]))
+    exp.state.apply("items", b"b", _item("b", [2, 1]))
+    exp.state.apply("features", b"a", _features("a", 3.0))
+    exp.state.apply("users", b"u", _user("u", [1, 1]))
+    exp.state.apply("items", b"x", _item("x", [1]))  # skipped: wrong dim
     version = exp.export().version
     reg = exp.registry
     text = (reg.path(version) / "meta.json").read_text()
@@ -209,12 +219,12 @@ def test_every_meta_field_of_an_export(tmp_path, monkeypatch):
 
 def test_no_checkpoint_or_an_unreadable_one_never_fails_an_export(tmp_path):
     exp = _exporter(tmp_path, dim=2, gate_min_events=0)
-    exp.state.apply("items", b"a", _j({"item_id": "a", "vector": [1, 2], "bias": 0}))
+    exp.state.apply("items", b"a", _item("a", [1, 2]))
     assert exp.registry.read_meta(exp.export().version)["checkpoint"] is None
     blocked = tmp_path / "checkpoints"
     blocked.mkdir(exist_ok=True)
     (blocked / PIPELINE_JOB).write_text("a file where the job directory should be")
-    exp.state.apply("items", b"b", _j({"item_id": "b", "vector": [1, 2], "bias": 0}))
+    exp.state.apply("items", b"b", _item("b", [1, 2]))
     assert exp.registry.read_meta(exp.export().version)["checkpoint"] is None
 
 

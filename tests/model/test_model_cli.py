@@ -143,12 +143,13 @@ def test_list_json_shows_what_an_export_recorded(reg, capsys, monkeypatch):
 
     from streamrec.model.exporter import Exporter, config_sha256
     from streamrec.core.config import load_config
+    from tests.model.changelog import encoded, item
 
     monkeypatch.setenv("STREAMREC_LEARNER__DIM", "3")
     monkeypatch.setenv("STREAMREC_EXPORTER__GATE_MIN_EVENTS", "0")
     cfg = load_config()
     exp = Exporter(cfg)  # no Kafka: the state is fed directly
-    exp.state.apply("items", b"a", json.dumps({"item_id": "a", "vector": [1, 2, 3]}).encode())
+    exp.state.apply("items", b"a", encoded("items", item("a", [1, 2, 3])))
     version = exp.export().version
     rc, out, _ = run(capsys, "model", "list", "--json")
     doc = {v["version"]: v for v in json.loads(out)["versions"]}

@@ -1,19 +1,28 @@
-"""The prequential evaluator on hand-made streams with known answers."""
+"""The prequential evaluator on hand-made streams with known answers (records as core/records.py
+declares them, checked by it)."""
 
 import math
 
 import pytest
 
+from streamrec.core.records import CLEAN_EVENT, RECOMMENDATION
 from streamrec.evaluate import evaluate, stream_order
 
 
 def ev(user, item, offset, ts=None, partition=0):
-    return {"event_id": f"{user}-{offset}", "user_id": user, "item_id": item, "weight": 1.0,
-            "src_partition": partition, "src_offset": offset, "ts": ts if ts is not None else offset}
+    return CLEAN_EVENT.check({
+        "event_id": f"{user}-{offset}", "user_id": user, "item_id": item, "event_type": "view", "rating": None,
+        "weight": 1.0, "ts": ts if ts is not None else offset, "src_partition": partition, "src_offset": offset,
+        "late": False, "ingest_watermark_ms": None})
 
 
-def rec(user, offset, items):
-    return {"user_id": user, "source_offset": offset, "items": [{"item_id": i, "score": 1.0} for i in items]}
+def rec(user, offset, items, strategy="model", reason=None):
+    """A recommendation record listing ``items`` (all of score 1.0: ties)."""
+    return RECOMMENDATION.check({
+        "user_id": user, "items": [{"item_id": i, "score": 1.0} for i in items],
+        "model_version": "live", "strategy": strategy, "cold_start": strategy != "model", "user_events": 1,
+        "source_event_id": f"{user}-{offset}", "source_partition": 0, "source_offset": offset, "event_ts": offset,
+        "emitted_ts": offset, "batch_size": 1, "reason": reason})
 
 
 def test_hits_misses_and_users_without_a_prior_list():
@@ -50,15 +59,14 @@ def test_a_record_without_items_leaves_the_previous_list_and_the_figures_alone()
     # figures must be those of a stream where that event had no record at all
     events = [ev("a", "x", 0), ev("a", "y", 1), ev("a", "z", 2), ev("b", "z", 3), ev("b", "w", 4)]
     served = [rec("a", 0, ["z", "y"]), rec("b", 3, ["w"])]
-    none = [{"user_id": "a", "source_offset": 1, "items": [], "strategy": "none",
-             "reason": "user_had_every_item"},
-            {"user_id": "b", "source_offset": 2, "items": [], "strategy": "none"}]
+    none = [rec("a", 1, [], strategy="none", reason="user_had_every_item"),
+            rec("b", 2, [], strategy="none", reason="user_had_every_item")]
     with_none, without = (evaluate(events, recs, baselines=False) for recs in (served + none, served))
     assert with_none.pipeline.ranks == without.pipeline.ranks == [1, 0, 0]  # a@2 judged by a@0's list
     assert (with_none.with_prior_list, with_none.coverage) == (without.with_prior_list, without.coverage)
     # a user whose only records are empty has no prior list
-    alone = evaluate([ev("c", "x", 0), ev("c", "y", 1)], [{"user_id": "c", "source_offset": 0, "items": []}],
-                     baselines=False)
+    alone = evaluate([ev("c", "x", 0), ev("c", "y", 1)],
+                     [rec("c", 0, [], strategy="none", reason="user_had_every_item")], baselines=False)
     assert alone.with_prior_list == 0 and alone.pipeline.evaluated == 0
 
 
@@ -76,8 +84,7 @@ def test_stream_order_uses_event_time_then_partition_offset():
 
 def test_ties_in_lists_keep_list_order():
     events = [ev("a", "x", 0), ev("a", "y", 1)]
-    recs = [{"user_id": "a", "source_offset": 0,
-             "items": [{"item_id": "w", "score": 1.0}, {"item_id": "y", "score": 1.0}]}]
+    recs = [rec("a", 0, ["w", "y"])]
     assert evaluate(events, recs, baselines=False).pipeline.ranks == [1]
 
 

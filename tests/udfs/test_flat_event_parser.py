@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from streamrec.core.records import CLEAN_EVENT, EVENT_TYPES, RAW_EVENT, VALIDATED_FIELDS
 from streamrec.runtime import assets
 from streamrec.replay import encode_events
 from tests.support import REPO, free_port, make_config, planted_stream
@@ -44,11 +46,35 @@ def java_verdicts(cfg, payloads: list[bytes], now_ms: int) -> list[CleanEvent | 
         if line == "-":
             verdicts.append(None)
             continue
-        event_id, user_id, item_id, event_type, rating, ts = line.split("\t")
-        verdicts.append(CleanEvent(event_id, user_id, item_id, event_type,
-                                   None if rating == "-" else float(rating), int(ts)))
+        fields = dict(zip(VALIDATED_FIELDS, line.split("\t"), strict=True))  # main's order
+        fields.update(rating=None if fields["rating"] == "-" else float(fields["rating"]), ts=int(fields["ts"]))
+        verdicts.append(CleanEvent(**fields))
     assert len(verdicts) == len(payloads)
     return verdicts
+
+
+JAVA = REPO / "udfs" / "jvm" / "streamrec" / "udfs"
+
+
+def java_strings(source: str, array: str) -> list[str]:
+    """The elements of ``String[] <array> = {...}`` in a Java source."""
+    found = re.search(r"String\[\] %s = \{([^}]*)\}" % array, source)
+    assert found, f"no String[] {array} in the source"
+    return re.findall(r'"([^"]*)"', found.group(1))
+
+
+def test_the_java_key_lists_are_the_records():
+    """The fast path reads the raw event's keys and returns the clean event's validated fields:
+    both as core/records.py declares them, so a field added there cannot be missed here."""
+    parser = (JAVA / "FlatEventParser.java").read_text()
+    assert java_strings(parser, "KEYS") == list(RAW_EVENT.names)
+    assert java_strings(parser, "EVENT_TYPES") == list(EVENT_TYPES)
+    # the parser reads the first four keys as strings, the three ids among them
+    assert [RAW_EVENT.field(k).type.sql for k in RAW_EVENT.names[:4]] == ["STRING"] * 4
+    assert RAW_EVENT.names[:3] == ("event_id", "user_id", "item_id")
+    hint = re.search(r'@DataTypeHint\(((?:\s*\+?\s*"[^"]*")+)\)', (JAVA / "AcceptFlatEvent.java").read_text())
+    row = "".join(re.findall(r'"([^"]*)"', hint.group(1)))
+    assert row == f"ROW<{CLEAN_EVENT.columns(VALIDATED_FIELDS, sep=', ')}, payload_bytes INT>"
 
 
 def test_it_accepts_only_what_validate_accepts_with_the_same_fields(ingest_cfg):

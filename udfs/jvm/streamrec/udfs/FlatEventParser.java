@@ -42,9 +42,13 @@ public final class FlatEventParser {
         }
     }
 
+    // The raw event's keys and event types as core/records.py declares them (RAW_EVENT, in its
+    // order: the three ids and the event type first; EVENT_TYPES); tests/udfs/test_flat_event_parser.py
+    // holds these lists to the declaration.
     private static final String[] KEYS = {"event_id", "user_id", "item_id", "event_type", "ts", "rating"};
     private static final String[] EVENT_TYPES = {"view", "click", "cart", "purchase", "rating"};
-    private static final int TS = 4, RATING = 5;
+    private static final int TS = java.util.Arrays.asList(KEYS).indexOf("ts");
+    private static final int RATING = java.util.Arrays.asList(KEYS).indexOf("rating");
     private static final byte NONE = 0, STRING = 1, INTEGER = 2, DECIMAL = 3, NULL = 4, OTHER = 5;
 
     private FlatEventParser() {
