@@ -36,6 +36,7 @@ from streamrec.flink_jobs.ingest import IngestSummary, add_ingestion, summarize
 from streamrec.core.config import Config, describe, load_config
 from streamrec.runtime.kafka_io import delete_topics, ensure_topics
 from streamrec.udfs.flink_operators import BATCH_OUTPUT, ShardLearner
+from streamrec.udfs.learner_core import LearnerSettings
 
 JOB_NAME = features.PIPELINE_JOB_NAME  # the features job follows this job's lineage
 
@@ -133,9 +134,11 @@ def key_by_first_field(t_env, table, key_type, value_type) -> KeyedStream:
     return KeyedStream(j_keyed, value_type, pairs)
 
 
-def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = None):
+def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_version: str | None = None,
+          reset_token: str | None = None):
     """Add the whole pipeline to ``rt``; returns the StatementSet to attach before execute().
-    ``reset_to`` (``{"version", "token"}``): the shards put that version's vectors back first."""
+    ``reset_version``: the shards put that registry version's vectors back first, once per
+    ``reset_token`` (:func:`pin_from_version`)."""
     t_env = rt.t_env
     topics = cfg.kafka.topics
     statements = t_env.create_statement_set()
@@ -180,18 +183,10 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_to: dict | None = 
     for ddl in render_sql("learner_batches", batch_time=BATCH_TIME[bounded],
                           batch_interval=sql_interval(sc.batch_interval_ms)):
         t_env.execute_sql(ddl)
-    settings = dict(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
-                    seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
-                    warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
-                    bot_events_per_minute=cfg.ingest.bot_events_per_minute,
-                    exclude_bots=cfg.ingest.exclude_bots_from_learning, item_ttl_ms=lc.state_ttl_ms,
-                    exchange_items=exchange)
+    settings = LearnerSettings.from_config(cfg, exchange=exchange, reset_version=reset_version,
+                                           reset_token=reset_token)
     output = (key_by_first_field(t_env, t_env.from_path("learner_batches"), Types.INT(), LEARNER_BATCH)
-              .process(ShardLearner(lc.model_dump(), settings, lc.state_ttl_ms, lc.changelog_interval_ms,
-                                    sc.serve, str(cfg.paths_resolved.registry_dir), sc.swap_check_interval_s,
-                                    sc.provider, sc.ort_threads, reset_to,
-                                    lc.exchange_interval_ms if exchange else 0),
-                       output_type=BATCH_OUTPUT)
+              .process(ShardLearner(settings), output_type=BATCH_OUTPUT)
               .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)")
               # Its sinks run in a task of their own: chained to it, they committed each
               # checkpoint's transactions in its thread after the Python batch in progress,
@@ -334,16 +329,16 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
         plan = lineage.plan_run(cfg, JOB_NAME, fresh=fresh, restore_from=restore_from, bounded=bounded)
         print(f"[{JOB_NAME}] {plan.reason}", file=sys.stderr)
         features.record_pipeline_start(cfg, plan)
-        reset_to = None
+        reset_token = None
         if from_version:
-            reset_to = {"version": from_version, "token": pin_from_version(cfg, from_version, plan.run_id)}
+            reset_token = pin_from_version(cfg, from_version, plan.run_id)
             print(f"[{JOB_NAME}] the learner's vectors go back to {from_version}; CURRENT is pinned to "
                   "it (`streamrec model unpin` resumes promotion)", file=sys.stderr)
         trigger = lineage.restore_trigger_topic(cfg.kafka.topics.raw, plan) if bounded and plan.restore_from else None
         if trigger:
             ensure_topics(cfg, [trigger], partitions=1)
         rt = build_runtime(cfg, JOB_NAME, str(plan.restore_from) if plan.restore_from else None, plan.run_id)
-        statements = build(rt, cfg, bounded, reset_to)
+        statements = build(rt, cfg, bounded, from_version, reset_token)
         statements.attach_as_datastream()
         started = time.monotonic()
         # beside an unbounded pipeline: a second job in the same local JVM (measured better for the

@@ -15,6 +15,7 @@ micro-batch): the sender's shard key, its time window, the item ids and one base
 learned quantity (float16 vector steps, float32 biases, float64 popularity, int64 update
 counts); an all-zero column (AdaGrad sums under SGD) is left out.
 
+>>> import json
 >>> d = ItemDeltas(origin=2, since_ms=1_000, emitted_ms=2_000, item_ids=["a", "b"],
 ...                steps={"vectors": np.ones((2, 3), np.float32), "bias": np.zeros(2, np.float32),
 ...                       "updates": np.array([1, 4]), "popularity": np.array([1.0, 0.5])})
@@ -28,10 +29,11 @@ counts); an all-zero column (AdaGrad sums under SGD) is left out.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 
 import numpy as np
+
+from streamrec.core.records import ITEM_DELTA
 
 #: The record's format (its ``delta`` field).
 DELTA_FORMAT = 1
@@ -45,8 +47,6 @@ HALF_PRECISION = tuple(column for column, wire in COLUMNS.items() if wire == "<f
 #: default.
 MAX_ITEMS_PER_RECORD = 2_000
 
-_JSON = json.JSONEncoder(separators=(",", ":"))
-
 
 @dataclass
 class ItemDeltas:
@@ -58,7 +58,8 @@ class ItemDeltas:
 
 
 def encode(deltas: ItemDeltas, max_items: int = MAX_ITEMS_PER_RECORD) -> list[str]:
-    """The delta as JSON records of at most ``max_items`` items each."""
+    """The delta as JSON records (:data:`streamrec.core.records.ITEM_DELTA`) of at most
+    ``max_items`` items each."""
     out = []
     for lo in range(0, len(deltas.item_ids), max_items):
         doc = {"delta": DELTA_FORMAT, "origin": deltas.origin, "since_ms": deltas.since_ms,
@@ -67,7 +68,7 @@ def encode(deltas: ItemDeltas, max_items: int = MAX_ITEMS_PER_RECORD) -> list[st
             part = np.ascontiguousarray(values[lo:lo + max_items], COLUMNS[column])
             if part.any():
                 doc[column] = base64.b64encode(part.tobytes()).decode("ascii")
-        out.append(_JSON.encode(doc))
+        out.append(ITEM_DELTA.encode(doc))
     return out
 
 

@@ -37,9 +37,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from streamrec.udfs.embeddings import init_vector, item_key
+from streamrec.udfs.modes import NEGATIVE_SAMPLERS, OBJECTIVES, OPTIMIZERS, choose, sigmoid
 from streamrec.udfs.online_mf import LearnerParams
 
-_ADAGRAD_EPS = 1e-6
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -266,6 +266,9 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     gradients are summed and applied once, after the batch (for SGD the same as stepping them one
     update at a time, up to the L2 term)."""
     p = table.params
+    objective = choose(OBJECTIVES, p.objective, "objective")
+    optimizer = choose(OPTIMIZERS, p.optimizer, "optimizer")
+    sampler = choose(NEGATIVE_SAMPLERS, p.negative_sampling, "negative_sampling")
     b = len(positives)
     learn = np.ones(b, bool) if learn is None else np.asarray(learn, bool)
     w = np.where(learn, np.asarray(weights, np.float64), 0.0)
@@ -275,7 +278,7 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     # what the batch reads of the items: their state at the batch's start
     v_pos = table.vectors[positives]
     b_pos = table.bias[positives].astype(np.float64)
-    negatives = _sample(table, b, p, event_ids)
+    negatives = _sample(table, b, p, event_ids, sampler)
     m = negatives.shape[1]
     valid = negatives != positives[:, None]
     if m and avoid is not None:
@@ -283,7 +286,7 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     v_neg = table.vectors[negatives]  # [B, M, D]
     b_neg = table.bias[negatives].astype(np.float64)
     log_q = None
-    if p.objective == "softmax" and p.negative_sampling == "popularity" and table.popularity[:len(table)].sum() > 0:
+    if objective.uses_log_q and sampler.corrects_log_q and table.popularity[:len(table)].sum() > 0:
         log_q = np.log(np.maximum(np.concatenate([table.popularity[positives][:, None],
                                                   table.popularity[negatives]], axis=1), 1.0))
     lonely = ~valid.any(1) if m else np.ones(b, bool)
@@ -298,14 +301,9 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     # depend on the user vector (biases, logQ, masks) is computed once per batch.
     cand_v = np.concatenate([v_pos[:, None, :], v_neg], axis=1)  # [B, 1 + M, D]
     cand_b = np.concatenate([b_pos[:, None], b_neg], axis=1)  # [B, 1 + M]
-    if m and p.objective == "softmax":
-        shift = np.zeros((b, 1 + m))
-        if log_q is not None:
-            shift -= log_q
-        shift[:, 1:][~valid] = -np.inf
-        cand_b = cand_b + shift  # softmax logits: score - logQ, invalid negatives excluded
-    elif m and p.objective != "bpr":
-        raise ValueError(f"unknown objective {p.objective!r}")
+    shift = objective.batch_offsets(b, m, valid, log_q) if m else None
+    if shift is not None:
+        cand_b = cand_b + shift  # e.g. softmax logits: score - logQ, invalid negatives excluded
     any_lonely, all_learn = bool(lonely.any()), bool(learn.all())
     for ev in _rounds(_occurrence(user_slot)):
         sl = user_slot[ev]
@@ -315,32 +313,18 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
         s = np.einsum("bd,bkd->bk", u, cv) + cand_b[ev]
         we = w[ev]
         if not m:
-            c = (we * _sigmoid(-s[:, 0]))[:, None]
-        elif p.objective == "softmax":
-            s_pos = s[:, 0] - shift[ev, 0]  # the positive's raw score, for a lonely event
-            s -= s.max(axis=1, keepdims=True)
-            c = np.exp(s)
-            c *= -(we / c.sum(axis=1))[:, None]
-            c[:, 0] += we
-        else:  # bpr
-            s_pos = s[:, 0]
-            ok = valid[ev]
-            g = we[:, None] * _sigmoid(s[:, 1:] - s_pos[:, None]) * ok / np.maximum(ok.sum(1), 1)[:, None]
-            c = np.concatenate([g.sum(1)[:, None], -g], axis=1)
+            c = (we * sigmoid(-s[:, 0]))[:, None]
+        else:
+            c, s_pos = objective.batch_coefficients(s, we, ev, shift, valid)
         if m and any_lonely:  # an event without any valid negative takes a pointwise logistic step
-            c[:, 0] = np.where(lonely[ev], we * _sigmoid(-s_pos), c[:, 0])
+            c[:, 0] = np.where(lonely[ev], we * sigmoid(-s_pos), c[:, 0])
         c_pos[ev] = c[:, 0]
         if m:
             c_neg[ev] = c[:, 1:]
         grad = np.einsum("bk,bkd->bd", c.astype(np.float32), cv) - np.float32(p.regularization) * u
         if not all_learn:
             grad *= learn[ev, None]
-        if p.optimizer == "adagrad":
-            acc = accum[sl] + grad * grad
-            accum[sl] = acc
-            users[sl] = u + p.learning_rate * grad / (np.sqrt(acc) + _ADAGRAD_EPS)
-        else:
-            users[sl] = u + p.learning_rate * grad
+        optimizer.step_rows(users, accum, sl, u, grad, p.learning_rate)
         event_vectors[ev] = users[sl]
 
     # items: every contribution summed per row, applied once
@@ -354,16 +338,7 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     grad_b = np.zeros(len(changed), np.float64)
     np.add.at(grad_b, inverse, coef - p.regularization * table.bias[rows])
     counts = np.bincount(inverse, minlength=len(changed))
-    if p.optimizer == "adagrad":
-        accum_v = table.accum[changed] + grad_v * grad_v
-        accum_b = table.bias_accum[changed] + (grad_b * grad_b).astype(np.float32)
-        table.add(changed, accum=grad_v * grad_v, bias_accum=(grad_b * grad_b).astype(np.float32),
-                  vectors=p.learning_rate * grad_v / (np.sqrt(accum_v) + _ADAGRAD_EPS),
-                  bias=(p.learning_rate * grad_b / (np.sqrt(accum_b) + _ADAGRAD_EPS)).astype(np.float32),
-                  updates=counts)
-    else:
-        table.add(changed, vectors=p.learning_rate * grad_v, bias=(p.learning_rate * grad_b).astype(np.float32),
-                  updates=counts)
+    table.add(changed, **optimizer.item_steps(table, changed, grad_v, grad_b, p.learning_rate), updates=counts)
     popular, weight_sum = np.unique(positives[learn], return_inverse=True)
     table.add(popular, popularity=np.bincount(weight_sum, weights=w[learn], minlength=len(popular)))
     return BatchStep(event_vectors, users, accum, changed)
@@ -394,8 +369,9 @@ def _rounds(occurrence: np.ndarray) -> list[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(occurrence))[:-1]) if len(order) else []
 
 
-def _sample(table: ItemTable, b: int, p: LearnerParams, event_ids: Sequence[str]) -> np.ndarray:
-    """``[B, negatives]`` item rows from the table as it is at the batch's start."""
+def _sample(table: ItemTable, b: int, p: LearnerParams, event_ids: Sequence[str], sampler) -> np.ndarray:
+    """``[B, negatives]`` item rows from the table as it is at the batch's start, drawn by
+    ``sampler`` (:data:`udfs.modes.NEGATIVE_SAMPLERS`)."""
     n = len(table)
     if p.negatives <= 0 or n == 0 or b == 0:
         return np.zeros((b, 0), np.int64)
@@ -403,15 +379,5 @@ def _sample(table: ItemTable, b: int, p: LearnerParams, event_ids: Sequence[str]
     uniforms = np.random.default_rng(int.from_bytes(digest, "little")).random((b, p.negatives))
     order = table.sorted_rows()
     pop = np.maximum(table.popularity[order], 0.0)
-    total = pop.sum()
-    if p.negative_sampling == "popularity" and total > 0:
-        idx = np.searchsorted(np.cumsum(pop), uniforms * total, side="right")
-    elif p.negative_sampling in ("popularity", "uniform"):
-        idx = (uniforms * n).astype(np.int64)
-    else:
-        raise ValueError(f"unknown negative_sampling {p.negative_sampling!r}")
+    idx = sampler.draw(uniforms, n, np.cumsum(pop), pop.sum())
     return order[np.minimum(idx, n - 1)]
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -35.0, 35.0)))

@@ -49,14 +49,15 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from streamrec.udfs.base import Recommender
 from streamrec.udfs.embeddings import hash_uniforms, init_vector, item_key, user_key
+from streamrec.udfs.modes import NEGATIVE_SAMPLERS, OBJECTIVES, OPTIMIZERS, choose, sigmoid
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,7 +80,6 @@ __all__ = [
 
 #: Current state format version (first byte of every serialised state).
 FORMAT_VERSION = 1
-_ADAGRAD_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,18 +276,14 @@ class ItemSnapshot:
         return 0.0 if n is None else float(self.popularity[n])
 
     def sample(self, uniforms: np.ndarray, mode: str) -> np.ndarray:
-        """Row indices for ``uniforms`` in [0, 1): ``"uniform"`` over rows, or ``"popularity"``
-        in proportion to the popularity counts (uniform while every count is zero)."""
+        """Row indices for ``uniforms`` in [0, 1), drawn as ``mode`` says
+        (:data:`udfs.modes.NEGATIVE_SAMPLERS`: ``"uniform"`` over rows, or ``"popularity"`` in
+        proportion to the popularity counts, uniform while every count is zero)."""
+        sampler = choose(NEGATIVE_SAMPLERS, mode, "negative_sampling")
         n = len(self.ids)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        if mode == "popularity" and self._cum[-1] > 0:
-            idx = np.searchsorted(self._cum, uniforms * self._cum[-1], side="right")
-        elif mode in ("popularity", "uniform"):
-            idx = (uniforms * n).astype(np.int64)
-        else:
-            raise ValueError(f"unknown negative_sampling {mode!r}")
-        return np.minimum(idx, n - 1)
+        return np.minimum(sampler.draw(uniforms, n, self._cum, self._cum[-1]), n - 1)
 
     # used only by OnlineMF to refresh rows in place (the snapshot is read-only to user_step) ---
     def _update_rows(self, items: Iterable[str], states: Mapping[str, ItemState]) -> None:
@@ -362,18 +358,6 @@ def sample_negatives(
     return [int(r) for r in rows if int(r) not in skip]
 
 
-def _sigmoid(x: np.ndarray | float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -35.0, 35.0)))
-
-
-def _apply(param: np.ndarray, accum: np.ndarray, grad: np.ndarray, p: LearnerParams):
-    """One ascent step on float32 arrays; returns (new_param, new_accum), never in place."""
-    if p.optimizer == "adagrad":
-        accum = accum + grad * grad
-        return param + p.learning_rate * grad / (np.sqrt(accum) + _ADAGRAD_EPS), accum
-    return param + p.learning_rate * grad, accum
-
-
 def user_step(
     state: UserState,
     item_id: str,
@@ -388,6 +372,7 @@ def user_step(
     counts its popularity); then one per sampled negative, in draw order.
     """
     p = LearnerParams.of(cfg)
+    objective = choose(OBJECTIVES, p.objective, "objective")
     item_id = str(item_id)
     event_id = str(event_id)
     w = float(weight)
@@ -406,31 +391,19 @@ def user_step(
     if neg_rows:
         v_neg = snapshot.vectors[neg_rows]
         s_neg = (v_neg @ u + snapshot.biases[neg_rows]).astype(np.float64)
-        if p.objective == "bpr":
-            g = w * _sigmoid(s_neg - s_pos) / len(neg_rows)
-            c_neg = -g
-            c_pos = float(g.sum())
-        elif p.objective == "softmax":
-            logits = np.concatenate(([s_pos], s_neg))
-            if p.negative_sampling == "popularity" and snapshot._cum[-1] > 0:
-                # logQ correction of the sampled softmax: subtract log(sampling probability)
-                pops = np.concatenate(([pop_pos], snapshot.popularity[neg_rows]))
-                logits = logits - np.log(np.maximum(pops, 1.0))
-            logits = logits - logits.max()
-            prob = np.exp(logits)
-            prob /= prob.sum()
-            c_pos = w * float(1.0 - prob[0])
-            c_neg = -w * prob[1:]
-        else:
-            raise ValueError(f"unknown objective {p.objective!r}")
+        pops = None  # the candidates' sampling weights, for the softmax's logQ correction
+        if (objective.uses_log_q and choose(NEGATIVE_SAMPLERS, p.negative_sampling, "negative_sampling").corrects_log_q
+                and snapshot._cum[-1] > 0):
+            pops = np.concatenate(([pop_pos], snapshot.popularity[neg_rows]))
+        c_pos, c_neg = objective.event_coefficients(s_pos, s_neg, w, pops)
         grad = c_pos * v_pos + c_neg.astype(np.float32) @ v_neg
     else:
         # nothing to contrast with (empty snapshot or negatives=0): a pointwise logistic step
         c_neg = np.zeros(0)
-        c_pos = w * float(_sigmoid(-s_pos))
+        c_pos = w * float(sigmoid(-s_pos))
         grad = c_pos * v_pos
     grad = grad - p.regularization * u
-    new_u, new_acc = _apply(u, state.accum, grad, p)
+    new_u, new_acc = choose(OPTIMIZERS, p.optimizer, "optimizer").step(u, state.accum, grad, p.learning_rate)
 
     recent = [i for i in state.recent if i != item_id]
     recent.append(item_id)
@@ -448,16 +421,12 @@ def user_step(
 def item_step(state: ItemState, update: ItemUpdate, cfg: Any) -> ItemState:
     """Apply one :class:`ItemUpdate` to the item's state (keyed by item)."""
     p = LearnerParams.of(cfg)
+    optimizer = choose(OPTIMIZERS, p.optimizer, "optimizer")
     v = state.vector
     grad = update.coef * np.asarray(update.user_vector, dtype=np.float32) - p.regularization * v
-    new_v, new_acc = _apply(v, state.accum, grad, p)
+    new_v, new_acc = optimizer.step(v, state.accum, grad, p.learning_rate)
     g_b = update.coef - p.regularization * state.bias
-    if p.optimizer == "adagrad":
-        b_acc = state.bias_accum + g_b * g_b
-        bias = state.bias + p.learning_rate * g_b / (math.sqrt(b_acc) + _ADAGRAD_EPS)
-    else:
-        b_acc = state.bias_accum
-        bias = state.bias + p.learning_rate * g_b
+    bias, b_acc = optimizer.step_scalar(state.bias, state.bias_accum, g_b, p.learning_rate)
     return ItemState(
         vector=new_v,
         bias=float(np.float32(bias)),
@@ -575,8 +544,8 @@ def item_state_from_bytes(data: bytes) -> ItemState:
 # the in-memory estimator
 
 
-class OnlineMF:
-    """River-style online MF estimator built from :func:`user_step` and :func:`item_step`.
+class OnlineMF(Recommender):
+    """River-style online MF estimator (a :class:`udfs.base.Recommender`) built from :func:`user_step` and :func:`item_step`.
 
     ``cfg`` is a ``LearnerConfig`` / :class:`LearnerParams` (default: ``LearnerConfig()``),
     keyword overrides replace single fields. Item updates are applied to the item states at once;

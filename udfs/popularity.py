@@ -29,11 +29,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from streamrec.udfs.base import Recommender
+
 _RESCALE_AT = 1e200
 
 
-class Popularity:
+class Popularity(Recommender):
     """Most-popular recommender (all-time, sliding window, or exponentially decayed counts)."""
+
+    personalised = False  # the same list for everybody, less what the user had
 
     def __init__(self, window: int | None = None, half_life: float | None = None) -> None:
         if window is not None and half_life is not None:

@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from streamrec.udfs import online_mf
+from streamrec.udfs.base import Event, Recommender
 from streamrec.udfs.item_exchange import HALF_PRECISION, ItemDeltas
 from streamrec.udfs.embeddings import init_vector, user_key
 from streamrec.udfs.minibatch_mf import ItemTable, batch_step
@@ -62,18 +63,6 @@ MODEL, POPULARITY, NONE = "model", "popularity", "none"
 USER_HAD_EVERY_ITEM = "user_had_every_item"
 
 __all__ = ["Event", "ShardSettings", "BatchResult", "ShardModel", "encode_user", "decode_user", "shard_of"]
-
-
-class Event(NamedTuple):
-    """One cleaned event, as the micro-batch carries it (``events.clean`` has the full record)."""
-
-    event_id: str
-    user_id: str
-    item_id: str
-    weight: float
-    ts: int
-    src_partition: int
-    src_offset: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +84,24 @@ class ShardSettings:
     #: One shard of several: keep this shard's own item steps pending for the others
     #: (:meth:`ShardModel.take_deltas`, udfs/item_exchange.py).
     exchange_items: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, exchange_items: bool = False) -> "ShardSettings":
+        """The settings of a ``streamrec.core.config.Config``: scoring's, ingestion's bot limit,
+        and the learner's state TTL as the items' (the one mapping: the job and the benchmarks
+        build a shard alike). ``exchange_items``: one shard of several exchanging item deltas.
+
+        >>> from streamrec.core.config import load_config
+        >>> ShardSettings.from_config(load_config(config_file=None, env={})).max_batch_events
+        256
+        """
+        sc = cfg.scoring
+        return cls(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
+                   seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
+                   warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
+                   bot_events_per_minute=cfg.ingest.bot_events_per_minute,
+                   exclude_bots=cfg.ingest.exclude_bots_from_learning, item_ttl_ms=cfg.learner.state_ttl_ms,
+                   exchange_items=exchange_items)
 
 
 _USER_HEAD = struct.Struct("<BHQqI")  # format, dim, events, bot-counter minute, events in it
@@ -165,8 +172,12 @@ class BatchResult:
     unservable: int = 0  #: events whose user had every known item (their records are ``none``)
 
 
-class ShardModel:
-    """The shard's learner and scorer; the Flink operator keeps its state, this object its cache."""
+class ShardModel(Recommender):
+    """The shard's learner and scorer; the Flink operator keeps its state, this object its cache.
+
+    As a :class:`udfs.base.Recommender` (in process: benchmarks, udfs/checks.py) it keeps its
+    users' records itself (:attr:`user_records`); :meth:`learn_many` learns one micro-batch.
+    """
 
     def __init__(self, params: online_mf.LearnerParams, settings: ShardSettings = ShardSettings(),
                  scorer=None) -> None:
@@ -183,6 +194,10 @@ class ShardModel:
 
             scorer = LiveScorer(params.dim)
         self.scorer = scorer
+        #: The users' records when the shard runs in process (the Recommender interface); in the
+        #: job they live in keyed state and :meth:`process` gets and returns them.
+        self.user_records: dict[str, bytes] = {}
+        self._in_process_events = 0
 
     # state ----------------------------------------------------------------------------------
     def restore_items(self, records: Iterable[tuple[str, bytes]]) -> int:
@@ -264,6 +279,42 @@ class ShardModel:
         rec.vector = (np.asarray(vector, np.float32).copy() if vector is not None
                       else init_vector(user_key(user_id), p.dim, p.seed, p.init_scale))
         return encode_user(rec)
+
+    # the Recommender interface (in process) ------------------------------------------------
+    def learn_one(self, user: str, item: str, weight: float = 1.0, event_id: str | None = None) -> None:
+        n = self._in_process_events
+        # an interaction without a time: one a second (so the bot-rate limit never applies)
+        self.learn_many([Event(f"{user}|{item}|{n}" if event_id is None else event_id, user, item, weight,
+                               1_000 * n, 0, n)])
+
+    def learn_many(self, events: Sequence[Event]) -> BatchResult:
+        """Learn ``events`` as one micro-batch (:meth:`process`), the users' records kept here."""
+        out = self.process(events, self.user_records, now_ms=0)
+        self.user_records.update(out.user_records)
+        self._in_process_events += len(events)
+        return out
+
+    def recommend(self, user: str, k: int = 10, exclude_seen: bool = True,
+                  exclude: Iterable[str] | None = None) -> list[str]:
+        """What :meth:`process` would list for ``user`` now (without learning anything): the
+        model's top-``k`` once the user has ``cold_start_min_events`` learned events, filled up
+        with popular items; ``exclude_seen``: none the user's seen filter holds."""
+        s = self.settings
+        raw = self.user_records.get(user)
+        rec = decode_user(raw) if raw is not None else self._new_user(user)
+        seen = rec.seen if exclude_seen else SeenFilter.empty(s.seen_filter_bits, s.seen_filter_hashes)
+        taken = set(exclude or ())
+        serving = self.serving if self.serving is not None else self.live
+        items: list[str] = []
+        if k > 0 and rec.events >= s.cold_start_min_events and len(serving.ids):
+            fetch = min(len(serving.ids), k + len(taken) + seen.count)
+            _, rows = serving.topk(rec.vector[None, :], fetch)
+            rows = rows[0]
+            for r in rows[~seen.contains_positions(serving.positions[rows])].tolist():
+                if serving.ids[r] not in taken and len(items) < k:
+                    items.append(serving.ids[r])
+        fill = self.live.popular(seen, k - len(items), taken | set(items), scored=False)
+        return items + [it["item_id"] for it in fill]
 
     def item_vector(self, item_id: str) -> np.ndarray:
         return self.items.vectors[self.items.index[item_id]].copy()
