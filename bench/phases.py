@@ -236,9 +236,7 @@ def peer_phase(cfg, events: list[dict], say, n_events: int) -> dict:
     from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
     sc = cfg.scoring
-    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
-        top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events, seen_filter_bits=sc.seen_filter_bits,
-        seen_filter_hashes=sc.seen_filter_hashes, warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events))
+    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings.from_config(cfg))
     clean = [dict(e, weight=1.0, src_partition=0, src_offset=n) for n, e in enumerate(head)]
     users, recs, batch = {}, [], 64
     wall, cpu = time.perf_counter(), time.process_time()

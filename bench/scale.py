@@ -117,9 +117,7 @@ def learner_stream(cfg, users: int, items: int, events: int, seed: int = 11, say
     from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
     sc = cfg.scoring
-    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
-        top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events, seen_filter_bits=sc.seen_filter_bits,
-        seen_filter_hashes=sc.seen_filter_hashes, warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events))
+    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings.from_config(cfg))
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
     item_idx = rng.choice(items, size=events, p=zipf_weights(items, 1.1))

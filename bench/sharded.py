@@ -35,11 +35,8 @@ def run_shards(cfg, events: list[dict], shards: int, exchange_ms: int | None, ra
                batch_ms: int = 100, delivery_ms: int = 5_100) -> tuple[list[dict], dict]:
     """The recommendations of ``shards`` shards over ``events`` (dicts with ``weight`` and
     ``src_offset``); ``exchange_ms`` None: no exchange. Returns them and the exchange's figures."""
-    sc, dim = cfg.scoring, cfg.learner.dim
-    settings = ShardSettings(top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events,
-                             seen_filter_bits=sc.seen_filter_bits, seen_filter_hashes=sc.seen_filter_hashes,
-                             warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events,
-                             exchange_items=exchange_ms is not None)
+    dim = cfg.learner.dim
+    settings = ShardSettings.from_config(cfg, exchange_items=exchange_ms is not None)
     params = LearnerParams.of(cfg.learner)
     models = [ShardModel(params, settings) for _ in range(shards)]
     users: list[dict] = [{} for _ in range(shards)]

@@ -62,9 +62,7 @@ def quality(cfg, events: list[dict], batch: int = 256, say=print) -> dict:
     from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
     sc = cfg.scoring
-    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings(
-        top_k=sc.top_k, cold_start_min_events=sc.cold_start_min_events, seen_filter_bits=sc.seen_filter_bits,
-        seen_filter_hashes=sc.seen_filter_hashes, warmup_items=sc.warmup_items, max_batch_events=sc.max_batch_events))
+    shard = ShardModel(LearnerParams.of(cfg.learner), ShardSettings.from_config(cfg))
     users, recs = {}, []
     cpu = time.process_time()
     for lo in range(0, len(events), batch):
