@@ -189,8 +189,8 @@ def build(rt: FlinkRuntime, cfg: Config, bounded: bool, reset_version: str | Non
               .process(ShardLearner(settings), output_type=BATCH_OUTPUT)
               .uid(SHARD_LEARNER_UID).name("ShardLearner (online MF + onnxruntime top-K, per micro-batch)")
               # Its sinks run in a task of their own: chained to it, they committed each
-              # checkpoint's transactions in its thread after the Python batch in progress,
-              # 63 ms median / 528 ms p99 after the checkpoint completed (5 / 37 ms apart).
+              # checkpoint's transactions in its thread only after the Python batch in progress
+              # (BENCHMARKS.md, "Figures behind the defaults").
               .disable_chaining())
     t_env.create_temporary_view("shard_output", t_env.from_data_stream(output))
     apply_sql(

@@ -35,9 +35,8 @@ SELECT * FROM clean_in WHERE NOT late;
 -- pair counts once per window, in the first of its slices the window holds, i.e. where the
 -- pair's previous slice (prev_end_ms, sql/features_windows.sql) lies before the window.
 -- (COUNT(DISTINCT) keeps a map per key and window in RocksDB, and clearing those maps when the
--- windows fire made the item aggregate seek over tombstones: 100 % busy at ~150 events/s on
--- ML-100k; the pair level per window instead of per slice copied every event into every window
--- and cost ~4x the RocksDB accumulators of this one: docs/ingestion.md.)
+-- windows fire made the item aggregate seek over tombstones; the pair level per window instead
+-- of per slice copied every event into every window: the figures are in docs/ingestion.md.)
 CREATE TEMPORARY VIEW pair_slices AS
 SELECT user_id, item_id, window_time AS slice_time,
   TIMESTAMPDIFF(SECOND, TIMESTAMP '1970-01-01 00:00:00', window_end) * CAST(1000 AS BIGINT) AS slice_end_ms,

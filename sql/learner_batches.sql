@@ -2,9 +2,9 @@
 --
 -- A shard's events of one window of scoring.batch_interval_ms become ONE row, the events as JSON
 -- arrays joined by commas (arrival order), so the Python shard learner runs once per batch
--- instead of once per event: batching here costs the JVM ~16 µs per event, a per-record Python
--- call ~100 µs (and holds the interpreter lock the learner needs). A window's events sit in this
--- operator's keyed state, checkpointed.
+-- instead of once per event: a window here costs the JVM far less per event than a per-record
+-- Python call, which also holds the interpreter lock the learner needs (docs/hot-path.md, "Why").
+-- A window's events sit in this operator's keyed state, checkpointed.
 --
 -- batch_time: `proc_time` for an unbounded run (the window closes on the wall clock, also when
 -- no later event arrives); `arrival` for a bounded one, because Flink drops a processing-time

@@ -77,6 +77,7 @@ def decode(doc: dict, dim: int) -> ItemDeltas:
     format or dimension is a clear error, never a silent misreading."""
     if doc.get("delta") != DELTA_FORMAT:
         raise ValueError(f"item delta of format {doc.get('delta')!r}: this code reads format {DELTA_FORMAT}")
+    ITEM_DELTA.check(doc)  # an unknown or mistyped key: the record and field named
     ids = doc["items"]
     steps = {}
     for column, dtype in COLUMNS.items():

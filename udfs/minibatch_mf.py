@@ -43,10 +43,10 @@ from streamrec.udfs.online_mf import LearnerParams
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-#: The item record: the layout of udfs.online_mf.item_state_to_bytes (its format 1), the
-#: processing time of the record's last write (so expiry is known after a restore too), and the
-#: shard's own updates not yet sent to the other shards (udfs/item_exchange.py). Format 2 was the
-#: same without the pending updates; it is still read (as nothing pending).
+#: The item record (:func:`_item_dtype`): an item's learned columns, the processing time of the
+#: record's last write (so expiry is known after a restore too), and the shard's own updates not
+#: yet sent to the other shards (udfs/item_exchange.py). Format 2 was the same without the pending
+#: updates; it is still read (as nothing pending).
 ITEM_FORMAT = 3
 _READABLE_ITEM_FORMATS = (2, 3)
 

@@ -1,4 +1,4 @@
-"""Online matrix factorisation for implicit feedback, split the way the Flink jobs run it.
+"""Online matrix factorisation for implicit feedback: the sequential reference, event by event.
 
 Score of item ``i`` for user ``u``::
 
@@ -10,15 +10,16 @@ seen in the item snapshot. The prior is added when *scoring* only: training uses
 learns the user-specific part; putting the prior into the training score as well measured worse
 (docs/learner.md).
 
-Learning is split over two keyed operators, which this module models as pure functions:
+The sequential reference, as pure functions (the pipeline's shard learns a micro-batch at a
+time with the same arithmetic: udfs/minibatch_mf.py):
 
-* :func:`user_step` (keyed by user) reads item vectors from a read-only :class:`ItemSnapshot` (the
+* :func:`user_step` reads item vectors from a read-only :class:`ItemSnapshot` (the
   last exported model; may be stale or empty, missing items get the deterministic hash
   initialisation), takes one optimiser step on the user vector and returns one
   :class:`ItemUpdate` for the positive item and one per sampled negative. Each update carries
   the user vector *before* this event's step (the simultaneous-update form of SGD: user and items
   are both moved along the gradient evaluated at the same point).
-* :func:`item_step` (keyed by item) applies one :class:`ItemUpdate` to an :class:`ItemState`.
+* :func:`item_step` applies one :class:`ItemUpdate` to an :class:`ItemState`.
 
 Negatives are drawn from the snapshot (uniformly or in proportion to popularity) with uniforms
 from :func:`udfs.embeddings.hash_uniforms` of the event id and seed, so a Flink run and an
@@ -36,20 +37,12 @@ sequential; larger values reproduce the pipeline's export staleness).
 >>> recs = model.recommend("u0", k=3, exclude_seen=False)
 >>> len(recs), all(r in {"i0", "i1", "i2", "i3", "i4"} for r in recs)
 (3, True)
-
-State serialisation (``*_to_bytes`` / ``*_from_bytes``) starts with a format-version byte. The
-evolution rule: a layout change gets a new version number (never reused); readers keep a decoder
-for every version ever written and upgrade old records on read (writers always write the current
-version); an unknown version is a ``ValueError`` naming it, never a silent misread. At ``dim=32``
-an item state is 283 bytes and a user state ``269 + sum(2 + len(utf8(id)))`` over its recent
-items (at most ``recent_items``), e.g. 569 bytes for 50 recent ids of 4 bytes.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -60,7 +53,6 @@ from streamrec.udfs.embeddings import hash_uniforms, init_vector, item_key, user
 from streamrec.udfs.modes import NEGATIVE_SAMPLERS, OBJECTIVES, OPTIMIZERS, choose, sigmoid
 
 __all__ = [
-    "FORMAT_VERSION",
     "LearnerParams",
     "UserState",
     "ItemState",
@@ -69,17 +61,12 @@ __all__ = [
     "user_step",
     "item_step",
     "sample_negatives",
-    "user_state_to_bytes",
-    "user_state_from_bytes",
-    "item_state_to_bytes",
-    "item_state_from_bytes",
     "OnlineMF",
     "init_user_state",
     "init_item_state",
 ]
 
 #: Current state format version (first byte of every serialised state).
-FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,106 +426,6 @@ def item_step(state: ItemState, update: ItemUpdate, cfg: Any) -> ItemState:
 
 # --------------------------------------------------------------------------------------------
 # serialisation
-
-_USER_HEAD = struct.Struct("<BHQ")  # version, dim, events
-_ITEM_HEAD = struct.Struct("<BHQdff")  # version, dim, updates, popularity, bias, bias_accum
-_LEN = struct.Struct("<H")
-
-
-def _check_version(data: bytes, what: str) -> int:
-    if not data:
-        raise ValueError(f"empty {what} state record")
-    version = data[0]
-    if version != FORMAT_VERSION:  # add a decoder per old version here when the layout changes
-        raise ValueError(
-            f"unknown {what} state format version {version} (this code reads {FORMAT_VERSION})"
-        )
-    return version
-
-
-def user_state_to_bytes(state: UserState) -> bytes:
-    """Serialise a :class:`UserState` (format version :data:`FORMAT_VERSION`).
-
-    >>> s = init_user_state("u1", LearnerParams.of(None, dim=32))
-    >>> s = dataclasses.replace(s, recent=["a", "bb"])
-    >>> blob = user_state_to_bytes(s)
-    >>> blob[0], len(blob)
-    (1, 276)
-    >>> back = user_state_from_bytes(blob)
-    >>> back.recent, bool((back.vector == s.vector).all())
-    (['a', 'bb'], True)
-    """
-    dim = len(state.vector)
-    parts = [
-        _USER_HEAD.pack(FORMAT_VERSION, dim, state.events),
-        np.asarray(state.vector, dtype="<f4").tobytes(),
-        np.asarray(state.accum, dtype="<f4").tobytes(),
-        _LEN.pack(len(state.recent)),
-    ]
-    for item in state.recent:
-        raw = item.encode("utf-8")
-        parts.append(_LEN.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
-
-
-def user_state_from_bytes(data: bytes) -> UserState:
-    _check_version(data, "user")
-    _, dim, events = _USER_HEAD.unpack_from(data, 0)
-    off = _USER_HEAD.size
-    vec = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32)
-    off += 4 * dim
-    acc = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32)
-    off += 4 * dim
-    (n,) = _LEN.unpack_from(data, off)
-    off += _LEN.size
-    recent = []
-    for _ in range(n):
-        (ln,) = _LEN.unpack_from(data, off)
-        off += _LEN.size
-        recent.append(bytes(data[off : off + ln]).decode("utf-8"))
-        off += ln
-    if off != len(data):
-        raise ValueError(f"user state record has {len(data) - off} trailing bytes")
-    return UserState(vector=vec, accum=acc, recent=recent, events=events)
-
-
-def item_state_to_bytes(state: ItemState) -> bytes:
-    """Serialise an :class:`ItemState` (format version :data:`FORMAT_VERSION`).
-
-    >>> s = init_item_state("i1", LearnerParams.of(None, dim=32))
-    >>> blob = item_state_to_bytes(s)
-    >>> blob[0], len(blob)
-    (1, 283)
-    >>> item_state_from_bytes(b"\\x07" + blob[1:])
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown item state format version 7 (this code reads 1)
-    """
-    dim = len(state.vector)
-    return b"".join(
-        [
-            _ITEM_HEAD.pack(
-                FORMAT_VERSION, dim, state.updates, state.popularity, state.bias, state.bias_accum
-            ),
-            np.asarray(state.vector, dtype="<f4").tobytes(),
-            np.asarray(state.accum, dtype="<f4").tobytes(),
-        ]
-    )
-
-
-def item_state_from_bytes(data: bytes) -> ItemState:
-    _check_version(data, "item")
-    _, dim, updates, pop, bias, bias_acc = _ITEM_HEAD.unpack_from(data, 0)
-    off = _ITEM_HEAD.size
-    if len(data) != off + 8 * dim:
-        raise ValueError(f"item state record is {len(data)} bytes, expected {off + 8 * dim}")
-    vec = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32)
-    acc = np.frombuffer(data, dtype="<f4", count=dim, offset=off + 4 * dim).astype(np.float32)
-    return ItemState(
-        vector=vec, bias=bias, accum=acc, bias_accum=bias_acc, updates=updates, popularity=pop
-    )
-
 
 # --------------------------------------------------------------------------------------------
 # the in-memory estimator

@@ -23,7 +23,7 @@ import pytest
 from streamrec.flink_jobs import pipeline
 from streamrec import replay
 from streamrec.runtime.kafka_io import end_offsets, read_topic
-from tests.support import StreamrecProcess, wait_for_records
+from tests.support import StreamrecProcess, read_records, wait_for_records
 from streamrec.udfs.shard_model import shard_of
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def _phase2_and_check(cfg, phase1: list[dict], phase2: list[dict]) -> None:
     _send(cfg, phase2)
     _wait_learned(cfg, {e["user_id"]: 5 for e in phase2})
     time.sleep(2)  # the items' changelog flush of the same batch, committed
-    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean, idle_timeout=2)]
+    clean = read_records(cfg, cfg.kafka.topics.clean, idle_timeout=2)
     shared_records = [r.json() for r in read_topic(cfg, cfg.kafka.topics.model_items, idle_timeout=2)
                       if r.key == SHARED.encode()]
     deltas = list(read_topic(cfg, cfg.kafka.topics.item_deltas, idle_timeout=2))

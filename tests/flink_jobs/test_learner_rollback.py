@@ -21,7 +21,7 @@ from streamrec.model.registry import Registry
 from streamrec.model.user_table import load_user_table
 from streamrec import replay
 from streamrec.runtime.kafka_io import end_offsets, ensure_topics, read_topic
-from tests.support import account_recommendations, export_forced, planted_stream
+from tests.support import account_recommendations, export_forced, planted_stream, read_records
 from streamrec.udfs.embeddings import init_vector, user_key
 from streamrec.udfs.online_mf import LearnerParams
 
@@ -131,7 +131,7 @@ def test_run_from_version_puts_the_versions_vectors_back_and_pins_it(cfg, tmp_pa
 
     # the stream went on from the retained checkpoint: each event recommended exactly once, the
     # old ones not again, the new ones too
-    recs = [r.json() for r in read_topic(cfg, topics.recommendations)]
-    clean = [r.json() for r in read_topic(cfg, topics.clean)]
+    recs = read_records(cfg, topics.recommendations)
+    clean = read_records(cfg, topics.clean)
     recommended = account_recommendations(clean, recs)
     assert recommended.exact and recommended.checked == len(stream), recommended

@@ -19,7 +19,7 @@ import pytest
 from streamrec.flink_jobs import pipeline
 from streamrec import replay
 from streamrec.runtime.kafka_io import ensure_topics, read_topic
-from tests.support import account_recommendations
+from tests.support import account_recommendations, read_records
 from streamrec.udfs.online_mf import LearnerParams
 from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings
 
@@ -106,8 +106,8 @@ def test_operator_matches_the_core(cfg, tmp_path):
 
     pipeline.run(cfg, bounded=True, quiet=True)
 
-    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
+    clean = read_records(cfg, cfg.kafka.topics.clean)
+    recs = read_records(cfg, cfg.kafka.topics.recommendations)
     assert len(clean) == N_EVENTS
     recommended = account_recommendations(clean, recs)  # one record per event, exactly
     assert recommended.exact and recommended.checked == N_EVENTS, recommended
@@ -152,8 +152,8 @@ def test_restore_from_checkpoint_same_vectors_exactly_once(cfg, tmp_path):
     # restored job runs unbounded too)
     _run_until_scored(cfg, N_EVENTS, restore_from=checkpoint)
 
-    recs = [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations)]
-    clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean)]
+    recs = read_records(cfg, cfg.kafka.topics.recommendations)
+    clean = read_records(cfg, cfg.kafka.topics.clean)
     recommended = account_recommendations(clean, recs)
     assert recommended.exact and recommended.checked == N_EVENTS, f"not exactly once across the restore: {recommended}"
     # per-user learned-event counts continue across the restore

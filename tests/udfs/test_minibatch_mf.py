@@ -3,7 +3,7 @@ import numpy as np
 
 from streamrec.udfs.online_mf import init_item_state, init_user_state
 from streamrec.udfs.minibatch_mf import ItemTable, batch_step
-from streamrec.udfs.online_mf import ItemSnapshot, LearnerParams, item_state_from_bytes, item_step, user_step
+from streamrec.udfs.online_mf import ItemSnapshot, LearnerParams, item_step, user_step
 
 
 def _params(**kw):

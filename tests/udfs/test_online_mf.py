@@ -12,24 +12,17 @@ from streamrec.udfs.embeddings import hash_uniforms, init_vector
 from streamrec.udfs.online_mf import (
     init_item_state,
     init_user_state,
-    FORMAT_VERSION,
     ItemSnapshot,
     LearnerParams,
     OnlineMF,
-    item_state_from_bytes,
-    item_state_to_bytes,
     item_step,
     sample_negatives,
-    user_state_from_bytes,
-    user_state_to_bytes,
     user_step,
 )
 from streamrec.udfs.popularity import Popularity
 from streamrec.udfs.prequential import prequential
 
 #: Documented bounds at dim 32: item = 283 bytes, user = 269 + sum(2 + len(id)) over recent ids.
-ITEM_BYTES_DIM32 = 283
-USER_BYTES_DIM32_BASE = 269
 
 
 def planted_stream(n_events=6000, groups=4, users_per_group=20, items_per_group=100, noise=0.1,
@@ -71,51 +64,6 @@ def test_hash_uniforms_are_per_event():
     assert not np.array_equal(a, hash_uniforms("ev2", 1, 20))
     assert not np.array_equal(a, hash_uniforms("ev1", 2, 20))
     assert len(set(a.tolist())) == 20 and ((a >= 0) & (a < 1)).all()
-
-
-# ---------------------------------------------------------------------------------- bytes
-
-
-def test_user_state_round_trip_version_and_size():
-    p = LearnerParams.of(None, dim=32, recent_items=50)
-    state = init_user_state("alice", p)
-    snap = ItemSnapshot.empty(32)
-    for n in range(60):
-        state, _ = user_step(state, f"item{n:04d}", 1.0, f"e{n}", snap, p)
-    assert len(state.recent) == 50 and state.recent[-1] == "item0059" and state.events == 60
-    blob = user_state_to_bytes(state)
-    assert blob[0] == FORMAT_VERSION
-    assert len(blob) == USER_BYTES_DIM32_BASE + 50 * (2 + 8)
-    back = user_state_from_bytes(blob)
-    assert np.array_equal(back.vector, state.vector) and np.array_equal(back.accum, state.accum)
-    assert back.recent == state.recent and back.events == 60
-    with pytest.raises(ValueError, match="unknown user state format version 9"):
-        user_state_from_bytes(bytes([9]) + blob[1:])
-    with pytest.raises(ValueError, match="trailing"):
-        user_state_from_bytes(blob + b"\0")
-    with pytest.raises(ValueError, match="empty"):
-        user_state_from_bytes(b"")
-
-
-def test_item_state_round_trip_version_and_size():
-    p = LearnerParams.of(None, dim=32)
-    state = init_item_state("x", p)
-    user = init_user_state("u", p)
-    snap = ItemSnapshot.empty(32)
-    for n in range(3):
-        user, updates = user_step(user, "x", 2.0, f"e{n}", snap, p)
-        state = item_step(state, updates[0], p)
-    assert state.updates == 3 and state.popularity == 6.0 and state.bias != 0.0
-    blob = item_state_to_bytes(state)
-    assert blob[0] == FORMAT_VERSION and len(blob) == ITEM_BYTES_DIM32 <= 300
-    back = item_state_from_bytes(blob)
-    assert np.array_equal(back.vector, state.vector) and np.array_equal(back.accum, state.accum)
-    assert (back.bias, back.bias_accum, back.updates, back.popularity) == (
-        state.bias, state.bias_accum, state.updates, state.popularity)
-    with pytest.raises(ValueError, match="unknown item state format version 0"):
-        item_state_from_bytes(bytes([0]) + blob[1:])
-    with pytest.raises(ValueError, match="expected"):
-        item_state_from_bytes(blob[:-4])
 
 
 # ---------------------------------------------------------------------------------- the steps
@@ -160,32 +108,31 @@ def test_user_step_messages():
     assert ups[0].item_id == "brand-new" and ups[0].coef > 0
 
 
-def test_split_steps_through_bytes_equal_the_estimator():
-    """Flink's path (states as bytes, keyed steps, exported snapshot every N) == OnlineMF."""
+def test_the_pure_steps_equal_the_estimator():
+    """user_step / item_step over an item snapshot refreshed every N events == OnlineMF."""
     stream = planted_stream(n_events=500)
     for every in (1, 37):
         p = LearnerParams.of(None, dim=8, seed=5)
         model = OnlineMF(p, snapshot_every=every)
-        users: dict[str, bytes] = {}
-        items: dict[str, bytes] = {}
+        users, items = {}, {}
         snap = ItemSnapshot.empty(p.dim)
         for n, (user, item, weight, eid) in enumerate(stream, start=1):
             model.learn_one(user, item, weight, eid)
-            ust = user_state_from_bytes(users[user]) if user in users else init_user_state(user, p)
-            ust, updates = user_step(ust, item, weight, eid, snap, p)
-            users[user] = user_state_to_bytes(ust)
+            users[user], updates = user_step(users.get(user) or init_user_state(user, p), item, weight, eid, snap, p)
             for upd in updates:
-                ist = (item_state_from_bytes(items[upd.item_id]) if upd.item_id in items
-                       else init_item_state(upd.item_id, p))
-                items[upd.item_id] = item_state_to_bytes(item_step(ist, upd, p))
+                items[upd.item_id] = item_step(items.get(upd.item_id) or init_item_state(upd.item_id, p), upd, p)
             if n % every == 0:
-                states = {i: item_state_from_bytes(b) for i, b in items.items()}
-                snap = ItemSnapshot.from_states(states, p.dim)
+                snap = ItemSnapshot.from_states(items, p.dim)
         assert users.keys() == model.users.keys() and items.keys() == model.items.keys()
-        for user, blob in users.items():
-            assert blob == user_state_to_bytes(model.users[user]), user
-        for item, blob in items.items():
-            assert blob == item_state_to_bytes(model.items[item]), item
+        for user, state in users.items():
+            other = model.users[user]
+            assert np.array_equal(state.vector, other.vector) and np.array_equal(state.accum, other.accum), user
+            assert (state.recent, state.events) == (other.recent, other.events), user
+        for item, state in items.items():
+            other = model.items[item]
+            assert np.array_equal(state.vector, other.vector) and np.array_equal(state.accum, other.accum), item
+            assert (state.bias, state.bias_accum, state.updates, state.popularity) == (
+                other.bias, other.bias_accum, other.updates, other.popularity), item
         assert snap.ids == model.snapshot.ids
         assert np.array_equal(snap.vectors, model.snapshot.vectors)
 
