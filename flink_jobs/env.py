@@ -55,6 +55,9 @@ class FlinkRuntime:
     #: between jobs: two jobs sharing a prefix fence each other's producers).
     run_id: str
 
+    #: The local mini-cluster's web UI and REST API (None when the job is submitted to a cluster).
+    web_ui: str | None = None
+
     @property
     def transaction_prefix(self) -> str:
         return f"{self.job_name}-{self.run_id}"
@@ -201,6 +204,10 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
     _this_python_first_on_path()
     _gateway_jvm_options(cfg)
     conf = flink_configuration(cfg, job_name, restore_from)
+    # A port of our own choosing instead of "0", so it can be printed (a mini-cluster must not
+    # collide with a standalone cluster's flink.rest_port either).
+    rest_port = free_port(cfg.flink.bind_host)
+    conf.set_string("rest.bind-port", str(rest_port))
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.flink.parallelism)
     t_env = StreamTableEnvironment.create(
@@ -214,7 +221,16 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
     t_env.get_config().set("python.executable", python)
     t_env.get_config().set("python.pythonpath", python_path(cfg))
     return FlinkRuntime(env, t_env, job_name, cfg.paths_resolved.checkpoint_dir / job_name,
-                        run_id or uuid.uuid4().hex[:10])
+                        run_id or uuid.uuid4().hex[:10], web_ui=f"http://{cfg.flink.bind_host}:{rest_port}")
+
+
+def free_port(host: str) -> int:
+    """A TCP port free on ``host`` now (the OS's choice)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool,

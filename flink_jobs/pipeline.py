@@ -33,7 +33,8 @@ from streamrec.runtime import lineage
 from streamrec.flink_jobs.env import (FlinkRuntime, apply_sql, build_runtime, kafka_sink_options, kafka_source_options,
                             render_sql, sql_interval, sql_string, with_time_attributes)
 from streamrec.flink_jobs.ingest import IngestSummary, add_ingestion, summarize
-from streamrec.core.config import Config, describe, load_config
+from streamrec.flink_jobs.progress import RunProgress
+from streamrec.core.config import Config, load_config
 from streamrec.runtime.kafka_io import delete_topics, ensure_topics
 from streamrec.udfs.flink_operators import BATCH_OUTPUT, ShardLearner
 from streamrec.udfs.learner_core import LearnerSettings
@@ -306,7 +307,7 @@ def pin_from_version(cfg: Config, version: str, run_id: str) -> str:
 
 def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wait: bool = True,
         quiet: bool = False, fresh: bool = False, from_version: str | None = None,
-        with_features: bool = True) -> PipelineRun:
+        with_features: bool = True, progress_s: float = 0.0) -> PipelineRun:
     """Run the pipeline; by default it resumes from its lineage's latest retained checkpoint
     (runtime/lineage.py), ``fresh`` starts over and discards it. Bounded: stop at the end
     offsets present when the lineage started (a restored run keeps its splits' stopping offsets).
@@ -320,8 +321,6 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
     pipeline's does). ``streamrec submit`` submits it to a cluster as a job of its own."""
     # held while the run lives (a run that returns at submission only checks that no other holds it)
     with lineage.run_lock(cfg, JOB_NAME):
-        if not quiet:
-            print(f"[{JOB_NAME}] configuration:\n{describe(cfg)}", file=sys.stderr)
         ensure_topics(cfg)
         cfg.paths_resolved.registry_dir.mkdir(parents=True, exist_ok=True)
         if from_version:
@@ -346,11 +345,18 @@ def run(cfg: Config, bounded: bool = False, restore_from: str | None = None, wai
         beside = features.run(cfg, wait=False, quiet=quiet) if with_features and not bounded else None
         if not wait:  # under `flink run -d`, or a caller that stops the jobs itself: submit and return
             return PipelineRun(None, 0.0, rt.env.execute_async(JOB_NAME), beside)
+        if not quiet:
+            print(f"[{JOB_NAME}] web UI: {rt.web_ui}", file=sys.stderr)
+        progress = RunProgress(cfg, JOB_NAME, rt.transaction_prefix, progress_s) if progress_s > 0 and not quiet else None
+        if progress:
+            progress.start()
         try:
             rt.env.execute(JOB_NAME)
         except Exception as exc:  # Py4JJavaError: the restart strategy gave up
             raise JobFailedError(job_failure(cfg, exc)) from None
         finally:
+            if progress:
+                progress.stop()
             if trigger:
                 delete_topics(cfg, [trigger])
             if beside:  # the pipeline stopped (failed): its features job has nothing more to read
