@@ -27,7 +27,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "STREAMREC_"
 CONFIG_FILE_ENV = "STREAMREC_CONFIG"
@@ -173,6 +173,10 @@ class PathsConfig(_Section):
         )
 
 
+#: Flink's Prometheus reporter (runtime/jvm/flink-metrics-prometheus.pom.xml).
+PROMETHEUS_REPORTER_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
 class FlinkConfig(_Section):
     parallelism: int = Field(1, ge=1, le=512)
     checkpoint_interval_ms: int = Field(5_000, ge=200)
@@ -231,6 +235,14 @@ class FlinkConfig(_Section):
     #: Extra Flink configuration entries for every job streamrec starts (they win over the
     #: settings streamrec derives from this section), e.g. ``metrics.reporters``, memory sizes.
     settings: dict[str, str] = {}
+    #: Flink's Prometheus reporter in every Flink JVM streamrec starts (the local mini-cluster's,
+    #: `streamrec cluster`'s JobManager and TaskManagers), each serving ``/metrics`` on the first
+    #: free port of ``prometheus_ports`` (docs/metrics.md). Off unless set: the reporter has no
+    #: host setting and listens on every interface, not on ``bind_host``.
+    prometheus_reporter: bool = False
+    #: ``PORT`` or ``FIRST-LAST``: one port per JVM (on the mini-cluster one per job a process
+    #: runs at a time; `streamrec cluster` needs 1 + ``taskmanagers``).
+    prometheus_ports: str = Field("9249-9259", pattern=r"^[0-9]{4,5}(-[0-9]{4,5})?$")
 
 
     def jvm_options(self) -> list[str]:
@@ -245,6 +257,37 @@ class FlinkConfig(_Section):
         # Java priority 1 is nice +4 under ThreadPriorityPolicy=1; a thread asking for a higher
         # Java priority than normal gets it only as root (lowering needs no privilege)
         return ["-XX:ThreadPriorityPolicy=1", "-XX:CompilerThreadPriority=1"] if self.low_priority_jit else []
+
+    @field_validator("prometheus_ports")
+    @classmethod
+    def _prometheus_port_range(cls, ports: str) -> str:
+        first, _, last = ports.partition("-")
+        if not 1024 <= int(first) <= int(last or first) <= 65535:
+            raise ValueError("want PORT or FIRST-LAST with 1024 <= FIRST <= LAST <= 65535")
+        return ports
+
+    def prometheus_port_range(self) -> tuple[int, int]:
+        """``prometheus_ports`` as (first, last).
+
+        >>> FlinkConfig(prometheus_ports="9300").prometheus_port_range()
+        (9300, 9300)
+        """
+        first, _, last = self.prometheus_ports.partition("-")
+        return int(first), int(last or first)
+
+    def metrics_reporter_settings(self) -> dict[str, str]:
+        """Flink's options for the Prometheus reporter ``prom`` (none when it is off); its jar must
+        be where the JVM finds it (docs/metrics.md).
+
+        >>> FlinkConfig(prometheus_reporter=True).metrics_reporter_settings()["metrics.reporter.prom.port"]
+        '9249-9259'
+        >>> FlinkConfig().metrics_reporter_settings()
+        {}
+        """
+        if not self.prometheus_reporter:
+            return {}
+        return {"metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER_FACTORY,
+                "metrics.reporter.prom.port": self.prometheus_ports}
 
 class EventWeights(_Section):
     """Implicit-feedback weight of each event type; must rise view < click < cart < purchase."""
@@ -378,9 +421,25 @@ class ExporterConfig(_Section):
     #: at most `gate_events` of them.
     gate_events: int = Field(2_000, ge=0)
     gate_min_events: int = Field(500, ge=0)
-    #: A pending candidate waits at most this long for its held-out events (a young model's
-    #: users have few events after its cut); then the next export supersedes it. 0: no limit.
+    #: A pending candidate is decided at most this long after its export (the cap, like
+    #: `gate_events`: a tie then goes to the serving model). 0: no time cap.
     gate_max_wait_s: float = Field(60.0, ge=0)
+    #: The gate's paired comparison: one-sided confidence of its bounds, split over its looks
+    #: (after gate_min_events, doubling up to gate_events; docs/registry.md, "Decision").
+    gate_confidence: float = Field(0.95, ge=0.5, lt=1)
+    #: The gate keeps user vectors and seen items of a hash-sampled set of at most this many
+    #: users (its memory does not grow with the user count); 0: every user.
+    gate_max_users: int = Field(20_000, ge=0)
+    #: On SIGTERM / SIGINT, read to the end and decide a pending candidate at the cap instead of
+    #: leaving it undecided (the demo sets it; a restarted exporter supersedes it otherwise).
+    gate_decide_on_stop: bool = False
+    #: Cadence: a version is exported only once the model can rank, i.e. at least
+    #: `export_min_items` items have each been learned from `export_min_item_updates` events, and
+    #: only after `export_min_events` clean events since the previous export (then on the
+    #: interval / change-count triggers above). 0 disables a condition.
+    export_min_items: int = Field(20, ge=0)
+    export_min_item_updates: int = Field(5, ge=0)
+    export_min_events: int = Field(1_000, ge=0)
     #: registry.log is rotated past this size (0: never), keeping `log_keep` rotated files.
     log_max_bytes: int = Field(16 * 2**20, ge=0)
     log_keep: int = Field(5, ge=1, le=1000)
@@ -397,9 +456,13 @@ class ScoringConfig(_Section):
     top_k: int = Field(10, ge=1, le=1000)
     #: The learner's micro-batch: a processing-time window per shard (latency vs per-call cost).
     batch_interval_ms: int = Field(100, ge=1, le=60_000)
-    #: ``live`` scores each batch against the shard's own item table (fresh to the batch);
-    #: ``registry`` serves the registry's CURRENT version (gated, pinnable), hot-swapped.
+    #: ``live`` scores each batch against the shard's own item table (fresh to the batch), except
+    #: that an operator's pin (`model rollback`) or promotion (`model promote`) is served as it
+    #: is; ``registry`` serves the registry's CURRENT version (gated, pinnable). Hot-swapped
+    #: either way; every record's ``model_version`` names what scored it (docs/registry.md, "Serving").
     serve: Literal["live", "registry"] = "live"
+    #: How often each learner subtask reads CURRENT and the pin (a swap follows within this
+    #: plus one micro-batch).
     swap_check_interval_s: float = Field(2.0, gt=0)
     #: A user's list comes from the model once it has learned this many of the user's events
     #: (the current one included), from in-stream popularity before. 1: the model's list beat
@@ -421,6 +484,37 @@ class ScoringConfig(_Section):
     ort_threads: int = Field(1, ge=0, le=256)
 
 
+class ServingConfig(_Section):
+    """`streamrec serve`: the HTTP service over the recommendations and model.users topics and the
+    registry's CURRENT model (docs/serving.md). Ids are bounded by ``ingest.max_id_chars``."""
+
+    #: Loopback unless set: the service has no authentication.
+    host: str = "127.0.0.1"
+    #: 0 = any free port (the URL it listens on is printed).
+    port: int = Field(8000, ge=0, le=65535)
+    #: The list length a request gets when it names no ``k``, and the most it may ask for.
+    default_k: int = Field(10, ge=1, le=1000)
+    max_k: int = Field(100, ge=1, le=1000)
+    #: Most item ids a score request may list in ``exclude`` / ``candidates``.
+    max_request_items: int = Field(10_000, ge=1, le=1_000_000)
+    max_body_bytes: int = Field(1_048_576, ge=1_024, le=64 * 2**20)
+    #: How often the store and its consumed offsets are written to ``snapshot_file`` (a restart
+    #: resumes from there instead of rereading the topics); 0: only at shutdown.
+    snapshot_interval_s: float = Field(60.0, ge=0)
+    #: Relative to ``paths.state_dir``.
+    snapshot_file: Path = Path("serving/snapshot.npz")
+    #: How often the broker is probed for the topics' end offsets (lag, and /readyz: a broker that
+    #: does not answer within ``broker_timeout_s`` makes the service unready).
+    probe_interval_s: float = Field(5.0, gt=0, le=3_600)
+    broker_timeout_s: float = Field(5.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> "ServingConfig":
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
+
+
 class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
@@ -430,6 +524,7 @@ class Config(_Section):
     learner: LearnerConfig = LearnerConfig()
     exporter: ExporterConfig = ExporterConfig()
     scoring: ScoringConfig = ScoringConfig()
+    serving: ServingConfig = ServingConfig()
     #: The directory relative paths are resolved against (the config file's, else the cwd).
     base_dir: Path = Path(".")
 

@@ -12,7 +12,8 @@
     streamrec submit [--parallelism N] [--from-savepoint PATH]
     streamrec stop --savepoint JOB_ID
     streamrec exporter [--once [--wait S]] [--force]  the sidecar: model changelog -> ONNX registry versions
-    streamrec model list | promote V | rollback [V] | unpin | log [V]   the model registry
+    streamrec model list | promote V | rollback [V] [--force] | unpin | log [V]   the model registry
+    streamrec serve [--host H] [--port P]  HTTP: users' newest lists, request-time scoring, metrics
     streamrec bench [--limit N] [--scale | --shards] ML-100k benchmark (throughput, latency, quality) -> bench/results/
     streamrec setup [--relock]            fetch + verify the broker and connector jars, ML-100k
     streamrec config                      print the effective configuration
@@ -205,7 +206,8 @@ def cmd_run(args, cfg: Config) -> int:
             pipeline.check_from_version(cfg, args.from_version)
         ensure_kafka(cfg)
         pipeline.run(cfg, bounded=args.bounded, restore_from=args.restore_from, fresh=args.fresh,
-                     from_version=args.from_version, with_features=not args.without_features)
+                     from_version=args.from_version, with_features=not args.without_features,
+                     progress_s=args.progress)
     except pipeline.FromVersionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -268,6 +270,17 @@ def cmd_cluster(args, cfg: Config) -> int:
 def cmd_submit(args, cfg: Config) -> int:
     from streamrec.runtime import cluster
 
+    from streamrec.flink_jobs.pipeline import JOB_NAME as PIPELINE_JOB
+
+    # One pipeline per lineage: a second one would share its checkpoints, transactional ids and
+    # consumer group (and --fresh would delete the live job's checkpoints). A local `streamrec
+    # run` on this state dir is refused by the driver's run lock.
+    running = cluster.running_jobs(cfg, PIPELINE_JOB)
+    if running:
+        print(f"error: pipeline job {running[0]} is already running on {cluster.rest_url(cfg)} with this "
+              f"lineage; stop it first (streamrec stop --savepoint {running[0]}), then submit again",
+              file=sys.stderr)
+        return 1
     ensure_kafka(cfg)
     # The job's driver decides where it starts (runtime/lineage.py): the latest retained
     # checkpoint or recorded savepoint of this state dir, --from-savepoint, or --fresh.
@@ -338,6 +351,18 @@ def cmd_exporter(args, cfg: Config) -> int:
         return 0
     results = exporter.run()
     print(f"exporter stopped after {len(results)} exports ({exporter.failures} failed)", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args, cfg: Config) -> int:
+    import logging
+
+    from streamrec.serving.app import serve
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # no broker is started and no topic created: the service waits for them (/readyz says why)
+    serve(cfg, host=args.host, port=args.port, announce=lambda line: print(line, flush=True))
     return 0
 
 
@@ -419,7 +444,7 @@ def _log_line(entry: dict) -> str:
 def cmd_model(args, cfg: Config) -> int:
     import getpass
 
-    from streamrec.model.registry import Registry, RegistryError
+    from streamrec.model.registry import NotARollbackTargetError, Registry, RegistryError
     from streamrec.model.scoring import check_servable
 
     reg = Registry(cfg.paths_resolved.registry_dir, log_max_bytes=cfg.exporter.log_max_bytes,
@@ -452,8 +477,9 @@ def cmd_model(args, cfg: Config) -> int:
             previous = reg.current()
             check_servable(reg, args.version, cfg.learner.dim)  # what the readers would refuse
             reg.promote(args.version, actor="cli", reason=args.reason or "manual promote", log_extra=who,
-                        end_pin=True)
-            print(f"CURRENT: {args.version} (was {previous or 'none'}); not pinned")
+                        operator=True)
+            print(f"CURRENT: {args.version} (was {previous or 'none'}), served as it is until the next "
+                  "promotion; not pinned")
         elif args.action == "unpin":
             held = reg.unpin(actor="cli", reason=args.reason or "manual unpin", log_extra=who)
             print(f"unpinned {held}: the exporter promotes again" if held else "nothing was pinned")
@@ -464,14 +490,17 @@ def cmd_model(args, cfg: Config) -> int:
                 if version:
                     print("error: give a VERSION or --before TIME, not both", file=sys.stderr)
                     return 2
-                version = reg.newest_before(parse_time(args.before))
+                version = reg.newest_before(parse_time(args.before), promoted_only=not args.force)
             version = version or reg.previous_promoted()
             if version:
                 check_servable(reg, version, cfg.learner.dim)
             target = reg.rollback(version, actor="cli", reason=args.reason or "manual rollback",
-                                  log_extra=who)
-            print(f"CURRENT: {target} (rolled back from {previous or 'none'}), pinned: the exporter "
-                  "promotes nothing until `streamrec model unpin` or `promote V`")
+                                  log_extra=who, force=args.force)
+            print(f"CURRENT: {target} (rolled back from {previous or 'none'}), pinned and served: the "
+                  "exporter promotes nothing until `streamrec model unpin` or `promote V`")
+    except NotARollbackTargetError as exc:  # a refusal, not a failure: one sentence
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (RegistryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -533,13 +562,14 @@ def cmd_setup(args, cfg: Config) -> int:
 
     print(assets.check_java())
     if args.relock:  # after a version change in a POM: resolve afresh, rewrite the lock, review
-        for classpath in (assets.KAFKA_BROKER, assets.FLINK_CONNECTOR):
+        for classpath in assets.MAVEN_CLASSPATHS:
             print(f"rewrote {assets.relock(classpath)}")
     broker_jars = assets.kafka_broker_jars(cfg)
     print(f"kafka broker: {len(broker_jars)} jars verified "
           f"({next(j.name for j in broker_jars if j.name.startswith('kafka_2.13'))})")
     for jar in assets.connector_jars(cfg):
         print(f"flink connector: {jar.name} verified")
+    print(f"flink prometheus reporter: {assets.prometheus_reporter_jar(cfg).name} verified")
     print(f"streamrec UDFs: {assets.udf_jar(cfg).name}")
     print(f"ml-100k: {assets.ml100k_dir(cfg)}")
     return 0
@@ -597,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "stream goes on from where the run starts (docs/registry.md)")
     p.add_argument("--without-features", action="store_true", help="do not run the features job "
                    "(features.user / features.item) with the pipeline: it then has the cores to itself")
+    p.add_argument("--progress", type=SECONDS, default=15.0, metavar="S",
+                   help="a progress line every S seconds: recommendations committed, source lag, "
+                   "CURRENT (default 15; 0: none). `streamrec config` prints every setting")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sql", help="run a Flink SQL query over bounded reads of the topics")
@@ -641,6 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="promote at once, without waiting for held-out events (never while pinned)")
     p.set_defaults(func=cmd_exporter)
 
+    p = sub.add_parser("serve", help="the HTTP service: users' newest recommendations, request-time "
+                       "scoring with CURRENT, /metrics (docs/serving.md)")
+    p.add_argument("--host", help="interface to listen on (default: serving.host, loopback)")
+    p.add_argument("--port", type=NON_NEGATIVE, help="port (default: serving.port; 0 = any free port)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("model", help="list the model registry, promote or roll back a version, read its log")
     p.add_argument("action", choices=["list", "promote", "rollback", "unpin", "log"])
     p.add_argument("version", nargs="?", help="promote: required; rollback: default = previous; "
@@ -648,8 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="list: one JSON document; log: JSON lines")
     p.add_argument("--last", type=NON_NEGATIVE, default=20, metavar="N",
                    help="log: the newest N entries, rotated files included (0: all)")
-    p.add_argument("--before", help="rollback: to the newest version created before this time "
+    p.add_argument("--before", help="rollback: to the newest promoted version created before this time "
                    "(ISO-8601, UTC if no offset, or epoch ms)")
+    p.add_argument("--force", action="store_true", help="rollback: also to a version that was never "
+                   "promoted or was rejected (with --before: the newest non-rejected one)")
     p.add_argument("--reason", help="recorded in registry.log")
     p.set_defaults(func=cmd_model)
 

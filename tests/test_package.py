@@ -22,7 +22,7 @@ from tests.support import REPO, account_recommendations, planted_stream
 #: Every file a job or the CLI reads at run time, as package data of the wheel.
 PACKAGE_DATA = ("streamrec/sql/pipeline_sinks.sql", "streamrec/sql/ingest.sql",
                 "streamrec/runtime/jvm/flink-connector.pom.xml", "streamrec/runtime/jvm/flink-connector.lock",
-                "streamrec/runtime/jvm/kafka-broker.pom.xml",
+                "streamrec/runtime/jvm/kafka-broker.pom.xml", "streamrec/runtime/jvm/flink-metrics-prometheus.lock",
                 "streamrec/udfs/jvm/streamrec/udfs/FlatEventParser.java")
 
 

@@ -35,7 +35,7 @@ from streamrec.runtime import broker, cluster
 from streamrec.cli import main
 from streamrec.core.config import to_env
 from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
-from tests.support import account_ingestion, account_recommendations, export_forced, free_port, make_config
+from tests.support import account_ingestion, account_recommendations, export_forced, free_port, make_config, read_records
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +58,7 @@ def produce(cfg, records: list[tuple[str | None, bytes]]) -> None:
 
 
 def recommendations(cfg) -> list[dict]:
-    return [r.json() for r in read_topic(cfg, cfg.kafka.topics.recommendations, read_committed=True,
-                                         idle_timeout=2.0)]
+    return read_records(cfg, cfg.kafka.topics.recommendations, read_committed=True, idle_timeout=2.0)
 
 
 
@@ -75,11 +74,11 @@ def wait_for_count(cfg, job_id: str, n_clean: int, timeout: float) -> tuple[list
         if state != "RUNNING":
             root = rest(cfg, f"/jobs/{job_id}/exceptions").get("exceptionHistory", {}).get("entries", [])
             raise AssertionError(f"job {job_id} is {state}: " + (root[0]["stacktrace"][:1500] if root else ""))
-        clean = [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean, idle_timeout=2.0)]
+        clean = read_records(cfg, cfg.kafka.topics.clean, idle_timeout=2.0)
         recommended = account_recommendations(clean, recommendations(cfg))
         if len(clean) >= n_clean and not recommended.lost:
             time.sleep(3 * cfg.flink.checkpoint_interval_ms / 1000)
-            return [r.json() for r in read_topic(cfg, cfg.kafka.topics.clean, idle_timeout=2.0)], recommendations(cfg)
+            return read_records(cfg, cfg.kafka.topics.clean, idle_timeout=2.0), recommendations(cfg)
         time.sleep(2)
     raise AssertionError(f"after {timeout:.0f} s: {recommended}")
 
@@ -173,6 +172,12 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     t = time.monotonic()
     cluster.wait_for_state(cfg, job1, {"RUNNING"}, timeout=60)
     timings["job_running"] = time.monotonic() - t
+    # a second pipeline on this lineage is refused before anything is submitted (--fresh would
+    # have deleted the live job's checkpoints)
+    capsys.readouterr()
+    assert main(["submit", "--parallelism", "2", "--fresh"]) == 1
+    assert f"pipeline job {job1} is already running" in capsys.readouterr().err
+    assert cluster.running_jobs(cfg, "streamrec-pipeline") == [job1]
     t = time.monotonic()
     ids_batch1 = {f"a{u}-{k}" for u in range(USERS) for k in range(EVENTS_1)}
     clean1, recs1 = wait_for_count(cfg, job1, len(batch1), timeout=180)
@@ -251,7 +256,7 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     # across the savepoint: every raw record in events.clean or events.dlq or one of the six
     # planted duplicates, and every clean event exactly one recommendation record
     raw = list(read_topic(cfg, cfg.kafka.topics.raw, idle_timeout=2.0))
-    dlq = [r.json() for r in read_topic(cfg, cfg.kafka.topics.dlq, idle_timeout=2.0)]
+    dlq = read_records(cfg, cfg.kafka.topics.dlq, idle_timeout=2.0)
     ingested = account_ingestion(raw, clean, dlq)
     assert ingested.exact and ingested.checked == len(batch1) + len(dups1) + len(bad1) + len(batch2) + len(dup2) + 1, \
         ingested

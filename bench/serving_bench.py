@@ -1,0 +1,245 @@
+"""`streamrec serve` under load: memory per user and request throughput / latency.
+
+    python -m bench.serving_bench [--users 1000000] [--items 1682] [--seconds 10] [--connections 32]
+
+1. Builds a store of ``--users`` synthetic users (a list of ``scoring.top_k`` items from a
+   catalogue of ``--items`` and a ``learner.dim`` vector each), writes it as the service's
+   snapshot, and a registry with one promoted model of the same catalogue.
+2. Starts ``streamrec serve`` as its own process on that state dir, with ``kafka.bootstrap_servers``
+   pointing at a closed port: the service resumes from the snapshot and serves it while /readyz
+   says the broker does not answer (the topic reader is not under test here).
+3. Reports the server's RSS (``/proc/PID/status``) and the store's bytes per user, then
+   load-tests ``GET /v1/users/{id}/recommendations`` and ``POST /v1/score`` from this process
+   (asyncio, raw sockets, HTTP/1.1 keep-alive, ``--connections`` at once): requests/s, p50/p99
+   latency, and the server's CPU per request (utime + stime from ``/proc/PID/stat``).
+
+The client shares the machine with the server: on few cores its own CPU caps what it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from streamrec.core.config import Config, load_config, to_env
+from streamrec.model.item_table import ItemTable
+from streamrec.model.onnx_model import export_model_bytes, popularity_prior
+from streamrec.model.registry import Registry
+from streamrec.serving.materializer import source_of
+from streamrec.serving.snapshot import write_snapshot
+from streamrec.serving.store import Interner, ServingStore
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def synthetic_store(cfg: Config, users: int, items: int, seed: int = 1) -> ServingStore:
+    """``users`` users with a full list each (Zipf-ish item choice) and a vector; filled column by
+    column (the per-record path is timed separately, :func:`apply_rate`)."""
+    rng = np.random.default_rng(seed)
+    k, dim = cfg.scoring.top_k, cfg.learner.dim
+    store = ServingStore(width=k, dim=dim, capacity=users)
+    store.users = Interner(f"user-{n}" for n in range(users))
+    store.items = Interner(f"item-{n}" for n in range(items))
+    store.versions = Interner(["live"])
+    store.strategies = Interner(["model"])
+    c = store.columns
+    weights = 1.0 / np.arange(1, items + 1)
+    c["list_items"][:users] = rng.choice(items, size=(users, k), p=weights / weights.sum())
+    c["list_scores"][:users] = np.round(np.sort(rng.random((users, k)))[:, ::-1] * 5, 6)
+    c["list_len"][:users] = k
+    c["user_events"][:users] = rng.integers(1, 500, users)
+    c["event_ts"][:users] = c["emitted_ts"][:users] = int(time.time() * 1000)
+    c["vector"][:users] = rng.normal(0, 0.1, (users, dim))
+    c["has_vector"][:users] = True
+    store.lists = store.vectors = users
+    store._count_items(c["list_items"][:users].ravel(), 1)
+    store.offsets = {cfg.kafka.topics.recommendations: {0: users}, cfg.kafka.topics.model_users: {0: users}}
+    return store
+
+
+def apply_rate(cfg: Config, n: int = 50_000) -> float:
+    """Records/s of the reader's per-record path (decoded records into a store)."""
+    store = ServingStore(width=cfg.scoring.top_k, dim=cfg.learner.dim)
+    recs = [{"user_id": f"u{i}", "items": [{"item_id": f"i{(i * 7 + j) % 1682}", "score": 0.5 - j / 100}
+                                           for j in range(cfg.scoring.top_k)],
+             "model_version": "live", "strategy": "model", "cold_start": False, "user_events": 3,
+             "event_ts": 1, "emitted_ts": 2} for i in range(n)]
+    started = time.perf_counter()
+    for r in recs:
+        store.apply_recommendation(r)
+    return n / (time.perf_counter() - started)
+
+
+def synthetic_registry(cfg: Config, items: int, seed: int = 2) -> str:
+    rng = np.random.default_rng(seed)
+    ids = np.array(sorted(f"item-{n}" for n in range(items)))
+    table = ItemTable(ids, rng.normal(0, 0.1, (items, cfg.learner.dim)).astype(np.float32),
+                      np.zeros(items, np.float32), rng.integers(0, 1000, items).astype(np.float32))
+    registry = Registry(cfg.paths_resolved.registry_dir)
+    model = export_model_bytes(table.vectors, table.bias, popularity_prior(table.popularity),
+                               cfg.learner.popularity_prior)
+    version = registry.publish(model, {"item_ids": ids.tolist(), "dim": cfg.learner.dim},
+                               {"items.npz": table.to_npz_bytes()})
+    registry.promote(version, actor="bench", reason="serving bench")
+    return version
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM in bytes."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(value.split()[0]) * 1024
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+async def _connection(host: str, port: int, make_request, stop_at: float, latencies: list[float],
+                      errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop_at:
+            request = make_request()
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors.append(head.split(b"\r\n", 1)[0].decode())
+    finally:
+        writer.close()
+
+
+def load_test(host: str, port: int, pid: int, make_request, seconds: float, connections: int) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def run() -> None:
+        stop_at = time.perf_counter() + seconds
+        await asyncio.gather(*(_connection(host, port, make_request, stop_at, latencies, errors)
+                               for _ in range(connections)))
+
+    cpu_before, client_before, started = cpu_seconds(pid), time.process_time(), time.perf_counter()
+    asyncio.run(run())
+    wall = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(pid) - cpu_before, time.process_time() - client_before
+    lat = np.array(latencies) * 1000
+    n = len(latencies)
+    return {"requests": n, "errors": len(errors), "first_error": errors[0] if errors else None,
+            "req_per_s": n / wall, "p50_ms": float(np.percentile(lat, 50)) if n else None,
+            "p99_ms": float(np.percentile(lat, 99)) if n else None,
+            "server_cpu_us_per_req": 1e6 * server_cpu / max(n, 1),
+            "client_cpu_us_per_req": 1e6 * client_cpu / max(n, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--items", type=int, default=1_682, help="catalogue size (ML-100k's by default)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each load test")
+    parser.add_argument("--connections", type=int, nargs="+", default=[16, 32],
+                        help="concurrent keep-alive connections; one run per value")
+    parser.add_argument("--exclude", type=int, default=20, help="items each score request excludes")
+    args = parser.parse_args(argv)
+    # a SIGTERM (e.g. `timeout`) unwinds like Ctrl-C: the service started below is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        cfg = load_config(config_file=None, env={}, overrides={
+            "paths.state_dir": tmp, "kafka.bootstrap_servers": f"127.0.0.1:{closed_port()}",
+            "serving.port": 0, "serving.snapshot_interval_s": 0, "scoring.provider": "auto"})
+        print(f"apply rate (reader's per-record path): {apply_rate(cfg):,.0f} records/s", flush=True)
+        started = time.perf_counter()
+        store = synthetic_store(cfg, args.users, args.items)
+        bytes_per_user = store.nbytes() / args.users
+        path = Path(tmp) / cfg.serving.snapshot_file
+        write_snapshot(path, store, source_of(cfg))
+        del store
+        version = synthetic_registry(cfg, args.items)
+        print(f"{args.users:,} users, {args.items:,} items, K={cfg.scoring.top_k}, dim={cfg.learner.dim}: "
+              f"store arrays {bytes_per_user:.0f} B/user, snapshot {path.stat().st_size / 2**20:.0f} MiB "
+              f"(built in {time.perf_counter() - started:.1f} s); model {version}", flush=True)
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
+        log_path = Path(tmp) / "serve.log"
+        launched = time.monotonic()
+        with open(log_path, "w") as log:
+            server = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "serve"], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while "resumed from snapshot" not in log_path.read_text() or "serving on" not in log_path.read_text():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the service did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            print(f"service up, snapshot loaded, in {time.monotonic() - launched:.1f} s", flush=True)
+            url = log_path.read_text().split("serving on http://", 1)[1].split()[0]
+            host, port = url.rsplit(":", 1)
+            time.sleep(2)  # the model watcher's first load
+            mem = proc_status(server.pid)
+            print(f"server RSS {mem['VmRSS'] / 2**20:.0f} MiB (peak {mem['VmHWM'] / 2**20:.0f} MiB) with "
+                  f"{args.users:,} users: {mem['VmRSS'] / args.users:.0f} B/user all included", flush=True)
+
+            rng = random.Random(3)
+            users = args.users
+
+            def lookup() -> bytes:
+                return (f"GET /v1/users/user-{rng.randrange(users)}/recommendations?k=10 HTTP/1.1\r\n"
+                        f"Host: {host}\r\n\r\n").encode()
+
+            def score() -> bytes:
+                body = orjson.dumps({"user_id": f"user-{rng.randrange(users)}", "k": 10,
+                                     "exclude": [f"item-{rng.randrange(args.items)}" for _ in range(args.exclude)]})
+                return (f"POST /v1/score HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+            for name, make in (("lookups", lookup), ("scores", score)):
+                load_test(host, int(port), server.pid, make, 2.0, max(args.connections))  # warm-up
+                for connections in args.connections:
+                    r = load_test(host, int(port), server.pid, make, args.seconds, connections)
+                    print(f"{name}, {connections} connections: {r['req_per_s']:,.0f} req/s, "
+                          f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, server CPU "
+                          f"{r['server_cpu_us_per_req']:.0f} us/req, client CPU {r['client_cpu_us_per_req']:.0f} us/req, "
+                          f"{r['requests']:,} requests, {r['errors']} errors"
+                          f"{' (' + r['first_error'] + ')' if r['errors'] else ''}", flush=True)
+            mem = proc_status(server.pid)
+            print(f"server RSS after the load {mem['VmRSS'] / 2**20:.0f} MiB (peak {mem['VmHWM'] / 2**20:.0f} MiB)")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
