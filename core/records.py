@@ -387,7 +387,8 @@ ITEM_SCORE = Record("recommended item", None, (
 RECOMMENDATION = Record("recommendation", "recommendations", (
     Field("user_id", STRING),
     Field("items", SqlArray(SqlRow(ITEM_SCORE))),
-    Field("model_version", STRING, doc="the registry version served, or 'live'"),
+    Field("model_version", STRING, doc="what scored it: a registry version ('v000012'), or the live table "
+          "with the CURRENT it was last checked against ('live+v000012'; 'live' before any CURRENT); never empty"),
     Field("strategy", STRING, doc="model, popularity or none"),
     Field("cold_start", BOOLEAN),
     Field("user_events", BIGINT, doc="the user's learned events, this one included"),

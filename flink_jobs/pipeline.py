@@ -299,8 +299,9 @@ def pin_from_version(cfg: Config, version: str, run_id: str) -> str:
     pin = registry.pinned()
     if not (pin and pin.get("version") == version and pin.get("run_id") == run_id
             and pin.get("actor") == FROM_VERSION_ACTOR):
+        # check_from_version vetted the version; a candidate is allowed here, as before
         registry.rollback(version, actor=FROM_VERSION_ACTOR, reason=f"run --from-version {version}",
-                          log_extra={"run_id": run_id})
+                          log_extra={"run_id": run_id}, force=True)
         pin = registry.pinned()
     return f"{version}@{pin['ts']}"
 

@@ -21,13 +21,14 @@ derived, not owned. Records that are not their topic's record (decoded strictly:
 unknown or mistyped field), or carry a vector of the wrong dimension (``learner.dim``) or a
 non-finite number, are counted and skipped (the first few per topic are logged).
 
-**Export.** After catching up to the end offsets present at start, and then every
+**Export** (the cadence rule, docs/registry.md "When it exports"): only once the model can
+rank (``exporter.export_min_items`` items each learned from ``export_min_item_updates`` events)
+and has learned ``export_min_events`` clean events since the previous export; then every
 ``exporter.interval_s`` seconds or ``exporter.every_n_changes`` item changes, whichever comes
-first, only if an item or a popularity changed since the last export, and only while no
-candidate is pending (a newer one would restart the wait for held-out events: at low traffic
-nothing would ever be decided) or the pending one has waited ``exporter.gate_max_wait_s``
-(a young model, exported when its users had few events, may never collect enough held-out
-events of users it has vectors for; the next export then supersedes it):
+first, only if an item or a popularity changed, and only while no candidate is pending (a newer
+one would restart the wait for held-out events) or the pending one has waited
+``exporter.gate_max_wait_s`` (the gate decides at that cap; one still pending then had no
+held-out event at all, and the next export supersedes it):
 
 1. arrays in **sorted item-id order** (row *i* = ``item_ids[i]``): vectors, biases, popularity
    (:meth:`ExporterState.item_table`), prior = :func:`model.onnx_model.popularity_prior`;
@@ -41,15 +42,17 @@ events of users it has vectors for; the next export then supersedes it):
    and ``users.npz`` attachments (:mod:`model.item_table`, :mod:`model.user_table`: the cut's
    user vectors, which ``streamrec run --from-version`` puts back into the learner);
 5. :meth:`model.gate.HoldOutGate.submit`: refusals, a pin (``hold``) and ``force`` are settled at
-   once; otherwise the candidate is pending until ``exporter.gate_min_events`` clean events past
-   its cut arrived, then :meth:`~model.gate.HoldOutGate.decide` compares it with CURRENT (or, with
-   none, its popularity baseline) on those events (docs/registry.md, "Quality gate");
+   once; otherwise the candidate is pending and :meth:`~model.gate.HoldOutGate.decide` compares
+   it with CURRENT (or, with none, its popularity baseline) on the held-out events of the gate's
+   user sample, paired, at looks after ``exporter.gate_min_events`` events doubling up to the
+   cap (docs/registry.md, "Quality gate");
 6. ``enforce_retention`` (last ``exporter.retention``, hourly, daily; the pending candidate is
    protected) and ``clean_staging()``, after every export and every decision.
 
 One log line per export and per decision. SIGTERM / SIGINT stop the loop after the current
 export (a second signal interrupts); a pending candidate is then left undecided, and the next
-exporter's first export records it as superseded. The gate runs on the CPU provider: it measures
+exporter's first export records it as superseded, unless ``exporter.gate_decide_on_stop``: then
+it is decided at the cap first. The gate runs on the CPU provider: it measures
 ranking quality, which does not depend on the provider, and it must not compete with scoring for
 a GPU.
 """
@@ -73,7 +76,7 @@ import numpy as np
 
 # lineage imports streamrec.core.config only (no pyflink): no cycle, nothing heavy
 from streamrec.runtime.lineage import code_version, job_dir, retained_checkpoints
-from streamrec.model.gate import FORCE_ACTOR, GATE_ACTOR, GateDecision, HoldOutGate
+from streamrec.model.gate import FORCE_ACTOR, GATE_ACTOR, GateDecision, HoldOutGate, UserSample
 from streamrec.model.item_table import ITEMS_ATTACHMENT, ItemTable
 from streamrec.model.user_table import USERS_ATTACHMENT, UserTable
 from streamrec.model.onnx_model import export_model_bytes, popularity_prior
@@ -173,8 +176,12 @@ class ExportResult:
         ref = (f"current {self.current_recall:.4f} ({self.current_version})" if self.current_recall is not None
                else f"baseline {baseline:.4f}" if baseline is not None else "no comparison")
         verdict = "held (CURRENT is pinned)" if self.held else d.status
+        paired = ""
+        if d.figures.get("difference") is not None:
+            paired = (f", difference {d.figures['difference']:+.4f} in [{d.figures['lower_bound']:+.4f}, "
+                      f"{d.figures['upper_bound']:+.4f}] vs -margin {-d.figures['margin']:.4f}")
         return (f"{head}, {self.metric} candidate {self.candidate_recall:.4f} / {ref} on "
-                f"{self.evaluated} held-out events -> {verdict} in {self.seconds:.2f} s")
+                f"{self.evaluated} held-out events{paired} -> {verdict} in {self.seconds:.2f} s")
 
 
 def redacted_config(cfg: Any) -> dict[str, Any]:
@@ -235,10 +242,17 @@ class ExporterState:
     candidate's cut.
     """
 
-    def __init__(self, dim: int, gate: HoldOutGate | None = None):
+    def __init__(self, dim: int, gate: HoldOutGate | None = None, min_item_updates: int = 0):
         self.dim = int(dim)
         self.gate = gate
+        #: the gate's user sample: seen items are kept for its users only (bounded memory)
+        self.sample = gate.sample if gate is not None else UserSample(0)
+        self.min_item_updates = int(min_item_updates)
         self.items: dict[str, tuple[np.ndarray, float]] = {}
+        #: the learner's update count per item, and how many items reached ``min_item_updates``
+        self.updates: dict[str, int] = {}
+        self.trained_items = 0
+        self.events_since_export = 0  # clean events consumed since the last export
         self.users: dict[str, np.ndarray] = {}
         self.popularity: dict[str, float] = {}
         #: the learner's own popularity count per item (model.items ``popularity``)
@@ -281,6 +295,7 @@ class ExporterState:
         if kind == "items":
             if self.items.pop(key, None) is not None:
                 self.learned_popularity.pop(key, None)
+                self.trained_items -= self.updates.pop(key, 0) >= self.min_item_updates
                 self.item_changes += 1
         elif kind == "users":
             self.users.pop(key, None)
@@ -294,7 +309,11 @@ class ExporterState:
         vec = _vector(rec["vector"], self.dim)
         if vec is None:
             return self._bad("items", f"vector is not {self.dim} finite numbers", raw)
+        before = self.updates.get(item_id) if item_id in self.items else None
         self.items[item_id] = (vec, float(rec["bias"]))
+        self.updates[item_id] = updates = int(rec["updates"])
+        self.trained_items += ((updates >= self.min_item_updates)
+                               - (before is not None and before >= self.min_item_updates))
         self.learned_popularity[item_id] = float(rec["popularity"])
         self.item_changes += 1
         ts = rec["ts"]
@@ -319,8 +338,16 @@ class ExporterState:
     def _apply_events(self, rec: dict, key: str | None, raw: bytes,
                       partition: int | None = None, offset: int | None = None) -> bool:
         user_id, item_id = rec["user_id"], rec["item_id"]
+        self.events_since_export += 1
+        ts = rec["ts"]
+        self.events_watermark = ts if self.events_watermark is None else max(self.events_watermark, ts)
+        sampled, evicted = self.sample.admit(user_id)
+        for gone in evicted:
+            self.seen.pop(gone, None)
         if self.gate is not None and partition is not None and offset is not None:
             self.held_out += self.gate.observe(partition, offset, user_id, item_id)
+        if not sampled:  # the gate never scores this user: its seen items are not needed
+            return True
         seen = self.seen.get(user_id)
         if seen is None:
             seen = self.seen[user_id] = OrderedDict()
@@ -332,8 +359,6 @@ class ExporterState:
         seen.move_to_end(item_id)
         if len(seen) > SEEN_ITEMS_PER_USER:
             seen.popitem(last=False)
-        ts = rec["ts"]
-        self.events_watermark = ts if self.events_watermark is None else max(self.events_watermark, ts)
         return True
 
     # ---------------------------------------------------------------- reading
@@ -344,6 +369,18 @@ class ExporterState:
     def mark_exported(self) -> None:
         self.item_changes = 0
         self.feature_changes = 0
+        self.events_since_export = 0
+
+    def cadence_wait(self, min_items: int, min_events: int) -> str | None:
+        """Why the model is not worth a new version yet (None: it is): fewer than ``min_items``
+        items learned from ``min_item_updates`` events each, or fewer than ``min_events`` clean
+        events since the last export (0 disables either)."""
+        if self.trained_items < min_items:
+            return (f"{self.trained_items} of {min_items} items learned from at least "
+                    f"{self.min_item_updates} events")
+        if self.events_since_export < min_events:
+            return f"{self.events_since_export} of {min_events} clean events since the last export"
+        return None
 
     def item_table(self) -> ItemTable:
         """The current items in sorted id order.
@@ -394,8 +431,9 @@ class Exporter:
             self.registry, lambda data, meta: ScoringModel.from_bytes(data, meta, self.providers),
             expected_dim=cfg.learner.dim, k=ex.top_k, margin=ex.gate_margin,
             min_events=ex.gate_min_events, max_events=ex.gate_events,
-            actor=GATE_ACTOR, force_actor=FORCE_ACTOR)
-        self.state = ExporterState(cfg.learner.dim, self.gate)
+            actor=GATE_ACTOR, force_actor=FORCE_ACTOR, confidence=ex.gate_confidence,
+            max_wait_s=ex.gate_max_wait_s, max_users=ex.gate_max_users)
+        self.state = ExporterState(cfg.learner.dim, self.gate, min_item_updates=ex.export_min_item_updates)
         self.results: list[ExportResult] = []
         self.decisions: list[GateDecision] = []
         self.failures = 0
@@ -592,15 +630,18 @@ class Exporter:
         decision = self.gate.decide(self.state.seen)
         if decision is None:
             return None
+        self._record(decision)
+        if log_result:
+            deleted = self._retention()
+            log.info("%s%s", decision.line(), f" (retention deleted {', '.join(deleted)})" if deleted else "")
+        return decision
+
+    def _record(self, decision: GateDecision) -> None:
         self.decisions.append(decision)
         for result in reversed(self.results):
             if result.version == decision.version:
                 result.decision = decision
                 break
-        if log_result:
-            deleted = self._retention()
-            log.info("%s%s", decision.line(), f" (retention deleted {', '.join(deleted)})" if deleted else "")
-        return decision
 
     def export_once(self, timeout_s: float = 120.0, wait_s: float = 0.0) -> ExportResult | None:
         """Catch up to the end offsets present now, let the gate decide a pending candidate, then
@@ -617,6 +658,11 @@ class Exporter:
         if not self.state.changed:
             log.info("exporter: nothing changed since the last export")
             return None
+        # --force is the operator's call: it exports whatever the model knows
+        unripe = None if self.force else self.state.cadence_wait(self.cfg.exporter.export_min_items, 0)
+        if unripe is not None:
+            log.info("exporter: the model cannot rank yet (%s): no export", unripe)
+            return None
         result = self.export()
         deadline = time.monotonic() + wait_s
         while result is not None and result.pending and time.monotonic() < deadline:
@@ -625,13 +671,29 @@ class Exporter:
         return result
 
     def _due(self, now: float) -> bool:
+        ex = self.cfg.exporter
         if not self.state.changed or now < self._retry_at:
             return False
-        max_wait = self.cfg.exporter.gate_max_wait_s
-        if self.gate.pending is not None and (max_wait <= 0 or now - self._last_export < max_wait):
+        if self.gate.pending is not None and (ex.gate_max_wait_s <= 0 or now - self._last_export < ex.gate_max_wait_s):
             return False  # the pending candidate is still collecting held-out events
-        return (self.state.item_changes >= self.cfg.exporter.every_n_changes
-                or now - self._last_export >= self.cfg.exporter.interval_s)
+        if self.state.cadence_wait(ex.export_min_items, ex.export_min_events) is not None:
+            return False  # not learned enough since the last version to be worth one
+        return (self.state.item_changes >= ex.every_n_changes
+                or now - self._last_export >= ex.interval_s)
+
+    def _decide_on_stop(self) -> None:
+        """``gate_decide_on_stop``: read what the stream has, then decide the pending candidate
+        at the cap (a tie goes to the serving model), so no version is left undecided."""
+        try:
+            self.catch_up(timeout_s=30.0)
+            decision = self.check_gate(log_result=False) or self.gate.decide(self.state.seen, final=True)
+            if decision is not None and decision not in self.decisions:
+                self._record(decision)
+            if decision is not None:
+                self._retention()
+                log.info("%s (decided on stop)", decision.line())
+        except Exception:  # noqa: BLE001 - stopping must not fail over it
+            log.exception("exporter: could not decide %s on stop", self.gate.pending and self.gate.pending.version)
 
     # ---------------------------------------------------------------- loop
     def stop(self) -> None:
@@ -670,7 +732,8 @@ class Exporter:
                 try:
                     self.check_gate()
                     if self._due(now) or (idle and self.state.changed and self.failures == 0
-                                          and self.gate.pending is None):
+                                          and self.gate.pending is None and self.state.cadence_wait(
+                                              self.cfg.exporter.export_min_items, 0) is None):
                         self.export()
                     elif idle:
                         log.info("exporter: no records for %.1f s, exiting", idle_exit_s)
@@ -693,6 +756,8 @@ class Exporter:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.cfg.exporter.gate_decide_on_stop and self.gate.pending is not None:
+                self._decide_on_stop()
             self.close()
             if self.gate.pending is not None:
                 p = self.gate.pending

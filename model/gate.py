@@ -1,23 +1,29 @@
-"""Quality gate: a candidate model is promoted only if its recall@k on events it has not been
-trained on is not worse than the serving model's by more than a margin.
+"""Quality gate: a candidate model is promoted only if, on events it has not been trained on, it
+is shown to be no worse than the serving model by more than a margin.
 
 Protocol (docs/registry.md, "Quality gate"), run by :class:`HoldOutGate` for the exporter:
 
 1. **Refusals** (:func:`check_candidate`) before any evaluation: an unreadable or empty graph,
    NaN/Inf weights, a dimension other than ``learner.dim`` or CURRENT's. Status ``rejected``.
-2. **Held-out events.** The candidate waits (status ``candidate``, *pending*) until
-   ``min_events`` clean events at offsets at or past its training position (the ``events.clean``
-   offsets recorded at its export, Kafka's next-offset convention) arrived for users that had a
-   vector then; at most ``max_events`` are kept.
-3. **Users.** The user vectors as of the export (a snapshot taken when it was published), so
-   vectors trained on the held-out events do not leak into the score.
+2. **Held-out events.** Clean events at offsets at or past the candidate's training position
+   (the ``events.clean`` offsets recorded at its export, Kafka's next-offset convention), of
+   every user of the gate's user sample (:class:`UserSample`); at most ``max_events`` are kept.
+3. **Users.** The sampled user vectors as of the export (a snapshot taken when it was published),
+   so vectors trained on the held-out events do not leak into the score. A user without a vector
+   then is scored with a zero vector: the model's item bias + popularity prior ranking, what a
+   cold user gets.
 4. **Ranking.** For every user both models rank all items with the user's ``seen`` items
    excluded (the user's own held-out items never are); an event is a hit when its item is in the
-   user's top ``k``. recall@k = hits / evaluated events.
-5. **Decision.** Promote iff ``candidate >= reference - margin``. The reference is CURRENT on
-   the same events and user vectors; with no loadable CURRENT it is the candidate's own
-   *popularity baseline* (item vectors zeroed: bias + popularity prior only), so even the first
-   model must rank better than "most popular" to be served.
+   user's top ``k``.
+5. **Decision** (:func:`paired_decision`): both models are scored on the *same* events, so the
+   per-event difference ``hit(candidate) - hit(reference)`` is paired. At looks after
+   ``min_events``, ``2 x min_events``, ... events: promote when the lower confidence bound of the
+   mean difference is above ``-margin``, reject when the upper bound is below ``-margin``, else
+   keep collecting. At the cap (``max_events`` events, or ``max_wait_s`` after the export, or the
+   exporter stopping with ``decide_on_stop``) the last look decides, and a tie (the interval
+   still straddles ``-margin``) goes to the serving model: rejected. The reference is CURRENT;
+   with no loadable CURRENT it is the candidate's own *popularity baseline* (item vectors zeroed),
+   so even the first model must rank no worse than "most popular" to be served.
 
 >>> gate_decision(0.30, None, 0.02)
 (True, 'first model: no current model to compare with')
@@ -29,9 +35,12 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -62,14 +71,18 @@ class RecallResult:
     k: int
     hits: int = 0
     evaluated: int = 0
-    #: events whose user has no vector (not evaluated).
+    #: events whose user has no vector (not evaluated unless cold users are scored).
     skipped_no_vector: int = 0
+    #: evaluated events of users without a vector, ranked by a zero user vector (bias + prior).
+    cold_events: int = 0
     #: evaluated events whose item the model does not know (always misses).
     unknown_items: int = 0
     users: int = 0
+    #: per evaluated event, in the order of the events given: hit or not (for paired comparisons)
+    event_hits: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "event_hits"}
 
 
 @dataclass
@@ -89,33 +102,41 @@ def evaluate(
     seen: Mapping[str, Iterable[str]] | None = None,
     k: int = 10,
     batch_size: int = 256,
+    cold_users: bool = False,
 ) -> RecallResult:
-    """recall@k of ``scoring_model`` on held-out ``events`` with counts (see module docstring)."""
+    """recall@k of ``scoring_model`` on held-out ``events`` with counts (see module docstring).
+    Events of users without a vector are skipped, or with ``cold_users`` ranked with a zero user
+    vector (the model's item bias + popularity prior: what a cold user is served)."""
     if k < 1:
         raise ValueError("k must be >= 1")
     seen = seen or {}
-    targets: dict[str, list[str]] = {}
-    skipped = 0
-    for user_id, item_id in events:
-        if user_id not in user_vectors:
-            skipped += 1
-            continue
-        targets.setdefault(user_id, []).append(item_id)
+    kept = [(u, i) for u, i in events if cold_users or u in user_vectors]
+    positions: dict[str, list[int]] = {}  # user -> positions in kept, the order given
+    for pos, (user_id, _item) in enumerate(kept):
+        positions.setdefault(user_id, []).append(pos)
     known = getattr(scoring_model, "index", None)
-    result = RecallResult(recall=0.0, k=k, skipped_no_vector=skipped, users=len(targets))
-    users = list(targets)
+    result = RecallResult(recall=0.0, k=k, skipped_no_vector=len(events) - len(kept),
+                          cold_events=sum(u not in user_vectors for u, _ in kept), users=len(positions))
+    hits = np.zeros(len(kept), dtype=bool)
+    zero = np.zeros(int(scoring_model.dim), dtype=np.float32)
+    users = list(positions)
     for start in range(0, len(users), batch_size):
         chunk = users[start:start + batch_size]
-        mat = np.stack([np.asarray(user_vectors[u], dtype=np.float32).reshape(-1) for u in chunk])
-        exclude = [set(seen.get(u, ())) - set(targets[u]) for u in chunk]
+        mat = np.stack([np.asarray(user_vectors[u], dtype=np.float32).reshape(-1) if u in user_vectors else zero
+                        for u in chunk])
+        own = {u: {kept[p][1] for p in positions[u]} for u in chunk}
+        exclude = [set(seen.get(u, ())) - own[u] for u in chunk]
         ranked = scoring_model.topk(mat, k, exclude=exclude)
         for user_id, row in zip(chunk, ranked):
             top = {item_id for item_id, _ in row}
-            for item_id in targets[user_id]:
-                result.evaluated += 1
-                result.hits += item_id in top
+            for pos in positions[user_id]:
+                item_id = kept[pos][1]
+                hits[pos] = item_id in top
                 if known is not None and item_id not in known:
                     result.unknown_items += 1
+    result.evaluated = len(kept)
+    result.hits = int(np.count_nonzero(hits))
+    result.event_hits = hits
     result.recall = result.hits / result.evaluated if result.evaluated else 0.0
     return result
 
@@ -145,7 +166,9 @@ def _verdict(candidate_recall: float, reference_recall: float, margin: float,
 def gate_decision(
     candidate_recall: float, current_recall: float | None, margin: float
 ) -> tuple[bool, str]:
-    """``(promote, reason)``: promote iff ``candidate >= current - margin``; no current -> promote."""
+    """``(promote, reason)``: promote iff ``candidate >= current - margin``; no current -> promote.
+    The point comparison of two recalls, blind to how many events they rest on; the gates
+    (:func:`run_gate`, :class:`HoldOutGate`) decide by :func:`paired_decision` instead."""
     if current_recall is None:
         return True, "first model: no current model to compare with"
     return _verdict(candidate_recall, current_recall, margin)
@@ -162,13 +185,20 @@ def run_gate(
     k: int = 10,
     margin: float = 0.02,
     actor: str = GATE_ACTOR,
+    confidence: float = 0.95,
 ) -> GateResult:
-    """Evaluate both models on the given events now, then ``registry.promote`` or
-    ``registry.reject`` the candidate with the figures written into its meta.json ``quality``.
-    The caller vouches that ``events`` are held out; the exporter uses :class:`HoldOutGate`."""
+    """Evaluate both models on the given events now (one look, at the cap: a tie rejects), then
+    ``registry.promote`` or ``registry.reject`` the candidate with the figures written into its
+    meta.json ``quality``. The caller vouches that ``events`` are held out; the exporter uses
+    :class:`HoldOutGate`."""
     cand = evaluate(candidate_model, user_vectors, events, seen, k)
     cur = evaluate(current_model, user_vectors, events, seen, k) if current_model is not None else None
-    promote, reason = gate_decision(cand.recall, cur.recall if cur else None, margin)
+    paired = None
+    if cur is None:
+        promote, reason = gate_decision(cand.recall, None, margin)
+    else:
+        paired = paired_decision(cand.event_hits, cur.event_hits, margin, look_z(confidence, 1), final=True)
+        promote, reason = paired.verdict == PROMOTE, paired.reason("current")
     figures = {
         "metric": f"recall@{k}",
         "candidate": cand.recall,
@@ -177,6 +207,7 @@ def run_gate(
         "margin": margin,
         "evaluated": cand.evaluated,
         "skipped_no_vector": cand.skipped_no_vector,
+        **(paired.figures() if paired is not None else {}),
         "candidate_detail": cand.as_dict(),
         "current_detail": cur.as_dict() if cur else None,
     }
@@ -186,6 +217,182 @@ def run_gate(
         registry.reject(candidate_version, reason=reason, figures=figures, actor=actor)
     log.info("gate %s: %s (%s)", candidate_version, "promoted" if promote else "rejected", reason)
     return GateResult(promote, reason, cand, cur, margin, figures)
+
+
+# ---------------------------------------------------------------------------- the decision rule
+PROMOTE, REJECT, WAIT = "promote", "reject", "wait"
+
+
+@dataclass(frozen=True)
+class PairedDecision:
+    """The paired comparison of a candidate with its reference on the same ``n`` events.
+
+    ``wins``: events the candidate hit and the reference missed; ``losses``: the other way round.
+    ``diff`` = candidate recall - reference recall; ``lower`` / ``upper``: its confidence bounds
+    (Agresti-Min adjusted Wald interval for matched proportions: half an event added to each cell
+    of the 2x2 table, so that a handful of concordant events is never mistaken for certainty)."""
+
+    verdict: str
+    n: int
+    candidate: float
+    reference: float
+    wins: int
+    losses: int
+    diff: float
+    lower: float
+    upper: float
+    z: float
+    margin: float
+    final: bool
+
+    def reason(self, reference: str = "reference") -> str:
+        if self.n == 0:
+            return ("no held-out events at the cap: the serving model stays" if self.verdict == REJECT
+                    else f"no held-out events: {self.verdict}")
+        figures = (f"recall candidate {self.candidate:.4f} vs {reference} {self.reference:.4f} on {self.n} "
+                   f"paired held-out events: difference {self.diff:+.4f}, bounds [{self.lower:+.4f}, "
+                   f"{self.upper:+.4f}] (z {self.z:.2f})")
+        if self.verdict == PROMOTE:
+            return f"{figures}: lower bound > -margin {self.margin:.4f}"
+        if self.upper < -self.margin:
+            return f"{figures}: upper bound < -margin {self.margin:.4f}"
+        if self.verdict == REJECT:  # the cap with the interval straddling -margin
+            return f"{figures}: a tie at the cap (bounds straddle -margin {self.margin:.4f}): the serving model stays"
+        return f"{figures}: bounds straddle -margin {self.margin:.4f}, collecting more events"
+
+    def figures(self) -> dict[str, Any]:
+        return {"n": self.n, "wins": self.wins, "losses": self.losses, "difference": self.diff,
+                "lower_bound": self.lower, "upper_bound": self.upper, "z": self.z, "final": self.final}
+
+
+def paired_decision(candidate_hits: Sequence[bool] | np.ndarray, reference_hits: Sequence[bool] | np.ndarray,
+                    margin: float, z: float, final: bool = False) -> PairedDecision:
+    """Promote, reject or wait on per-event hits of two models on the same events.
+
+    Promote when ``lower > -margin`` (shown no worse than the margin), reject when
+    ``upper < -margin`` (shown worse), otherwise wait; with ``final`` a wait becomes a reject (a
+    tie goes to the serving model).
+
+    >>> better = [True] * 60 + [False] * 440
+    >>> d = paired_decision(better, [False] * 500, margin=0.02, z=2.0)
+    >>> d.verdict, d.diff, round(d.lower, 4)
+    ('promote', 0.12, 0.0903)
+    >>> paired_decision([False] * 500, better, margin=0.02, z=2.0).verdict
+    'reject'
+    >>> tie = paired_decision([True, False] * 10, [False, True] * 10, margin=0.02, z=2.0)
+    >>> tie.verdict, tie.diff, tie.lower < -0.02 < tie.upper
+    ('wait', 0.0, True)
+    >>> paired_decision([True, False] * 10, [False, True] * 10, margin=0.02, z=2.0, final=True).verdict
+    'reject'
+    >>> paired_decision([True] * 3, [True] * 3, margin=0.02, z=2.0).verdict  # 3 events prove nothing
+    'wait'
+    """
+    cand = np.asarray(candidate_hits, dtype=bool)
+    ref = np.asarray(reference_hits, dtype=bool)
+    if cand.shape != ref.shape:
+        raise ValueError(f"paired hits differ in length: {cand.shape} and {ref.shape}")
+    n = int(cand.size)
+    wins, losses = int(np.count_nonzero(cand & ~ref)), int(np.count_nonzero(ref & ~cand))
+    diff = (wins - losses) / n if n else 0.0
+    # Agresti-Min: +0.5 in each of the four cells (n + 2 events, wins and losses + 0.5 each)
+    m = n + 2
+    p_win, p_loss = (wins + 0.5) / m, (losses + 0.5) / m
+    centre = p_win - p_loss
+    half = z * math.sqrt(max(p_win + p_loss - centre * centre, 0.0) / m)
+    lower, upper = centre - half, centre + half
+    if lower > -margin:
+        verdict = PROMOTE
+    elif upper < -margin or final:
+        verdict = REJECT
+    else:
+        verdict = WAIT
+    return PairedDecision(verdict, n, float(cand.mean()) if n else 0.0, float(ref.mean()) if n else 0.0,
+                          wins, losses, diff, lower, upper, z, float(margin), bool(final))
+
+
+def look_schedule(min_events: int, max_events: int) -> list[int]:
+    """The event counts at which the gate looks: ``min_events`` doubling up to ``max_events``.
+
+    ``min_events = 0`` looks at once (at export, on no events: the gate promotes without
+    evidence, for setups that do not want one) and then at the cap.
+
+    >>> look_schedule(500, 2000), look_schedule(500, 1500), look_schedule(0, 2000), look_schedule(0, 0)
+    ([500, 1000, 2000], [500, 1000, 1500], [0, 2000], [0])
+    """
+    if max_events <= 0 or min_events <= 0:
+        return sorted({0, max(0, max_events)})
+    looks, n = [], min_events
+    while n < max_events:
+        looks.append(n)
+        n *= 2
+    return looks + [max_events]
+
+
+def look_z(confidence: float, looks: int) -> float:
+    """The normal quantile of each look's one-sided bound: the error ``1 - confidence`` split
+    evenly over the looks (Bonferroni), so repeated looks keep the stated confidence.
+
+    >>> round(look_z(0.95, 1), 3), round(look_z(0.95, 3), 3)
+    (1.645, 2.128)
+    """
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / max(1, looks))
+
+
+# ---------------------------------------------------------------------------- the user sample
+class UserSample:
+    """A bounded, deterministic sample of users: a user is in it iff the 64-bit hash of its id is
+    below a threshold, which halves (evicting the users above it) whenever more than
+    ``max_users`` are in. So it holds between ``max_users / 2`` and ``max_users`` users once the
+    stream has that many, every user equally likely, the same users in every process.
+
+    >>> s = UserSample(max_users=4)
+    >>> [s.admit(f"u{i}")[0] for i in range(3)]
+    [True, True, True]
+    >>> evicted = [e for i in range(3, 40) for e in s.admit(f"u{i}")[1]]
+    >>> 2 <= len(s) <= 4 and len(evicted) > 0 and all(u not in s for u in evicted)
+    True
+    >>> UserSample(0).admit("u1")  # 0: no cap, every user
+    (True, [])
+    """
+
+    def __init__(self, max_users: int):
+        self.max_users = int(max_users)
+        self.threshold = 1 << 64
+        self.members: dict[str, int] = {}
+
+    @staticmethod
+    def hash(user_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(user_id.encode("utf-8", "replace"), digest_size=8).digest(), "big")
+
+    def __contains__(self, user_id: str) -> bool:
+        return self.max_users <= 0 or user_id in self.members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def fraction(self) -> float:
+        """The share of all users the sample keeps (1.0 until the cap was first reached)."""
+        return self.threshold / (1 << 64)
+
+    def admit(self, user_id: str) -> tuple[bool, list[str]]:
+        """``(in the sample, users evicted to make room)`` for a user seen in the stream."""
+        if self.max_users <= 0:
+            return True, []
+        if user_id in self.members:
+            return True, []
+        h = self.hash(user_id)
+        if h >= self.threshold:
+            return False, []
+        self.members[user_id] = h
+        evicted: list[str] = []
+        while len(self.members) > self.max_users:
+            self.threshold //= 2
+            gone = [u for u, uh in self.members.items() if uh >= self.threshold]
+            for u in gone:
+                del self.members[u]
+            evicted += gone
+        return user_id in self.members, evicted
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -262,16 +469,21 @@ class PendingCandidate:
     model: _Scorer
     #: events.clean partition -> first offset the candidate was not trained on
     cut: dict[int, int]
-    #: user vectors as of the export (never updated: later ones have seen the held-out events)
+    #: the sampled users' vectors as of the export (never updated: later ones have seen the
+    #: held-out events)
     user_vectors: dict[str, np.ndarray]
     #: builds the popularity baseline, used when there is no loadable CURRENT to compare with
     baseline: Callable[[], _Scorer] | None = None
+    #: time.monotonic() at submit: the cap ``max_wait_s`` and the figure ``waited_s`` count from it
+    submitted_at: float = 0.0
     events: list[tuple[str, str]] = field(default_factory=list)
     #: the first held-out offset per partition (always >= the cut: recorded as evidence)
     first_offsets: dict[int, int] = field(default_factory=dict)
     before_cut: int = 0         # events read after publishing at offsets before the cut (unused)
-    skipped_no_vector: int = 0  # held-out events of users without a vector in the snapshot
+    unsampled: int = 0          # held-out events of users outside the gate's user sample (unused)
     overflow: int = 0           # held-out events past max_events (unused)
+    look: int = 0               # index of the next look (HoldOutGate.looks)
+    last: PairedDecision | None = None  # the latest look's comparison (a wait)
 
 
 class HoldOutGate:
@@ -299,23 +511,47 @@ class HoldOutGate:
         max_events: int = 2000,
         actor: str = GATE_ACTOR,
         force_actor: str = FORCE_ACTOR,
+        confidence: float = 0.95,
+        max_wait_s: float = 0.0,
+        max_users: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         if not 0 <= min_events <= max_events:
             raise ValueError(f"need 0 <= min_events <= max_events, got {min_events} and {max_events}")
+        if not 0.5 <= confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
         self.registry = registry
         self.loader = loader
         self.expected_dim = int(expected_dim)
         self.k, self.margin = int(k), float(margin)
         self.min_events, self.max_events = int(min_events), int(max_events)
+        self.confidence, self.max_wait_s = float(confidence), float(max_wait_s)
+        #: the decision's looks, and each look's z: the last one is the cap
+        self.looks = look_schedule(self.min_events, self.max_events)
+        self.z = look_z(self.confidence, len(self.looks) + 1)  # + the early cap at max_wait_s
+        self.sample = UserSample(max_users)
+        self.clock = clock
         self.actor, self.force_actor = actor, force_actor
         self.pending: PendingCandidate | None = None
         self._current: tuple[str | None, _Scorer | None] = (None, None)
         self._failed_current: str | None = None
 
     # ------------------------------------------------------------------ inputs
+    def at_cap(self, now: float | None = None) -> bool:
+        """The pending candidate must be decided now: ``max_events`` held-out events, or it waited
+        ``max_wait_s`` (0: no time cap)."""
+        p = self.pending
+        if p is None:
+            return False
+        waited = (self.clock() if now is None else now) - p.submitted_at
+        return len(p.events) >= self.max_events or (self.max_wait_s > 0 and waited >= self.max_wait_s)
+
     @property
     def ready(self) -> bool:
-        return self.pending is not None and len(self.pending.events) >= self.min_events
+        """A look is due: the pending candidate has the next look's number of held-out events."""
+        p = self.pending
+        return p is not None and (len(p.events) >= self.looks[min(p.look, len(self.looks) - 1)]
+                                  or self.at_cap())
 
     def observe(self, partition: int, offset: int, user_id: str, item_id: str) -> bool:
         """One ``events.clean`` record; True when it became a held-out event of the pending one."""
@@ -325,8 +561,8 @@ class HoldOutGate:
         if offset < p.cut.get(partition, 0):
             p.before_cut += 1  # the candidate may have trained on it
             return False
-        if user_id not in p.user_vectors:
-            p.skipped_no_vector += 1
+        if user_id not in self.sample:
+            p.unsampled += 1
             return False
         if len(p.events) >= self.max_events:
             p.overflow += 1
@@ -378,7 +614,8 @@ class HoldOutGate:
         if self.pending is not None and self.pending.version != version:
             old, self.pending = self.pending, None
             self._supersede(old.version, f"superseded by {version} before its decision "
-                                         f"({len(old.events)} of {self.min_events} held-out events)")
+                                         f"({len(old.events)} of {self.min_events} held-out events)",
+                            self._waiting_figures(old))
         serving = self.registry.current()  # a candidate made CURRENT by hand is left alone
         for other in self.registry.undecided():  # cheap: cached summaries of meta.json
             if other not in (version, serving) and version_number(other) < number:
@@ -409,22 +646,34 @@ class HoldOutGate:
             self.registry.promote(version, actor=self.force_actor, reason=reason, figures=figures)
             self._current = (version, candidate)
             return GateDecision(version, "promoted", reason, figures, forced=True)
+        sampled = {u: v for u, v in user_vectors.items() if u in self.sample}
         self.pending = PendingCandidate(version, candidate, {int(p): int(o) for p, o in cut.items()},
-                                        dict(user_vectors), baseline)
-        return GateDecision(version, "pending", f"waiting for {self.min_events} clean events after "
+                                        sampled, baseline, submitted_at=self.clock())
+        return GateDecision(version, "pending", f"waiting for {self.looks[0]} clean events after "
                                                 "its training position")
 
-    def decide(self, seen: Mapping[str, Iterable[str]] | None = None) -> GateDecision | None:
-        """Decide the pending candidate if :attr:`ready` (else None). ``seen``: each user's items
-        so far (the held-out ones are never excluded for their own user)."""
-        if not self.ready:
+    def _waiting_figures(self, p: PendingCandidate) -> dict[str, Any]:
+        last = p.last.figures() if p.last is not None else {}
+        return {"held_out_events": len(p.events), "waited_s": round(self.clock() - p.submitted_at, 3),
+                **{k: v for k, v in last.items() if k != "final"}}
+
+    def decide(self, seen: Mapping[str, Iterable[str]] | None = None, final: bool = False) -> GateDecision | None:
+        """Look at the pending candidate if a look is due (:attr:`ready`) or ``final`` (the
+        exporter stops and must not leave it undecided): promote, reject (or hold, if pinned),
+        or None while it keeps collecting. ``seen``: each user's items so far (the held-out ones
+        are never excluded for their own user)."""
+        if self.pending is None or not (final or self.ready):
             return None
         # pending is cleared only once the decision is recorded: a failed registry write retries
-        decision = self._decide(self.pending, seen)
-        self.pending = None
+        trigger = "stop" if final else "cap" if self.at_cap() else "look"
+        decision = self._decide(self.pending, seen, trigger)
+        if decision is not None:
+            self.pending = None
         return decision
 
-    def _decide(self, p: PendingCandidate, seen: Mapping[str, Iterable[str]] | None) -> GateDecision:
+    def _decide(self, p: PendingCandidate, seen: Mapping[str, Iterable[str]] | None,
+                trigger: str) -> GateDecision | None:
+        final = trigger != "look"
         try:
             status = self.registry.read_meta(p.version).get("status")
         except CorruptModelError as exc:
@@ -443,17 +692,25 @@ class HoldOutGate:
             return GateDecision(p.version, "rejected", f"refused before evaluation: {refusal}",
                                 {"refused": refusal})
 
-        cand = evaluate(p.model, p.user_vectors, p.events, seen, self.k)
+        cand = evaluate(p.model, p.user_vectors, p.events, seen, self.k, cold_users=True)
         reference, name = (current, f"current {current_version}") if current is not None else (
             (p.baseline() if p.baseline is not None else None), BASELINE)
-        ref = evaluate(reference, p.user_vectors, p.events, seen, self.k) if reference is not None else None
+        ref = (evaluate(reference, p.user_vectors, p.events, seen, self.k, cold_users=True)
+               if reference is not None else None)
+        paired = None
         if ref is None:
             promote, why = True, "first model: no CURRENT and no baseline to compare with"
+        elif not p.events and self.min_events == 0:
+            promote, why = True, f"gate_min_events = 0: promoted without evidence (compared with {name})"
         else:
-            promote, why = _verdict(cand.recall, ref.recall, self.margin, name)
+            paired = paired_decision(cand.event_hits, ref.event_hits, self.margin, self.z, final)
+            if paired.verdict == WAIT:
+                p.last = paired
+                p.look = min(p.look + 1, len(self.looks) - 1)
+                return None
+            promote, why = paired.verdict == PROMOTE, paired.reason(name)
         if current is None and current_version is not None:
             why = f"CURRENT {current_version} cannot be loaded; {why}"
-        why = f"{why} on {cand.evaluated} held-out events"
         figures = {
             "metric": f"recall@{self.k}",
             "candidate": cand.recall,
@@ -462,13 +719,24 @@ class HoldOutGate:
             "baseline": ref.recall if ref is not None and current is None else None,
             "compared_with": "current" if current is not None else (BASELINE if ref else None),
             "margin": self.margin,
+            "rule": "paired: promote iff lower bound > -margin; reject iff upper bound < -margin; "
+                    "at the cap a tie rejects",
+            "confidence": self.confidence,
+            **(paired.figures() if paired is not None else {}),
             "evaluated": cand.evaluated,
+            "cold_events": cand.cold_events,
             "held_out_events": len(p.events),
             "min_events": self.min_events,
-            "skipped_no_vector": p.skipped_no_vector,
+            "looks": len([n for n in self.looks if n <= len(p.events)]) or 1,
+            "trigger": trigger,  # look, cap (gate_events / gate_max_wait_s) or stop (decide_on_stop)
+            "waited_s": round(self.clock() - p.submitted_at, 3),
+            "sample_users": len(p.user_vectors),
+            "sample_fraction": self.sample.fraction,
+            "skipped_unsampled": p.unsampled,
             "skipped_before_cut": p.before_cut,
             "beyond_max_events": p.overflow,
             "events_cut": {str(k): v for k, v in sorted(p.cut.items())},
+            "events_cut_total": sum(p.cut.values()),
             "first_held_out_offsets": {str(k): v for k, v in sorted(p.first_offsets.items())},
             "candidate_detail": cand.as_dict(),
             "current_detail": ref.as_dict() if ref is not None else None,

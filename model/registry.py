@@ -8,7 +8,9 @@ reads the same registry)::
       v000001/meta.json       metadata; only ``status``/``quality``/``history`` ever change
       v000001/items.npz       optional attachments (sha256 in meta.json ``attachments``/``files``)
       v000002/...
-      CURRENT                 the promoted version's name, e.g. "v000002\\n"
+      CURRENT                 the promoted version's name, e.g. "v000002\\n"; a second line
+                              ``operator`` when an operator's `model promote` set it (served as it is)
+      PINNED                  present while an operator's rollback holds
       registry.log            append-only JSON lines: ts, action, version, from, actor, reason
       registry.log.1 ...      rotated logs (newest first); each starts with a ``snapshot`` line
       .lock                   flock()ed around every change of CURRENT, meta.json or the log
@@ -57,6 +59,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
@@ -69,6 +72,9 @@ CURRENT_FILE = "CURRENT"
 #: Present while an operator's rollback holds: {"version", "actor", "reason", "ts"}. The exporter
 #: keeps exporting but promotes nothing until `unpin` or a manual `promote` ends it.
 PIN_FILE = "PINNED"
+#: CURRENT's second line when an operator's promotion set it: the registry version is served
+#: instead of the live table (docs/registry.md, "Serving"); the gate's promotions write none.
+OPERATOR_MARK = "operator"
 LOG_FILE = "registry.log"
 LOCK_FILE = ".lock"
 #: ``candidate``: published, not decided (or held by a pin); ``superseded``: never decided, a newer
@@ -94,6 +100,10 @@ class RegistryError(RuntimeError):
 
 class PinnedError(RegistryError):
     """A promotion was refused because an operator's rollback pinned CURRENT."""
+
+
+class NotARollbackTargetError(RegistryError):
+    """A rollback to a version that was never promoted (or was rejected) without ``force``."""
 
 
 class CorruptModelError(RegistryError):
@@ -168,11 +178,29 @@ def _brief(figures: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (figures or {}).items() if not isinstance(v, (dict, list))}
 
 
+def rollback_refusal(meta: dict[str, Any]) -> str | None:
+    """Why a version may not be rolled back to without ``force`` (None: it may): it was never
+    promoted, or it was rejected (also after a promotion).
+
+    >>> rollback_refusal({"status": "promoted"}) is None
+    True
+    >>> rollback_refusal({"status": "candidate", "history": []})
+    'it was never promoted (status candidate)'
+    >>> rollback_refusal({"status": "rejected", "history": [{"action": "promote"}, {"action": "reject"}]})
+    'it was rejected'
+    """
+    status = meta.get("status")
+    if status == "rejected":
+        return "it was rejected"
+    promoted = status == "promoted" or any(h.get("action") == "promote" for h in meta.get("history") or [])
+    return None if promoted else f"it was never promoted (status {status})"
+
+
 def _buckets(summaries: dict[str, tuple[datetime | None, str | None, int]], now: datetime,
              unit: str, count: int) -> list[str]:
-    """The newest non-rejected version of each of the last ``count`` UTC clock hours / days
-    (``unit``), the current one included. Clock-aligned buckets keep a representative stable:
-    once its hour is over, nothing newer can land in it."""
+    """The newest promoted and the newest non-rejected version of each of the last ``count`` UTC
+    clock hours / days (``unit``), the current one included. Clock-aligned buckets keep a
+    representative stable: once its hour is over, nothing newer can land in it."""
     if count <= 0:
         return []
 
@@ -184,7 +212,9 @@ def _buckets(summaries: dict[str, tuple[datetime | None, str | None, int]], now:
 
     step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
     oldest = start(now) - (count - 1) * step
-    best: dict[datetime, tuple[datetime, int, str]] = {}
+    # per bucket the newest promoted version (what `rollback --before` picks) and the newest
+    # non-rejected one (what `rollback --before --force` picks)
+    best: dict[tuple[datetime, bool], tuple[datetime, int, str]] = {}
     for version, (created, status, _) in summaries.items():
         if created is None or status == "rejected":
             continue  # a representative is a rollback target: never a rejected one
@@ -192,9 +222,20 @@ def _buckets(summaries: dict[str, tuple[datetime | None, str | None, int]], now:
         if bucket < oldest:
             continue
         key = (created, version_number(version), version)
-        if bucket not in best or key > best[bucket]:
-            best[bucket] = key
-    return sorted((v for _, _, v in best.values()), key=version_number)
+        for promoted in {False, status == "promoted"}:
+            if (bucket, promoted) not in best or key > best[(bucket, promoted)]:
+                best[(bucket, promoted)] = key
+    return sorted({v for _, _, v in best.values()}, key=version_number)
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """What serving needs from the registry, read in one check (:meth:`Registry.state`): CURRENT,
+    whether an operator's promotion set it, and the pinned version (None: no pin)."""
+
+    current: str | None
+    by_operator: bool = False
+    pinned: str | None = None
 
 
 class Registry:
@@ -251,8 +292,12 @@ class Registry:
             current_at = float("-inf")
         except (KeyError, TypeError, ValueError):
             return
-        if self.current() != version and current_at < logged_at:
-            self._set_current(version)
+        by_operator = last["action"] == "promote" and bool(last.get(OPERATOR_MARK))
+        if self._read_current() != (version, by_operator) and current_at < logged_at:
+            if by_operator:
+                self._set_current(version, by_operator=True)
+            else:
+                self._set_current(version)
             log.warning("registry %s: finished an interrupted %s: CURRENT = %s", self.root,
                         last["action"], version)
         if last["action"] == "rollback" and last.get("pin") and self.current() == version \
@@ -349,14 +394,29 @@ class Registry:
 
     def current(self) -> str | None:
         """The promoted version CURRENT names, or None before the first promotion."""
+        return self._read_current()[0]
+
+    def _read_current(self) -> tuple[str | None, bool]:
+        """CURRENT's version and whether an operator's promotion set it (its second line)."""
         try:
-            text = (self.root / CURRENT_FILE).read_text().strip()
+            words = (self.root / CURRENT_FILE).read_text().split()
         except FileNotFoundError:
-            return None
-        if not text:
-            return None
-        version_number(text)
-        return text
+            return None, False
+        if not words:
+            return None, False
+        version_number(words[0])
+        return words[0], words[1:2] == [OPERATOR_MARK]
+
+    def state(self) -> RegistryState:
+        """CURRENT, who set it and the pin, as serving reads them at every swap check: two tiny
+        files. An unreadable PINNED counts as no pin here (the CLI reports it)."""
+        current, by_operator = self._read_current()
+        try:
+            pin = self.pinned()
+        except RegistryError:
+            pin = None
+        pinned = pin.get("version") if isinstance(pin, dict) else None
+        return RegistryState(current, by_operator, pinned if isinstance(pinned, str) else None)
 
     def pinned(self) -> dict[str, Any] | None:
         """The pin a rollback set (CURRENT stays on its version), or None."""
@@ -379,18 +439,21 @@ class Registry:
         log.warning("registry %s: unpinned %s by %s: %s", self.root, pin["version"], actor, reason)
         return pin["version"]
 
-    def newest_before(self, when: datetime) -> str:
-        """The newest non-rejected version created before ``when`` (for rollback by time)."""
+    def newest_before(self, when: datetime, promoted_only: bool = True) -> str:
+        """The newest promoted version created before ``when`` (for rollback by time); with
+        ``promoted_only=False`` (a forced rollback) the newest non-rejected one."""
         found = None
         for version in self.list_versions():
             summary = self._summary(version)
             if summary is None:
                 continue
             created, status, _ = summary
-            if created is not None and created < when and status != "rejected":
+            wanted = status == "promoted" if promoted_only else status != "rejected"
+            if created is not None and created < when and wanted:
                 found = version
         if found is None:
-            raise RegistryError(f"no retained version was created before {when.isoformat()}")
+            what = "promoted version" if promoted_only else "retained version"
+            raise RegistryError(f"no {what} was created before {when.isoformat()}")
         return found
 
     def _summary(self, version: str) -> tuple[datetime | None, str | None, int] | None:
@@ -661,8 +724,9 @@ class Registry:
         _write_file_atomic(self.path(version) / META_FILE, _json_bytes(meta))
         return meta
 
-    def _set_current(self, version: str) -> None:
-        _write_file_atomic(self.root / CURRENT_FILE, f"{version}\n".encode())
+    def _set_current(self, version: str, by_operator: bool = False) -> None:
+        text = f"{version}\n{OPERATOR_MARK}\n" if by_operator else f"{version}\n"
+        _write_file_atomic(self.root / CURRENT_FILE, text.encode())
 
     def _write_pin(self, version: str, actor: str, reason: str, extra: dict[str, Any]) -> None:
         _write_file_atomic(self.root / PIN_FILE, _json_bytes(
@@ -670,16 +734,19 @@ class Registry:
 
     def promote(
         self, version: str, actor: str, reason: str, figures: dict[str, Any] | None = None,
-        log_extra: dict[str, Any] | None = None, end_pin: bool = False,
+        log_extra: dict[str, Any] | None = None, operator: bool = False,
     ) -> None:
         """Verify ``version``, mark it ``promoted`` and point CURRENT at it.
 
         ``log_extra`` adds keys to the registry.log entry and the history entry (e.g. ``user``).
-        While a pin holds, only an explicit ``end_pin`` promotion (an operator's) goes through."""
+        ``operator``: an operator's promotion (`streamrec model promote`): it ends a pin, and
+        CURRENT says so (its ``operator`` line), so the version is served as it is, instead of
+        the live table, until the next promotion (docs/registry.md, "Serving"). Without it, a
+        pin refuses the promotion (:class:`PinnedError`)."""
         self.load(version)  # refuses a corrupt model before it can be served
         with self._locked():
             pin = self.pinned()
-            if pin is not None and not end_pin:
+            if pin is not None and not operator:
                 raise PinnedError(f"CURRENT is pinned to {pin['version']} by {pin.get('actor')} "
                                   f"({pin.get('reason')}): {version} is not promoted; "
                                   "`streamrec model unpin` or `promote V` ends the pin")
@@ -687,8 +754,8 @@ class Registry:
                 (self.root / PIN_FILE).unlink()
                 self._append_log("unpin", pin["version"], None, actor, f"promote {version}",
                                  **(log_extra or {}))
-            previous = self.current()
-            if previous == version:
+            previous, previous_by_operator = self._read_current()
+            if previous == version and (previous_by_operator or not operator):
                 log.info("registry %s: %s is already CURRENT, nothing to promote", self.root, version)
                 return
 
@@ -698,13 +765,17 @@ class Registry:
                     meta["quality"] = dict(figures)
                 meta.setdefault("history", []).append(
                     {"ts": _now_iso(), "action": "promote", "actor": actor, "reason": reason,
-                     **(log_extra or {})})
+                     **({OPERATOR_MARK: True} if operator else {}), **(log_extra or {})})
 
             self._update_meta(version, change)
-            extra = {**({"figures": _brief(figures)} if figures else {}), **(log_extra or {})}
+            extra = {**({"figures": _brief(figures)} if figures else {}),
+                     **({OPERATOR_MARK: True} if operator else {}), **(log_extra or {})}
             # logged first: a writer killed in between leaves a change the next one finishes
             self._append_log("promote", version, previous, actor, reason, rotate=False, **extra)
-            self._set_current(version)
+            if operator:
+                self._set_current(version, by_operator=True)
+            else:
+                self._set_current(version)
             self._rotate_if_due()
         log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
 
@@ -752,12 +823,15 @@ class Registry:
 
     def rollback(
         self, to: str | None = None, actor: str = "operator", reason: str = "",
-        log_extra: dict[str, Any] | None = None, pin: bool = True,
+        log_extra: dict[str, Any] | None = None, pin: bool = True, force: bool = False,
     ) -> str:
         """Point CURRENT at ``to`` (default: the previously promoted version) and, with ``pin``,
         pin it there (the exporter then promotes nothing until an unpin); return it.
 
-        ``log_extra`` adds keys to the registry.log entry and the history entry (e.g. ``user``)."""
+        A version that was never promoted (a candidate, a superseded one) or was rejected is
+        refused (:class:`NotARollbackTargetError`, one sentence) unless ``force``: nobody ever
+        decided it was good to serve. ``log_extra`` adds keys to the registry.log entry and the
+        history entry (e.g. ``user``)."""
         with self._locked():
             previous = self.current()
             target = to if to is not None else self.previous_promoted()
@@ -766,15 +840,18 @@ class Registry:
             if target == previous and not pin:
                 raise RegistryError(f"{target} is already CURRENT")
             meta = self.read_meta(target)
-            if meta.get("status") == "rejected":
-                raise RegistryError(f"cannot roll back to {target}: it was rejected by the gate")
+            refusal = rollback_refusal(meta)
+            if refusal and not force:
+                raise NotARollbackTargetError(f"cannot roll back to {target}: {refusal}; "
+                                              "`--force` rolls back to it anyway")
             self.load(target)  # sha check: never roll back onto a corrupt model
+            forced = {"forced": True} if refusal else {}
             self._update_meta(target, lambda m: m.setdefault("history", []).append(
                 {"ts": _now_iso(), "action": "rollback", "actor": actor, "reason": reason,
-                 **(log_extra or {})}))
+                 **forced, **(log_extra or {})}))
             # logged first (with whether it pins): _finish_interrupted_change completes it
             self._append_log("rollback", target, previous, actor, reason, rotate=False, pin=pin,
-                             **(log_extra or {}))
+                             **forced, **(log_extra or {}))
             self._set_current(target)
             self._rotate_if_due()
             if pin:
@@ -789,8 +866,8 @@ class Registry:
     ) -> list[str]:
         """Delete every version no rule keeps; return the deleted names.
 
-        Kept: the newest ``keep_last_n``; the newest non-rejected version (by meta.json
-        ``created_at``) of each of the last ``hourly_hours`` UTC clock hours and of each of the
+        Kept: the newest ``keep_last_n``; the newest promoted version and the newest non-rejected
+        one (by meta.json ``created_at``) of each of the last ``hourly_hours`` UTC clock hours and of each of the
         last ``daily_days`` UTC days, the current ones included (0 disables a rule); CURRENT,
         the pin's version, the default rollback target and ``protect`` (e.g. a pending
         candidate). ``now`` (aware) is the clock, for tests. The ``retention`` log entry lists the
@@ -886,10 +963,14 @@ class CurrentModelWatcher(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
         retry_failed_s: float = 60.0,
         actor: str | None = None,
+        target: Callable[[], str | None] | None = None,
     ):
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
         self.registry = registry
+        #: the version to have loaded (default: CURRENT); the shard learner passes its serving
+        #: decision's (udfs/learner_core.py), None: load nothing
+        self.target = target if target is not None else registry.current
         self.loader = loader
         self.interval_s = interval_s
         self.on_change = on_change
@@ -925,7 +1006,7 @@ class CurrentModelWatcher(Generic[T]):
         self._last_check = self._clock()
         for _ in range(3):  # CURRENT may move while we load: follow it a few steps
             try:
-                target = self.registry.current()
+                target = self.target()
             except (OSError, ValueError) as exc:
                 log.warning("model registry %s: cannot read CURRENT: %s", self.registry.root, exc)
                 return False
@@ -938,7 +1019,7 @@ class CurrentModelWatcher(Generic[T]):
                 data, meta = self.registry.load(target)
                 model = self.loader(data, meta)
             except Exception as exc:  # noqa: BLE001 - any failure: keep serving the old model
-                if self.registry.current() != target:
+                if self.target() != target:
                     continue  # CURRENT moved on (e.g. retention raced us): try the new one
                 first = target not in self._failed
                 self._failed[target] = self._clock()

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from streamrec.runtime import assets, broker, kafka_io
 from streamrec import replay
@@ -83,6 +84,108 @@ def registry_summary(entries: list[dict], undecided: int = 0) -> list[str]:
     return [fates, "registry.log: " + ", ".join(counted)]
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation; NaN for no values.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 0.5), percentile([0.2], 0.95)
+    (2.5, 0.2)
+    """
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def gate_summary(entries: list[dict]) -> list[str]:
+    """Report lines on the gate's decisions (promote / reject / hold entries of registry.log):
+    counts, how many times CURRENT changed, export->decision latency, and per decision the
+    figures it was decided on.
+
+    >>> log = [{"action": "publish", "version": "v1"},
+    ...        {"action": "promote", "version": "v1", "actor": "gate", "figures": {"candidate": 0.05, "baseline": 0.03,
+    ...         "n": 500, "difference": 0.02, "lower_bound": 0.004, "upper_bound": 0.036, "waited_s": 0.8}},
+    ...        {"action": "reject", "version": "v2", "actor": "gate", "figures": {"candidate": 0.04, "current": 0.05,
+    ...         "n": 2000, "difference": -0.01, "lower_bound": -0.021, "upper_bound": 0.001, "waited_s": 2.0}},
+    ...        {"action": "reject", "version": "v3", "actor": "gate", "figures": {"candidate": 0.0, "current": 0.05,
+    ...         "n": 0, "difference": 0.0, "lower_bound": -1.12, "upper_bound": 1.12, "waited_s": 60.0,
+    ...         "trigger": "stop"}}]
+    >>> for line in gate_summary(log):  # doctest: +NORMALIZE_WHITESPACE
+    ...     print(line)
+    gate: 3 decided (1 promoted, 2 rejected, 0 held), CURRENT changed 1 times; export->decision
+      (decisions on the stream) p50 1.4 s, p95 1.9 s
+      v1 promote: recall 0.0500 vs baseline 0.0300 on 500 events, difference +0.0200 in [+0.0040, +0.0360]
+      v2 reject: recall 0.0400 vs current 0.0500 on 2000 events, difference -0.0100 in [-0.0210, +0.0010]
+      v3 reject: recall 0.0000 vs current 0.0500 on 0 events, difference +0.0000 in [-1.1200, +1.1200]
+      (when the exporter stopped)
+    """
+    decided = [e for e in entries if e.get("action") in ("promote", "reject", "hold") and e.get("actor") == "gate"]
+    counts = Counter(e["action"] for e in decided)
+    swaps = sum(e.get("action") in ("promote", "rollback") for e in entries)
+    # decisions on no events (the stream had ended: at the cap or at the stop) measure the
+    # demo's end, not the gate
+    waits = [float(e["figures"]["waited_s"]) for e in decided
+             if (e.get("figures") or {}).get("waited_s") is not None and e["figures"].get("n")]
+    lines = [f"gate: {len(decided)} decided ({counts['promote']} promoted, {counts['reject']} rejected, "
+             f"{counts['hold']} held), CURRENT changed {swaps} times; export->decision (decisions on the stream) "
+             f"p50 {percentile(waits, 0.5):.1f} s, p95 {percentile(waits, 0.95):.1f} s"]
+    for e in decided:
+        f = e.get("figures") or {}
+        if f.get("difference") is None:
+            continue
+        ref = (f"current {f['current']:.4f}" if f.get("current") is not None
+               else f"baseline {f['baseline']:.4f}")
+        lines.append(f"  {e.get('version')} {e['action']}: recall {f['candidate']:.4f} vs {ref} on {f['n']} "
+                     f"events, difference {f['difference']:+.4f} in [{f['lower_bound']:+.4f}, "
+                     f"{f['upper_bound']:+.4f}]" + (" (when the exporter stopped)" if f.get("trigger") == "stop" else ""))
+    return lines
+
+
+def plot_versions(entries: list[dict], rolling: "Any", total_events: int, path) -> str:
+    """A PNG of the versions over the stream (x: clean events before each version's cut) with both
+    recalls of each decision, and the pipeline's rolling prequential recall; returns a line for
+    the report. matplotlib is optional (the ``bench`` extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install 'streamrec[bench]')"
+    fig, ax = plt.subplots(figsize=(10, 5))
+    if len(rolling):
+        # the rolling recall is over evaluated first interactions: spread over the stream's events
+        xs = [total_events * (i + 1) / len(rolling) for i in range(len(rolling))]
+        ax.plot(xs, rolling, color="0.6", label="pipeline recall@10, rolling (prequential)")
+    styles = {"promote": ("tab:green", "promoted"), "reject": ("tab:red", "rejected"),
+              "hold": ("tab:orange", "held")}
+    labelled = set()
+    for e in entries:
+        f = e.get("figures") or {}
+        if e.get("action") not in styles or f.get("candidate") is None or not f.get("events_cut_total"):
+            continue
+        color, name = styles[e["action"]]
+        x = f["events_cut_total"]
+        ref = f["current"] if f.get("current") is not None else f.get("baseline")
+        ax.scatter([x], [f["candidate"]], color=color, marker="o",
+                   label=None if name in labelled else f"candidate, {name}")
+        labelled.add(name)
+        if ref is not None:
+            ax.scatter([x], [ref], color="black", marker="_", s=120,
+                       label=None if "ref" in labelled else "reference (CURRENT or baseline)")
+            labelled.add("ref")
+            ax.plot([x, x], [ref, f["candidate"]], color=color, linewidth=0.8)
+    ax.set_xlabel("clean events into the stream")
+    ax.set_ylabel("recall@10")
+    ax.set_title("model versions and the gate's figures")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot of versions and recall: {path}"
+
+
 def demo_config(cfg: Config) -> Config:
     """``cfg`` with demo.* topics and a demo registry under the state dir."""
     topics = {name: f"demo.{value}" for name, value in cfg.kafka.topics.model_dump().items()}
@@ -91,7 +194,10 @@ def demo_config(cfg: Config) -> Config:
         "kafka": cfg.kafka.model_copy(update={"topics": cfg.kafka.topics.model_copy(update=topics)}),
         "paths": paths.model_copy(update={"registry_dir": paths.state_dir / "demo" / "registry",
                                           "checkpoint_dir": paths.state_dir / "demo" / "checkpoints"}),
-        "exporter": cfg.exporter.model_copy(update={"interval_s": min(cfg.exporter.interval_s, 5.0)}),
+        # the bounded stream ends: the last pending version is decided at the cap when the
+        # exporter stops (a tie goes to the serving model), never left undecided
+        "exporter": cfg.exporter.model_copy(update={"interval_s": min(cfg.exporter.interval_s, 3.0),
+                                                    "gate_decide_on_stop": True}),
     })
 
 
@@ -179,7 +285,8 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
             run = pipeline.run(cfg, bounded=True, quiet=True)
         finally:
             progress.stop()
-        stop_process(exporter)
+        # the exporter reads to the end and decides its pending version before it exits
+        stop_process(exporter, timeout=90.0)
         exporter = None
 
         summary = run.ingest
@@ -192,6 +299,9 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         _say(f"{fates}; CURRENT = {registry.current()} (retention keeps "
              f"{retention_rule(ex.retention, ex.retention_hourly_hours, ex.retention_daily_days)})")
         _say(counted)
+        entries = registry.read_log()
+        for line in gate_summary(entries):
+            _say(line)
         recs = [RECOMMENDATION.decode(r.value) for r in kafka_io.read_topic(cfg, cfg.kafka.topics.recommendations)]
         from streamrec.udfs.shard_model import MODEL, NONE, POPULARITY
 
@@ -220,6 +330,7 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         ev = evaluate_topics(cfg, k=cfg.scoring.top_k)
         for line in ev.table().splitlines():
             _say(line)
+        _say(plot_versions(entries, ev.pipeline.rolling_recall(2000), ev.events, demo_dir / "versions.png"))
         _say(f"demo done in {time.monotonic() - started_at:.0f} s")
         return 0
     finally:

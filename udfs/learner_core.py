@@ -40,12 +40,13 @@ from typing import Any, Iterable, Protocol
 import numpy as np
 
 from streamrec.core.records import ITEM_RECORD, RECOMMENDATION, USER_RECORD
+from streamrec.model.registry import RegistryState
 from streamrec.udfs import item_exchange, state_codec
 from streamrec.udfs.online_mf import LearnerParams
-from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings, decode_user
+from streamrec.udfs.shard_model import LIVE, Event, ShardModel, ShardSettings, decode_user
 
 __all__ = ["LearnerSettings", "ShardState", "DictMapState", "DictValueState", "StepOutput", "LearnerCore",
-           "changelog_due", "COUNTERS", "GAUGES", "KINDS"]
+           "Serving", "serving_decision", "changelog_due", "COUNTERS", "GAUGES", "KINDS"]
 
 log = logging.getLogger("streamrec.learner")
 
@@ -75,8 +76,10 @@ class LearnerSettings:
     state_ttl_ms: int
     #: Processing time between two flushes of the changed items and users to the changelogs.
     changelog_interval_ms: int
-    #: ``live``: score against the shard's own item table; ``registry``: the registry's CURRENT.
+    #: ``live``: the shard's own item table, unless an operator's pin or promotion says which
+    #: registry version to serve; ``registry``: the registry's CURRENT (:func:`serving_decision`).
     serve: str = "live"
+    #: The registry followed every ``swap_check_interval_s`` ('': none; records then say ``live``).
     registry_dir: str = ""
     swap_check_interval_s: float = 2.0
     provider: str = "auto"
@@ -106,6 +109,61 @@ class LearnerSettings:
                    swap_check_interval_s=sc.swap_check_interval_s, provider=sc.provider,
                    ort_threads=sc.ort_threads, exchange_interval_ms=lc.exchange_interval_ms if exchange else 0,
                    reset_version=reset_version, reset_token=reset_token)
+
+
+# -- what serves ------------------------------------------------------------------------------
+
+#: ``scoring.serve``: the default, and CURRENT whoever promoted it.
+SERVE_MODES = ("live", "registry")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the shards serve: ``version``, a registry version (None: the live table), and
+    ``live_name``, the live table's ``model_version`` (``live+<CURRENT>``; ``live`` before any)."""
+
+    version: str | None
+    live_name: str = LIVE
+
+    @property
+    def name(self) -> str:
+        """The ``model_version`` of the records it scores."""
+        return self.version or self.live_name
+
+
+def serving_decision(serve: str, registry: RegistryState | None) -> Serving:
+    """What serves, given ``scoring.serve`` and the registry as the last swap check read it
+    (None: no registry is followed). docs/registry.md, "Serving".
+
+    Default (``live``): the shard's live item table, fresh to the batch, named after the CURRENT
+    it was checked against; the gate's promotions move only that name. An operator's choice is
+    served as it is: a pin (`model rollback`, `--before`, `run --from-version`) until `unpin`, an
+    operator's `model promote V` until the next promotion.
+
+    >>> serving_decision("live", None), serving_decision("live", RegistryState(None))
+    (Serving(version=None, live_name='live'), Serving(version=None, live_name='live'))
+    >>> serving_decision("live", RegistryState("v000012")).name  # the gate promoted v000012
+    'live+v000012'
+    >>> serving_decision("live", RegistryState("v000002", pinned="v000002"))  # a rollback pinned it
+    Serving(version='v000002', live_name='live+v000002')
+    >>> serving_decision("live", RegistryState("v000013", by_operator=True)).name  # `model promote`
+    'v000013'
+
+    ``registry``: CURRENT whoever promoted it (a pin is CURRENT too); the live table before any.
+
+    >>> [serving_decision("registry", RegistryState(current)).name for current in ("v000012", None)]
+    ['v000012', 'live']
+    """
+    if serve not in SERVE_MODES:
+        raise ValueError(f"scoring.serve must be 'live' or 'registry', got {serve!r}")
+    if registry is None:
+        return Serving(None)
+    live_name = f"{LIVE}+{registry.current}" if registry.current else LIVE
+    if registry.pinned is not None:
+        return Serving(registry.pinned, live_name)
+    if registry.current is not None and (serve == "registry" or registry.by_operator):
+        return Serving(registry.current, live_name)
+    return Serving(None, live_name)
 
 
 # -- state ------------------------------------------------------------------------------------
@@ -204,15 +262,22 @@ class LearnerCore:
         self.shards: dict[int, ShardModel] = {}
         self.reset_keys: set[int] = set()  # keys known reset: the state is read once per key, not per batch
         self.reset_tables = self._reset_tables() if settings.reset_version else None
-        self.watcher = None
-        if settings.serve == "registry":
+        self.cpu_us = dict.fromkeys(PHASES, 0)  # totals since the start, for close()
+        self.staleness_max = 0
+        #: What serves (:func:`serving_decision`), as of the last registry check.
+        self.serving = serving_decision(settings.serve, None)
+        self.registry = self.watcher = None
+        self._checked_at = float("-inf")
+        if settings.registry_dir:
             from streamrec.model.registry import CurrentModelWatcher, Registry
 
             self.registry = Registry(settings.registry_dir)
+            # loads what the decision names (a pin, an operator's promotion, or CURRENT when
+            # serve = registry), nothing while the live table serves
             self.watcher = CurrentModelWatcher(self.registry, self._load_version,
-                                               interval_s=settings.swap_check_interval_s)
-        self.cpu_us = dict.fromkeys(PHASES, 0)  # totals since the start, for close()
-        self.staleness_max = 0
+                                               interval_s=settings.swap_check_interval_s,
+                                               target=lambda: self.serving.version)
+            self._follow_registry()  # at open: a restarted job serves a pin from its first batch
 
     # the two calls -------------------------------------------------------------------------
     def on_batch(self, key: int, state: ShardState, batch: str, now_ms: int) -> StepOutput:
@@ -274,15 +339,49 @@ class LearnerCore:
             n = shard.restore_items(state.items.items())
             log.warning("shard %s: %d items restored from keyed state", key, n)
             self.shards[key] = shard
-        if self.watcher is not None:
-            self.watcher.maybe_check()  # between batches: a swap never splits a batch
-            version = self.watcher.version
-            if version is not None and (shard.serving is None or shard.serving.version != version):
-                scoring, table = self.watcher.model
-                shard.serving = shard.registry_catalogue(scoring, table.popularity)
-                out.count("model_swaps", 1)
-                log.warning("shard %s: now serving model %s", key, version)
+        if self.registry is not None:
+            self._follow_registry()  # between batches: a swap never splits a batch
+            self._serve(key, shard, out)
         return shard
+
+    # what serves ---------------------------------------------------------------------------
+    def _follow_registry(self) -> None:
+        """At most every ``swap_check_interval_s``: read CURRENT and the pin (two tiny files),
+        decide what serves, and have the watcher load a registry version the decision names."""
+        now = time.monotonic()
+        if now - self._checked_at < self.settings.swap_check_interval_s:
+            return
+        self._checked_at = now
+        try:
+            state = self.registry.state()
+        except (OSError, ValueError) as exc:  # keep serving what serves; retried at the next check
+            log.warning("model registry %s: cannot read CURRENT: %s", self.registry.root, exc)
+            return
+        decision = serving_decision(self.settings.serve, state)
+        if decision != self.serving:
+            log.warning("serving %s (registry: CURRENT %s%s%s)", decision.name, state.current,
+                        " set by an operator" if state.by_operator else "",
+                        f", pinned to {state.pinned}" if state.pinned else "")
+        self.serving = decision
+        if decision.version is not None:
+            self.watcher.check()
+
+    def _serve(self, key: int, shard: ShardModel, out: StepOutput) -> None:
+        """The shard serves what was decided; a version that could not be loaded is not served:
+        what served before goes on (the watcher logged the refusal once)."""
+        decision = self.serving
+        shard.live_name = decision.live_name
+        if decision.version is None:
+            if shard.serving is not None:
+                shard.serving = None
+                out.count("model_swaps", 1)
+                log.warning("shard %s: now serving the live table (%s)", key, decision.live_name)
+        elif self.watcher.version == decision.version and (shard.serving is None
+                                                           or shard.serving.version != decision.version):
+            scoring, table = self.watcher.model
+            shard.serving = shard.registry_catalogue(scoring, table.popularity)
+            out.count("model_swaps", 1)
+            log.warning("shard %s: now serving model %s", key, decision.version)
 
     def _load_version(self, model_bytes: bytes, meta: dict):
         import onnxruntime as ort

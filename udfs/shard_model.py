@@ -16,7 +16,11 @@ Every event gets exactly one record, so a reader can account for each event by i
 ``source_partition`` / ``source_offset``. Strategies (the record's ``strategy``): ``model`` once
 the user has ``cold_start_min_events`` learned events; ``popularity`` before (items by their
 in-stream popularity count, from the same snapshot). A model list shorter than K (a young
-catalogue) is filled up with popular items (their ``score`` is null). While the catalogue is
+catalogue) is filled up with popular items (their ``score`` is null). Every record's
+``model_version`` names what served its batch: a registry version the learner chose to serve
+(:attr:`ShardModel.serving`; its popularity counts then make the popularity lists, and the live
+table fills up what it cannot), or the live table (:attr:`ShardModel.live_name`, e.g.
+``live+v000012``; udfs/learner_core.py ``serving_decision``). While the catalogue is
 smaller than ``warmup_items`` the batch is processed one event at a time (fresh snapshot each),
 so the first events of a stream get lists too. An event whose user has had every known item (as
 its seen filter says) gets a record with ``strategy`` ``none``, empty ``items`` and ``reason``
@@ -61,8 +65,10 @@ from streamrec.udfs.seen_filter import SeenFilter, item_positions
 MODEL, POPULARITY, NONE = "model", "popularity", "none"
 #: ``reason`` of a ``none`` record: the user had every item the shard knew.
 USER_HAD_EVERY_ITEM = "user_had_every_item"
+#: ``model_version`` of the live table before the registry has a CURRENT.
+LIVE = "live"
 
-__all__ = ["Event", "ShardSettings", "BatchResult", "ShardModel", "encode_user", "decode_user", "shard_of"]
+__all__ = ["Event", "LIVE", "ShardSettings", "BatchResult", "ShardModel", "encode_user", "decode_user", "shard_of"]
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,12 @@ class ShardModel(Recommender):
         self._position_cache: dict[str, np.ndarray] = {}
         self._positions = np.zeros((0, settings.seen_filter_hashes), np.int64)
         self.live = self._catalogue()
-        #: A registry version to serve instead of the live table (``scoring.serve = registry``).
+        #: A registry version to serve instead of the live table (udfs/learner_core.py decides:
+        #: ``serving_decision``); None: the live table, whose records say :attr:`live_name`.
         self.serving: Catalogue | None = None
+        #: The live table's ``model_version``: ``live+<CURRENT>`` once the registry has a CURRENT
+        #: (the version the table was last checked against), ``live`` before.
+        self.live_name = LIVE
         if scorer is None:
             from streamrec.model.scoring import LiveScorer
 
@@ -313,8 +323,8 @@ class ShardModel(Recommender):
             for r in rows[~seen.contains_positions(serving.positions[rows])].tolist():
                 if serving.ids[r] not in taken and len(items) < k:
                     items.append(serving.ids[r])
-        fill = self.live.popular(seen, k - len(items), taken | set(items), scored=False)
-        return items + [it["item_id"] for it in fill]
+        fill = self._fill(serving, seen, [{"item_id": i} for i in items], k, taken, scored=False)
+        return [it["item_id"] for it in fill]
 
     def item_vector(self, item_id: str) -> np.ndarray:
         return self.items.vectors[self.items.index[item_id]].copy()
@@ -452,17 +462,18 @@ class ShardModel(Recommender):
                 groups.setdefault(min(len(serving.ids), k + _pow2(had)), []).append(n)
             for fetch, rows in groups.items():
                 self._rank(serving, vectors, slot, filters, earlier, rows, max(fetch, first), lists, final=True)
+        # every record of the batch names what served it: the registry version, or the live table
+        version = serving.version if self.serving is not None else self.live_name
         for n, ev in enumerate(events):
             items = lists.get(n)
-            strategy, version = (MODEL, serving.version) if items is not None else (POPULARITY, "live")
+            strategy = MODEL if items is not None else POPULARITY
             if items is None or len(items) < k:
-                taken = {it["item_id"] for it in items or []} | earlier[n]
-                items = (items or []) + self.live.popular(users[slot[n]].seen, k - len(items or []), taken,
-                                                          scored=items is None)
+                items = self._fill(serving, users[slot[n]].seen, items or [], k, earlier[n],
+                                   scored=strategy == POPULARITY)
             reason = None
-            if not items:  # the live table has nothing the user lacks: published too, so it is accounted for
+            if not items:  # nothing the user lacks: published too, so it is accounted for
                 out.unservable += 1
-                strategy, version, reason = NONE, "live", USER_HAD_EVERY_ITEM
+                strategy, reason = NONE, USER_HAD_EVERY_ITEM
             out.recommendations.append({
                 "user_id": ev.user_id, "items": items, "model_version": version, "strategy": strategy,
                 "cold_start": strategy != MODEL, "user_events": int(events_after[n]),
@@ -470,6 +481,19 @@ class ShardModel(Recommender):
                 "source_offset": ev.src_offset, "event_ts": ev.ts, "emitted_ts": now_ms,
                 "batch_size": len(events), "reason": reason,
             })
+
+    def _fill(self, serving: "Catalogue", seen: SeenFilter, items: list[dict], k: int, taken: set[str],
+              scored: bool) -> list[dict]:
+        """``items`` filled up to ``k`` with the served catalogue's popular items the user lacks (a
+        popularity list, or a model list short of K); a registry version that has too few, the
+        live table's after them."""
+        sources = (serving,) if serving is self.live else (serving, self.live)
+        for source in sources:
+            if len(items) >= k:
+                break
+            have = {it["item_id"] for it in items} | taken
+            items = items + source.popular(seen, k - len(items), have, scored)
+        return items
 
     def _rank(self, serving, vectors, slot, filters, earlier, rows: list[int], fetch: int,
               lists: dict[int, list[dict]], final: bool = False) -> list[int]:

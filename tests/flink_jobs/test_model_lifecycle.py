@@ -50,9 +50,12 @@ def wait_until(pred, timeout_s: float, what: str) -> None:
 def test_rollback_pins_for_a_minute_of_events_then_unpin_resumes_promotion(cfg, tmp_path):
     cfg = cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"registry_dir": tmp_path / "registry"}),
+        # not about the gate (tests/flink_jobs/test_gate_in_stream.py runs it with the default
+        # margin): margin 1.0 promotes at the first look, so versions move at a pace this test
+        # can wait for; the cadence's event minimum is scaled to the 120 events/s stream
         "exporter": cfg.exporter.model_copy(update={"interval_s": 1.0, "every_n_changes": 40,
                                                     "gate_margin": 1.0, "gate_min_events": 50,
-                                                    "gate_max_wait_s": 10.0}),
+                                                    "gate_max_wait_s": 10.0, "export_min_events": 300}),
         "learner": cfg.learner.model_copy(update={"changelog_interval_ms": 300}),
         "scoring": cfg.scoring.model_copy(update={"swap_check_interval_s": 0.5, "serve": "registry"}),
     })

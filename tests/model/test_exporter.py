@@ -27,9 +27,11 @@ GROUPS, PER_GROUP, USERS, DIM, EVENTS_PER_USER = 6, 15, 60, 8, 6
 
 
 def _cfg(cfg, tmp_path, **exporter):
-    # gate_min_events 0: tests not about the gate get a decision at export (on no events)
+    # gate_min_events 0: tests not about the gate get a decision at export (on no events); the
+    # cadence's minimums off: these worlds are small (tests/model/test_exporter_state.py tests them)
     settings = {"top_k": 10, "gate_margin": 0.05, "retention": 10, "gate_events": 2000,
-                "gate_min_events": 0, "interval_s": 3600.0, "every_n_changes": 1_000_000}
+                "gate_min_events": 0, "interval_s": 3600.0, "every_n_changes": 1_000_000,
+                "export_min_items": 0, "export_min_events": 0}
     settings.update(exporter)
     return cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"registry_dir": tmp_path / "registry"}),

@@ -89,8 +89,10 @@ def test_bounded_seen(monkeypatch):
 
 
 def _exporter(tmp_path, dim=2, **overrides):
+    # the cadence's minimums off: these worlds are tiny (test_the_cadence_waits_until_the_model_can_rank)
     settings = {"learner.dim": dim, "paths.registry_dir": str(tmp_path / "reg"),
-                "paths.checkpoint_dir": str(tmp_path / "checkpoints")}
+                "paths.checkpoint_dir": str(tmp_path / "checkpoints"),
+                "exporter.export_min_items": 0, "exporter.export_min_events": 0}
     settings.update({f"exporter.{k}": v for k, v in overrides.items()})
     return Exporter(make_config(tmp_path, 19999, **settings))  # no Kafka needed until poll()
 
@@ -110,6 +112,33 @@ def test_export_triggers(tmp_path):
     r = exp.export()  # exports into the registry without Kafka; min 0 events: decided at once
     assert r.version == "v000001" and r.promoted and r.items == 2 and not exp.state.changed
     assert exp.training_position()["watermark"] == 1  # the newest item record's ts
+
+
+def test_the_cadence_waits_until_the_model_can_rank(tmp_path):
+    """No version before 3 items were each learned from 2 events, and then only after 4 clean
+    events since the previous one (on top of the interval / change-count triggers)."""
+    exp = _exporter(tmp_path, every_n_changes=1, interval_s=60.0, gate_min_events=0,
+                    export_min_items=3, export_min_item_updates=2, export_min_events=4)
+    st = exp.state
+    for n, item_id in enumerate("abc"):
+        st.apply("items", item_id.encode(), _item(item_id, [1, 2], updates=1))
+        st.apply("events", b"u", _event("u", item_id, ts=n), partition=0, offset=n)
+    assert st.trained_items == 0 and not exp._due(0.0)
+    assert st.cadence_wait(3, 4) == "0 of 3 items learned from at least 2 events"
+    for item_id in "ab":
+        st.apply("items", item_id.encode(), _item(item_id, [1, 2], updates=2))
+    assert st.trained_items == 2 and not exp._due(0.0)
+    st.apply("items", b"c", _item("c", [1, 2], updates=5))
+    st.apply("events", b"u", _event("u", "c", ts=3), partition=0, offset=3)
+    assert st.trained_items == 3 and st.cadence_wait(3, 4) is None and exp._due(0.0)
+    exp.export()
+    st.apply("items", b"a", _item("a", [1, 3], updates=3))  # changed, but no events since
+    assert st.cadence_wait(3, 4) == "0 of 4 clean events since the last export" and not exp._due(1e9)
+    for n in range(4):
+        st.apply("events", b"u", _event("u", "a", ts=10 + n), partition=0, offset=10 + n)
+    assert exp._due(1e9)
+    st.apply("items", b"b", None)  # a deleted item no longer counts
+    assert st.trained_items == 2 and not exp._due(1e9)
 
 
 # --------------------------------------------------------------------------- the gate, end to end

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from streamrec.model.gate import evaluate, evaluate_recall, gate_decision, run_gate
+from streamrec.model.gate import (PROMOTE, REJECT, WAIT, UserSample, evaluate, evaluate_recall, gate_decision,
+                                  look_schedule, look_z, paired_decision, run_gate)
 from streamrec.model.onnx_model import export_model_bytes
 from streamrec.model.registry import Registry
 from streamrec.model.scoring import ScoringModel
@@ -78,13 +79,19 @@ def test_gate_rejects_degraded_model_and_marks_it(tmp_path):
     assert meta["quality"]["current_version"] == v1 and meta["quality"]["metric"] == "recall@10"
     assert reg.read_log()[-1]["action"] == "reject"
 
-    # a slightly perturbed good model passes and is promoted
+    # a slightly perturbed good model: on 360 events its paired difference is a tie with a 0.02
+    # margin (one look, at the cap: rejected, CURRENT stays) and clears a 0.05 margin (promoted)
     noisy = items + 0.05 * np.random.default_rng(3).normal(size=items.shape).astype(np.float32)
     v3 = reg.publish(_model(noisy, ids, None)[0], {"item_ids": ids, "dim": DIM})
-    ok = run_gate(reg, v3, ScoringModel.from_registry(reg, v3, providers=CPU), good,
-                  users, events, seen, k=10, margin=0.02)
-    assert ok.promote and reg.current() == v3
-    assert reg.read_meta(v3)["status"] == "promoted"
+    tie = run_gate(reg, v3, ScoringModel.from_registry(reg, v3, providers=CPU), good,
+                   users, events, seen, k=10, margin=0.02)
+    f = tie.figures
+    assert not tie.promote and f["lower_bound"] < -0.02 < f["upper_bound"] and "a tie at the cap" in tie.reason
+    v4 = reg.publish(_model(noisy, ids, None)[0], {"item_ids": ids, "dim": DIM})
+    ok = run_gate(reg, v4, ScoringModel.from_registry(reg, v4, providers=CPU), good,
+                  users, events, seen, k=10, margin=0.05)
+    assert ok.promote and reg.current() == v4 and ok.figures["lower_bound"] > -0.05
+    assert reg.read_meta(v4)["status"] == "promoted"
 
 
 def test_gate_decision():
@@ -94,3 +101,56 @@ def test_gate_decision():
     promote, reason = gate_decision(0.4, 0.5, 0.02)
     assert not promote and "0.4000" in reason and "0.5000" in reason
     assert not gate_decision(float("nan"), 0.5, 0.02)[0]
+
+
+# --------------------------------------------------------------------------- the paired decision rule
+def _hits(n_both, n_cand_only, n_ref_only, n_neither):
+    cand = [True] * n_both + [True] * n_cand_only + [False] * n_ref_only + [False] * n_neither
+    ref = [True] * n_both + [False] * n_cand_only + [True] * n_ref_only + [False] * n_neither
+    return cand, ref
+
+
+def test_the_paired_rule_promotes_a_clearly_better_candidate():
+    d = paired_decision(*_hits(50, 40, 5, 405), margin=0.02, z=look_z(0.95, 4))
+    assert (d.verdict, d.n, d.wins, d.losses, d.diff) == (PROMOTE, 500, 40, 5, 0.07)
+    assert d.lower > -0.02 and "lower bound > -margin" in d.reason("current v000001")
+
+
+def test_the_paired_rule_rejects_a_clearly_worse_candidate():
+    d = paired_decision(*_hits(50, 5, 40, 405), margin=0.02, z=look_z(0.95, 4))
+    assert (d.verdict, d.diff) == (REJECT, -0.07) and d.upper < -0.02
+    assert "upper bound < -margin" in d.reason()
+
+
+def test_the_paired_rule_waits_on_a_tie_with_few_events_and_rejects_it_at_the_cap():
+    tie = _hits(10, 15, 15, 60)  # 100 events, as many wins as losses
+    d = paired_decision(*tie, margin=0.02, z=look_z(0.95, 4))
+    assert (d.verdict, d.diff) == (WAIT, 0.0) and d.lower < -0.02 < d.upper
+    assert "collecting more events" in d.reason()
+    final = paired_decision(*tie, margin=0.02, z=look_z(0.95, 4), final=True)
+    assert final.verdict == REJECT and "a tie at the cap" in final.reason()
+    # the same tie on many events is no tie: equal models are promoted (within the margin)
+    many = _hits(100, 150, 150, 1600)
+    assert paired_decision(*many, margin=0.02, z=look_z(0.95, 4)).verdict == PROMOTE
+
+
+def test_identical_models_need_events_before_the_bound_clears_the_margin():
+    z = look_z(0.95, 4)
+    assert paired_decision([True] * 20, [True] * 20, margin=0.02, z=z).verdict == WAIT
+    assert paired_decision([True] * 500, [True] * 500, margin=0.02, z=z).verdict == PROMOTE
+
+
+def test_looks_and_their_confidence():
+    assert look_schedule(500, 2000) == [500, 1000, 2000]
+    assert look_z(0.95, 4) == pytest.approx(2.2414, abs=1e-4)
+
+
+def test_the_user_sample_is_bounded_and_deterministic():
+    a, b = UserSample(1000), UserSample(1000)
+    for n in range(20_000):
+        a.admit(f"user{n}")
+    for n in reversed(range(20_000)):
+        b.admit(f"user{n}")
+    assert 500 <= len(a) <= 1000 and set(a.members) == set(b.members)  # order does not matter
+    assert a.fraction == b.fraction == 1 / 32  # 20 000 users: halved until at most 1 000 remain
+    assert all(UserSample.hash(u) < a.threshold for u in a.members)

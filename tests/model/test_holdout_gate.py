@@ -82,7 +82,7 @@ def test_a_worse_candidate_is_not_promoted_a_better_one_is(tmp_path):
     assert entry["figures"]["candidate"] == pytest.approx(worse.figures["candidate"])  # logged with figures
 
     # a better one (the true vectors, less noise than CURRENT) is promoted over it
-    noisy = items + np.random.default_rng(1).normal(scale=2.0, size=items.shape).astype(np.float32)
+    noisy = items + np.random.default_rng(1).normal(scale=3.0, size=items.shape).astype(np.float32)
     reg.promote(_publish(reg, noisy, ids)[0], actor="test", reason="a noisy CURRENT")
     current = reg.current()
     v4, _ = _submit(gate, reg, items, ids, users, {0: 2 * len(events)})
@@ -90,7 +90,10 @@ def test_a_worse_candidate_is_not_promoted_a_better_one_is(tmp_path):
     better = gate.decide(seen)
     assert better.status == "promoted" and reg.current() == v4
     assert better.figures["candidate"] > better.figures["current"] and better.figures["current_version"] == current
-    assert reg.read_log()[-1]["figures"]["evaluated"] == better.figures["evaluated"] == 3 * 120
+    # every held-out event counts: the ghost user's two (no vector at export) are scored as a cold
+    # user is served, by the model's bias + popularity prior
+    assert reg.read_log()[-1]["figures"]["evaluated"] == better.figures["evaluated"] == 3 * 120 + 2
+    assert better.figures["cold_events"] == 2 and better.figures["lower_bound"] > -0.02
 
 
 def test_a_candidate_is_never_scored_on_events_at_or_before_its_training_position(tmp_path):
@@ -119,15 +122,15 @@ def test_fewer_than_min_events_means_no_decision_yet(tmp_path):
     reg = Registry(tmp_path)
     gate = _gate(reg, min_events=50)
     version, _ = _submit(gate, reg, items, ids, users, {0: 0})
-    _feed(gate, [("ghost-user", "item0")] * 20)  # users without a vector at export never count
-    _feed(gate, events[:49], start=20)
+    _feed(gate, [("ghost-user", "item0")] * 20)  # a user without a vector at export counts (cold)
+    _feed(gate, events[:29], start=20)
     assert not gate.ready and gate.decide(seen) is None
     assert reg.read_meta(version)["status"] == "candidate" and reg.current() is None
     assert [e["action"] for e in reg.read_log()] == ["publish"]  # nothing decided, nothing logged
-    _feed(gate, events[49:50], start=69)
+    _feed(gate, events[29:30], start=49)
     decision = gate.decide(seen)
     assert decision.status == "promoted" and decision.figures["evaluated"] == 50
-    assert decision.figures["skipped_no_vector"] == 20 and gate.pending is None
+    assert decision.figures["cold_events"] == 20 and gate.pending is None
 
 
 def test_the_user_vectors_are_those_of_the_export(tmp_path):
@@ -238,7 +241,7 @@ def test_a_pin_holds_the_decision_with_its_figures_and_force_promotes_at_once(tm
     decision = gate.decide(seen)
     assert decision.status == "held" and reg.current() == v1
     assert "pinned to v000001 by alice" in decision.reason and "the gate would have promoted" in decision.reason
-    assert reg.read_meta(v2)["status"] == "candidate" and reg.read_meta(v2)["quality"]["evaluated"] == 360
+    assert reg.read_meta(v2)["status"] == "candidate" and reg.read_meta(v2)["quality"]["evaluated"] == 362
     v3, d3 = _submit(gate, reg, items, ids, users, {0: 0}, force=True)  # the pin beats --force
     assert d3.status == "held" and reg.current() == v1
 

@@ -88,8 +88,9 @@ def test_errors(reg, capsys):
     assert rc == 1 and "nothing to roll back to" in err
     reg.promote("v000001", actor="test", reason="x")
     reg.reject("v000002", reason="bad")
-    rc, _, err = run(capsys, "model", "rollback", "v000002")
-    assert rc == 1 and "rejected" in err and reg.current() == "v000001"
+    rc, _, err = run(capsys, "model", "rollback", "v000002")  # a refusal: one sentence, exit 2
+    assert rc == 2 and err == ("error: cannot roll back to v000002: it was rejected; `--force` rolls back "
+                               "to it anyway\n") and reg.current() == "v000001"
     # a corrupt model is never made CURRENT
     (reg.path("v000003") / "model.onnx").write_bytes(b"garbage")
     rc, _, err = run(capsys, "model", "promote", "v000003")
@@ -224,3 +225,31 @@ def test_promote_and_rollback_refuse_what_the_readers_refuse(reg, capsys, case):
     rc, _, err = run(capsys, "model", "rollback", bad)
     assert rc == 1 and reason in err
     assert (reg.current(), len(reg.read_log())) == before and reg.pinned() is None
+
+
+def test_rollback_refuses_a_version_never_promoted_unless_forced(reg, capsys):
+    reg.promote("v000001", actor="gate", reason="ok")
+    reg.promote("v000002", actor="gate", reason="ok")
+    rc, out, err = run(capsys, "model", "rollback", "v000003")
+    assert (rc, out) == (2, "") and err == ("error: cannot roll back to v000003: it was never promoted (status "
+                                            "candidate); `--force` rolls back to it anyway\n")
+    assert reg.current() == "v000002" and reg.pinned() is None
+    rc, out, _ = run(capsys, "model", "rollback", "v000003", "--force", "--reason", "checked by hand")
+    assert rc == 0 and "CURRENT: v000003 (rolled back from v000002), pinned and served" in out
+    assert reg.pinned()["version"] == "v000003"
+    (entry,) = [e for e in reg.read_log() if e["action"] == "rollback"]
+    assert (entry["forced"], entry["user"], entry["reason"]) == (True, getpass.getuser(), "checked by hand")
+    # by time: the newest promoted version before it; with --force the newest non-rejected one
+    assert run(capsys, "model", "unpin")[0] == 0
+    after_all = "2999-01-01T00:00:00"
+    rc, out, _ = run(capsys, "model", "rollback", "--before", after_all)
+    assert rc == 0 and "CURRENT: v000002" in out
+    rc, out, _ = run(capsys, "model", "rollback", "--before", after_all, "--force")
+    assert rc == 0 and "CURRENT: v000003" in out
+
+
+def test_an_operators_promotion_is_served_as_it_is(reg, capsys):
+    reg.promote("v000001", actor="gate", reason="ok")
+    rc, out, _ = run(capsys, "model", "promote", "v000002")
+    assert rc == 0 and out == "CURRENT: v000002 (was v000001), served as it is until the next promotion; not pinned\n"
+    assert reg.state().by_operator and reg.current() == "v000002"

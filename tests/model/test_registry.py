@@ -14,8 +14,10 @@ from streamrec.model.onnx_model import export_model_bytes
 from streamrec.model.registry import (
     CorruptModelError,
     CurrentModelWatcher,
+    NotARollbackTargetError,
     Registry,
     RegistryError,
+    RegistryState,
     sha256_hex,
 )
 from streamrec.model.scoring import ScoringModel
@@ -320,7 +322,7 @@ def test_a_rollback_pins_current_until_unpin_or_a_manual_promote(tmp_path):
     reg.promote(v3, actor="gate", reason="promotion resumes")
     assert reg.current() == v3
     reg.rollback(to=v2, actor="bob", reason="again")
-    reg.promote(v4, actor="cli", reason="manual", end_pin=True)  # an operator's promote ends it
+    reg.promote(v4, actor="cli", reason="manual", operator=True)  # an operator's promote ends it
     assert reg.current() == v4 and reg.pinned() is None
     actions = [e["action"] for e in reg.read_log()]
     assert actions[-8:] == ["rollback", "pin", "hold", "unpin", "promote", "rollback", "pin", "unpin"] or \
@@ -337,8 +339,12 @@ def test_rollback_by_time_takes_the_newest_version_before_it(tmp_path):
     created = {v: datetime.fromisoformat(reg.read_meta(v)["created_at"]) for v in (v1, v2, v3)}
     assert reg.newest_before(created[v3]) == v2
     assert reg.newest_before(created[v3] + timedelta(seconds=1)) == v3
-    with pytest.raises(RegistryError, match="no retained version was created before"):
+    with pytest.raises(RegistryError, match="no promoted version was created before"):
         reg.newest_before(created[v1])
+    # a newer version nobody promoted: not the default target, the forced one
+    v4 = _publish(reg, seed=3)
+    later = datetime.fromisoformat(reg.read_meta(v4)["created_at"]) + timedelta(seconds=1)
+    assert (reg.newest_before(later), reg.newest_before(later, promoted_only=False)) == (v3, v4)
 
 
 def _created(reg, version, when):
@@ -494,3 +500,54 @@ def test_verify_checks_every_file(tmp_path):
     (tmp_path / v / "notes.txt").unlink()
     with pytest.raises(CorruptModelError, match="missing"):
         reg.verify(v)
+
+
+def test_rollback_refuses_versions_never_promoted_or_rejected_unless_forced(tmp_path):
+    reg = Registry(tmp_path)
+    v1, v2, v3, v4, v5 = (_publish(reg, seed=s) for s in range(5))
+    reg.promote(v1, actor="gate", reason="first")
+    reg.promote(v2, actor="gate", reason="better")
+    reg.supersede(v3, reason="a newer candidate")
+    reg.reject(v4, reason="worse")
+    for version, why in ((v3, "it was never promoted (status superseded)"), (v4, "it was rejected"),
+                         (v5, "it was never promoted (status candidate)")):
+        with pytest.raises(NotARollbackTargetError) as refused:
+            reg.rollback(to=version, actor="alice", reason="")
+        assert str(refused.value) == f"cannot roll back to {version}: {why}; `--force` rolls back to it anyway"
+    assert reg.state() == RegistryState(v2) and "rollback" not in {e["action"] for e in reg.read_log()}
+    assert reg.rollback(to=v5, actor="alice", reason="checked by hand", force=True) == v5
+    assert reg.state() == RegistryState(v5, pinned=v5)
+    rollback = [e for e in reg.read_log() if e["action"] == "rollback"]
+    assert [(e["version"], e["forced"]) for e in rollback] == [(v5, True)]
+    assert reg.read_meta(v5)["status"] == "candidate"  # still never promoted: a next rollback needs --force
+
+
+def test_current_says_whether_an_operator_promoted_it(tmp_path):
+    reg = Registry(tmp_path)
+    v1, v2, v3 = (_publish(reg, seed=s) for s in range(3))
+    reg.promote(v1, actor="gate", reason="first")
+    assert reg.state() == RegistryState(v1) and (tmp_path / "CURRENT").read_text() == f"{v1}\n"
+    reg.promote(v2, actor="cli", reason="by hand", operator=True)
+    assert reg.state() == RegistryState(v2, by_operator=True) and reg.current() == v2
+    assert (tmp_path / "CURRENT").read_text() == f"{v2}\noperator\n"
+    reg.rollback(to=v1, actor="alice", reason="bad CTR")  # a rollback's choice is the pin
+    assert reg.state() == RegistryState(v1, pinned=v1)
+    reg.promote(v1, actor="cli", reason="serve it as it is", operator=True)  # already CURRENT
+    assert reg.state() == RegistryState(v1, by_operator=True)
+    reg.promote(v1, actor="cli", reason="again", operator=True)  # nothing left to change
+    reg.promote(v3, actor="gate", reason="better")
+    assert reg.state() == RegistryState(v3)
+    assert [(e["version"], e.get("operator")) for e in reg.read_log() if e["action"] == "promote"] == \
+        [(v1, None), (v2, True), (v1, True), (v3, None)]
+
+
+def test_the_next_writer_finishes_an_operators_promotion(tmp_path):
+    reg = Registry(tmp_path)
+    v1, v2, v3 = (_publish(reg, seed=s) for s in range(3))
+    reg.promote(v1, actor="gate", reason="first")
+    reg.promote(v2, actor="cli", reason="by hand", operator=True)
+    # as if the writer died after logging: CURRENT still the old one, older than the log line
+    (tmp_path / "CURRENT").write_text(f"{v1}\n")
+    os.utime(tmp_path / "CURRENT", (1_000_000_000, 1_000_000_000))
+    reg.hold(v3, reason="any locked change")
+    assert reg.state() == RegistryState(v2, by_operator=True)

@@ -144,6 +144,31 @@ def test_serving_a_registry_version_reports_it():
     assert {i["item_id"] for i in rec["items"]} <= set(ids) - {"i1"}
 
 
+def test_a_served_version_makes_every_list_of_the_batch_and_the_live_table_fills_what_it_cannot():
+    shard = _shard(cold_start_min_events=2)
+    _run(shard, _stream(300), 100)
+    ids = ["i1", "i2", "i3", "i4", "i5", "i6"]
+    vectors = np.eye(6, 16, dtype=np.float32)
+    table = RegistryItems(np.array(ids), vectors, np.zeros(6, np.float32), np.arange(6, dtype=np.float32))
+    model = ScoringModel.from_bytes(export_model_bytes(vectors, table.bias, popularity_prior(table.popularity), 0.5),
+                                    {"version": "v000007", "item_ids": ids, "dim": 16}, ["CPUExecutionProvider"])
+    shard.serving = shard.registry_catalogue(model, table.popularity)
+    shard.live_name = "live+v000007"  # (what the learner sets; not used while a version serves)
+    (rec,) = shard.process([Event("x1", "new", "i1", 1.0, 5, 0, 9_999)], {}, now_ms=1).recommendations
+    # a cold start: the version's popularity (i6 the most popular), named after the version
+    assert (rec["strategy"], rec["model_version"]) == ("popularity", "v000007")
+    assert [(i["item_id"], i["score"]) for i in rec["items"]] == [("i6", 5.0), ("i5", 4.0), ("i4", 3.0),
+                                                                 ("i3", 2.0), ("i2", 1.0)]
+    # a user who had every item of the version: its list is filled up from the live table
+    had = [Event(f"h{n}", "heavy", item, 1.0, 10 + n, 0, 10_000 + n) for n, item in enumerate(ids)]
+    last = shard.process(had, {}, now_ms=2).recommendations[-1]
+    assert last["model_version"] == "v000007" and len(last["items"]) == 5
+    assert not {i["item_id"] for i in last["items"]} & set(ids)
+    shard.serving = None
+    (rec,) = shard.process([Event("x2", "new2", "i1", 1.0, 5, 0, 10_999)], {}, now_ms=3).recommendations
+    assert rec["model_version"] == "live+v000007"
+
+
 def test_bot_events_are_scored_but_not_learned():
     shard = _shard(bot_events_per_minute=5)
     events = [Event(f"b{n}", "bot", f"i{n % 20}", 1.0, 1000 + n, 0, n) for n in range(50)]
