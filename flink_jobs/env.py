@@ -9,24 +9,30 @@
   them in lib/).
 - Kafka sinks are exactly-once: transactions commit when a checkpoint completes, with a
   transaction timeout the broker accepts (brokers cap it at 15 min by default).
+- ``flink.prometheus_reporter``: Flink's Prometheus reporter in the gateway JVM, its jar on that
+  JVM's classpath (the mini-cluster reads no plugins dir; docs/metrics.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from importlib.resources import files
 
+import pyflink
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import EnvironmentSettings, Schema, StreamTableEnvironment, Table
 
-from streamrec.runtime.assets import installed_as_one_tree, job_jars, package_archive
+from streamrec.runtime.assets import installed_as_one_tree, job_jars, package_archive, prometheus_reporter_jar
 from streamrec.core.config import Config
 from streamrec.core.records import (CLEAN_EVENT, DLQ_RECORD, FEATURES_ITEM, FEATURES_USER, LEARNER_EVENT,
                                     RECOMMENDATION)
@@ -145,6 +151,7 @@ def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) 
             "state.changelog.periodic-materialize.interval":
                 f"{cfg.flink.changelog_materialize_interval_ms} ms",
         })
+    settings.update(cfg.flink.metrics_reporter_settings())
     if cfg.flink.ship_connector:
         settings["pipeline.jars"] = ";".join(p.resolve().as_uri() for p in job_jars(cfg))
     if restore_from:
@@ -186,6 +193,59 @@ def _gateway_jvm_options(cfg: Config) -> None:
         os.environ["JVM_ARGS"] = " ".join([*current, *missing])
 
 
+def _gateway_reporter_classpath(cfg: Config) -> None:
+    """With ``flink.prometheus_reporter``, put the reporter's jar on the classpath of PyFlink's
+    gateway JVM before it is launched. The local mini-cluster creates its metric reporters without
+    a plugin manager, so they are found on that JVM's classpath only (a FLINK_PLUGINS_DIR is never
+    read there: "could not be found ... Available factories: []"); PyFlink builds the classpath
+    from FLINK_LIB_DIR's jars, which becomes a dir of our own: Flink's lib/ linked, plus the
+    reporter. PyFlink keeps FLINK_LIB_DIR only where FLINK_HOME is set (else it points both at
+    the wheel), so FLINK_HOME is set too. A user's FLINK_LIB_DIR is kept and must hold the jar."""
+    if not cfg.flink.prometheus_reporter:
+        return
+    from pyflink import java_gateway
+
+    jar = prometheus_reporter_jar(cfg)
+    # PyFlink keeps its launched gateway in this module global (no public "is it running?")
+    if java_gateway._gateway is not None:  # launched earlier in this process: its classpath is fixed
+        classpath = java_gateway._gateway.jvm.System.getProperty("java.class.path")
+        if jar.name not in classpath:
+            raise RuntimeError(
+                "flink.prometheus_reporter is on, but this process launched its Flink JVM before, "
+                f"without {jar.name} on its classpath: start the job in a new process")
+        return
+    flink_home = Path(os.environ.get("FLINK_HOME") or Path(pyflink.__file__).parent).resolve()
+    user_lib = os.environ.get("FLINK_LIB_DIR")
+    if user_lib and Path(user_lib).resolve() != flink_home / "lib":
+        if not any(Path(user_lib).glob("flink-metrics-prometheus-*.jar")):
+            raise RuntimeError(f"flink.prometheus_reporter is on and FLINK_LIB_DIR={user_lib} is set: "
+                               f"put {jar} into it, or unset FLINK_LIB_DIR")
+        return
+    os.environ["FLINK_HOME"] = str(flink_home)
+    os.environ["FLINK_LIB_DIR"] = str(gateway_lib_dir(cfg, flink_home / "lib", jar))
+
+
+def gateway_lib_dir(cfg: Config, flink_lib: Path, reporter_jar: Path) -> Path:
+    """``<cache_dir>/flink-gateway-lib/<digest>/``: ``flink_lib``'s jars and ``reporter_jar`` as
+    links, named by what they point at (so concurrent processes share it and never see it half
+    written)."""
+    jars = sorted(flink_lib.glob("*.jar")) + [reporter_jar.resolve()]
+    digest = hashlib.sha256("\n".join(map(str, jars)).encode()).hexdigest()[:16]
+    target = cfg.paths_resolved.cache_dir / "flink-gateway-lib" / digest
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    staging.chmod(0o755)
+    for jar in jars:
+        (staging / jar.name).symlink_to(jar)
+    try:
+        staging.rename(target)
+    except OSError:  # another process made it first
+        shutil.rmtree(staging)
+    return target
+
+
 def _this_python_first_on_path() -> None:
     """Put this interpreter's bin dir first on PATH before the gateway JVM starts: the local
     mini-cluster's embedded (thread-mode) interpreter locates its home from the first ``python``
@@ -203,6 +263,7 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
     Without ``run_id`` (a job with no lineage) the run gets a new one."""
     _this_python_first_on_path()
     _gateway_jvm_options(cfg)
+    _gateway_reporter_classpath(cfg)
     conf = flink_configuration(cfg, job_name, restore_from)
     # A port of our own choosing instead of "0", so it can be printed (a mini-cluster must not
     # collide with a standalone cluster's flink.rest_port either).

@@ -1,10 +1,11 @@
 """Files streamrec needs that are not Python packages: JVM classpaths from Maven Central and ML-100k.
 
-- The embedded Kafka broker (``jvm/kafka-broker.pom.xml``: Apache Kafka 4.x + its log4j binding)
-  and the Flink Kafka connector (``jvm/flink-connector.pom.xml``: the official SQL connector jar)
-  are resolved by ``mvn`` from committed, pinned POMs; every jar is checked against the sha256 lock
-  beside its POM before it is used. Maven's local repository keeps the downloads, so a second
-  set-up fetches nothing.
+- The embedded Kafka broker (``jvm/kafka-broker.pom.xml``: Apache Kafka 4.x + its log4j binding),
+  the Flink Kafka connector (``jvm/flink-connector.pom.xml``: the official SQL connector jar) and
+  Flink's Prometheus metric reporter (``jvm/flink-metrics-prometheus.pom.xml``: the official jar,
+  docs/metrics.md) are resolved by ``mvn`` from committed, pinned POMs; every jar is checked
+  against the sha256 lock beside its POM before it is used. Maven's local repository keeps the
+  downloads, so a second set-up fetches nothing.
 - streamrec's own JVM code (``udfs/jvm``: the validation fast path) is compiled at set-up by the
   JDK's javac against the Flink jars PyFlink ships, into a jar named by the sources' hash.
 - Data: ``recbole==1.2.1`` (a PyPI wheel) ships ``dataset_example/ml-100k``; MovieLens' licence
@@ -127,14 +128,18 @@ class MavenClasspath:
 
 KAFKA_BROKER = MavenClasspath("kafka-broker")
 FLINK_CONNECTOR = MavenClasspath("flink-connector")
+FLINK_METRICS_PROMETHEUS = MavenClasspath("flink-metrics-prometheus")
+#: Every classpath `streamrec setup` fetches (and `--relock` rewrites).
+MAVEN_CLASSPATHS = (KAFKA_BROKER, FLINK_CONNECTOR, FLINK_METRICS_PROMETHEUS)
 
 
 def check_maven() -> str:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise AssetError(
-            "Maven (`mvn`) was not found on PATH: streamrec fetches the Kafka broker and the Flink "
-            "Kafka connector from Maven Central with it (e.g. `apt-get install maven`)."
+            "Maven (`mvn`) was not found on PATH: streamrec fetches the Kafka broker, the Flink "
+            "Kafka connector and Flink's Prometheus reporter from Maven Central with it (e.g. "
+            "`apt-get install maven`, then `streamrec setup`)."
         )
     return mvn
 
@@ -261,6 +266,16 @@ def job_jars(cfg: Config, log=print) -> list[Path]:
     """Every jar a streamrec job needs beside Flink's own: the Kafka connector and streamrec's UDFs
     (``pipeline.jars``, or a cluster's lib/)."""
     return [*connector_jars(cfg, log), udf_jar(cfg, log)]
+
+
+def prometheus_reporter_jar(cfg: Config, log=print) -> Path:
+    """Flink's Prometheus metric reporter: one jar (its client shaded inside), fetched on first use
+    and checked against its lock like every Maven classpath (docs/metrics.md)."""
+    jars = maven_jars(FLINK_METRICS_PROMETHEUS, cfg, log)
+    if len(jars) != 1:
+        raise AssetError(f"{FLINK_METRICS_PROMETHEUS.lock.name} pins {len(jars)} jars; the reporter "
+                         "is one jar (a plugin folder of its own)")
+    return jars[0]
 
 
 def kafka_broker_jars(cfg: Config, log=print) -> list[Path]:

@@ -5,7 +5,10 @@ JobManager and ``flink.taskmanagers`` TaskManagers with Flink's own daemon scrip
 at our conf, lib, log and pid directories through FLINK_CONF_DIR / FLINK_LIB_DIR / FLINK_LOG_DIR /
 FLINK_PID_DIR, so the installed package is never modified. Our lib dir links Flink's jars plus
 ``opt/flink-python`` (thread mode on a cluster needs it on the system classpath; without it the
-second Python job on a TaskManager fails with NoSuchFieldException loadedLibraryNames).
+second Python job on a TaskManager fails with NoSuchFieldException loadedLibraryNames). Our plugins
+dir (FLINK_PLUGINS_DIR) links Flink's own plugins; with ``flink.prometheus_reporter`` its
+``metrics-prometheus/`` holds the Maven-locked reporter jar and every daemon serves its metrics on
+a port of ``flink.prometheus_ports`` (docs/metrics.md).
 ``down`` kills exactly the PIDs in our pid files.
 
 ``submit`` runs ``flink run -pym streamrec.flink_jobs.pipeline`` (the package shipped as one zip) against the local cluster or a remote
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import pyflink
 
-from streamrec.runtime.assets import job_jars, package_archive
+from streamrec.runtime.assets import job_jars, package_archive, prometheus_reporter_jar
 from streamrec.core.config import Config, to_env
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
@@ -108,6 +112,8 @@ def _prepare(cfg: Config) -> dict[str, str]:
         "execution.checkpointing.savepoint-dir": (paths.state_dir / "savepoints").as_uri(),
         "web.tmpdir": str(base / "web"),
         "io.tmp.dirs": str(base / "tmp"),
+        # the JobManager and each TaskManager take the next free port of flink.prometheus_ports
+        **cfg.flink.metrics_reporter_settings(),
     }
     (conf / "config.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties",
@@ -124,12 +130,40 @@ def _prepare(cfg: Config) -> dict[str, str]:
         old.unlink()
     for jar in jars:
         (lib / jar.name).symlink_to(jar)
+    plugins = _plugins_dir(cfg, base / "plugins")
     env = dict(os.environ)
     env.update({
         "FLINK_HOME": str(FLINK_HOME), "FLINK_CONF_DIR": str(conf), "FLINK_LIB_DIR": str(lib),
+        "FLINK_PLUGINS_DIR": str(plugins),
         "FLINK_LOG_DIR": str(logs), "FLINK_PID_DIR": str(pids), "FLINK_IDENT_STRING": "streamrec",
     })
     return env
+
+
+def _plugins_dir(cfg: Config, plugins: Path) -> Path:
+    """(Re)write our plugins dir: Flink's own plugins linked; with the Prometheus reporter on,
+    ``metrics-prometheus/`` holds the jar locked in runtime/jvm (a reporter is loaded from a
+    plugin folder of its own on a cluster, in a class loader of its own)."""
+    if cfg.flink.prometheus_reporter:
+        first, last = cfg.flink.prometheus_port_range()
+        if last - first + 1 < 1 + cfg.flink.taskmanagers:
+            raise ClusterError(
+                f"flink.prometheus_ports {cfg.flink.prometheus_ports} has {last - first + 1} ports; the "
+                f"JobManager and {cfg.flink.taskmanagers} TaskManagers need one each: widen the range")
+    if plugins.exists():
+        shutil.rmtree(plugins)  # links only, and our own metrics-prometheus/ (rmtree unlinks links)
+    plugins.mkdir(parents=True)
+    for plugin in sorted((FLINK_HOME / "plugins").iterdir()):
+        if plugin.is_dir():
+            (plugins / plugin.name).symlink_to(plugin, target_is_directory=True)
+    if cfg.flink.prometheus_reporter:
+        jar = prometheus_reporter_jar(cfg)
+        reporter = plugins / "metrics-prometheus"
+        if reporter.is_symlink():
+            reporter.unlink()
+        reporter.mkdir()
+        (reporter / jar.name).symlink_to(jar)
+    return plugins
 
 
 def _pids(cfg: Config) -> list[int]:

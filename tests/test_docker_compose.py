@@ -67,3 +67,47 @@ def test_exporter_sidecar_and_job_share_the_registry_volume(stack):
         assert any(v.startswith("streamrec-data:/data/streamrec") for v in services[name]["volumes"]), name
         assert services[name]["environment"]["STREAMREC_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert services["taskmanager"]["depends_on"]["jobmanager"]["condition"] == "service_healthy"
+
+
+def _flink_properties(service: dict) -> dict:
+    return yaml.safe_load(service["environment"]["FLINK_PROPERTIES"])
+
+
+def test_every_flink_process_runs_the_prometheus_reporter(stack):
+    for name in ("jobmanager", "taskmanager"):
+        props = _flink_properties(stack["services"][name])
+        assert props["metrics.reporter.prom.factory.class"] == \
+            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory", name
+        assert str(props["metrics.reporter.prom.port"]) == "9249", name
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    # the plugin jar comes from the same pinned POM and lock as `streamrec setup`'s
+    assert "flink-metrics-prometheus.pom.xml" in dockerfile
+    assert "grep -v '^#' /jvm/flink-metrics-prometheus.lock | sha256sum -c -" in dockerfile
+    assert "/opt/flink/plugins/metrics-prometheus/" in dockerfile
+
+
+def test_prometheus_scrapes_the_jobmanager_and_every_taskmanager(stack):
+    prometheus = stack["services"]["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"])
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    assert mounted["/etc/prometheus/prometheus.yml"] == str(REPO / "docker" / "prometheus.yml")
+    assert mounted["/prometheus"] == "prometheus-data" and "prometheus-data" in stack["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    scrape = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert jobs["flink-jobmanager"]["static_configs"][0]["targets"] == ["jobmanager:9249"]
+    # DNS discovery: each replica of `docker compose up --scale taskmanager=N` is a target
+    (taskmanagers,) = jobs["flink-taskmanager"]["dns_sd_configs"]
+    assert taskmanagers["names"] == ["taskmanager"] and taskmanagers["port"] == 9249
+    for job in jobs.values():
+        for target in (t for sc in job.get("static_configs", []) for t in sc["targets"]):
+            assert target.split(":")[0] in stack["services"], f"{job['job_name']}: no service {target}"
+
+
+def test_the_scrape_config_passes_promtool():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no promtool: `apt-get install prometheus` (.ci/run installs it)")
+    proc = subprocess.run([promtool, "check", "config", str(REPO / "docker" / "prometheus.yml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
