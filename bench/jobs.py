@@ -41,10 +41,7 @@ def fresh_topics(cfg) -> Path:
     from streamrec.runtime import kafka_io
 
     topics = cfg.kafka.topics.all()
-    kafka_io.delete_topics(cfg, topics)
-    # a deletion the broker has accepted may still be under way (a broker just started): created
-    # again before it is gone, a topic counts as existing and then vanishes under the replay
-    wait_until(lambda: not set(topics) & set(kafka_io.admin(cfg).list_topics(timeout=10).topics), 60, step_s=0.5)
+    kafka_io.delete_topics(cfg, topics)  # returns once the broker no longer lists them
     kafka_io.ensure_topics(cfg, topics)
     root = cfg.paths_resolved.registry_dir.parent
     shutil.rmtree(root, ignore_errors=True)

@@ -110,6 +110,10 @@ def topic_exists(cfg: Config, topic: str, timeout: float = 15.0) -> bool:
 
 
 def delete_topics(cfg: Config, topics: list[str], timeout: float = 30.0) -> None:
+    """Delete ``topics`` (missing ones are fine) and return once the broker no longer lists any
+    of them: a deletion it has accepted may still be under way (a broker just started, its
+    controller busy), and a topic created again before it is gone counts as existing, then
+    vanishes under the next producer (UNKNOWN_TOPIC_OR_PART for every record)."""
     client = admin(cfg)
     futures = client.delete_topics(topics, operation_timeout=timeout)
     for fut in futures.values():
@@ -117,6 +121,12 @@ def delete_topics(cfg: Config, topics: list[str], timeout: float = 30.0) -> None
             fut.result(timeout=timeout)
         except KafkaException:
             pass
+    deadline = time.monotonic() + timeout
+    while set(topics) & set(client.list_topics(timeout=10).topics):
+        if time.monotonic() > deadline:
+            raise KafkaSetupError(f"topics still listed {timeout:.0f} s after their deletion: "
+                                  f"{sorted(set(topics) & set(client.list_topics(timeout=10).topics))}")
+        time.sleep(0.2)
 
 
 def producer(cfg: Config, **extra: str) -> Producer:

@@ -309,12 +309,14 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         # every strategy, 0 included: `none` counts the events whose user had every known item
         strategies = {s: by_strategy.pop(s, 0) for s in (MODEL, POPULARITY, NONE)} | dict(by_strategy)
         served = Counter(r["model_version"] for r in recs if r["strategy"] == MODEL)
+        named = ", ".join(f"{name} {count:,}" for name, count in sorted(served.items()))
         if cfg.scoring.serve == "live":
-            _say(f"recommendations: {len(recs):,} records ({dict(strategies)}), scored live by the "
-                 "learning shard's own item table (scoring.serve = registry serves the registry's CURRENT)")
+            _say(f"recommendations: {len(recs):,} records ({dict(strategies)}), scored by the learning "
+                 f"shard's own item table, each naming the CURRENT it was checked against ({named}); "
+                 "an operator's rollback or promotion would be served as it is")
         else:
             _say(f"recommendations: {len(recs):,} records ({dict(strategies)}); served by "
-                 f"{len(served)} model versions (hot swaps: {max(0, len(served) - 1)})")
+                 f"{len(served)} model versions (hot swaps: {max(0, len(served) - 1)}: {named})")
         from streamrec.model.scoring import choose_providers
 
         _say(f"onnxruntime provider: {choose_providers(cfg.scoring.provider)[0]}")
