@@ -277,3 +277,13 @@ def fill_up(directory: Path, chunk: int = 65_536) -> Path:
         except OSError:
             pass
     return filler
+
+
+def run_cli(cfg, *args: str) -> str:
+    """`streamrec ARGS` in a process of its own with ``cfg`` (as STREAMREC_* env); its stdout,
+    asserting it succeeded."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
+    done = subprocess.run([sys.executable, "-m", "streamrec.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -7,9 +7,6 @@ promotion resumes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,22 +15,13 @@ import pytest
 from streamrec.flink_jobs import pipeline
 from streamrec.model.registry import Registry, version_number
 from streamrec import replay
-from streamrec.core.config import to_env
 from streamrec.demo import start_exporter, stop_process
 from streamrec.runtime.kafka_io import ensure_topics
-from tests.support import planted_stream, read_records
+from tests.support import planted_stream, read_records, run_cli as cli
 
 pytestmark = pytest.mark.slow
 
 PIN_HOLD_S = 60
-
-
-def cli(cfg, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
-    done = subprocess.run([sys.executable, "-m", "streamrec.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def promotions(registry: Registry) -> list[dict]:

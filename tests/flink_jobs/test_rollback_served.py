@@ -6,9 +6,6 @@ from its first batch. Every record names what scored it. docs/registry.md, "Serv
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -16,11 +13,10 @@ from datetime import datetime
 import pytest
 
 from streamrec import replay
-from streamrec.core.config import to_env
 from streamrec.flink_jobs import pipeline
 from streamrec.model.registry import Registry
 from streamrec.runtime.kafka_io import end_offsets, ensure_topics
-from tests.support import export_forced, planted_stream, read_records
+from tests.support import export_forced, planted_stream, read_records, run_cli as cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +27,6 @@ BOUND_S = 2.0 + 0.1
 MARGIN_S = 3.0
 #: How long each state is held before the next change.
 HOLD_S = BOUND_S + MARGIN_S + 2.0
-
-
-def cli(cfg, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")} | to_env(cfg)
-    done = subprocess.run([sys.executable, "-m", "streamrec.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def ms(iso: str) -> int:

@@ -129,15 +129,21 @@ def test_learns_the_planted_structure_better_than_popularity():
     assert hits_model / n > 1.5 * hits_pop / n, (hits_model / n, hits_pop / n)
 
 
-def test_serving_a_registry_version_reports_it():
-    shard = _shard(cold_start_min_events=0)
-    _run(shard, _stream(300), 100)
+def _serve_version_7(shard) -> list[str]:
+    """Make ``shard`` serve a registry version "v000007" of six items (i6 the most popular)."""
     ids = ["i1", "i2", "i3", "i4", "i5", "i6"]
     vectors = np.eye(6, 16, dtype=np.float32)
     table = RegistryItems(np.array(ids), vectors, np.zeros(6, np.float32), np.arange(6, dtype=np.float32))
     model = ScoringModel.from_bytes(export_model_bytes(vectors, table.bias, popularity_prior(table.popularity), 0.5),
                                     {"version": "v000007", "item_ids": ids, "dim": 16}, ["CPUExecutionProvider"])
     shard.serving = shard.registry_catalogue(model, table.popularity)
+    return ids
+
+
+def test_serving_a_registry_version_reports_it():
+    shard = _shard(cold_start_min_events=0)
+    _run(shard, _stream(300), 100)
+    ids = _serve_version_7(shard)
     out = shard.process([Event("x1", "new", "i1", 1.0, 5, 0, 9_999)], {}, now_ms=1)
     (rec,) = out.recommendations
     assert rec["model_version"] == "v000007" and rec["strategy"] == "model"
@@ -147,12 +153,7 @@ def test_serving_a_registry_version_reports_it():
 def test_a_served_version_makes_every_list_of_the_batch_and_the_live_table_fills_what_it_cannot():
     shard = _shard(cold_start_min_events=2)
     _run(shard, _stream(300), 100)
-    ids = ["i1", "i2", "i3", "i4", "i5", "i6"]
-    vectors = np.eye(6, 16, dtype=np.float32)
-    table = RegistryItems(np.array(ids), vectors, np.zeros(6, np.float32), np.arange(6, dtype=np.float32))
-    model = ScoringModel.from_bytes(export_model_bytes(vectors, table.bias, popularity_prior(table.popularity), 0.5),
-                                    {"version": "v000007", "item_ids": ids, "dim": 16}, ["CPUExecutionProvider"])
-    shard.serving = shard.registry_catalogue(model, table.popularity)
+    ids = _serve_version_7(shard)
     shard.live_name = "live+v000007"  # (what the learner sets; not used while a version serves)
     (rec,) = shard.process([Event("x1", "new", "i1", 1.0, 5, 0, 9_999)], {}, now_ms=1).recommendations
     # a cold start: the version's popularity (i6 the most popular), named after the version
