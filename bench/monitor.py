@@ -28,8 +28,8 @@ LEARNER_VERTEX = "ShardLearner"
 
 
 class FlinkRest:
-    """The local mini-cluster's REST API (``rest.bind-port`` is 0 = random: found from the JVM's
-    listening sockets, re-discovered when a new mini-cluster starts)."""
+    """The local mini-cluster's REST API (a free port each mini-cluster picks at start: found from
+    the JVM's listening sockets, re-discovered when a new mini-cluster starts)."""
 
     def __init__(self, job_name: str | None = JOB_NAME):
         self.port: int | None = None

@@ -135,7 +135,6 @@ def flink_settings(cfg: Config, job_name: str, restore_from: str | None = None) 
         "python.fn-execution.bundle.time": f"{cfg.flink.python_bundle_time_ms}",
         "execution.buffer-timeout.interval": f"{cfg.flink.buffer_timeout_ms} ms",
         "taskmanager.memory.process.size": "1600m",
-        "rest.bind-port": "0",  # the local mini-cluster must not collide with a standalone cluster
         # Flink binds every interface by default; on the mini-cluster nothing but this host talks
         # to these sockets. Server-side keys only: a client submitting to a cluster ignores them.
         "rest.bind-address": cfg.flink.bind_host,
@@ -265,8 +264,8 @@ def build_runtime(cfg: Config, job_name: str, restore_from: str | None = None,
     _gateway_jvm_options(cfg)
     _gateway_reporter_classpath(cfg)
     conf = flink_configuration(cfg, job_name, restore_from)
-    # A port of our own choosing instead of "0", so it can be printed (a mini-cluster must not
-    # collide with a standalone cluster's flink.rest_port either).
+    # The mini-cluster's REST port: a free one, chosen here so it can be printed (and never a
+    # standalone cluster's flink.rest_port); a client submitting to a cluster ignores it.
     rest_port = free_port(cfg.flink.bind_host)
     conf.set_string("rest.bind-port", str(rest_port))
     env = StreamExecutionEnvironment.get_execution_environment(conf)
