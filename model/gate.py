@@ -755,5 +755,10 @@ class HoldOutGate:
                       f"it: {why}")
             self.registry.hold(p.version, reason, figures=figures, actor=self.actor)
             return GateDecision(p.version, "held", reason, figures)
-        self.registry.reject(p.version, why, figures=figures, actor=self.actor)
-        return GateDecision(p.version, "rejected", why, figures)
+        # shown worse than CURRENT (not a tie at the cap): the live model this version is an
+        # export of is held back, and the stream serves CURRENT until an export is promoted
+        shown_worse = current is not None and paired is not None and paired.upper < -self.margin
+        self.registry.reject(p.version, why, figures=figures, actor=self.actor, hold_back_live=shown_worse)
+        return GateDecision(p.version, "rejected", why + ("; the live model is held back: the stream "
+                            f"serves {current_version} until an export is promoted" if shown_worse else ""),
+                            figures)

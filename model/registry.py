@@ -72,6 +72,10 @@ CURRENT_FILE = "CURRENT"
 #: Present while an operator's rollback holds: {"version", "actor", "reason", "ts"}. The exporter
 #: keeps exporting but promotes nothing until `unpin` or a manual `promote` ends it.
 PIN_FILE = "PINNED"
+#: Present while the live model is held back: the gate showed an export of it worse than CURRENT
+#: (``{"version": the rejected export, "current", "reason", "ts"}``); the stream serves CURRENT
+#: until a later export is promoted (docs/registry.md, "Serving").
+GUARD_FILE = "GUARD"
 #: CURRENT's second line when an operator's promotion set it: the registry version is served
 #: instead of the live table (docs/registry.md, "Serving"); the gate's promotions write none.
 OPERATOR_MARK = "operator"
@@ -231,11 +235,13 @@ def _buckets(summaries: dict[str, tuple[datetime | None, str | None, int]], now:
 @dataclass(frozen=True)
 class RegistryState:
     """What serving needs from the registry, read in one check (:meth:`Registry.state`): CURRENT,
-    whether an operator's promotion set it, and the pinned version (None: no pin)."""
+    whether an operator's promotion set it, the pinned version (None: no pin), and the export of
+    the live model the gate showed worse than CURRENT (None: the live model is not held back)."""
 
     current: str | None
     by_operator: bool = False
     pinned: str | None = None
+    held_back: str | None = None
 
 
 class Registry:
@@ -408,15 +414,32 @@ class Registry:
         return words[0], words[1:2] == [OPERATOR_MARK]
 
     def state(self) -> RegistryState:
-        """CURRENT, who set it and the pin, as serving reads them at every swap check: two tiny
-        files. An unreadable PINNED counts as no pin here (the CLI reports it)."""
+        """CURRENT, who set it, the pin and the guard, as serving reads them at every swap check:
+        three tiny files. An unreadable PINNED or GUARD counts as none here (the CLI reports it)."""
         current, by_operator = self._read_current()
         try:
             pin = self.pinned()
         except RegistryError:
             pin = None
+        try:
+            guard = self.guard()
+        except RegistryError:
+            guard = None
         pinned = pin.get("version") if isinstance(pin, dict) else None
-        return RegistryState(current, by_operator, pinned if isinstance(pinned, str) else None)
+        held = guard.get("version") if isinstance(guard, dict) else None
+        return RegistryState(current, by_operator, pinned if isinstance(pinned, str) else None,
+                             held if isinstance(held, str) else None)
+
+    def guard(self) -> dict[str, Any] | None:
+        """The guard the gate set when it showed an export of the live model worse than CURRENT
+        (``reject(..., hold_back_live=True)``), or None. :meth:`promote` ends it."""
+        try:
+            return json.loads((self.root / GUARD_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{self.root / GUARD_FILE} is unreadable ({exc}); remove it to end "
+                                "the guard") from None
 
     def pinned(self) -> dict[str, Any] | None:
         """The pin a rollback set (CURRENT stays on its version), or None."""
@@ -754,6 +777,9 @@ class Registry:
                 (self.root / PIN_FILE).unlink()
                 self._append_log("unpin", pin["version"], None, actor, f"promote {version}",
                                  **(log_extra or {}))
+            # a promotion ends the guard: the version promoted is what the stream serves next
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / GUARD_FILE).unlink()
             previous, previous_by_operator = self._read_current()
             if previous == version and (previous_by_operator or not operator):
                 log.info("registry %s: %s is already CURRENT, nothing to promote", self.root, version)
@@ -780,7 +806,7 @@ class Registry:
         log.info("registry %s: promoted %s (was %s) by %s: %s", self.root, version, previous, actor, reason)
 
     def _record_decision(self, version: str, status: str, action: str, reason: str,
-                         figures: dict[str, Any] | None, actor: str) -> None:
+                         figures: dict[str, Any] | None, actor: str, **log_extra: Any) -> None:
         """Set ``version``'s status (with the gate's figures) and log the decision; under the lock."""
         def change(meta: dict[str, Any]) -> None:
             meta["status"] = status
@@ -791,7 +817,8 @@ class Registry:
 
         self._update_meta(version, change)
         extra = {"figures": _brief(figures)} if figures else {}
-        self._append_log(action, version, self.current(), actor, reason, **extra)
+        self._append_log(action, version, self.current(), actor, reason, **extra,
+                         **{k: v for k, v in log_extra.items() if v})
 
     def hold(self, version: str, reason: str, figures: dict[str, Any] | None = None,
              actor: str = "gate") -> None:
@@ -801,13 +828,24 @@ class Registry:
         log.info("registry %s: %s held: %s", self.root, version, reason)
 
     def reject(
-        self, version: str, reason: str, figures: dict[str, Any] | None = None, actor: str = "gate"
+        self, version: str, reason: str, figures: dict[str, Any] | None = None, actor: str = "gate",
+        hold_back_live: bool = False,
     ) -> None:
-        """Mark ``version`` ``rejected`` (it stays on disk until retention removes it)."""
+        """Mark ``version`` ``rejected`` (it stays on disk until retention removes it).
+
+        ``hold_back_live``: the gate showed this export of the live model worse than CURRENT, so
+        the stream serves CURRENT instead of the live table until a later export is promoted
+        (GUARD_FILE). Written before the decision is logged: a writer killed in between leaves
+        the safe side (CURRENT served)."""
         with self._locked():
-            if self.current() == version:
+            current = self.current()
+            if current == version:
                 raise RegistryError(f"cannot reject {version}: it is CURRENT (roll back first)")
-            self._record_decision(version, "rejected", "reject", reason, figures, actor)
+            if hold_back_live and current is not None:
+                _write_file_atomic(self.root / GUARD_FILE, _json_bytes(
+                    {"version": version, "current": current, "reason": reason, "ts": _now_iso()}))
+            self._record_decision(version, "rejected", "reject", reason, figures, actor,
+                                  hold_back_live=bool(hold_back_live and current is not None))
         log.info("registry %s: rejected %s: %s", self.root, version, reason)
 
     def supersede(

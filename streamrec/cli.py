@@ -11,7 +11,7 @@
     streamrec cluster up | down | status  a standalone Flink cluster from the PyFlink wheel
     streamrec submit [--parallelism N] [--from-savepoint PATH]
     streamrec stop --savepoint JOB_ID
-    streamrec exporter [--once [--wait S]] [--force]  the sidecar: model changelog -> ONNX registry versions
+    streamrec exporter [--once [--wait S]] [--force] [--metrics-port P]  the sidecar: model changelog -> ONNX registry versions
     streamrec model list | promote V | rollback [V] [--force] | unpin | log [V]   the model registry
     streamrec serve [--host H] [--port P]  HTTP: users' newest lists, request-time scoring, metrics
     streamrec bench [--limit N] [--scale | --shards] ML-100k benchmark (throughput, latency, quality) -> bench/results/
@@ -336,6 +336,10 @@ def cmd_exporter(args, cfg: Config) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.once and (args.metrics_port is not None or args.metrics_host):
+        print("error: --metrics-port / --metrics-host serve the long-running exporter's metrics, "
+              "not --once's", file=sys.stderr)
+        return 2
     ensure_kafka(cfg, [getattr(cfg.kafka.topics, name) for name in INPUTS.values()])
     exporter = Exporter(cfg, force=args.force)
     if args.once:
@@ -349,7 +353,24 @@ def cmd_exporter(args, cfg: Config) -> int:
                   f"{cfg.exporter.gate_min_events} clean events after its training position; "
                   "`--wait S` waits for them, the long-running exporter decides as they arrive")
         return 0
-    results = exporter.run()
+    host = args.metrics_host or cfg.exporter.metrics_host
+    port = cfg.exporter.metrics_port if args.metrics_port is None else args.metrics_port
+    server = None
+    if port is not None:  # Prometheus metrics (docs/metrics.md); not for --once, which exits at once
+        from streamrec.model.metrics import serve_metrics
+
+        try:
+            server = serve_metrics(exporter.metrics, host, port)
+        except OSError as exc:  # the port is taken, the address is not this host's
+            print(f"error: cannot serve the exporter's metrics on {host}:{port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"exporter metrics on {server.url}", flush=True)
+    try:
+        results = exporter.run()
+    finally:
+        if server is not None:
+            server.close()
     print(f"exporter stopped after {len(results)} exports ({exporter.failures} failed)", file=sys.stderr)
     return 0
 
@@ -401,7 +422,7 @@ def _refused_note(entries) -> str:
 
 def _model_document(reg) -> dict:
     """Every version with its creation time, training position, gate figures, status and sha256,
-    plus CURRENT and the pin: one JSON document (`streamrec model list --json`)."""
+    plus CURRENT, the pin and the guard: one JSON document (`streamrec model list --json`)."""
     from streamrec.model.registry import CorruptModelError
 
     current, pin = reg.current(), reg.pinned()
@@ -427,7 +448,7 @@ def _model_document(reg) -> dict:
             "checkpoint": meta.get("checkpoint"), "counts": meta.get("counts"),
             "refused": [{k: e.get(k) for k in ("ts", "actor", "reason")} for e in refused.get(version, [])],
         })
-    return {"registry": str(reg.root), "current": current, "pin": pin, "versions": versions}
+    return {"registry": str(reg.root), "current": current, "pin": pin, "guard": reg.guard(), "versions": versions}
 
 
 def _log_line(entry: dict) -> str:
@@ -470,6 +491,11 @@ def cmd_model(args, cfg: Config) -> int:
             print(f"CURRENT: {reg.current() or 'none'}" + (
                 f" (pinned by {pin.get('actor')}/{pin.get('user', '?')} at {pin.get('ts')}: {pin.get('reason')})"
                 if pin else ""))
+            guard = reg.guard()
+            if guard:
+                print(f"live model held back since {guard.get('ts')}: the gate showed its export "
+                      f"{guard.get('version')} worse than CURRENT {guard.get('current')}, which the "
+                      "stream serves until an export is promoted")
         elif args.action == "promote":
             if not args.version:
                 print("error: `streamrec model promote` needs a VERSION", file=sys.stderr)
@@ -672,6 +698,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "candidate stays pending)")
     p.add_argument("--force", action="store_true",
                    help="promote at once, without waiting for held-out events (never while pinned)")
+    p.add_argument("--metrics-port", type=NON_NEGATIVE, metavar="P",
+                   help="serve Prometheus metrics on port P (0 = any free port; the URL is printed; "
+                        "default: exporter.metrics_port, none); not with --once")
+    p.add_argument("--metrics-host", metavar="H",
+                   help="interface for the metrics (default: exporter.metrics_host, loopback)")
     p.set_defaults(func=cmd_exporter)
 
     p = sub.add_parser("serve", help="the HTTP service: users' newest recommendations, request-time "

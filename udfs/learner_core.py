@@ -58,7 +58,7 @@ KINDS = (RECOMMENDATION_KIND, ITEM_KIND, USER_KIND, ITEM_DELTA_KIND)
 PHASES = ("state_read", "learn_score", "state_write", "emit")
 #: The counters a :class:`StepOutput` increments (the operator registers them all at open).
 COUNTERS = ("events_learned", "bot_events_not_learned", "recommendations", "events_without_recommendation",
-            "batches", "model_swaps", "item_deltas_sent", "item_deltas_applied",
+            "batches", "batches_live_held_back", "model_swaps", "item_deltas_sent", "item_deltas_applied",
             *(f"{phase}_us" for phase in PHASES))
 #: The item exchange's gauges: how old the newest and the oldest step of the deltas applied by
 #: the last batch were, and the oldest ever (processing time; 0 before any).
@@ -124,6 +124,9 @@ class Serving:
 
     version: str | None
     live_name: str = LIVE
+    #: the export of the live model the gate showed worse than CURRENT, when that is why the
+    #: registry version serves (the guard); None otherwise
+    held_back: str | None = None
 
     @property
     def name(self) -> str:
@@ -140,14 +143,21 @@ def serving_decision(serve: str, registry: RegistryState | None) -> Serving:
     served as it is: a pin (`model rollback`, `--before`, `run --from-version`) until `unpin`, an
     operator's `model promote V` until the next promotion.
 
-    >>> serving_decision("live", None), serving_decision("live", RegistryState(None))
-    (Serving(version=None, live_name='live'), Serving(version=None, live_name='live'))
+    >>> serving_decision("live", None) == serving_decision("live", RegistryState(None)) == Serving(None)
+    True
     >>> serving_decision("live", RegistryState("v000012")).name  # the gate promoted v000012
     'live+v000012'
-    >>> serving_decision("live", RegistryState("v000002", pinned="v000002"))  # a rollback pinned it
-    Serving(version='v000002', live_name='live+v000002')
+    >>> serving_decision("live", RegistryState("v000002", pinned="v000002")).name  # a rollback pinned it
+    'v000002'
     >>> serving_decision("live", RegistryState("v000013", by_operator=True)).name  # `model promote`
     'v000013'
+
+    The guard: when the gate showed an export of the live model worse than CURRENT, CURRENT
+    serves (its ``model_version``, e.g. ``v000012``, instead of ``live+v000012``) until a later
+    export is promoted.
+
+    >>> serving_decision("live", RegistryState("v000012", held_back="v000015"))
+    Serving(version='v000012', live_name='live+v000012', held_back='v000015')
 
     ``registry``: CURRENT whoever promoted it (a pin is CURRENT too); the live table before any.
 
@@ -163,6 +173,8 @@ def serving_decision(serve: str, registry: RegistryState | None) -> Serving:
         return Serving(registry.pinned, live_name)
     if registry.current is not None and (serve == "registry" or registry.by_operator):
         return Serving(registry.current, live_name)
+    if registry.current is not None and registry.held_back is not None:
+        return Serving(registry.current, live_name, held_back=registry.held_back)
     return Serving(None, live_name)
 
 
@@ -359,9 +371,12 @@ class LearnerCore:
             return
         decision = serving_decision(self.settings.serve, state)
         if decision != self.serving:
-            log.warning("serving %s (registry: CURRENT %s%s%s)", decision.name, state.current,
+            log.warning("serving %s (registry: CURRENT %s%s%s%s)", decision.name, state.current,
                         " set by an operator" if state.by_operator else "",
-                        f", pinned to {state.pinned}" if state.pinned else "")
+                        f", pinned to {state.pinned}" if state.pinned else "",
+                        f"; the live model is held back: the gate showed its export {decision.held_back} "
+                        "worse than CURRENT, which serves until an export is promoted"
+                        if decision.held_back else "")
         self.serving = decision
         if decision.version is not None:
             self.watcher.check()
@@ -371,6 +386,8 @@ class LearnerCore:
         what served before goes on (the watcher logged the refusal once)."""
         decision = self.serving
         shard.live_name = decision.live_name
+        if decision.held_back is not None:
+            out.count("batches_live_held_back", 1)
         if decision.version is None:
             if shard.serving is not None:
                 shard.serving = None

@@ -1,7 +1,8 @@
 """A rollback changes what users get, in the default mode (``scoring.serve = live``), at
 parallelism 2: `streamrec model rollback V` -> within one swap check + one micro-batch (+ a
 margin for a loaded test machine) every recommendation is scored by V and says so; `model unpin`
--> back to the live table, named `live+<CURRENT>`; a job restarted while pinned serves the pin
+-> back to the live table, named `live+<CURRENT>`; the gate showing an export of the live model
+worse than CURRENT (the guard) -> CURRENT serves; a job restarted while pinned serves the pin
 from its first batch. Every record names what scored it. docs/registry.md, "Serving"."""
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ def test_a_rollback_is_served_within_a_swap_check_until_unpin_and_across_a_resta
         cli(cfg, "model", "unpin", "--reason", "rollback test: fixed")
         unpinned_ms = ms([e for e in registry.read_log() if e["action"] == "unpin"][-1]["ts"])
         time.sleep(HOLD_S)
+        # the guard: the gate shows an export of the live model worse than CURRENT (v1), as
+        # model.gate.HoldOutGate records it: the stream serves v1 until a promotion or a pin
+        data, meta = registry.load(v1)
+        shown_worse = registry.publish(data, {"item_ids": meta["item_ids"], "dim": meta["dim"]})
+        registry.reject(shown_worse, "guard test: shown worse than CURRENT", hold_back_live=True)
+        guarded_ms = ms(registry.guard()["ts"])
+        time.sleep(HOLD_S)
         cli(cfg, "model", "rollback", v2, "--reason", "pinned across a restart")
         repinned_ms = ms(registry.pinned()["ts"])
         time.sleep(HOLD_S)
@@ -121,7 +129,8 @@ def test_a_rollback_is_served_within_a_swap_check_until_unpin_and_across_a_resta
 
     bound_ms = int((BOUND_S + MARGIN_S) * 1000)
     for what, since, until, expected in (("rollback", pinned_ms, unpinned_ms, v1),
-                                         ("unpin", unpinned_ms, repinned_ms, f"live+{v1}"),
+                                         ("unpin", unpinned_ms, guarded_ms, f"live+{v1}"),
+                                         ("live model held back", guarded_ms, repinned_ms, v1),
                                          ("second rollback", repinned_ms, restarted_ms, v2)):
         first, all_served = delay_ms(recs, since, until, lambda name: name == expected)
         print(f"{what}: first record of {expected} {first} ms after it, every record from {all_served} ms")

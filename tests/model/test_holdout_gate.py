@@ -80,6 +80,10 @@ def test_a_worse_candidate_is_not_promoted_a_better_one_is(tmp_path):
     entry = reg.read_log()[-1]
     assert (entry["action"], entry["version"]) == ("reject", v2)
     assert entry["figures"]["candidate"] == pytest.approx(worse.figures["candidate"])  # logged with figures
+    # shown worse (not a tie): the live model it is an export of is held back, CURRENT serves
+    assert worse.figures["upper_bound"] < -0.02 and entry["hold_back_live"] is True
+    assert reg.guard()["version"] == v2 and reg.guard()["current"] == v1
+    assert reg.state().held_back == v2 and "held back" in worse.reason
 
     # a better one (the true vectors, less noise than CURRENT) is promoted over it
     noisy = items + np.random.default_rng(1).normal(scale=3.0, size=items.shape).astype(np.float32)
@@ -89,6 +93,7 @@ def test_a_worse_candidate_is_not_promoted_a_better_one_is(tmp_path):
     _feed(gate, events, start=2 * len(events))
     better = gate.decide(seen)
     assert better.status == "promoted" and reg.current() == v4
+    assert reg.guard() is None and reg.state().held_back is None  # a promotion ends the guard
     assert better.figures["candidate"] > better.figures["current"] and better.figures["current_version"] == current
     # every held-out event counts: the ghost user's two (no vector at export) are scored as a cold
     # user is served, by the model's bias + popularity prior

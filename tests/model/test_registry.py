@@ -127,6 +127,27 @@ def test_reject_and_rollback_refuses_rejected(tmp_path):
     assert reg.read_log()[-1]["action"] == "reject"
 
 
+def test_a_rejection_that_holds_back_the_live_model_guards_until_a_promotion(tmp_path):
+    reg = Registry(tmp_path)
+    v1, v2, v3, v4 = (_publish(reg, seed=n) for n in range(1, 5))
+    reg.reject(v1, reason="before any CURRENT", hold_back_live=True)
+    assert reg.guard() is None  # nothing to fall back to: no guard
+    reg.promote(v2, actor="gate", reason="first")
+    reg.reject(v3, reason="a tie at the cap")  # not shown worse: the live model serves on
+    assert reg.guard() is None and reg.state().held_back is None
+    reg.reject(v4, reason="shown worse", hold_back_live=True)
+    assert reg.state() == RegistryState(v2, held_back=v4)
+    assert reg.guard()["current"] == v2 and reg.read_log()[-1]["hold_back_live"] is True
+    (tmp_path / "GUARD").write_text("{torn")
+    with pytest.raises(RegistryError, match="remove it to end the guard"):
+        reg.guard()
+    assert reg.state().held_back is None  # serving reads an unreadable guard as none
+    reg.reject(v4, reason="shown worse again", hold_back_live=True)
+    v5 = _publish(reg, seed=5)
+    reg.promote(v5, actor="gate", reason="recovered")
+    assert reg.guard() is None and reg.state() == RegistryState(v5)
+
+
 def test_retention_keeps_last_n_current_and_previous(tmp_path):
     reg = Registry(tmp_path)
     vs = [_publish(reg, seed=s) for s in range(8)]
