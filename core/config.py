@@ -443,6 +443,14 @@ class ExporterConfig(_Section):
     #: registry.log is rotated past this size (0: never), keeping `log_keep` rotated files.
     log_max_bytes: int = Field(16 * 2**20, ge=0)
     log_keep: int = Field(5, ge=1, le=1000)
+    #: Prometheus metrics of the long-running `streamrec exporter` (exports, gate decisions and
+    #: figures, CURRENT, export age; docs/metrics.md): ``GET /metrics`` on `metrics_host`:
+    #: `metrics_port`. None (the default): no metrics server, no socket (the sidecar runs in the
+    #: demo and beside every test's pipeline; a fixed port would collide there, and a sidecar must
+    #: not fail to start over its metrics); 0: any free port. The URL is printed at start.
+    #: Loopback unless set: the server has no authentication.
+    metrics_host: str = Field("127.0.0.1", min_length=1)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _gate_bounds(self) -> "ExporterConfig":

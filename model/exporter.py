@@ -52,9 +52,10 @@ held-out event at all, and the next export supersedes it):
 One log line per export and per decision. SIGTERM / SIGINT stop the loop after the current
 export (a second signal interrupts); a pending candidate is then left undecided, and the next
 exporter's first export records it as superseded, unless ``exporter.gate_decide_on_stop``: then
-it is decided at the cap first. The gate runs on the CPU provider: it measures
-ranking quality, which does not depend on the provider, and it must not compete with scoring for
-a GPU.
+it is decided at the cap first. :attr:`Exporter.metrics` counts exports and decisions for
+Prometheus (:mod:`model.metrics`; `streamrec exporter` serves them when ``exporter.metrics_port``
+is set). The gate runs on the CPU provider: it measures ranking quality, which does not depend on
+the provider, and it must not compete with scoring for a GPU.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ import numpy as np
 from streamrec.runtime.lineage import code_version, job_dir, retained_checkpoints
 from streamrec.model.gate import FORCE_ACTOR, GATE_ACTOR, GateDecision, HoldOutGate, UserSample
 from streamrec.model.item_table import ITEMS_ATTACHMENT, ItemTable
+from streamrec.model.metrics import ExporterMetrics
 from streamrec.model.user_table import USERS_ATTACHMENT, UserTable
 from streamrec.model.onnx_model import export_model_bytes, popularity_prior
 from streamrec.model.registry import Registry
@@ -442,6 +444,30 @@ class Exporter:
         self._stop = threading.Event()
         self._last_export = float("-inf")
         self._retry_at = float("-inf")  # after a failed export: no new attempt before this
+        #: Prometheus metrics (model/metrics.py): fed here, served by the CLI when configured
+        self.metrics = ExporterMetrics(current=self._current_and_pin)
+        self._seed_export_age()
+
+    # ---------------------------------------------------------------- metrics
+    def _current_and_pin(self) -> tuple[str | None, bool]:
+        """CURRENT and whether a rollback pins it, read at every scrape."""
+        return self.registry.current(), self.registry.pinned() is not None
+
+    def _seed_export_age(self) -> None:
+        """The export age counts from the registry's newest version until this exporter publishes."""
+        try:
+            versions = self.registry.list_versions()
+            created = self.registry.read_meta(versions[-1]).get("created_at") if versions else None
+            if created:
+                self.metrics.seen_export(datetime.fromisoformat(created).timestamp())
+        except Exception as exc:  # noqa: BLE001 - a metric's starting point, never a reason to fail
+            log.warning("exporter: cannot read the newest version's publication time (%s)", exc)
+
+    def _count_decision(self, decision: GateDecision, at_export: bool = False) -> None:
+        # "already <status> elsewhere" (model/gate.py, HoldOutGate._decide): an operator or another
+        # exporter decided it, not this gate
+        if not decision.reason.startswith("already "):
+            self.metrics.decided(decision.version, decision.status, decision.figures, at_export=at_export)
 
     # ---------------------------------------------------------------- Kafka
     def _connect(self) -> None:
@@ -597,6 +623,13 @@ class Exporter:
 
     def export(self) -> ExportResult | None:
         """Export the current state now (if there are items). See the module docstring."""
+        try:
+            return self._export()
+        except Exception:
+            self.metrics.failed()
+            raise
+
+    def _export(self) -> ExportResult | None:
         t0 = time.monotonic()
         table = self.state.item_table()
         if len(table) == 0:  # no graph of zero items exists; the gate refuses one from elsewhere
@@ -613,8 +646,14 @@ class Exporter:
         })
         self.state.mark_exported()
         self._last_export = time.monotonic()
+        self.metrics.published(version)
+        before = self.gate.pending
         decision = self.gate.submit(version, model_bytes, self.registry.read_meta(version), users, cut,
                                     force=self.force, baseline=lambda: self._baseline(version, table))
+        if before is not None and before.version != version:  # submit superseded it
+            self.metrics.decided(before.version, "superseded")
+        if decision.status != "pending":  # settled at export: forced, refused, held by a pin
+            self._count_decision(decision, at_export=True)
         result = ExportResult(version=version, items=len(table), dim=table.dim, forced=self.force,
                               seconds=0.0, decision=decision)
         self.results.append(result)
@@ -638,6 +677,7 @@ class Exporter:
 
     def _record(self, decision: GateDecision) -> None:
         self.decisions.append(decision)
+        self._count_decision(decision)
         for result in reversed(self.results):
             if result.version == decision.version:
                 result.decision = decision
