@@ -5,9 +5,12 @@
 2. MovieLens-100k replayed into ``demo.events.raw``;
 3. the exporter sidecar (a subprocess) and the pipeline job (bounded: it stops at the end of the
    replayed data) run together; the exporter publishes and gates ONNX versions, the job hot-swaps;
+   meanwhile a rollback is shown: once two versions are promoted the older one is pinned for a
+   few seconds, then unpinned;
 4. a report: events in, rejected, duplicates, every registry action of the run (versions
    exported / promoted / rejected / superseded / held, rollbacks, pins, retention), the onnxruntime
-   provider, throughput, a few users' latest recommendations with titles, and prequential
+   provider, throughput, what served the records after the pin and after the unpin, a few
+   users' latest recommendations with titles, and prequential
    recall@10 next to popularity and the sequential reference on the same stream.
 """
 
@@ -196,8 +199,11 @@ def demo_config(cfg: Config) -> Config:
                                           "checkpoint_dir": paths.state_dir / "demo" / "checkpoints"}),
         # the bounded stream ends: the last pending version is decided at the cap when the
         # exporter stops (a tie goes to the serving model), never left undecided
-        "exporter": cfg.exporter.model_copy(update={"interval_s": min(cfg.exporter.interval_s, 3.0),
+        "exporter": cfg.exporter.model_copy(update={"interval_s": min(cfg.exporter.interval_s, 2.0),
                                                     "gate_decide_on_stop": True}),
+        # the exporter and the gate read what checkpoints commit: a replay of a few tens of
+        # seconds needs commits every second for versions to be exported and decided in it
+        "flink": cfg.flink.model_copy(update={"checkpoint_interval_ms": min(cfg.flink.checkpoint_interval_ms, 1_000)}),
     })
 
 
@@ -219,6 +225,83 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+class RollbackDemonstration(threading.Thread):
+    """Shows, while the job runs, that a rollback changes what users get: once the gate has
+    promoted two versions (or, late in the stream, one), it rolls back to the older one (a pin,
+    as `streamrec model rollback` does), holds it ``hold_s`` seconds, then unpins. The report
+    then reads, from the recommendations topic, which model scored the records after each step
+    (:func:`rollback_report`)."""
+
+    def __init__(self, cfg: Config, total: int, hold_s: float = 5.0, late_share: float = 0.6):
+        super().__init__(daemon=True, name="demo-rollback")
+        self.cfg, self.total, self.hold_s, self.late_share = cfg, total, hold_s, late_share
+        self.stopped = threading.Event()
+        #: (version pinned, pinned at ms, unpinned at ms or None) once it happened
+        self.done: tuple[str, int, int | None] | None = None
+        self.error: str | None = None
+
+    def _progress(self) -> float:
+        return sum(kafka_io.end_offsets(self.cfg, self.cfg.kafka.topics.recommendations).values()) / self.total
+
+    def run(self) -> None:
+        from streamrec.model.registry import Registry, RegistryError
+
+        registry = Registry(self.cfg.paths_resolved.registry_dir)
+        try:
+            while not self.stopped.wait(0.5):
+                promoted = [e["version"] for e in registry.read_log() if e.get("action") == "promote"]
+                if len(promoted) >= 2 or (promoted and self._progress() >= self.late_share):
+                    break
+            else:
+                return
+            target = promoted[-2] if len(promoted) >= 2 else promoted[-1]
+            registry.rollback(to=target, actor="demo", reason="the demo shows a rollback being served")
+            pinned_ms = int(time.time() * 1000)
+            _say(f"rollback: CURRENT pinned to {target} (as `streamrec model rollback {target}` does); "
+                 f"unpinned in {self.hold_s:.0f} s")
+            self.done = (target, pinned_ms, None)
+            self.stopped.wait(self.hold_s)
+            registry.unpin(actor="demo", reason="the demo's rollback ends")
+            self.done = (target, pinned_ms, int(time.time() * 1000))
+            _say("unpin: the exporter promotes again, the stream serves the live table")
+        except (RegistryError, OSError, kafka_io.KafkaException) as exc:  # the demo goes on without it
+            self.error = str(exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def rollback_report(recs: list[dict], version: str, pinned_ms: int, unpinned_ms: int | None) -> list[str]:
+    """What served the records emitted after the pin and after the unpin: the delay from each to
+    the first record of what serves next, and the records by ``model_version`` in each span.
+
+    >>> recs = [{"emitted_ts": t, "model_version": v} for t, v in
+    ...         [(900, "live+v1"), (1300, "live+v2"), (1700, "v1"), (2600, "v1"), (3200, "live+v2")]]
+    >>> for line in rollback_report(recs, "v1", 1000, 3000):
+    ...     print(line)
+    rollback to v1: first record scored by v1 700 ms after the pin; while pinned: v1 2, live+v2 1
+    unpin: first record of the live table 200 ms after it; after: live+v2 1
+    """
+    def spans(lo, hi):
+        return [r for r in recs if lo <= r["emitted_ts"] < hi]
+
+    def counted(rs):
+        return ", ".join(f"{name} {n:,}" for name, n in Counter(r["model_version"] for r in rs).most_common())
+
+    pinned = spans(pinned_ms, unpinned_ms if unpinned_ms is not None else float("inf"))
+    first = min((r["emitted_ts"] for r in pinned if r["model_version"] == version), default=None)
+    lines = [f"rollback to {version}: " + (f"first record scored by {version} {first - pinned_ms} ms after the pin"
+                                          if first is not None else f"no record scored by {version}")
+             + f"; while pinned: {counted(pinned) or 'no records'}"]
+    if unpinned_ms is not None:
+        after = spans(unpinned_ms, float("inf"))
+        back = min((r["emitted_ts"] for r in after if r["model_version"].startswith("live")), default=None)
+        lines.append("unpin: " + (f"first record of the live table {back - unpinned_ms} ms after it"
+                                  if back is not None else "no record of the live table after it (the stream ended)")
+                     + f"; after: {counted(after) or 'no records'}")
+    return lines
 
 
 class Progress(threading.Thread):
@@ -281,10 +364,14 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         _say("pipeline job running on Flink's local mini-cluster (bounded); this takes a few minutes")
         progress = Progress(cfg, len(events))
         progress.start()
+        demonstration = RollbackDemonstration(cfg, len(events))
+        demonstration.start()
         try:
             run = pipeline.run(cfg, bounded=True, quiet=True)
         finally:
             progress.stop()
+            demonstration.stop()
+            demonstration.join(10)
         # the exporter reads to the end and decides its pending version before it exits
         stop_process(exporter, timeout=90.0)
         exporter = None
@@ -311,12 +398,17 @@ def run_demo(cfg: Config, limit: int | None = None, keep_running: bool = False) 
         served = Counter(r["model_version"] for r in recs if r["strategy"] == MODEL)
         named = ", ".join(f"{name} {count:,}" for name, count in sorted(served.items()))
         if cfg.scoring.serve == "live":
-            _say(f"recommendations: {len(recs):,} records ({dict(strategies)}), scored by the learning "
-                 f"shard's own item table, each naming the CURRENT it was checked against ({named}); "
-                 "an operator's rollback or promotion would be served as it is")
+            _say(f"recommendations: {len(recs):,} records ({dict(strategies)}), each naming what scored it: "
+                 f"the learning shard's own item table with the CURRENT it was checked against (live+vN), "
+                 f"or a registry version (a pin, an operator's promotion, the guard) ({named})")
         else:
             _say(f"recommendations: {len(recs):,} records ({dict(strategies)}); served by "
                  f"{len(served)} model versions (hot swaps: {max(0, len(served) - 1)}: {named})")
+        if demonstration.done is not None:
+            for line in rollback_report(recs, *demonstration.done):
+                _say(line)
+        else:
+            _say(f"no rollback shown: {demonstration.error or 'the gate promoted no version while the stream ran'}")
         from streamrec.model.scoring import choose_providers
 
         _say(f"onnxruntime provider: {choose_providers(cfg.scoring.provider)[0]}")
