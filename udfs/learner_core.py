@@ -43,7 +43,7 @@ from streamrec.core.records import ITEM_RECORD, RECOMMENDATION, USER_RECORD
 from streamrec.model.registry import RegistryState
 from streamrec.udfs import item_exchange, state_codec
 from streamrec.udfs.online_mf import LearnerParams
-from streamrec.udfs.shard_model import LIVE, Event, ShardModel, ShardSettings, decode_user
+from streamrec.udfs.shard_model import LIVE, POPULARITY, Event, ShardModel, ShardSettings, decode_user
 
 __all__ = ["LearnerSettings", "ShardState", "DictMapState", "DictValueState", "StepOutput", "LearnerCore",
            "Serving", "serving_decision", "changelog_due", "COUNTERS", "GAUGES", "KINDS"]
@@ -57,7 +57,8 @@ KINDS = (RECOMMENDATION_KIND, ITEM_KIND, USER_KIND, ITEM_DELTA_KIND)
 #: keyed state, build and encode the records.
 PHASES = ("state_read", "learn_score", "state_write", "emit")
 #: The counters a :class:`StepOutput` increments (the operator registers them all at open).
-COUNTERS = ("events_learned", "bot_events_not_learned", "recommendations", "events_without_recommendation",
+COUNTERS = ("events_learned", "bot_events_not_learned", "recommendations", "popularity_recommendations",
+            "events_without_recommendation",
             "batches", "batches_live_held_back", "model_swaps", "item_deltas_sent", "item_deltas_applied",
             *(f"{phase}_us" for phase in PHASES))
 #: The item exchange's gauges: how old the newest and the oldest step of the deltas applied by
@@ -430,6 +431,7 @@ class LearnerCore:
         out.count("bot_events_not_learned", batch.bot_events)
         out.count("events_without_recommendation", batch.unservable)
         out.count("recommendations", len(batch.recommendations))
+        out.count("popularity_recommendations", sum(rec["strategy"] == POPULARITY for rec in batch.recommendations))
         out.count("batches", 1)
         encode = RECOMMENDATION.encode
         out.records += [(RECOMMENDATION_KIND, rec["user_id"], encode(rec)) for rec in batch.recommendations]
