@@ -23,7 +23,8 @@ from tests.support import REPO
 
 pytestmark = pytest.mark.slow
 
-KILLS = 20
+#: SIGKILLs per run: a CI-sized run in `make test`, the heavy one in `make test-faults`.
+KILLS_CI, KILLS_FAULTS = 8, 30
 
 
 def _export(cfg, cwd, *gate: str) -> subprocess.Popen:
@@ -47,7 +48,8 @@ def _assert_registry_sound(reg: Registry, dim: int) -> None:
         ScoringModel.from_registry(reg)  # CURRENT loads, sha-checked, finite
 
 
-def test_kill9_of_the_exporter_mid_export_never_exposes_a_partial_version(cfg, tmp_path):
+@pytest.mark.parametrize("kills", [KILLS_CI, pytest.param(KILLS_FAULTS, marks=pytest.mark.faults)])
+def test_kill9_of_the_exporter_mid_export_never_exposes_a_partial_version(cfg, tmp_path, kills):
     cfg = _cfg(cfg, tmp_path, retention=50)
     produce_world(cfg, World(seed=5))
     reg = Registry(cfg.paths_resolved.registry_dir)
@@ -57,7 +59,7 @@ def test_kill9_of_the_exporter_mid_export_never_exposes_a_partial_version(cfg, t
     assert reg.current() == "v000001"
     rng = random.Random(20)
     killed_mid_write = 0
-    for _ in range(KILLS):
+    for _ in range(kills):
         before = set(reg.list_versions())
         proc = _export(cfg, tmp_path)
         time.sleep(rng.uniform(0.3, 1.0) * full_s)
