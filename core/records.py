@@ -48,6 +48,8 @@ import math
 from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Mapping, Sequence
 
+import orjson
+
 __all__ = [
     "Type", "Field", "Record", "SqlScalar", "SqlArray", "SqlRow",
     "STRING", "BOOLEAN", "INT", "BIGINT", "DOUBLE",
@@ -172,8 +174,45 @@ class Field:
         return f"{self.name} {self.type.sql}"
 
 
-#: One encoder: compact, and NaN / Infinity (not JSON) are an error, never written.
+#: The strict encoder: compact, and NaN / Infinity (not JSON) are an error, never written.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _holds_nulls(doc: Mapping[str, Any], n: int) -> bool:
+    """Whether ``doc`` holds exactly ``n`` None values, at its top level and in lists of objects
+    one level down (those are looked at only when the top level holds fewer)."""
+    top = sum(value is None for value in doc.values())
+    if top >= n:
+        return top == n
+    nested = sum(v is None for value in doc.values() if type(value) is list and value and type(value[0]) is dict
+                 for row in value for v in row.values())
+    return top + nested == n
+
+
+def _dumps(doc: Mapping[str, Any]) -> str:
+    """``doc`` as compact JSON text; NaN / Infinity raise a ValueError.
+
+    orjson writes a record ~10x faster than the json module (the learner encodes one per event:
+    docs/hot-path.md), but writes NaN / Infinity as ``null`` and refuses some values the json module
+    takes (ints beyond 64 bits, lone surrogates): a ``null`` more than ``doc`` holds, or a refusal,
+    sends it through the strict encoder, which raises or writes it (non-ASCII then as \\u escapes).
+
+    >>> _dumps({"a": 1.5, "b": None, "c": [{"x": "é"}]})
+    '{"a":1.5,"b":null,"c":[{"x":"é"}]}'
+    >>> _dumps({"a": [{"score": float("nan")}]})
+    Traceback (most recent call last):
+    ...
+    ValueError: Out of range float values are not JSON compliant
+    >>> _dumps({"big": 2 ** 70})
+    '{"big":1180591620717411303424}'
+    """
+    try:
+        out = orjson.dumps(doc)
+    except TypeError:  # orjson.JSONEncodeError: a value it does not take
+        return _ENCODER.encode(doc)
+    if b"null" in out and not _holds_nulls(doc, out.count(b"null")):
+        return _ENCODER.encode(doc)
+    return out.decode()
 
 
 def _reject_constant(name: str):
@@ -195,12 +234,14 @@ class Record:
     open: bool = False
     _by_name: dict = dataclass_field(init=False, repr=False, compare=False)
     _required: frozenset = dataclass_field(init=False, repr=False, compare=False)
+    _names: tuple = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_name = {f.name: f for f in self.fields}
         if len(by_name) != len(self.fields):
             raise ValueError(f"{self.name}: a field is declared twice")
         object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_names", tuple(by_name))
         object.__setattr__(self, "_required", frozenset(f.name for f in self.fields if not f.optional))
 
     def __str__(self) -> str:
@@ -209,7 +250,7 @@ class Record:
     # -- the declaration ------------------------------------------------------------------------
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(self._by_name)
+        return self._names
 
     def field(self, name: str) -> Field:
         try:
@@ -262,10 +303,11 @@ class Record:
         ValueError: user record: missing field 'ts'
         """
         doc = fields if values is None else ({**values, **fields} if fields else values)
-        if doc.keys() != self._by_name.keys():
-            self._check_keys(doc)
-            return _ENCODER.encode({n: doc[n] for n in self.names if n in doc})
-        return _ENCODER.encode({n: doc[n] for n in self.names})
+        if tuple(doc) != self._names:  # not the declared keys in the declared order
+            if doc.keys() != self._by_name.keys():
+                self._check_keys(doc)
+            doc = {n: doc[n] for n in self._names if n in doc}
+        return _dumps(doc)
 
     def decode(self, data: bytes | bytearray | str) -> dict[str, Any]:
         """The record of a topic's JSON text (or bytes), checked strictly (:meth:`check`)."""

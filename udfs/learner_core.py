@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 import numpy as np
+import orjson
 
 from streamrec.core.records import ITEM_RECORD, RECOMMENDATION, USER_RECORD
 from streamrec.model.registry import RegistryState
@@ -297,7 +298,7 @@ class LearnerCore:
         """One micro-batch of shard ``key`` (sql/learner_batches.sql): its entries' JSON joined by
         commas, events as arrays (:class:`Event`) and the other shards' item deltas as objects."""
         out = StepOutput()
-        entries = json.loads("[" + batch + "]")
+        entries = orjson.loads("[" + batch + "]")
         events = [Event(*e) for e in entries if isinstance(e, list)]
         deltas = [item_exchange.decode(e, self.settings.params.dim) for e in entries if isinstance(e, dict)]
         if not events and not deltas:

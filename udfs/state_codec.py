@@ -26,18 +26,32 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 __all__ = ["CHANGELOG_FORMAT", "encode_changelog", "decode_changelog", "refuse_unknown_format"]
 
 CHANGELOG_FORMAT = 1
 #: The first byte of a pickle of protocol 2 or later (what ``Types.PICKLED_BYTE_ARRAY`` stored).
 PICKLE_PROTOCOL_BYTE = 0x80
 _JSON = json.JSONEncoder(separators=(",", ":"))  # ensure_ascii: any str, ASCII out
+_FORMAT_BYTE = bytes((CHANGELOG_FORMAT,))
 
 
 def encode_changelog(items: set[str], users: set[str], last_flush_ms: int) -> bytes:
-    """The ``changelog`` state value: the ids changed since the flush at ``last_flush_ms``."""
-    body = _JSON.encode([list(items), list(users), last_flush_ms])
-    return bytes((CHANGELOG_FORMAT,)) + body.encode("ascii")
+    """The ``changelog`` state value: the ids changed since the flush at ``last_flush_ms``.
+
+    Written on every batch (the sets grow until the flush), so by orjson (UTF-8); an id orjson
+    refuses (a lone surrogate) by the json module (ASCII escapes). Both read back the same.
+
+    >>> lone = "u" + chr(0xD800)
+    >>> decode_changelog(encode_changelog({"i1"}, {lone}, 5)) == ({"i1"}, {lone}, 5)
+    True
+    """
+    body = [list(items), list(users), last_flush_ms]
+    try:
+        return _FORMAT_BYTE + orjson.dumps(body)
+    except TypeError:
+        return _FORMAT_BYTE + _JSON.encode(body).encode("ascii")
 
 
 def decode_changelog(data: bytes) -> tuple[set[str], set[str], int]:
@@ -55,7 +69,10 @@ def decode_changelog(data: bytes) -> tuple[set[str], set[str], int]:
     """
     refuse_unknown_format(data, CHANGELOG_FORMAT, "the learner's changelog state")
     try:
-        items, users, last_flush_ms = json.loads(data[1:])
+        try:
+            items, users, last_flush_ms = orjson.loads(data[1:])
+        except orjson.JSONDecodeError:  # e.g. an escaped lone surrogate, which only json reads
+            items, users, last_flush_ms = json.loads(data[1:])
         # the shape only, not each id (this runs on every batch): our encoder wrote strings
         if isinstance(items, list) and isinstance(users, list) and type(last_flush_ms) is int:
             return set(items), set(users), last_flush_ms
