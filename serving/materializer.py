@@ -95,6 +95,8 @@ class Materializer:
         self.skipped = dict.fromkeys(self.topics, 0)
         self.snapshots = 0
         self._changed = False
+        #: Given every batch of recommendation records applied (serving/dashboard.py sets it)
+        self.on_records: Callable[[list], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -214,7 +216,7 @@ class Materializer:
             log.info("caught up: %d users with a list, %d with a vector", self.store.lists, self.store.vectors)
 
     def _apply(self, messages: list) -> None:
-        store, reached = self.store, []
+        store, reached, records = self.store, [], []
         with store.lock:
             for msg in messages:
                 error = msg.error()
@@ -227,7 +229,9 @@ class Materializer:
                 topic = msg.topic()
                 try:
                     if topic == self.recommendations:
-                        store.apply_recommendation(RECOMMENDATION.check(orjson.loads(msg.value())))
+                        rec = RECOMMENDATION.check(orjson.loads(msg.value()))
+                        store.apply_recommendation(rec)
+                        records.append(rec)
                     elif msg.value() is None:  # a tombstone: the user's vector is gone
                         store.apply_user_vector(msg.key().decode("utf-8"), None)
                     else:
@@ -249,6 +253,8 @@ class Materializer:
                     self.caught_up.add((topic, p))
             self.caught_up.update(reached)
             self._check_ready()
+        if records and self.on_records is not None:
+            self.on_records(records)
 
     # -- the prober ------------------------------------------------------------------------------
     def _probe_loop(self) -> None:

@@ -23,7 +23,7 @@ from tests.support import REPO, account_recommendations, planted_stream
 PACKAGE_DATA = ("streamrec/sql/pipeline_sinks.sql", "streamrec/sql/ingest.sql",
                 "streamrec/runtime/jvm/flink-connector.pom.xml", "streamrec/runtime/jvm/flink-connector.lock",
                 "streamrec/runtime/jvm/kafka-broker.pom.xml", "streamrec/runtime/jvm/flink-metrics-prometheus.lock",
-                "streamrec/udfs/jvm/streamrec/udfs/FlatEventParser.java")
+                "streamrec/udfs/jvm/streamrec/udfs/FlatEventParser.java", "streamrec/serving/static/dashboard.html")
 
 
 #: What the wheel is built from (setuptools builds in the source tree: a copy keeps the checkout

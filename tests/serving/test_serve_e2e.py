@@ -1,6 +1,7 @@
 """`streamrec serve` as a real process over what a real bounded pipeline run wrote: every user's
 answer is the newest committed non-``none`` record of the topic, scoring follows CURRENT and a
-rollback's pin, bad input is a 4xx JSON answer, and a restart resumes from the snapshot."""
+rollback's pin, bad input is a 4xx JSON answer, a restart resumes from the snapshot, and the
+dashboard draws the run (tests/serving/dashboard_check.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from streamrec.core.records import RECOMMENDATION
 from streamrec.flink_jobs import pipeline
 from streamrec.model.registry import Registry
 from streamrec.runtime.kafka_io import ensure_topics, read_topic
+from tests.serving.dashboard_check import check_dashboard
 from tests.support import StreamrecProcess, export_forced, planted_stream
 
 pytestmark = pytest.mark.slow
@@ -111,6 +113,9 @@ def test_serve_answers_what_the_stream_committed(cfg, tmp_path):
 
     proc, url, client = start_service(cfg, tmp_path / "serve.log")
     try:
+        # the dashboard (page and /v1/stats) on this run, in headless Chromium
+        check_dashboard(client, url, 600, second, tmp_path)
+        client = Client(url)  # a new connection: uvicorn closed the idle one (keep-alive timeout)
         # every user: exactly the newest committed record with items; one without any: popularity
         k = cfg.scoring.top_k
         for user in sorted(users):
