@@ -1,6 +1,7 @@
 """`streamrec serve` under load: memory per user and request throughput / latency.
 
-    python -m bench.serving_bench [--users 1000000] [--items 1682] [--seconds 10] [--connections 32]
+    python -m bench.serving_bench [--users 1000000] [--items 1682] [--seconds 10] [--connections 16 32]
+                                  [--client bench|wrk|both]
 
 1. Builds a store of ``--users`` synthetic users (a list of ``scoring.top_k`` items from a
    catalogue of ``--items`` and a ``learner.dim`` vector each), writes it as the service's
@@ -11,9 +12,15 @@
 3. Reports the server's RSS (``/proc/PID/status``) and the store's bytes per user, then
    load-tests ``GET /v1/users/{id}/recommendations`` and ``POST /v1/score`` from this process
    (asyncio, raw sockets, HTTP/1.1 keep-alive, ``--connections`` at once): requests/s, p50/p99
-   latency, and the server's CPU per request (utime + stime from ``/proc/PID/stat``).
+   latency, and the server's CPU per request (utime + stime from ``/proc/PID/stat``). With
+   ``--client wrk`` (or ``both``) the lookups are also, or instead, loaded by ``wrk`` (Debian's
+   package, a C client: one thread, a Lua script picking a random user per request), if it is on
+   the PATH.
 
-The client shares the machine with the server: on few cores its own CPU caps what it measures.
+The client shares the machine with the server: on few cores its own CPU caps what it measures
+(this one's 35-130 us per request, as much as a lookup costs the service: use wrk for lookups).
+Every row prints the load average (``/proc/loadavg``) before and after it: on a shared machine
+the figures move with it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,6 +169,41 @@ def load_test(host: str, port: int, pid: int, make_request, seconds: float, conn
             "client_cpu_us_per_req": 1e6 * client_cpu / max(n, 1)}
 
 
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+WRK_SCRIPT = """
+math.randomseed(%d)
+request = function()
+  return wrk.format("GET", "/v1/users/user-" .. math.random(0, %d) .. "/recommendations?k=10")
+end
+"""
+
+
+def wrk_lookups(url: str, pid: int, users: int, seconds: float, connections: int, script_dir: str) -> dict:
+    """``wrk`` (one thread) for ``seconds`` on lookups of random users: its requests/s and latency
+    percentiles, the server's CPU per request, and the responses that were not 200."""
+    script = Path(script_dir) / "lookups.lua"
+    script.write_text(WRK_SCRIPT % (random.randrange(1 << 30), users - 1))
+    cpu_before = cpu_seconds(pid)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    server_cpu = cpu_seconds(pid) - cpu_before
+
+    def ms(percent: int) -> float:
+        value, unit = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    not_ok = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"requests": n, "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": ms(50), "p99_ms": ms(99), "server_cpu_us_per_req": 1e6 * server_cpu / max(n, 1),
+            "errors": int(not_ok.group(1)) if not_ok else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -168,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 32],
                         help="concurrent keep-alive connections; one run per value")
     parser.add_argument("--exclude", type=int, default=20, help="items each score request excludes")
+    parser.add_argument("--client", choices=("bench", "wrk", "both"), default="bench",
+                        help="the lookups' load generator: this process, wrk (Debian's package), or both")
     args = parser.parse_args(argv)
     # a SIGTERM (e.g. `timeout`) unwinds like Ctrl-C: the service started below is stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -221,15 +267,32 @@ def main(argv: list[str] | None = None) -> int:
                 return (f"POST /v1/score HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
+            if args.client != "bench" and shutil.which("wrk") is None:
+                print("wrk is not on the PATH (apt-get install wrk): lookups by this process only", flush=True)
+                args.client = "bench"
+            if args.client != "bench":
+                wrk_lookups(f"http://{url}", server.pid, users, 2.0, max(args.connections), tmp)  # warm-up
+                for connections in args.connections:
+                    before = load_average()
+                    r = wrk_lookups(f"http://{url}", server.pid, users, args.seconds, connections, tmp)
+                    print(f"lookups (wrk), {connections} connections: {r['req_per_s']:,.0f} req/s, "
+                          f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, server CPU "
+                          f"{r['server_cpu_us_per_req']:.0f} us/req, {r['requests']:,} requests, "
+                          f"{r['errors']} not 200{', socket errors ' + r['socket_errors'] if r['socket_errors'] else ''}; "
+                          f"load average {before} -> {load_average()}", flush=True)
             for name, make in (("lookups", lookup), ("scores", score)):
+                if name == "lookups" and args.client == "wrk":
+                    continue
                 load_test(host, int(port), server.pid, make, 2.0, max(args.connections))  # warm-up
                 for connections in args.connections:
+                    before = load_average()
                     r = load_test(host, int(port), server.pid, make, args.seconds, connections)
                     print(f"{name}, {connections} connections: {r['req_per_s']:,.0f} req/s, "
                           f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, server CPU "
                           f"{r['server_cpu_us_per_req']:.0f} us/req, client CPU {r['client_cpu_us_per_req']:.0f} us/req, "
                           f"{r['requests']:,} requests, {r['errors']} errors"
-                          f"{' (' + r['first_error'] + ')' if r['errors'] else ''}", flush=True)
+                          f"{' (' + r['first_error'] + ')' if r['errors'] else ''}; "
+                          f"load average {before} -> {load_average()}", flush=True)
             mem = proc_status(server.pid)
             print(f"server RSS after the load {mem['VmRSS'] / 2**20:.0f} MiB (peak {mem['VmHWM'] / 2**20:.0f} MiB)")
         finally:

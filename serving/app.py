@@ -4,6 +4,14 @@
 Every answer is an orjson body. Bad input is a 4xx ``{"error", "reason"}``, never a 500: the
 request checks are :mod:`serving.requests`; unknown routes and methods come from Starlette's
 ``HTTPException``, and the handlers below give them the same shape.
+
+The lookup route is the hot one (docs/serving.md, "Figures"), so :func:`serve` answers its plain
+requests (:func:`serving.requests.plain_lookup`: a valid id, no query or ``k=<digits>`` in range)
+before FastAPI: in uvicorn's httptools protocol itself (:func:`lookup_protocol`: no ASGI scope,
+task or Request object per lookup, one write per response), or, where that protocol is not used,
+in a pure-ASGI app in front of FastAPI (:class:`FastLookups`). Both give the bytes the FastAPI
+route gives and count the request in the same metrics; anything else, every bad lookup
+included, goes to FastAPI as before.
 """
 
 from __future__ import annotations
@@ -25,14 +33,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from streamrec.core.config import Config
+from streamrec.serving.dashboard import add_dashboard_routes
 from streamrec.serving.models import NoModelError
-from streamrec.serving.requests import RequestError, parse_k, parse_score_request, check_id
+from streamrec.serving.requests import RequestError, check_id, parse_k, parse_score_request, plain_lookup
 from streamrec.serving.service import ServingService
 
 log = logging.getLogger(__name__)
 
 #: The routes, as metric labels (a fixed set: a label per raw path would grow without bound).
-ROUTES = ("/v1/users/{user_id}/recommendations", "/v1/score", "/v1/models", "/healthz", "/readyz", "/metrics")
+ROUTES = ("/v1/users/{user_id}/recommendations", "/v1/score", "/v1/models", "/healthz", "/readyz", "/metrics",
+          "/", "/v1/stats")
 
 
 _METHODS = frozenset(("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"))
@@ -90,12 +100,33 @@ class _StoreCollector:
         yield model
 
 
+class _Metrics:
+    """The request counter and latency histogram, their children cached per label set
+    (``.labels()`` costs microseconds a call). A child is made on its first request, as
+    ``.labels()`` made it, so /metrics lists the same series."""
+
+    def __init__(self, count: Counter, seconds: Histogram) -> None:
+        self.count, self.seconds = count, seconds
+        self._counts: dict[tuple[str, str, int], Counter] = {}
+        self._seconds: dict[str, Histogram] = {}
+
+    def record(self, route: str, method: str, status: int, elapsed: float) -> None:
+        timer = self._seconds.get(route)
+        if timer is None:
+            timer = self._seconds[route] = self.seconds.labels(route)
+        timer.observe(elapsed)
+        counter = self._counts.get((route, method, status))
+        if counter is None:
+            counter = self._counts[(route, method, status)] = self.count.labels(route, method, str(status))
+        counter.inc()
+
+
 class _Timing:
     """Pure ASGI middleware: request counts and latency per route (no per-request task, unlike
     Starlette's BaseHTTPMiddleware)."""
 
-    def __init__(self, app, count: Counter, seconds: Histogram) -> None:
-        self.app, self.count, self.seconds = app, count, seconds
+    def __init__(self, app, metrics: _Metrics) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -111,13 +142,131 @@ class _Timing:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = route_of(scope["path"])
-            self.seconds.labels(route).observe(time.perf_counter() - started)
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.count.labels(route, method, str(status)).inc()
+            self.metrics.record(route_of(scope["path"]), method, status, time.perf_counter() - started)
+
+
+class Lookups:
+    """The lookup route's plain requests without FastAPI: :meth:`body` is the route's body, or
+    None for a request the route itself must answer; :meth:`record` counts one in the metrics as
+    the route's middleware would."""
+
+    def __init__(self, service: ServingService, metrics: _Metrics) -> None:
+        self.service, self.metrics, self.limits = service, metrics, service.limits
+
+    def body(self, path: str, query: bytes) -> bytes | None:
+        found = plain_lookup(path, query, self.limits)
+        if found is None:
+            return None
+        try:
+            return orjson.dumps(self.service.recommendations(*found))
+        except Exception:  # a bug: FastAPI answers the request again, and logs it with its 500
+            return None
+
+    def record(self, elapsed: float) -> None:
+        self.metrics.record(ROUTES[0], "GET", 200, elapsed)
+
+
+#: The headers FastAPI's ``Response`` gives a JSON body, before the body's length.
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+class FastLookups:
+    """Pure ASGI, in front of the FastAPI app: a plain lookup is answered here (no routing, no
+    Request object), everything else (lifespan included) goes to the app."""
+
+    def __init__(self, app, lookups: Lookups) -> None:
+        self.app, self.lookups = app, lookups
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET":
+            started = time.perf_counter()
+            body = self.lookups.body(scope["path"], scope["query_string"])
+            if body is not None:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-length", b"%d" % len(body)), _JSON_HEADERS]})
+                await send({"type": "http.response.body", "body": body})
+                self.lookups.record(time.perf_counter() - started)
+                return
+        await self.app(scope, receive, send)
+
+
+def lookup_protocol(lookups: Lookups):
+    """uvicorn's httptools protocol, answering plain lookups as their headers complete: the
+    status line, uvicorn's default headers (``date``, ``server``), FastAPI's two and the body in
+    one write, as uvicorn would write them. The ASGI path (FastLookups, then FastAPI) keeps
+    every other request, and a lookup that arrives while an earlier request of the connection is
+    still being answered (pipelined), or while the connection's writes are paused. Returns
+    ``"auto"`` (uvicorn's own choice) where httptools is not importable."""
+    try:
+        from urllib.parse import unquote
+
+        import httptools
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+    except ImportError:
+        return "auto"
+    status_200 = STATUS_LINE[200]
+
+    class LookupProtocol(HttpToolsProtocol):
+        _answer: tuple[float, bytes, bool] | None = None
+        _head: tuple[list | None, bytes] = (None, b"")
+
+        def _idle(self) -> bool:
+            """Nothing of this connection in flight, nothing queued, writes not paused."""
+            try:
+                return ((self.cycle is None or self.cycle.response_complete) and not self.pipeline
+                        and not self.expect_100_continue and not self.flow.write_paused)
+            except AttributeError:  # another uvicorn's internals: the ASGI path (FastLookups) for all
+                return False
+
+        def on_headers_complete(self) -> None:
+            parser = self.parser
+            if (self.url.startswith(b"/v1/users/") and parser.get_method() == b"GET" and self._idle()
+                    and not parser.should_upgrade()):
+                started = time.perf_counter()
+                try:
+                    url = httptools.parse_url(self.url)
+                    path = url.path.decode("ascii")
+                except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+                    path = None
+                if path is not None:
+                    if "%" in path:
+                        path = unquote(path)
+                    body = lookups.body(path, url.query or b"")
+                    if body is not None:
+                        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+                        self._answer = (started, body, keep_alive)
+                        return
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._answer is None:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            answer = self._answer
+            if answer is None:
+                return super().on_message_complete()
+            self._answer = None
+            started, body, keep_alive = answer
+            defaults, head = LookupProtocol._head
+            if defaults is not self.server_state.default_headers:  # a new date: once a second
+                defaults = self.server_state.default_headers
+                head = status_200 + b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in defaults)
+                LookupProtocol._head = (defaults, head)
+            self.transport.write(b"%scontent-length: %d\r\ncontent-type: application/json\r\n%s\r\n%s" % (
+                head, len(body), b"" if keep_alive else b"connection: close\r\n", body))
+            if not keep_alive:
+                self.transport.close()
+            lookups.record(time.perf_counter() - started)
+            self.on_response_complete()
+
+    return LookupProtocol
 
 
 def create_app(service: ServingService) -> FastAPI:
+    """The FastAPI app: every route, the JSON errors, the metrics. ``app.state.lookups`` answers
+    the lookup route's plain requests without it (:func:`serve` puts it in front)."""
     metrics = CollectorRegistry()
     count = Counter("streamrec_serving_requests", "HTTP requests", ["route", "method", "status"], registry=metrics)
     seconds = Histogram("streamrec_serving_request_seconds", "HTTP request latency", ["route"], registry=metrics,
@@ -134,7 +283,9 @@ def create_app(service: ServingService) -> FastAPI:
             service.stop()
 
     app = FastAPI(title="streamrec", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_Timing, count=count, seconds=seconds)
+    timing = _Metrics(count, seconds)
+    app.add_middleware(_Timing, metrics=timing)
+    app.state.lookups = Lookups(service, timing)
 
     @app.exception_handler(RequestError)
     async def bad_request(request, exc: RequestError):
@@ -201,6 +352,7 @@ def create_app(service: ServingService) -> FastAPI:
     async def prometheus():
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
+    add_dashboard_routes(app, service)  # GET / and /v1/stats (serving/dashboard.py)
     return app
 
 
@@ -222,8 +374,11 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None,
     sock.listen(2048)  # connections queue from now on: the URL announced below can be used at once
     bound = sock.getsockname()[1]
     service = ServingService(cfg)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
-                                           lifespan="on", timeout_graceful_shutdown=10))
+    app = create_app(service)
+    lookups = app.state.lookups
+    server = uvicorn.Server(uvicorn.Config(FastLookups(app, lookups), http=lookup_protocol(lookups),
+                                           log_level="warning", access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=10))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     announce(f"serving on http://{shown}:{bound}")
     server.run(sockets=[sock])

@@ -15,6 +15,8 @@ r"""What a request may say, checked in plain Python (the FastAPI wiring turns a
 ScoreRequest(user_id='u1', k=3, exclude=frozenset({'a'}), candidates=None)
 >>> reason(parse_score_request, b'{"user_id": "u1\\u0000"}', limits)
 (400, 'user_id holds a control character (NUL included)')
+>>> plain_lookup("/v1/users/u1/recommendations", b"k=5", limits), plain_lookup("/v1/users/u1/recommendations", b"k=0", limits)
+(('u1', 5), None)
 """
 
 from __future__ import annotations
@@ -89,6 +91,36 @@ def parse_k(text: str | None, limits: Limits) -> int:
     if not text.isascii() or not text.isdigit():
         raise RequestError(f"k must be an integer from 1 to {limits.max_k}, got {text[:40]!r}")
     return check_k(int(text), limits)
+
+
+#: ``GET /v1/users/{user_id}/recommendations``: the path around the id (Starlette's ``{user_id}``
+#: is one segment, ``[^/]+``, of the percent-decoded path).
+LOOKUP_PREFIX, LOOKUP_SUFFIX = "/v1/users/", "/recommendations"
+_LOOKUP_CUT = (len(LOOKUP_PREFIX), -len(LOOKUP_SUFFIX))
+
+
+def plain_lookup(path: str, query: bytes, limits: Limits) -> tuple[str, int] | None:
+    """``(user_id, k)`` of a lookup that the full route would answer with its list: a one-segment
+    id that :func:`check_id` accepts, and no query or exactly ``k=<digits>`` with k from 1 to
+    ``max_k``. None for anything else (another route, a bad or merely unusual request: ``k=5&``,
+    ``%6B=5``, a repeated ``k``), which the FastAPI route then answers (its 4xx included) as it
+    always has: the fast path (serving/app.py) takes only what it is sure of.
+
+    ``path`` is the percent-decoded path (ASGI's ``scope["path"]``), ``query`` the raw query
+    string."""
+    if not (path.startswith(LOOKUP_PREFIX) and path.endswith(LOOKUP_SUFFIX)):
+        return None
+    user_id = path[_LOOKUP_CUT[0]:_LOOKUP_CUT[1]]
+    if not user_id or "/" in user_id or len(user_id) > limits.max_id_chars or _CONTROL.search(user_id):
+        return None
+    if not query:
+        return user_id, limits.default_k
+    digits = query[2:]
+    # bytes.isdigit: ASCII digits only; 8 of them at most, so int() stays cheap
+    if query[:2] != b"k=" or not digits.isdigit() or len(digits) > 8:
+        return None
+    k = int(digits)
+    return (user_id, k) if 1 <= k <= limits.max_k else None
 
 
 def _id_list(value: Any, what: str, limits: Limits) -> list[str]:
