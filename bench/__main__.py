@@ -10,7 +10,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.bench.run_bench import run_bench
+    from streamrec.bench.run_bench import DEFAULT_STREAMS, STREAMS, run_bench
     from streamrec.core.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m streamrec.bench",
@@ -24,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-events", type=int, default=5_000)
     parser.add_argument("--latency-checkpoint-ms", type=int)
     parser.add_argument("--latency-without-features", action="store_true")
+    parser.add_argument("--streams", default=",".join(DEFAULT_STREAMS),
+                        help=f"quality streams, comma-separated, of {', '.join(STREAMS)}, or all (default: "
+                             f"{','.join(DEFAULT_STREAMS)}; run_bench.py's STREAMS says what each is)")
     parser.add_argument("--out", help="results folder (default: bench/results under the working directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     run_bench(load_config(), args.name, args.limit, args.latency_seconds, args.latency_rate,
               args.skip_latency, args.skip_quality, progress=not args.quiet, out_dir=args.out,
               peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms,
-              latency_with_features=not args.latency_without_features,
+              latency_with_features=not args.latency_without_features, streams=args.streams,
               command=" ".join(["python -m streamrec.bench", *(argv if argv is not None else sys.argv[1:])]))
     return 0
 

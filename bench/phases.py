@@ -256,6 +256,74 @@ def peer_phase(cfg, events: list[dict], say, n_events: int) -> dict:
     return out
 
 
+#: The quality streams ``streamrec bench --streams`` chooses from (run_bench.py's ``STREAMS`` says
+#: what each is); the ones named here run through the real job (:func:`stream_phase`).
+JOB_STREAMS = ("bursty", "ml100k-5star")
+
+
+def stream_events(name: str, ml100k: list[dict]) -> tuple[list[dict], float]:
+    """The events of a quality stream run through the job, and its ``evaluate_from``:
+
+    * ``bursty``: bench/bursty.py's default stream (bursty sessions, ~9k items in a long tail,
+      670 users, 20 years of event time), every event evaluated;
+    * ``ml100k-5star``: ML-100k binarised, the ratings of 5 only (each then a positive of the
+      same weight), hits counted on the last 70 % of the stream (``evaluate_from`` 0.3).
+
+    >>> ev = [{"event_id": str(n), "rating": r} for n, r in enumerate([5.0, 3.0, 5.0, 4.0])]
+    >>> [e["event_id"] for e in stream_events("ml100k-5star", ev)[0]], stream_events("ml100k-5star", ev)[1]
+    (['0', '2'], 0.3)
+    """
+    if name == "bursty":
+        from streamrec.bench.bursty import bursty_stream
+
+        return bursty_stream(), 0.0
+    if name == "ml100k-5star":
+        return [e for e in ml100k if e.get("rating") == 5.0], 0.3
+    raise ValueError(f"no stream {name!r} runs through the job; choose from {', '.join(JOB_STREAMS)}")
+
+
+def stream_phase(cfg, name: str, events: list[dict], say, progress: bool, evaluate_from: float = 0.0) -> dict:
+    """A further quality stream through the real job, as the throughput phase runs ML-100k: the
+    events replayed into fresh ``bench.<name>.*`` topics, the bounded pipeline over them (live
+    serving, the shard's own item table, so without the exporter; the features job is not run),
+    then :func:`streamrec.evaluate.evaluate_topics` on its topics: the pipeline against windowed
+    popularity and the sequential reference, every metric of ``streamrec eval``, only the events
+    past ``evaluate_from`` of the stream evaluated. Also the stream's shape (bench/bursty.py's
+    :func:`~streamrec.bench.bursty.shape`), the job's wall time, its throughput (first to last
+    recommendation) and its batch sizes."""
+    from streamrec.bench.bursty import shape
+    from streamrec.evaluate import evaluate_topics
+    from streamrec.flink_jobs import pipeline
+    from streamrec.runtime import kafka_io
+    from streamrec import replay
+
+    scfg = bench_config(cfg, f"bench.{name}", name)
+    fresh_topics(scfg)
+    say(f"stream {name}: replaying {len(events):,} events into {scfg.kafka.topics.raw}, then the bounded "
+        "pipeline over them")
+    res = replay.produce(scfg, scfg.kafka.topics.raw, replay.encode_events(events), total=len(events),
+                         progress=progress)
+    if res.failed:
+        raise RuntimeError(f"replay failed: {res.failed} records undelivered ({res.first_error})")
+    wall = time.time()
+    run = pipeline.run(scfg, bounded=True, quiet=True, with_features=False)
+    wall = time.time() - wall
+    recs = [r.json() for r in kafka_io.read_topic(scfg, scfg.kafka.topics.recommendations)]
+    emitted = [r["emitted_ts"] for r in recs]
+    say(f"stream {name}: pipeline done in {wall:.0f} s; evaluating (replays the sequential reference) ...")
+    t = time.time()
+    ev = evaluate_topics(scfg, k=scfg.scoring.top_k, evaluate_from=evaluate_from)
+    for line in ev.table().splitlines():
+        say("  " + line)
+    out = {"shape": shape(events), "wall_s": round(wall, 2),
+           "events_per_s": span_throughput(len(events), min(emitted), max(emitted)) if emitted else None,
+           "ingest": run.ingest.line() if run.ingest else None,
+           "recommendations": len(recs), "strategies": dict(Counter(r.get("strategy") for r in recs)),
+           "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
+           **ev.to_dict(), "seconds": round(time.time() - t, 1)}
+    return out
+
+
 def capacity_phase(cfg, events: list[dict], say, progress: bool, sample_s: float,
                    checkpoint_interval_ms: int | None = None, with_features: bool = True) -> dict:
     """The capacity of what the latency phase runs: the same jobs (the unbounded pipeline, the

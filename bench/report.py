@@ -166,6 +166,14 @@ def table(result: dict) -> str:
                      " / ".join(fmt((q.get(n) or {}).get("recall"), ".4f")
                                 for n in ("pipeline", "popularity", "reference"))))
         rows.append(("coverage (first interactions with a prior list)", fmt(q.get("coverage"), ".3f")))
+    for name, st in ((result.get("streams") or {}).items()):
+        rows.append((f"stream {name} through the job ({fmt(st.get('events'))} events, "
+                     f"{fmt(st.get('catalogue'))} items): recall / NDCG@{st.get('k', 10)} "
+                     "pipeline; popularity; reference",
+                     "; ".join(f"{fmt((st.get(n) or {}).get('recall'), '.4f')} / "
+                               f"{fmt((st.get(n) or {}).get('ndcg'), '.4f')}"
+                               for n in ("pipeline", "popularity", "reference"))
+                     + f" (ratio {fmt(st.get('pipeline_over_reference'), '.2f')})"))
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     threads = (t.get("cpu_us_per_event_flink_jvm_threads") or [])[:8]

@@ -14,7 +14,12 @@ Four phases, each on fresh ``bench.*`` topics, a fresh registry and fresh checkp
    ``streamrec run --bounded`` runs it, timed and measured on its own (``throughput.features_job``;
    the feature rows are checked against the plain-Python reference).
 2. **quality**: :func:`streamrec.evaluate.evaluate_topics` on the throughput run's topics
-   (pipeline vs windowed popularity vs the sequential reference) and rolling recall@10 series.
+   (pipeline vs windowed popularity vs the sequential reference: recall, NDCG, precision@10,
+   catalogue coverage, novelty, cold-start lists) and rolling recall@10 series; then the other
+   quality streams ``streams`` names (:data:`STREAMS`, ``--streams``): bench/synthetic.py's
+   second stream through the in-process learner core, and bench/bursty.py's bursty stream and
+   ML-100k's ratings of 5 (hits on the last 70 %) each through the real job on topics of their
+   own (:func:`.phases.stream_phase`), every one against popularity and the sequential reference.
 3. **capacity** (unless ``--latency-rate`` is given): the jobs of the latency phase (the
    unbounded pipeline, the features job beside it, the exporter), at its checkpoint interval, over
    a backlog of the same events on ``bench.cap.*`` topics: events / (first recommendation -> the
@@ -47,23 +52,58 @@ import os
 import time
 from pathlib import Path
 
-from streamrec.bench.phases import (capacity_phase, latency_phase, peer_phase, quality_phase, reference_phase,
-                                    throughput_phase)
+from streamrec.bench.phases import (JOB_STREAMS, capacity_phase, latency_phase, peer_phase, quality_phase,
+                                    reference_phase, stream_events, stream_phase, throughput_phase)
 from streamrec.bench.report import new_result, table, write_result
+
+
+#: The quality streams (``--streams``, comma-separated): ``ml100k``: the throughput run's own
+#: topics evaluated (with the sequential reference timed and the River peer); ``second``:
+#: bench/synthetic.py's stream through the in-process learner core; ``bursty``: bench/bursty.py's
+#: stream and ``ml100k-5star``: ML-100k's ratings of 5, hits on the last 70 %, each through the
+#: real job (phases.py ``stream_phase``). The default leaves ``ml100k-5star`` out to keep
+#: ``make bench`` near 10 minutes on the project's 2 cores (``bursty`` adds ~3 of them, most of it
+#: the sequential reference over a 9k-item catalogue; ``ml100k-5star`` ~1): ``--streams all``.
+STREAMS = ("ml100k", "second", "bursty", "ml100k-5star")
+DEFAULT_STREAMS = ("ml100k", "second", "bursty")
+
+
+def parse_streams(streams: tuple[str, ...] | str) -> tuple[str, ...]:
+    """``streams`` as a tuple of known names, in :data:`STREAMS`'s order (``all``: every one).
+
+    >>> parse_streams("bursty, ml100k")
+    ('ml100k', 'bursty')
+    >>> parse_streams("all") == STREAMS
+    True
+    >>> parse_streams("ml100k,nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown stream(s) nope; choose from ml100k, second, bursty, ml100k-5star
+    """
+    names = [n.strip() for n in streams.split(",")] if isinstance(streams, str) else list(streams)
+    if "all" in names:
+        return STREAMS
+    unknown = [n for n in names if n and n not in STREAMS]
+    if unknown:
+        raise ValueError(f"unknown stream(s) {', '.join(unknown)}; choose from {', '.join(STREAMS)}")
+    return tuple(n for n in STREAMS if n in names)
 
 
 def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_seconds: float = 60.0,
               latency_rate: float | None = None, skip_latency: bool = False, skip_quality: bool = False,
               progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
               command: str | None = None, peer_events: int = 5_000,
-              latency_checkpoint_ms: int | None = None, latency_with_features: bool = True) -> dict:
-    """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result."""
+              latency_checkpoint_ms: int | None = None, latency_with_features: bool = True,
+              streams: tuple[str, ...] | str = DEFAULT_STREAMS) -> dict:
+    """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result.
+    ``streams``: the quality streams (:data:`STREAMS`), a tuple or a comma-separated string."""
     from streamrec.runtime import assets, broker
     from streamrec import replay
 
     def say(msg: str) -> None:
         print(f"[bench] {msg}", flush=True)
 
+    streams = parse_streams(streams)
     started = time.time()
     name = name or (f"ml100k-{limit}" if limit else "ml100k")
     stem, head = new_result(name, command, out_dir)
@@ -76,6 +116,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
         events = events[:limit]
     result: dict = {
         **head,
+        "quality_streams": list(streams),
         "settings": {
             "parallelism": cfg.flink.parallelism, "execution_mode": cfg.flink.execution_mode,
             "state_backend": cfg.flink.state_backend, "checkpoint_interval_ms": cfg.flink.checkpoint_interval_ms,
@@ -92,17 +133,23 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     try:
         result["throughput"], tcfg = throughput_phase(cfg, events, say, progress, sample_s)
         write_result(result, stem)
-        if not skip_quality:
+        if not skip_quality and "ml100k" in streams:
             result["quality"] = quality_phase(tcfg, say)
             write_result(result, stem)
             result["throughput"].update(reference_phase(cfg, events, say))
             write_result(result, stem)
             result["peer"] = peer_phase(cfg, events, say, peer_events)
             write_result(result, stem)
+        if not skip_quality and "second" in streams:
             from streamrec.bench.synthetic import quality, synthetic_stream
 
             say("second stream: synthetic, 10k items, heavy users, 3 years (bench/synthetic.py) ...")
             result["second_stream"] = quality(cfg, synthetic_stream(100_000), say=say)
+            write_result(result, stem)
+        for stream in (s for s in streams if s in JOB_STREAMS and not skip_quality):
+            stream_events_, evaluate_from = stream_events(stream, events)
+            result.setdefault("streams", {})[stream] = stream_phase(cfg, stream, stream_events_, say, progress,
+                                                                    evaluate_from)
             write_result(result, stem)
         if not skip_latency:
             # half the capacity of what the latency phase runs (its jobs, its checkpoint interval),

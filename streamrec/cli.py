@@ -579,7 +579,8 @@ def cmd_bench(args, cfg: Config) -> int:
               latency_rate=args.latency_rate, skip_latency=args.skip_latency,
               skip_quality=args.skip_quality, progress=not args.quiet, command=command,
               peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms,
-              latency_with_features=not args.latency_without_features, out_dir=args.out)
+              latency_with_features=not args.latency_without_features, out_dir=args.out,
+              **({"streams": args.streams} if args.streams else {}))
     return 0
 
 
@@ -750,6 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=200_000, help="--scale: synthetic events")
     p.add_argument("--shards", action="store_true", help="the sharding benchmark instead (recall of "
                    "2 and 4 shards with and without the item exchange, in process: bench/sharded.py)")
+    p.add_argument("--streams", help="the quality phase's streams, comma-separated, or all: ml100k, second "
+                   "(in process), bursty and ml100k-5star (through the job); default: ml100k,second,bursty")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, help="results folder (default: bench/results under the working directory)")
     p.set_defaults(func=cmd_bench)
