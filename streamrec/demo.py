@@ -5,8 +5,8 @@
 2. MovieLens-100k replayed into ``demo.events.raw``;
 3. the exporter sidecar (a subprocess) and the pipeline job (bounded: it stops at the end of the
    replayed data) run together; the exporter publishes and gates ONNX versions, the job hot-swaps;
-   meanwhile a rollback is shown: once two versions are promoted the older one is pinned for a
-   few seconds, then unpinned;
+   meanwhile a rollback is shown: late in the stream the version promoted before CURRENT is
+   pinned for a few seconds, then unpinned;
 4. a report: events in, rejected, duplicates, every registry action of the run (versions
    exported / promoted / rejected / superseded / held, rollbacks, pins, retention), the onnxruntime
    provider, throughput, what served the records after the pin and after the unpin, a few
@@ -228,15 +228,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 class RollbackDemonstration(threading.Thread):
-    """Shows, while the job runs, that a rollback changes what users get: once the gate has
-    promoted two versions (or, late in the stream, one), it rolls back to the older one (a pin,
-    as `streamrec model rollback` does), holds it ``hold_s`` seconds, then unpins. The report
-    then reads, from the recommendations topic, which model scored the records after each step
-    (:func:`rollback_report`)."""
+    """Shows, while the job runs, that a rollback changes what users get: once ``after_share`` of
+    the stream is scored and the gate has promoted a version, it rolls back to the version
+    promoted before CURRENT (CURRENT itself when there is one only: pinned, it is served as it
+    is), as `streamrec model rollback` does, holds the pin ``hold_s`` seconds, then unpins. Late
+    in the stream, so the older version is one of the run's decent ones: every record scored by
+    it while pinned counts in the run's recall. The report then reads, from the recommendations
+    topic, which model scored the records after each step (:func:`rollback_report`)."""
 
-    def __init__(self, cfg: Config, total: int, hold_s: float = 5.0, late_share: float = 0.6):
+    def __init__(self, cfg: Config, total: int, hold_s: float = 2.0, after_share: float = 0.7):
         super().__init__(daemon=True, name="demo-rollback")
-        self.cfg, self.total, self.hold_s, self.late_share = cfg, total, hold_s, late_share
+        self.cfg, self.total, self.hold_s, self.after_share = cfg, total, hold_s, after_share
         self.stopped = threading.Event()
         #: (version pinned, pinned at ms, unpinned at ms or None) once it happened
         self.done: tuple[str, int, int | None] | None = None
@@ -252,7 +254,7 @@ class RollbackDemonstration(threading.Thread):
         try:
             while not self.stopped.wait(0.5):
                 promoted = [e["version"] for e in registry.read_log() if e.get("action") == "promote"]
-                if len(promoted) >= 2 or (promoted and self._progress() >= self.late_share):
+                if promoted and self._progress() >= self.after_share:
                     break
             else:
                 return
@@ -281,7 +283,7 @@ def rollback_report(recs: list[dict], version: str, pinned_ms: int, unpinned_ms:
     ...         [(900, "live+v1"), (1300, "live+v2"), (1700, "v1"), (2600, "v1"), (3200, "live+v2")]]
     >>> for line in rollback_report(recs, "v1", 1000, 3000):
     ...     print(line)
-    rollback to v1: first record scored by v1 700 ms after the pin; while pinned: v1 2, live+v2 1
+    rollback to v1: first record scored by v1 700 ms after the pin; while pinned: v1 2, live+v2 1 (the run's recall counts them: an older version serves them)
     unpin: first record of the live table 200 ms after it; after: live+v2 1
     """
     def spans(lo, hi):
@@ -294,7 +296,8 @@ def rollback_report(recs: list[dict], version: str, pinned_ms: int, unpinned_ms:
     first = min((r["emitted_ts"] for r in pinned if r["model_version"] == version), default=None)
     lines = [f"rollback to {version}: " + (f"first record scored by {version} {first - pinned_ms} ms after the pin"
                                           if first is not None else f"no record scored by {version}")
-             + f"; while pinned: {counted(pinned) or 'no records'}"]
+             + f"; while pinned: {counted(pinned) or 'no records'}"
+             + (" (the run's recall counts them: an older version serves them)" if first is not None else "")]
     if unpinned_ms is not None:
         after = spans(unpinned_ms, float("inf"))
         back = min((r["emitted_ts"] for r in after if r["model_version"].startswith("live")), default=None)
