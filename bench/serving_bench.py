@@ -1,6 +1,6 @@
 """`streamrec serve` under load: memory per user and request throughput / latency.
 
-    python -m bench.serving_bench [--users 1000000] [--items 1682] [--seconds 10] [--connections 16 32]
+    python -m streamrec.bench.serving_bench [--users 1000000] [--items 1682] [--seconds 10] [--connections 16 32]
                                   [--client bench|wrk|both]
 
 1. Builds a store of ``--users`` synthetic users (a list of ``scoring.top_k`` items from a
