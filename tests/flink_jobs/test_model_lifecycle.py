@@ -1,7 +1,7 @@
 """The model lifecycle against a running pipeline, driven through the CLI as an operator would:
 versions are promoted as events flow; `streamrec model rollback` pins CURRENT to the previous
-version, which the job serves (scoring.serve = registry) while the pin holds for a minute of new
-events (the exporter keeps exporting, promoting nothing); `streamrec model unpin` ends it and
+version, which the job serves (scoring.serve = registry) while the pin holds for 25 s of new
+events (3,000) (the exporter keeps exporting, promoting nothing); `streamrec model unpin` ends it and
 promotion resumes."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.support import planted_stream, read_records, run_cli as cli
 
 pytestmark = pytest.mark.slow
 
-PIN_HOLD_S = 60
+PIN_HOLD_S = 25
 
 
 def promotions(registry: Registry) -> list[dict]:
@@ -35,7 +35,7 @@ def wait_until(pred, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def test_rollback_pins_for_a_minute_of_events_then_unpin_resumes_promotion(cfg, tmp_path):
+def test_rollback_pins_while_events_flow_then_unpin_resumes_promotion(cfg, tmp_path):
     cfg = cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"registry_dir": tmp_path / "registry"}),
         # not about the gate (tests/flink_jobs/test_gate_in_stream.py runs it with the default
@@ -49,12 +49,19 @@ def test_rollback_pins_for_a_minute_of_events_then_unpin_resumes_promotion(cfg, 
     })
     registry = Registry(cfg.paths_resolved.registry_dir)
     ensure_topics(cfg)
-    # a steady stream for the whole test: ~40 s to the first versions, the minute of the pin, the
+    # a steady stream for the whole test: ~40 s to the first versions, the 25 s of the pin, the
     # resumption (120 events/s)
-    items = list(replay.encode_events(planted_stream(15_000)))
+    stop = threading.Event()
+
+    def items():  # until the test has seen what it waits for: then the stream ends
+        for item in replay.encode_events(planted_stream(15_000)):
+            if stop.is_set():
+                return
+            yield item
+
     exporter = start_exporter(cfg, tmp_path / "exporter.log")
     run = pipeline.run(cfg, bounded=False, quiet=True, wait=False)
-    producing = threading.Thread(target=replay.produce, args=(cfg, cfg.kafka.topics.raw, items),
+    producing = threading.Thread(target=replay.produce, args=(cfg, cfg.kafka.topics.raw, items()),
                                  kwargs={"rate": 120, "progress": False}, daemon=True)
     try:
         time.sleep(10)
@@ -88,8 +95,10 @@ def test_rollback_pins_for_a_minute_of_events_then_unpin_resumes_promotion(cfg, 
         unpinned_at = time.time()
         time.sleep(5)  # the job swaps to the promoted version within swap_check_interval_s
     finally:
+        stop.set()
         if producing.ident is not None:  # the stream ends (nothing produces into a stopped broker)
             producing.join(180)
+        time.sleep(cfg.flink.checkpoint_interval_ms / 1000 + 1)  # a checkpoint commits the last records
         run.cancel()
         stop_process(exporter)
 
