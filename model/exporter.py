@@ -464,9 +464,7 @@ class Exporter:
             log.warning("exporter: cannot read the newest version's publication time (%s)", exc)
 
     def _count_decision(self, decision: GateDecision, at_export: bool = False) -> None:
-        # "already <status> elsewhere" (model/gate.py, HoldOutGate._decide): an operator or another
-        # exporter decided it, not this gate
-        if not decision.reason.startswith("already "):
+        if decision.decided_here:  # not what an operator or another exporter decided
             self.metrics.decided(decision.version, decision.status, decision.figures, at_export=at_export)
 
     # ---------------------------------------------------------------- Kafka

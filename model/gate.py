@@ -452,6 +452,8 @@ class GateDecision:
     reason: str
     figures: dict[str, Any] = field(default_factory=dict)
     forced: bool = False
+    #: False when an operator or another exporter had decided the version already: not this gate
+    decided_here: bool = True
 
     @property
     def promoted(self) -> bool:
@@ -680,7 +682,8 @@ class HoldOutGate:
             log.warning("gate: pending %s vanished (%s); nothing to decide", p.version, exc)
             return GateDecision(p.version, "superseded", f"gone from the registry ({exc})")
         if status != "candidate":  # e.g. an operator or another exporter decided it
-            return GateDecision(p.version, str(status), f"already {status} elsewhere: not decided again")
+            return GateDecision(p.version, str(status), f"already {status} elsewhere: not decided again",
+                                decided_here=False)
         current_version, current = self.current_model()
         if current_version is not None and version_number(current_version) > version_number(p.version):
             return self._supersede(p.version, f"superseded: CURRENT {current_version} is newer than "

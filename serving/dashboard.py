@@ -34,7 +34,7 @@ from fastapi.responses import Response
 from streamrec.core.config import Config
 from streamrec.runtime.kafka_io import _base as kafka_base, consumer
 from streamrec.serving.materializer import TopicUnavailable, _client_errors, end_offsets
-from streamrec.serving.stats import ServeStats, version_number
+from streamrec.serving.stats import ServeStats, plotted_version
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def decision_of(entry: dict[str, Any]) -> dict[str, Any]:
     elif entry.get("reason"):
         label += f": {str(entry['reason'])[:80]}"
     return {"t": _epoch_ms(entry.get("ts")), "action": entry.get("action"), "version": entry.get("version"),
-            "number": version_number(entry.get("version")), "label": label}
+            "number": plotted_version(entry.get("version")), "label": label}
 
 
 class Dashboard:
@@ -220,7 +220,7 @@ class Dashboard:
         registry = self.service.models.registry
         version, _ = self.service.models.current()
         current = registry.current()
-        out["models"] = {"current": current, "current_number": version_number(current), "serving": version,
+        out["models"] = {"current": current, "current_number": plotted_version(current), "serving": version,
                          "pin": (registry.pinned() or {}).get("version"),
                          "decisions": [d for d in decisions if d["t"] is None or d["t"] >= since][-200:],
                          "versions": len(registry.list_versions())}

@@ -58,33 +58,40 @@ forgotten: no event is evaluated against a list that may be stale).
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections import Counter, OrderedDict, deque
 from operator import itemgetter
-
-import numpy as np
 from typing import Any, Iterable
 
+import numpy as np
+
+from streamrec.model.registry import version_number
+from streamrec.udfs.shard_model import MODEL, NONE, POPULARITY
+
 #: The strategies a recommendation record names (anything else is counted as "other").
-STRATEGIES = ("model", "popularity", "none")
-_VERSION = re.compile(r"v(\d+)$")
+STRATEGIES = (MODEL, POPULARITY, NONE)
 #: A rescale of the popularity counts every 64 half-lives (unit 2^64), pruning items below 2^-40.
 _RESCALE_AT = 2.0 ** 64
 _PRUNE_BELOW = 2.0 ** -40
 
 
-def version_number(name: str | None) -> int | None:
-    """The number a version string ends with (``live`` alone: 0; None: None).
+def plotted_version(name: str | None) -> int | None:
+    """A ``model_version``'s number on the versions chart: the registry version it names
+    (``live`` alone: 0; None: None).
 
-    >>> version_number("v000012"), version_number("live+v000003"), version_number("live"), version_number(None)
+    >>> plotted_version("v000012"), plotted_version("live+v000003"), plotted_version("live"), plotted_version(None)
     (12, 3, 0, None)
     """
     if name is None:
         return None
-    found = _VERSION.search(name)
-    return int(found.group(1)) if found else 0
+    version = name.rpartition("+")[2]
+    if version == "live":
+        return 0
+    try:
+        return version_number(version)
+    except ValueError:  # not a version name: nothing to plot
+        return None
 
 
 def percentile(ordered: list, q: float):
@@ -368,8 +375,8 @@ class ServeStats:
             "evaluated": self.evaluated,
             "lag_serve": lag_serve,
             "lag_pipeline": lag_pipeline,
-            "version_serving": version_number(serving_version),
-            "version_stream": version_number(self.stream_version),
+            "version_serving": plotted_version(serving_version),
+            "version_stream": plotted_version(self.stream_version),
         }
         with self._lock:
             for name, value in row.items():

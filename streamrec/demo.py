@@ -227,6 +227,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
             proc.wait()
 
 
+def committed_recommendations(cfg: Config) -> int:
+    """About how many recommendations the job has committed: the topic's end offsets
+    (transaction markers take offsets too)."""
+    return sum(kafka_io.end_offsets(cfg, cfg.kafka.topics.recommendations).values())
+
+
 class RollbackDemonstration(threading.Thread):
     """Shows, while the job runs, that a rollback changes what users get: once ``after_share`` of
     the stream is scored and the gate has promoted a version, it rolls back to the version
@@ -245,7 +251,7 @@ class RollbackDemonstration(threading.Thread):
         self.error: str | None = None
 
     def _progress(self) -> float:
-        return sum(kafka_io.end_offsets(self.cfg, self.cfg.kafka.topics.recommendations).values()) / self.total
+        return committed_recommendations(self.cfg) / self.total
 
     def run(self) -> None:
         from streamrec.model.registry import Registry, RegistryError
@@ -320,7 +326,7 @@ class Progress(threading.Thread):
         started, last = time.monotonic(), 0
         while not self.stopped.wait(self.every_s):
             try:
-                done = sum(kafka_io.end_offsets(self.cfg, self.cfg.kafka.topics.recommendations).values())
+                done = committed_recommendations(self.cfg)
             except Exception:  # noqa: BLE001 - progress is best effort
                 continue
             rate = (done - last) / self.every_s
