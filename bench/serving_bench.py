@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import orjson
@@ -204,6 +207,62 @@ def wrk_lookups(url: str, pid: int, users: int, seconds: float, connections: int
             "socket_errors": socket_errors.group(1) if socket_errors else None}
 
 
+def vegeta_run(name: str, targets: list[dict], pid: int, rate: float, seconds: float, workdir: str,
+               workers: int = 32) -> dict:
+    """``vegeta`` (a Go load generator, an open model: requests leave at ``rate`` per second
+    whatever the answers' delay, so a stall shows in the latencies instead of slowing the client
+    down, which closed-loop clients such as wrk hide) for ``seconds`` over ``targets`` (vegeta's
+    JSON target lines, taken in turn): achieved rate, latency percentiles, the server's and the
+    client's CPU per request, and the answers that were not 200."""
+    lines = Path(workdir) / f"{name}.targets"
+    lines.write_bytes(b"\n".join(orjson.dumps(t) for t in targets) + b"\n")
+    results = Path(workdir) / f"{name}.bin"
+    cpu_before, client_before = cpu_seconds(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(results, "wb") as out:
+        subprocess.run(["vegeta", "attack", "-format=json", f"-targets={lines}", f"-rate={rate:g}/1s",
+                        f"-duration={seconds:g}s", "-timeout=10s", "-http2=false",
+                        f"-workers={workers}", f"-max-workers={workers}", f"-max-connections={workers}"], stdout=out, check=True)
+    server_cpu = cpu_seconds(pid) - cpu_before
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (client_after.ru_utime - client_before.ru_utime) + (client_after.ru_stime - client_before.ru_stime)
+    report = orjson.loads(subprocess.run(["vegeta", "report", "-type=json", str(results)], capture_output=True,
+                                         check=True).stdout)
+    n = report["requests"]
+    codes = report.get("status_codes") or {}
+    lat = report["latencies"]
+    return {"requests": n, "offered_per_s": report["rate"], "req_per_s": report["throughput"],
+            "p50_ms": lat["50th"] / 1e6, "p90_ms": lat["90th"] / 1e6, "p99_ms": lat["99th"] / 1e6,
+            "max_ms": lat["max"] / 1e6, "server_cpu_us_per_req": 1e6 * server_cpu / max(n, 1),
+            "client_cpu_us_per_req": 1e6 * client_cpu / max(n, 1),
+            "errors": n - int(codes.get("200", 0)), "status_codes": codes}
+
+
+def vegeta_lookups(url: str, user_ids: Sequence[str], count: int = 50_000, seed: int = 4) -> list[dict]:
+    """``count`` lookups of users drawn from ``user_ids``, as vegeta's JSON targets."""
+    rng = random.Random(seed)
+    return [{"method": "GET", "url": f"{url}/v1/users/{rng.choice(user_ids)}/recommendations?k=10"}
+            for _ in range(count)]
+
+
+def vegeta_scores(url: str, user_ids: Sequence[str], item_ids: Sequence[str], exclude: int, count: int = 20_000,
+                  seed: int = 5) -> list[dict]:
+    """``count`` score requests (k=10, ``exclude`` random items excluded), as vegeta's JSON targets."""
+    rng = random.Random(seed)
+    header = {"Content-Type": ["application/json"]}
+    return [{"method": "POST", "url": f"{url}/v1/score", "header": header,
+             "body": base64.b64encode(orjson.dumps({
+                 "user_id": rng.choice(user_ids), "k": 10,
+                 "exclude": [rng.choice(item_ids) for _ in range(exclude)]})).decode()}
+            for _ in range(count)]
+
+
+def print_paced(name: str, r: dict, before: str) -> None:
+    print(f"{name} (vegeta, {r['offered_per_s']:,.0f}/s offered): {r['req_per_s']:,.0f} req/s answered, "
+          f"p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms, "
+          f"server CPU {r['server_cpu_us_per_req']:.0f} us/req, client CPU {r['client_cpu_us_per_req']:.0f} us/req, "
+          f"{r['requests']:,} requests, {r['errors']} not 200; load average {before} -> {load_average()}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -212,8 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 32],
                         help="concurrent keep-alive connections; one run per value")
     parser.add_argument("--exclude", type=int, default=20, help="items each score request excludes")
-    parser.add_argument("--client", choices=("bench", "wrk", "both"), default="bench",
-                        help="the lookups' load generator: this process, wrk (Debian's package), or both")
+    parser.add_argument("--client", choices=("bench", "wrk", "both", "vegeta"), default="bench",
+                        help="the load generator: this process (closed loop), wrk (Debian's package, lookups "
+                             "only), both, or vegeta (open loop at --lookup-rate / --score-rate)")
+    parser.add_argument("--lookup-rate", type=float, nargs="+", default=[5_000.0],
+                        help="with --client vegeta: lookups offered per second (one run per value)")
+    parser.add_argument("--score-rate", type=float, nargs="+", default=[1_000.0],
+                        help="with --client vegeta: scores offered per second (one run per value)")
     args = parser.parse_args(argv)
     # a SIGTERM (e.g. `timeout`) unwinds like Ctrl-C: the service started below is stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -267,10 +331,23 @@ def main(argv: list[str] | None = None) -> int:
                 return (f"POST /v1/score HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
-            if args.client != "bench" and shutil.which("wrk") is None:
+            if args.client == "vegeta":
+                if shutil.which("vegeta") is None:
+                    raise SystemExit("vegeta is not on the PATH (go install github.com/tsenart/vegeta/v12@v12.13.0)")
+                user_ids = [f"user-{n}" for n in range(users)]
+                lookups = vegeta_lookups(f"http://{url}", user_ids)
+                scores = vegeta_scores(f"http://{url}", user_ids, [f"item-{n}" for n in range(args.items)],
+                                       args.exclude)
+                vegeta_run("warm-up", lookups[:5_000] + scores[:1_000], server.pid, 2_000, 3.0, tmp)
+                for name, targets, rates in (("lookups", lookups, args.lookup_rate),
+                                             ("scores", scores, args.score_rate)):
+                    for rate in rates:
+                        before = load_average()
+                        print_paced(name, vegeta_run(name, targets, server.pid, rate, args.seconds, tmp), before)
+            elif args.client != "bench" and shutil.which("wrk") is None:
                 print("wrk is not on the PATH (apt-get install wrk): lookups by this process only", flush=True)
                 args.client = "bench"
-            if args.client != "bench":
+            if args.client in ("wrk", "both"):
                 wrk_lookups(f"http://{url}", server.pid, users, 2.0, max(args.connections), tmp)  # warm-up
                 for connections in args.connections:
                     before = load_average()
@@ -281,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['errors']} not 200{', socket errors ' + r['socket_errors'] if r['socket_errors'] else ''}; "
                           f"load average {before} -> {load_average()}", flush=True)
             for name, make in (("lookups", lookup), ("scores", score)):
-                if name == "lookups" and args.client == "wrk":
+                if args.client == "vegeta" or (name == "lookups" and args.client == "wrk"):
                     continue
                 load_test(host, int(port), server.pid, make, 2.0, max(args.connections))  # warm-up
                 for connections in args.connections:

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
@@ -92,6 +92,12 @@ class _StoreCollector:
             records.add_metric([topic, "skipped"], reader.skipped[topic])
         yield records
         yield GaugeMetricFamily("streamrec_serving_snapshots", "snapshots written", value=reader.snapshots)
+        fresh = reader.freshness
+        yield HistogramMetricFamily(
+            "streamrec_serving_freshness_seconds", "recommendation records from the learner's emit "
+            "(emitted_ts) to answerable by this service", buckets=[(repr(b) if b != float("inf") else "+Inf", n)
+                                                                   for b, n in fresh.cumulative()],
+            sum_value=fresh.sum_ms / 1000)
         version, loaded = s.models.current()
         model = GaugeMetricFamily("streamrec_serving_model_info", "the model version /v1/score serves",
                                   labels=["version", "provider"])

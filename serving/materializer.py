@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from operator import itemgetter
 from typing import Any, Callable
 
 import orjson
@@ -28,11 +29,15 @@ from streamrec.core.config import Config
 from streamrec.core.records import RECOMMENDATION, USER_RECORD
 from streamrec.runtime.kafka_io import consumer
 from streamrec.serving.snapshot import write_snapshot
+from streamrec.serving.stats import Freshness
 from streamrec.serving.store import ServingStore
 
 log = logging.getLogger(__name__)
 #: Records applied under one hold of the store's lock (readers wait at most that long).
 BATCH = 500
+
+
+_EMITTED = itemgetter("emitted_ts")
 
 
 def _client_errors() -> dict[str, Any]:
@@ -94,6 +99,7 @@ class Materializer:
         self.applied = dict.fromkeys(self.topics, 0)
         self.skipped = dict.fromkeys(self.topics, 0)
         self.snapshots = 0
+        self.freshness = Freshness()
         self._changed = False
         #: Given every batch of recommendation records applied (serving/dashboard.py sets it)
         self.on_records: Callable[[list], None] | None = None
@@ -253,8 +259,10 @@ class Materializer:
                     self.caught_up.add((topic, p))
             self.caught_up.update(reached)
             self._check_ready()
-        if records and self.on_records is not None:
-            self.on_records(records)
+        if records:
+            self.freshness.observe(int(time.time() * 1000), map(_EMITTED, records))
+            if self.on_records is not None:
+                self.on_records(records)
 
     # -- the prober ------------------------------------------------------------------------------
     def _probe_loop(self) -> None:

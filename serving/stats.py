@@ -155,6 +155,66 @@ class DecayedPopularity:
         self.unit = 1.0
 
 
+class Freshness:
+    """How long each recommendation took from the learner's emit (``emitted_ts``) to being
+    answerable here (applied to the store, after the read_committed wait for its checkpoint):
+    counts per bucket of :data:`BOUNDS_MS`, every record counted (the reader's thread calls
+    :meth:`observe` once per batch; a scrape reads :meth:`cumulative`).
+
+    >>> f = Freshness()
+    >>> f.observe(10_000, [9_990, 9_700, 9_000, 3_000])
+    >>> f.total, f.sum_ms
+    (4, 8310)
+    >>> [(bound, n) for bound, n in f.cumulative() if bound in (0.05, 0.3, 1.0, 7.5, math.inf)]
+    [(0.05, 1), (0.3, 2), (1.0, 3), (7.5, 4), (inf, 4)]
+    >>> f.quantile_ms(0.5, f.counts)  # rank 2 of 4: the top of (250, 300], the second record's bucket
+    300.0
+    >>> f.quantile_ms(0.99, f.counts) > 5_000, Freshness.quantile_ms(0.5, [0] * 26)
+    (True, None)
+    """
+
+    #: Bucket upper bounds in ms (the last bucket is everything above the last bound).
+    BOUNDS_MS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 800, 900, 1_000, 1_250, 1_500, 1_750,
+                 2_000, 2_500, 3_000, 4_000, 5_000, 7_500, 10_000, 30_000, 60_000)
+
+    def __init__(self) -> None:
+        self._bounds = np.asarray(self.BOUNDS_MS, dtype=np.int64)
+        self.counts = np.zeros(len(self.BOUNDS_MS) + 1, dtype=np.int64)
+        self.sum_ms = 0
+        self.total = 0
+
+    def observe(self, visible_ms: int, emitted_ms: Iterable[int]) -> None:
+        age = visible_ms - np.fromiter(emitted_ms, dtype=np.int64)
+        if not len(age):
+            return
+        # one array add: a scrape reading mid-update sees counts a batch behind, never torn ones
+        self.counts += np.bincount(np.searchsorted(self._bounds, age, side="left"), minlength=len(self.counts))
+        self.sum_ms += int(age.sum())
+        self.total += len(age)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound in seconds, records at or below it), ``inf`` last: Prometheus' buckets."""
+        running = np.cumsum(self.counts)
+        return [(b / 1000, int(n)) for b, n in zip(self.BOUNDS_MS, running)] + [(math.inf, int(running[-1]))]
+
+    @classmethod
+    def quantile_ms(cls, q: float, counts) -> float | None:
+        """The ``q`` quantile of bucket ``counts`` (e.g. the difference of two snapshots of
+        :attr:`counts`), interpolated linearly inside its bucket (as PromQL's histogram_quantile);
+        None without records; the last bound if it lies above it."""
+        counts = np.asarray(counts)
+        total = int(counts.sum())
+        if total == 0:
+            return None
+        rank, running = q * total, np.cumsum(counts)
+        i = int(np.searchsorted(running, rank, side="left"))
+        if i >= len(cls.BOUNDS_MS):
+            return float(cls.BOUNDS_MS[-1])
+        lower = 0 if i == 0 else cls.BOUNDS_MS[i - 1]
+        below = 0 if i == 0 else int(running[i - 1])
+        return float(lower + (cls.BOUNDS_MS[i] - lower) * (rank - below) / max(int(counts[i]), 1))
+
+
 class ServeStats:
     def __init__(self, k: int = 10, history_s: int = 900, recall_window: int = 2000,
                  half_life: float = 5000.0, exclude_recent: int = 50, max_users: int = 20_000,

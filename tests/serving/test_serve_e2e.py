@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import time
 import urllib.parse
@@ -180,6 +181,12 @@ def test_serve_answers_what_the_stream_committed(cfg, tmp_path):
         assert 'streamrec_serving_requests_total{method="POST",route="/v1/score",status="400"}' in metrics
         assert f'streamrec_serving_model_info{{provider="CPUExecutionProvider",version="{first}"}} 1.0' in metrics \
             or "CUDAExecutionProvider" in metrics
+        # every recommendation applied is in the freshness histogram, once
+        topic = re.escape(cfg.kafka.topics.recommendations)
+        applied = float(re.search(rf'streamrec_serving_records{{outcome="applied",topic="{topic}"}} (\S+)', metrics)[1])
+        counted = float(re.search(r"^streamrec_serving_freshness_seconds_count (\S+)$", metrics, re.M)[1])
+        in_inf = float(re.search(r'^streamrec_serving_freshness_seconds_bucket{le="\+Inf"} (\S+)$', metrics, re.M)[1])
+        assert applied > 0 and counted == in_inf == applied, (applied, counted, in_inf)
     finally:
         stop_service(proc)
 
