@@ -10,7 +10,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.bench.run_bench import DEFAULT_STREAMS, STREAMS, run_bench
+    from streamrec.bench.run_bench import DEFAULT_MODES, DEFAULT_STREAMS, MODES, STREAMS, run_bench
     from streamrec.core.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m streamrec.bench",
@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default=",".join(DEFAULT_STREAMS),
                         help=f"quality streams, comma-separated, of {', '.join(STREAMS)}, or all (default: "
                              f"{','.join(DEFAULT_STREAMS)}; run_bench.py's STREAMS says what each is)")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help=f"serving modes (scoring.serve) measured side by side, comma-separated, of "
+                             f"{', '.join(MODES)}, or all (default: {','.join(DEFAULT_MODES)}): the configured "
+                             "one is the throughput phase itself; each other adds one job run on the same "
+                             "events (`--modes live`: none)")
     parser.add_argument("--out", help="results folder (default: bench/results under the working directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -34,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
               args.skip_latency, args.skip_quality, progress=not args.quiet, out_dir=args.out,
               peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms,
               latency_with_features=not args.latency_without_features, streams=args.streams,
+              modes=args.modes,
               command=" ".join(["python -m streamrec.bench", *(argv if argv is not None else sys.argv[1:])]))
     return 0
 

@@ -12,10 +12,10 @@ import numpy as np
 
 from streamrec.bench.jobs import (all_running, bench_config, cancel_job, fresh_topics, records_written,
                                   start_unbounded, unbounded_config, unchanged_after, wait_until)
-from streamrec.bench.monitor import CommittedWatcher, Monitor, SourceProgress
+from streamrec.bench.monitor import LEARNER_VERTEX, CommittedWatcher, Monitor, SourceProgress
 from streamrec.bench.probes import (broker_process, cpu_seconds, cpu_us_per_event, flink_jvm_pid, memory,
-                                    thread_cpu, thread_cpu_table)
-from streamrec.bench.report import fmt
+                                    thread_cpu, thread_cpu_table, thread_waits)
+from streamrec.bench.report import fmt, registry_fates, served_by
 from streamrec.bench.stats import (batch_summary, downsample, latency_series, percentiles, rate_series,
                                    span_throughput, time_reached)
 
@@ -43,22 +43,37 @@ def cycled_events(events: list[dict], n: int) -> list[dict]:
     return out
 
 
-def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: float) -> tuple[dict, object]:
-    from streamrec.flink_jobs import features as features_job
+class JobRun:
+    """One bounded pipeline job with the exporter beside it over events replayed first
+    (:func:`run_with_exporter`): what the phases measure of it."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def run_with_exporter(tcfg, events: list[dict], say, progress: bool, sample_s: float) -> JobRun:
+    """``events`` replayed into ``tcfg``'s raw topic (fresh topics and registry), then the
+    exporter sidecar and the bounded pipeline job together, as ``streamrec demo`` runs them,
+    sampled by a :class:`~streamrec.bench.monitor.Monitor`; the exporter is stopped when the job
+    ends. CPU is counted from just before the job: the Flink JVM's from 0 when this run starts
+    it (the first job of the process: its start-up counts), else from its CPU then (threads
+    too: ``threads_before``, ``waits_before``)."""
     from streamrec.flink_jobs import pipeline
-    from streamrec.runtime import kafka_io
     from streamrec import replay
     from streamrec.demo import start_exporter, stop_process
 
-    tcfg = bench_config(cfg, "bench", "throughput")
     root = fresh_topics(tcfg)
-    say(f"throughput phase: replaying {len(events):,} events into {tcfg.kafka.topics.raw}")
+    say(f"throughput phase ({tcfg.scoring.serve} serving): replaying {len(events):,} events into "
+        f"{tcfg.kafka.topics.raw}")
     res = replay.produce(tcfg, tcfg.kafka.topics.raw, replay.encode_events(events), total=len(events),
                          progress=progress)
     if res.failed:
         raise RuntimeError(f"replay failed: {res.failed} records undelivered ({res.first_error})")
     say(f"replayed {res.delivered:,} events at {res.rate:,.0f} events/s; starting the exporter and the "
         "bounded pipeline job")
+    jvm = flink_jvm_pid()  # None until a first job of this process starts it
+    jvm_cpu0 = cpu_seconds(jvm) if jvm else 0.0
+    threads_before, waits_before = (thread_cpu(jvm), thread_waits(jvm)) if jvm else ({}, {})
     exporter = start_exporter(tcfg, root / "exporter.log")
     monitor = Monitor(say, exporter.pid, interval_s=sample_s, expected=len(events))
     monitor.start()
@@ -74,29 +89,91 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         exporter_cpu1, broker_cpu1 = cpu_seconds(exporter.pid), cpu_seconds(broker_pid)
         stop_process(exporter)
     _, jvm_hwm = memory(monitor.jvm)
+    return JobRun(res=res, run=run, wall=wall, monitor=monitor, broker_pid=broker_pid, jvm_started=jvm is None,
+                  jvm_cpu0=jvm_cpu0, jvm_cpu1=cpu_seconds(monitor.jvm), threads_before=threads_before,
+                  waits_before=waits_before, broker_cpu=(broker_cpu0, broker_cpu1),
+                  exporter_cpu=(exporter_cpu0, exporter_cpu1), exporter_hwm=exporter_hwm, jvm_hwm=jvm_hwm)
+
+
+def since(now: dict[int, tuple[str, float]], before: dict[int, tuple[str, float]]) -> dict[int, tuple[str, float]]:
+    """Per-thread CPU (:func:`~streamrec.bench.probes.thread_cpu`) since ``before`` (a thread not
+    in it: all of its CPU; never below 0, should a thread id have been reused).
+
+    >>> since({1: ("a", 5.0), 2: ("b", 1.5)}, {1: ("a", 3.0), 3: ("c", 9.0)})
+    {1: ('a', 2.0), 2: ('b', 1.5)}
+    """
+    return {tid: (name, max(0.0, cpu - before.get(tid, (name, 0.0))[1])) for tid, (name, cpu) in now.items()}
+
+
+def waits_since(now: dict[int, float], before: dict[int, float]) -> dict[int, float]:
+    """:func:`since` for :func:`~streamrec.bench.probes.thread_waits`' ``{tid: seconds}``.
+
+    >>> waits_since({1: 4.0, 2: 1.0}, {1: 3.0})
+    {1: 1.0, 2: 1.0}
+    """
+    return {tid: max(0.0, w - before.get(tid, 0.0)) for tid, w in now.items()}
+
+
+def cpu_split(threads: list[dict]) -> dict:
+    """From a run's CPU-by-thread table (:func:`~streamrec.bench.probes.thread_cpu_table`), CPU µs
+    per event of the job's own task threads (one per operator chain, with their flushers and
+    timers: what the job itself ran, start-up of the JVM and its JIT/GC threads excluded) and of
+    the learner's task thread (ShardLearner: the learner's Python, thread mode).
+
+    >>> cpu_split([{"threads": "JIT compilers", "cpu_us_per_event": 200.0},
+    ...            {"threads": "task: ShardLearner (online MF)", "cpu_us_per_event": 120.0},
+    ...            {"threads": "task: OutputFlusher for ShardLearner (online MF)", "cpu_us_per_event": 0.5},
+    ...            {"threads": "task: Source: raw -> Calc", "cpu_us_per_event": 30.0}])
+    {'flink_jvm_task_threads': 150.5, 'learner_thread': 120.0}
+    """
+    tasks = [r for r in threads if r["threads"].startswith("task: ") and r.get("cpu_us_per_event") is not None]
+    learner = [r["cpu_us_per_event"] for r in tasks if r["threads"].startswith(f"task: {LEARNER_VERTEX}")]
+    return {"flink_jvm_task_threads": round(sum(r["cpu_us_per_event"] for r in tasks), 1) if tasks else None,
+            "learner_thread": round(sum(learner), 1) if learner else None}
+
+
+def serving_summary(tcfg, recs: list[dict]) -> dict:
+    """What served the run's records (:func:`~streamrec.bench.report.served_by`) and what the
+    exporter's registry did meanwhile (:func:`~streamrec.bench.report.registry_fates`)."""
+    from streamrec.model.registry import Registry
+
+    registry = Registry(tcfg.paths_resolved.registry_dir)
+    return {"serve": tcfg.scoring.serve, "served_by": served_by(r.get("model_version") for r in recs),
+            "registry": {**registry_fates(registry.read_log(), undecided=len(registry.undecided())),
+                         "current": registry.current()}}
+
+
+def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: float) -> tuple[dict, object]:
+    from streamrec.flink_jobs import features as features_job
+    from streamrec.runtime import kafka_io
+
+    tcfg = bench_config(cfg, "bench", "throughput")
+    job = run_with_exporter(tcfg, events, say, progress, sample_s)
+    res, run, wall, monitor, broker_pid = job.res, job.run, job.wall, job.monitor, job.broker_pid
     # The features job, as `streamrec run --bounded` runs it: after the pipeline, over the clean
     # events it wrote (its own figures: it is off the recommendations' path)
     say("pipeline finished; the features job over its clean events")
-    jvm_cpu_pipeline, broker_cpu2 = cpu_seconds(monitor.jvm), cpu_seconds(broker_pid)
+    jvm_cpu_pipeline, broker_cpu2 = job.jvm_cpu1, cpu_seconds(broker_pid)
     threads_before = thread_cpu(monitor.jvm)
     features_run = features_job.run(tcfg, bounded=True, quiet=True)
     features_cpu = {"flink_jvm": cpu_us_per_event(jvm_cpu_pipeline, cpu_seconds(monitor.jvm), res.delivered),
                     "broker": cpu_us_per_event(broker_cpu2, cpu_seconds(broker_pid), res.delivered)}
     # its share of the JVM by thread (kernel thread names: the first 15 characters). Only threads
     # alive at the end: the finished job's task threads have exited, their CPU is in the total only
-    features_threads = thread_cpu_table(
-        {tid: (name, cpu - threads_before.get(tid, (name, 0.0))[1])
-         for tid, (name, cpu) in thread_cpu(monitor.jvm).items()}, {}, res.delivered)
+    features_threads = thread_cpu_table(since(thread_cpu(monitor.jvm), threads_before), {}, res.delivered)
     broker_rss, broker_hwm = memory(broker_pid)
     n = res.delivered
-    # The mini-cluster JVM is started by this run: its whole CPU time (start-up included) counts.
-    cpu = {"flink_jvm": cpu_us_per_event(0.0, jvm_cpu_pipeline, n),
-           "broker": cpu_us_per_event(broker_cpu0, broker_cpu1, n),
-           "exporter": cpu_us_per_event(exporter_cpu0, exporter_cpu1, n),
-           "flink_jvm_incl_features_job": cpu_us_per_event(0.0, jvm_cpu_pipeline, n)
+    # The mini-cluster JVM is started by this run (the bench's first job): its whole CPU time
+    # (start-up included) counts.
+    cpu = {"flink_jvm": cpu_us_per_event(job.jvm_cpu0, jvm_cpu_pipeline, n),
+           "broker": cpu_us_per_event(*job.broker_cpu, n),
+           "exporter": cpu_us_per_event(*job.exporter_cpu, n),
+           "flink_jvm_incl_features_job": cpu_us_per_event(job.jvm_cpu0, jvm_cpu_pipeline, n)
            + (features_cpu["flink_jvm"] or 0.0)}
     # the JVM's CPU by thread: each operator chain's task thread, the JIT compilers, GC, RocksDB
-    threads = thread_cpu_table(monitor.threads, monitor.thread_names, n, monitor.waits)
+    threads = thread_cpu_table(since(monitor.threads, job.threads_before), monitor.thread_names, n,
+                               waits_since(monitor.waits, job.waits_before))
+    cpu.update(cpu_split(threads))
     say(f"pipeline finished in {wall:.0f} s; reading the recommendations")
 
     recs = [r.json() for r in kafka_io.read_topic(tcfg, tcfg.kafka.topics.recommendations)]
@@ -114,6 +191,8 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "events": res.delivered,
         "recommendations": len(recs),
         "strategies": dict(Counter(r.get("strategy") for r in recs)),
+        "serving": serving_summary(tcfg, recs),
+        "jvm_started_by_this_run": job.jvm_started,
         "wall_s": round(wall, 2),
         "pipeline_run_s": round(run.seconds, 2),
         # the features job, after the pipeline (its wall time includes its start-up)
@@ -129,7 +208,7 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
         "cpu_us_per_event": cpu,
         "cpu_us_per_event_flink_jvm_threads": threads,
-        "memory": {"jvm_peak_rss": jvm_hwm, "exporter_peak_rss": exporter_hwm,
+        "memory": {"jvm_peak_rss": job.jvm_hwm, "exporter_peak_rss": job.exporter_hwm,
                    "broker_rss": broker_rss, "broker_peak_rss": broker_hwm,
                    "jvm_peak_rss_sampled": monitor.peak["jvm_rss"] or None,
                    "exporter_peak_rss_sampled": monitor.peak["exporter_rss"] or None},
@@ -149,6 +228,72 @@ def throughput_phase(cfg, events: list[dict], say, progress: bool, sample_s: flo
         },
     }
     return out, tcfg
+
+
+def serve_mode_phase(cfg, mode: str, events: list[dict], say, progress: bool, sample_s: float,
+                     evaluate_quality: bool = True) -> dict:
+    """The throughput phase's job again in serving mode ``mode`` (``scoring.serve``; nothing
+    else changed: the same events, settings and exporter beside it), on ``bench.serve-<mode>.*``
+    topics and a registry of its own, measured the same way (throughput first -> last
+    recommendation, CPU per event of the Flink JVM, its task threads and the learner's thread,
+    the exporter and the broker). Not run after it: the features job (it does not depend on the
+    mode) and the feature check. ``evaluate_quality``: its recommendations evaluated
+    prequentially on its own clean events, without the baselines (the throughput phase's
+    sequential reference ran on the same events; report.py ``mode_comparison`` divides by it).
+    The JVM is the one the throughput phase started: its start-up is not in this run's CPU."""
+    from streamrec.evaluate import evaluate_topics
+    from streamrec.runtime import kafka_io
+
+    mcfg = bench_config(cfg, f"bench.serve-{mode}", f"throughput-serve-{mode}")
+    mcfg = mcfg.model_copy(update={"scoring": mcfg.scoring.model_copy(update={"serve": mode})})
+    job = run_with_exporter(mcfg, events, say, progress, sample_s)
+    monitor, n = job.monitor, job.res.delivered
+    threads = thread_cpu_table(since(monitor.threads, job.threads_before), monitor.thread_names, n,
+                               waits_since(monitor.waits, job.waits_before))
+    cpu = {"flink_jvm": cpu_us_per_event(job.jvm_cpu0, job.jvm_cpu1, n),
+           "broker": cpu_us_per_event(*job.broker_cpu, n),
+           "exporter": cpu_us_per_event(*job.exporter_cpu, n), **cpu_split(threads)}
+    say(f"{mode} serving: pipeline finished in {job.wall:.0f} s; reading the recommendations")
+    recs = [r.json() for r in kafka_io.read_topic(mcfg, mcfg.kafka.topics.recommendations)]
+    emitted = [r["emitted_ts"] for r in recs]
+    first, last = (min(emitted), max(emitted)) if emitted else (None, None)
+    out = {
+        "serve": mode,
+        "events": n,
+        "recommendations": len(recs),
+        "strategies": dict(Counter(r.get("strategy") for r in recs)),
+        "serving": serving_summary(mcfg, recs),
+        "jvm_started_by_this_run": job.jvm_started,
+        "wall_s": round(job.wall, 2),
+        "pipeline_run_s": round(job.run.seconds, 2),
+        "first_to_last_emitted_s": round((last - first) / 1000.0, 3) if emitted else None,
+        "events_per_s": span_throughput(n, first, last),
+        "events_per_s_incl_startup": n / job.wall if job.wall else None,
+        "batch": batch_summary([r.get("batch_size", 1) for r in recs]),
+        "cpu_us_per_event": cpu,
+        "cpu_us_per_event_flink_jvm_threads": threads,
+        # the JVM's VmHWM is its lifetime's (the throughput phase's job included): sampled here
+        "memory": {"jvm_peak_rss_sampled": monitor.peak["jvm_rss"] or None, "exporter_peak_rss": job.exporter_hwm},
+        "checkpoints": monitor.checkpoint_summary(),
+        "vertices": monitor.busy_table()[:8],
+        "ingest": job.run.ingest.line() if job.run.ingest else None,
+        "series": {"recommendations_per_s": rate_series(emitted, 1.0, first)},
+    }
+    served = out["serving"]["served_by"]
+    say(f"{mode} serving: {fmt(out['events_per_s'])} events/s first -> last recommendation; records by "
+        + ", ".join(f"{kind} {count:,}" for kind, count in served["by_kind"].items())
+        + f"; registry: {fmt(out['serving']['registry']['exported'])} exported, "
+        f"{fmt(out['serving']['registry']['promoted'])} promoted")
+    if evaluate_quality:
+        say(f"{mode} serving: prequential evaluation (pipeline only; the reference is the throughput phase's)")
+        t = time.time()
+        ev = evaluate_topics(mcfg, k=mcfg.scoring.top_k, baselines=False)
+        # no reference here (NaN in to_dict): report.py mode_comparison divides by the quality phase's
+        out["quality"] = {**ev.to_dict(), "pipeline_over_reference": None,
+                          "seconds": round(time.time() - t, 1), "rolling_window": 2000,
+                          "rolling_recall": {"pipeline": downsample(ev.pipeline.rolling_recall(2000).tolist())}}
+        say(f"{mode} serving: recall@{mcfg.scoring.top_k} {ev.pipeline.recall:.4f} on {ev.pipeline.evaluated:,} events")
+    return out
 
 
 def feature_completeness(tcfg, events: list[dict]) -> dict:

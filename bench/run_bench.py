@@ -13,6 +13,16 @@ Four phases, each on fresh ``bench.*`` topics, a fresh registry and fresh checkp
    exporter). Then the features job runs over the clean events the pipeline wrote, as
    ``streamrec run --bounded`` runs it, timed and measured on its own (``throughput.features_job``;
    the feature rows are checked against the plain-Python reference).
+   **Serving modes** (``--modes``; docs/registry.md, "Serving"): the job above runs in the
+   configured ``scoring.serve`` (``live`` by default: the live table, guarded by the registry);
+   each other mode of :data:`MODES` named (by default ``registry``: the registry's CURRENT ONNX
+   version, the exporter exporting on its cadence) adds one run of the same job with the exporter
+   on the same events and settings, only ``scoring.serve`` changed, right after it, on
+   ``bench.serve-<mode>.*`` topics (:func:`.phases.serve_mode_phase`; no features job after it),
+   its recommendations evaluated without baselines. The report shows the modes side by side
+   (``modes``: report.py ``mode_comparison``): recall@10 and throughput, each also as a ratio to
+   the sequential reference of the same run, CPU per event, versions exported / promoted and the
+   share of records each kind of model scored (``model_version``: ``live``, ``live+vN``, ``vN``).
 2. **quality**: :func:`streamrec.evaluate.evaluate_topics` on the throughput run's topics
    (pipeline vs windowed popularity vs the sequential reference: recall, NDCG, precision@10,
    catalogue coverage, novelty, cold-start lists) and rolling recall@10 series; then the other
@@ -53,8 +63,9 @@ import time
 from pathlib import Path
 
 from streamrec.bench.phases import (JOB_STREAMS, capacity_phase, latency_phase, peer_phase, quality_phase,
-                                    reference_phase, stream_events, stream_phase, throughput_phase)
-from streamrec.bench.report import new_result, table, write_result
+                                    reference_phase, serve_mode_phase, stream_events, stream_phase,
+                                    throughput_phase)
+from streamrec.bench.report import mode_comparison, new_result, table, write_result
 
 
 #: The quality streams (``--streams``, comma-separated): ``ml100k``: the throughput run's own
@@ -89,14 +100,48 @@ def parse_streams(streams: tuple[str, ...] | str) -> tuple[str, ...]:
     return tuple(n for n in STREAMS if n in names)
 
 
+#: The serving modes (``scoring.serve``, udfs/learner_core.py ``SERVE_MODES``) the throughput
+#: measurement runs in (``--modes``, comma-separated): the configured one is the throughput phase
+#: itself (always run); each other one named adds one job run (~1 minute on ML-100k on the
+#: project's 2 cores). ``--modes live`` (the default configuration's own): no extra run.
+MODES = ("live", "registry")
+DEFAULT_MODES = MODES
+
+
+def parse_modes(modes: tuple[str, ...] | str, configured: str = "live") -> tuple[str, ...]:
+    """``modes`` as a tuple of known serving modes in :data:`MODES`'s order, ``configured`` (the
+    throughput phase's own ``scoring.serve``) always among them (``all``: every one).
+
+    >>> parse_modes("registry, live"), parse_modes("live"), parse_modes("", configured="registry")
+    (('live', 'registry'), ('live',), ('registry',))
+    >>> parse_modes("registry")  # the throughput phase runs the configured mode anyway
+    ('live', 'registry')
+    >>> parse_modes("all") == MODES
+    True
+    >>> parse_modes("live,shadow")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown serving mode(s) shadow; choose from live, registry
+    """
+    names = [n.strip() for n in modes.split(",")] if isinstance(modes, str) else list(modes)
+    if "all" in names:
+        return MODES
+    unknown = [n for n in names if n and n not in MODES]
+    if unknown:
+        raise ValueError(f"unknown serving mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    return tuple(n for n in MODES if n in names or n == configured)
+
+
 def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_seconds: float = 60.0,
               latency_rate: float | None = None, skip_latency: bool = False, skip_quality: bool = False,
               progress: bool = True, sample_s: float = 2.0, out_dir: Path | None = None,
               command: str | None = None, peer_events: int = 5_000,
               latency_checkpoint_ms: int | None = None, latency_with_features: bool = True,
-              streams: tuple[str, ...] | str = DEFAULT_STREAMS) -> dict:
+              streams: tuple[str, ...] | str = DEFAULT_STREAMS,
+              modes: tuple[str, ...] | str = DEFAULT_MODES) -> dict:
     """Run the benchmark and write ``<out_dir>/<date>-<name>.json`` and ``.png``; returns the result.
-    ``streams``: the quality streams (:data:`STREAMS`), a tuple or a comma-separated string."""
+    ``streams``: the quality streams (:data:`STREAMS`), a tuple or a comma-separated string;
+    ``modes``: the serving modes measured side by side (:data:`MODES`, :func:`parse_modes`)."""
     from streamrec.runtime import assets, broker
     from streamrec import replay
 
@@ -104,6 +149,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
         print(f"[bench] {msg}", flush=True)
 
     streams = parse_streams(streams)
+    modes = parse_modes(modes, cfg.scoring.serve)
     started = time.time()
     name = name or (f"ml100k-{limit}" if limit else "ml100k")
     stem, head = new_result(name, command, out_dir)
@@ -117,6 +163,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     result: dict = {
         **head,
         "quality_streams": list(streams),
+        "serve_modes_measured": list(modes),
         "settings": {
             "parallelism": cfg.flink.parallelism, "execution_mode": cfg.flink.execution_mode,
             "state_backend": cfg.flink.state_backend, "checkpoint_interval_ms": cfg.flink.checkpoint_interval_ms,
@@ -133,6 +180,12 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     try:
         result["throughput"], tcfg = throughput_phase(cfg, events, say, progress, sample_s)
         write_result(result, stem)
+        # the other serving modes: the same job on the same events, right after it
+        for mode in (m for m in modes if m != cfg.scoring.serve):
+            result.setdefault("serve_modes", {})[mode] = serve_mode_phase(
+                cfg, mode, events, say, progress, sample_s,
+                evaluate_quality=not skip_quality and "ml100k" in streams)
+            write_result(result, stem)
         if not skip_quality and "ml100k" in streams:
             result["quality"] = quality_phase(tcfg, say)
             write_result(result, stem)
@@ -172,6 +225,7 @@ def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_se
     finally:
         if status.started:
             broker.down(cfg, log=say)
+    result["modes"] = mode_comparison(result)
     result["load_after"] = os.getloadavg()
     result["total_s"] = round(time.time() - started, 1)
     write_result(result, stem)

@@ -580,7 +580,8 @@ def cmd_bench(args, cfg: Config) -> int:
               skip_quality=args.skip_quality, progress=not args.quiet, command=command,
               peer_events=args.peer_events, latency_checkpoint_ms=args.latency_checkpoint_ms,
               latency_with_features=not args.latency_without_features, out_dir=args.out,
-              **({"streams": args.streams} if args.streams else {}))
+              **({"streams": args.streams} if args.streams else {}),
+              **({"modes": args.modes} if args.modes else {}))
     return 0
 
 
@@ -753,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "2 and 4 shards with and without the item exchange, in process: bench/sharded.py)")
     p.add_argument("--streams", help="the quality phase's streams, comma-separated, or all: ml100k, second "
                    "(in process), bursty and ml100k-5star (through the job); default: ml100k,second,bursty")
+    p.add_argument("--modes", help="the serving modes (scoring.serve) measured side by side, comma-separated, "
+                   "or all: live, registry; default: both (the configured one is always measured)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, help="results folder (default: bench/results under the working directory)")
     p.set_defaults(func=cmd_bench)

@@ -183,4 +183,139 @@ def test_the_command_line_parses(capsys):
 
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
-    assert exit_.value.code == 0 and "--out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--out" in out and "--modes" in out
+
+
+def test_served_by_counts_each_kind_of_model():
+    from streamrec.bench.report import MODEL_KINDS, model_kind, served_by
+
+    versions = ["live"] * 3 + ["live+v000001"] * 2 + ["v000001", "v000002", "v000002"]
+    s = served_by(versions)
+    assert s["records"] == 8
+    assert s["by_kind"] == {"live": 3, "live+vN": 2, "vN": 3}
+    assert s["share"] == {"live": 3 / 8, "live+vN": 2 / 8, "vN": 3 / 8}
+    assert s["by_model_version"] == {"live": 3, "live+v000001": 2, "v000001": 1, "v000002": 2}
+    assert s["registry_versions_served"] == ["v000001", "v000002"]
+    # every kind is listed, 0 included; "unknown" only when a record names nothing
+    assert served_by(["live+v000004"])["by_kind"] == dict.fromkeys(MODEL_KINDS, 0) | {"live+vN": 1}
+    assert served_by(["live", None])["by_kind"]["unknown"] == 1
+    assert served_by([]) == {"records": 0, "by_kind": dict.fromkeys(MODEL_KINDS, 0),
+                             "share": dict.fromkeys(MODEL_KINDS), "by_model_version": {},
+                             "registry_versions_served": []}
+    # the names the learner writes (udfs/shard_model.py LIVE, learner_core.serving_decision)
+    from streamrec.udfs.learner_core import RegistryState, serving_decision
+
+    assert model_kind(serving_decision("live", RegistryState(None)).name) == "live"
+    assert model_kind(serving_decision("live", RegistryState("v000003")).name) == "live+vN"
+    assert model_kind(serving_decision("registry", RegistryState("v000003")).name) == "vN"
+
+
+def test_registry_fates_count_the_log_actions():
+    from streamrec.bench.report import registry_fates
+
+    log = ([{"action": "publish"}] * 5 + [{"action": "promote"}] * 2
+           + [{"action": "reject", "hold_back_live": True}, {"action": "reject"},
+              {"action": "supersede"}, {"action": "retention", "deleted": []}])
+    assert registry_fates(log, undecided=1) == {"exported": 5, "promoted": 2, "rejected": 2, "guards": 1,
+                                                "held": 0, "superseded": 1, "undecided": 1}
+    assert registry_fates([])["exported"] == 0
+
+
+def test_the_serving_modes_parse_and_match_the_learners():
+    from streamrec.bench.run_bench import DEFAULT_MODES, MODES, parse_modes
+    from streamrec.udfs.learner_core import SERVE_MODES
+
+    assert MODES == SERVE_MODES and DEFAULT_MODES == MODES
+    assert parse_modes("registry,live") == ("live", "registry")
+    assert parse_modes(("live",)) == ("live",)  # --modes live: no extra run
+    assert parse_modes("registry") == ("live", "registry")  # the configured mode always runs
+    assert parse_modes("live", configured="registry") == ("live", "registry")
+    with pytest.raises(ValueError, match="unknown serving mode"):
+        parse_modes("live,canary")
+
+
+def test_cpu_split_and_thread_deltas():
+    from streamrec.bench.phases import cpu_split, since, waits_since
+
+    rows = [{"threads": "JIT compilers", "cpu_us_per_event": 250.0},
+            {"threads": "other", "cpu_us_per_event": 130.0},
+            {"threads": "task: ShardLearner (online MF + onnxruntime top-K, per micro-batch)",
+             "cpu_us_per_event": 120.0},
+            {"threads": "task: OutputFlusher for ShardLearner (online MF)", "cpu_us_per_event": 0.6},
+            {"threads": "task: Source: KafkaSource -> Calc[2]", "cpu_us_per_event": 33.0}]
+    assert cpu_split(rows) == {"flink_jvm_task_threads": 153.6, "learner_thread": 120.0}
+    assert cpu_split(rows[:2]) == {"flink_jvm_task_threads": None, "learner_thread": None}
+    # a second job in the same JVM: its threads' CPU since the run began, a new thread's all of it
+    before = {1: ("C2 CompilerThre", 10.0), 2: ("Flink thread", 3.0)}
+    now = {1: ("C2 CompilerThre", 12.5), 3: ("ShardLearner (1", 4.0)}
+    assert since(now, before) == {1: ("C2 CompilerThre", 2.5), 3: ("ShardLearner (1", 4.0)}
+    assert since({1: ("x", 1.0)}, {1: ("y", 2.0)}) == {1: ("x", 0.0)}  # a reused thread id
+    assert waits_since({1: 5.0, 3: 1.0}, {1: 4.5}) == {1: 0.5, 3: 1.0}
+
+
+def _mode_result() -> dict:
+    def run(serve, events_per_s, jvm, tasks, kinds, fates, started):
+        return {"events": 1000, "events_per_s": events_per_s, "jvm_started_by_this_run": started,
+                "batch": {"mean_batch": events_per_s / 100},
+                "cpu_us_per_event": {"flink_jvm": jvm, "broker": 90.0, "exporter": 30.0,
+                                     "flink_jvm_task_threads": tasks, "learner_thread": 110.0},
+                "serving": {"serve": serve, "served_by": {"by_kind": kinds,
+                                                          "share": {k: v / 1000 for k, v in kinds.items()},
+                                                          "registry_versions_served": []},
+                            "registry": {**fates, "current": "v000002"}}}
+
+    fates = {"exported": 3, "promoted": 2, "rejected": 1, "guards": 0, "held": 0, "superseded": 0,
+             "undecided": 0}
+    live = run("live", 5000.0, 650.0, 220.0, {"live": 300, "live+vN": 700, "vN": 0}, fates, True)
+    registry = run("registry", 4000.0, 560.0, 230.0, {"live": 300, "live+vN": 0, "vN": 700}, fates, False)
+    registry["quality"] = {"pipeline": {"recall": 0.12, "evaluated": 990}}
+    return {"settings": {"serve": "live"},
+            "throughput": {**live, "reference_events_per_s": 4000.0},
+            "quality": {"pipeline": {"recall": 0.14, "evaluated": 990}, "reference": {"recall": 0.16}},
+            "serve_modes": {"registry": registry}}
+
+
+def test_mode_comparison_puts_each_mode_beside_the_reference():
+    from streamrec.bench.report import mode_comparison
+
+    live, registry = mode_comparison(_mode_result())
+    assert (live["serve"], live["run"], registry["serve"], registry["run"]) == (
+        "live", "throughput", "registry", "serve_modes.registry")
+    assert live["recall_over_reference"] == pytest.approx(0.875)
+    assert registry["recall_over_reference"] == pytest.approx(0.75)
+    assert live["throughput_over_reference"] == pytest.approx(1.25)
+    assert registry["throughput_over_reference"] == pytest.approx(1.0)
+    assert registry["cpu_us_per_event"] == {"flink_jvm": 560.0, "flink_jvm_task_threads": 230.0,
+                                            "learner_thread": 110.0, "exporter": 30.0, "broker": 90.0}
+    assert live["jvm_start_up_included"] is True and registry["jvm_start_up_included"] is False
+    assert (live["mean_batch"], registry["mean_batch"]) == (50.0, 40.0)
+    assert registry["registry"]["promoted"] == 2 and registry["served_by"]["share"]["vN"] == 0.7
+    # without the quality phase (--skip-quality): no recall, no reference speed, figures None
+    bare = _mode_result()
+    del bare["quality"], bare["serve_modes"]["registry"]["quality"], bare["throughput"]["reference_events_per_s"]
+    rows = mode_comparison(bare)
+    assert [r["recall"] for r in rows] == [None, None]
+    assert [r["throughput_over_reference"] for r in rows] == [None, None]
+    assert mode_comparison({}) == []
+
+
+def test_table_shows_the_modes_side_by_side():
+    from streamrec.bench.report import mode_comparison, modes_table
+
+    result = _mode_result()
+    text = table(result)
+    assert "serving modes" in text
+    head = next(line for line in text.splitlines() if line.startswith("serving modes"))
+    assert head.split()[-2:] == ["live", "registry"]
+    assert "0.1400 (0.88)" in text and "0.1200 (0.75)" in text
+    assert "5,000 (1.25)" in text and "4,000 (1.00)" in text
+    assert "650 (JVM start-up incl.)" in text and "3 / 2 / 1 (CURRENT v000002)" in text
+    assert "30.0 / 70.0 / 0.0 %" in text and "30.0 / 0.0 / 70.0 %" in text
+    assert "learner batches: mean events" in text and "50.0" in text
+    # the rows stored in the result are what the table prints
+    assert modes_table(mode_comparison(result)) == modes_table(result.get("modes") or mode_comparison(result))
+    assert modes_table([]) == []
+    # one mode only (--modes live): no comparison block
+    del result["serve_modes"]
+    assert "serving modes" not in table(result)
