@@ -241,7 +241,7 @@ def cmd_sql(args, cfg: Config) -> int:
     return 0
 
 
-DEMO_DEFAULT_EVENTS = 0  # all of ML-100k: 399 s end to end on this 2-core machine
+DEMO_DEFAULT_EVENTS = 0  # all of ML-100k (README, "The demo", has its time)
 
 
 def cmd_demo(args, cfg: Config) -> int:
