@@ -37,6 +37,8 @@ from streamrec.runtime.assets import job_jars, package_archive, prometheus_repor
 from streamrec.core.config import Config, to_env
 
 FLINK_HOME = Path(pyflink.__file__).resolve().parent
+#: ``pekko.framesize`` of our standalone cluster: 10x Flink's default (see ``_prepare``).
+CLUSTER_RPC_FRAME_BYTES = 100 * 1024 * 1024
 
 
 class ClusterError(RuntimeError):
@@ -110,6 +112,21 @@ def _prepare(cfg: Config) -> dict[str, str]:
         "state.backend.type": cfg.flink.state_backend,
         "execution.checkpointing.dir": (paths.checkpoint_dir / "cluster").as_uri(),
         "execution.checkpointing.savepoint-dir": (paths.state_dir / "savepoints").as_uri(),
+        # The RPC frame limit between TaskManagers and the JobManager (Flink's default: 10 MiB),
+        # raised as a margin: a task's checkpoint acknowledgement carries its state handles, and
+        # an acknowledgement over the limit is discarded (OversizedPayloadException in the
+        # TaskManager's log), that checkpoint never completes, no later one starts, and the
+        # exactly-once sinks stop committing, silently (tests/runtime/test_cluster.py found it:
+        # 10.6 MB acknowledgements while the changelog lived in memory, below). The local
+        # mini-cluster's RPCs are in-process: no such limit there.
+        "pekko.framesize": f"{CLUSTER_RPC_FRAME_BYTES}b",
+        # A TaskManager makes its changelog storage from its own configuration, not the job's: a
+        # job's state.changelog.storage=filesystem (flink_jobs/env.py) is not enough on a cluster,
+        # where Flink's default (memory) then keeps every state change inside the checkpoints'
+        # metadata until the next materialization (15 MB per checkpoint in the test above).
+        **({"state.changelog.storage": "filesystem",
+            "state.changelog.dstl.dfs.base-path": (paths.checkpoint_dir / "cluster" / "changelog").as_uri()}
+           if cfg.flink.state_changelog else {}),
         "web.tmpdir": str(base / "web"),
         "io.tmp.dirs": str(base / "tmp"),
         # the JobManager and each TaskManager take the next free port of flink.prometheus_ports

@@ -287,3 +287,51 @@ def run_cli(cfg, *args: str) -> str:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+# -- serving after a rollback / unpin (tests/flink_jobs/test_rollback_served.py, tests/runtime/test_cluster.py)
+
+#: One swap check (scoring.swap_check_interval_s, the default) + one micro-batch: the bound within
+#: which every recommendation names what a rollback, an unpin or the guard made serve.
+SERVED_BOUND_S = 2.0 + 0.1
+#: For the loaded test machine (2 shared cores: a mini-cluster of two subtasks, the producer, the
+#: CLI): a version's load and a late batch.
+SERVED_MARGIN_S = 3.0
+#: How long each serving state is held before the next change.
+SERVED_HOLD_S = SERVED_BOUND_S + SERVED_MARGIN_S + 2.0
+
+
+def iso_ms(iso: str) -> int:
+    """Epoch milliseconds of an ISO-8601 time (the registry's ``ts``)."""
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def committed(cfg, topic: str) -> int:
+    """How many records ``topic`` holds (the sum of its partitions' end offsets)."""
+    from streamrec.runtime.kafka_io import end_offsets
+
+    return sum(end_offsets(cfg, topic).values())
+
+
+def wait_until(pred, timeout_s: float, what: str) -> None:
+    """Poll ``pred`` every 0.5 s until it is true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def delay_ms(recs: list[dict], since_ms: int, until_ms: int, name) -> tuple[int, int]:
+    """(first record naming ``name`` after ``since_ms``, last record not naming it before
+    ``until_ms``), as delays from ``since_ms``: the second is the delay until all are served.
+
+    >>> recs = [dict(emitted_ts=t, model_version=v) for t, v in [(5, "a"), (10, "a"), (12, "b"), (15, "a"), (20, "b")]]
+    >>> delay_ms(recs, 10, 30, lambda name: name == "b")
+    (2, 5)
+    """
+    window = [r for r in recs if since_ms <= r["emitted_ts"] < until_ms]
+    first = min(r["emitted_ts"] for r in window if name(r["model_version"]))
+    last_other = max((r["emitted_ts"] for r in window if not name(r["model_version"])), default=since_ms)
+    return first - since_ms, last_other - since_ms

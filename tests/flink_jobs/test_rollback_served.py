@@ -9,49 +9,28 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 
 import pytest
 
 from streamrec import replay
 from streamrec.flink_jobs import pipeline
 from streamrec.model.registry import Registry
-from streamrec.runtime.kafka_io import end_offsets, ensure_topics
-from tests.support import export_forced, planted_stream, read_records, run_cli as cli
+from streamrec.runtime.kafka_io import ensure_topics
+from tests.support import (
+    SERVED_BOUND_S as BOUND_S,  # one swap check (the default interval) + one micro-batch
+    SERVED_HOLD_S as HOLD_S,  # how long each state is held before the next change
+    SERVED_MARGIN_S as MARGIN_S,  # for the loaded test machine: a version's load and a late batch
+    committed,
+    delay_ms,
+    export_forced,
+    iso_ms as ms,
+    planted_stream,
+    read_records,
+    run_cli as cli,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-#: One swap check (scoring.swap_check_interval_s, the default) + one micro-batch.
-BOUND_S = 2.0 + 0.1
-#: For the loaded test machine (2 shared cores: a mini-cluster of two subtasks, the producer, the
-#: CLI): a version's load and a late batch.
-MARGIN_S = 3.0
-#: How long each state is held before the next change.
-HOLD_S = BOUND_S + MARGIN_S + 2.0
-
-
-def ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso).timestamp() * 1000)
-
-
-def committed(cfg, topic: str) -> int:
-    return sum(end_offsets(cfg, topic).values())
-
-
-def wait_until(pred, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
-def delay_ms(recs: list[dict], since_ms: int, until_ms: int, name) -> tuple[int, int]:
-    """(first record naming ``name`` after ``since_ms``, last record not naming it before
-    ``until_ms``), as delays from ``since_ms``: the second is the delay until all are served."""
-    window = [r for r in recs if since_ms <= r["emitted_ts"] < until_ms]
-    first = min(r["emitted_ts"] for r in window if name(r["model_version"]))
-    last_other = max((r["emitted_ts"] for r in window if not name(r["model_version"])), default=since_ms)
-    return first - since_ms, last_other - since_ms
 
 
 def test_a_rollback_is_served_within_a_swap_check_until_unpin_and_across_a_restart(cfg, tmp_path):

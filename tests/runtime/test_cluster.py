@@ -1,19 +1,26 @@
-"""Cluster mode end to end (issue 8): the pipeline job on a standalone cluster (JobManager + 2
-TaskManagers) at parallelism 2, then an upgrade through a savepoint.
+"""Cluster mode end to end (issues 8 and 30): the pipeline job on a standalone cluster (JobManager
++ 2 TaskManagers) at parallelism 2, then an upgrade through a savepoint, then rollbacks on a live
+stream. Serving is the default (``scoring.serve = live``), so a pinned version ``vN`` and the
+live table checked against it (``live+vN``) are told apart in every record.
 
 1. `streamrec cluster up|status`, `streamrec submit --parallelism 2` (unbounded, detached: prints
    the job id and the web UI URL), through the CLI in-process with the config as STREAMREC_* env.
 2. Batch 1: 200 users x 3 events (user group u%4 prefers item block u%4), 5 duplicates, 2
    malformed lines -> exactly one committed recommendation per valid unique event, no duplicate
    source_event_id, every job vertex at parallelism 2 (REST), both TaskManagers busy.
-3. The exporter (this process) publishes a registry version from model.items into the same
-   registry directory the TaskManagers read.
+3. The exporter (this process) publishes a registry version v1 from model.items into the same
+   registry directory the TaskManagers read; `streamrec model rollback v1` pins it.
 4. `streamrec stop --savepoint`; batch 2 (100 seen users x 2 events, a duplicate of a batch-1 event_id,
    a malformed line); `streamrec submit --from-savepoint` with scoring.top_k changed 10 -> 5.
 5. Batch 2's records: `user_events` continues from batch 1 (shard learner state restored), the
    duplicate is removed (dedup state restored), batch 1 is not re-read (source offsets restored),
-   the shards serve the exported version (``scoring.serve = registry``) with the new top_k, item
-   update counts continue.
+   the shards serve the pinned version (a job resumed from a savepoint honours a pin) with the
+   new top_k, item update counts continue.
+6. Rollback on a live stream (100 events/s): `model unpin` -> the live table within the bound; a
+   forced export v2 (CURRENT, ``live+v2``); `model rollback v1` -> ``v1``; `model unpin` ->
+   ``live+v1``: the first record of what serves next within one swap check + one micro-batch (+
+   a margin for the loaded machine) and every record from then on names it, on both shards
+   (docs/registry.md, "Serving"), every stream event with exactly one committed record.
 
 Every event is accounted for exactly (tests.support.account_*): each raw record is in
 ``events.clean`` or ``events.dlq`` or is a planted duplicate, and each clean event has exactly one
@@ -25,22 +32,42 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
+from streamrec import replay
 from streamrec.runtime import broker, cluster
 from streamrec.cli import main
 from streamrec.core.config import to_env
+from streamrec.model.registry import Registry
 from streamrec.runtime.kafka_io import ensure_topics, producer, read_topic
-from tests.support import account_ingestion, account_recommendations, export_forced, free_port, make_config, read_records
+from streamrec.udfs.shard_model import shard_of
+from tests.support import (
+    SERVED_BOUND_S,
+    SERVED_HOLD_S,
+    SERVED_MARGIN_S,
+    account_ingestion,
+    account_recommendations,
+    committed,
+    delay_ms,
+    export_forced,
+    free_port,
+    iso_ms,
+    make_config,
+    read_records,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 T0 = 1_700_000_000_000
 USERS, EVENTS_1, EVENTS_2 = 200, 3, 2
+#: The live stream of the rollback phase (events/s): a few events per shard and micro-batch.
+STREAM_RATE = 100
 TYPES = ["view", "click", "cart", "purchase"]
 
 
@@ -121,8 +148,7 @@ def ccfg(tmp_path):
     tmp state dir and a free REST port; the cluster and the broker are torn down (by PID)
     whatever happens."""
     c = make_config(tmp_path / "state", free_port(), **{"flink.rest_port": free_port(),
-                                                        "flink.taskmanagers": 2, "flink.task_slots": 2,
-                                                        "scoring.serve": "registry"})
+                                                        "flink.taskmanagers": 2, "flink.task_slots": 2})
     try:
         broker.up(c, log=lambda m: None)
         yield c
@@ -220,8 +246,14 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
     assert all(0 < s < bound + 20_000 for s in staleness), (staleness, bound)
     timings["item_staleness_max_s"] = max(staleness) / 1000
 
-    # -- the exporter publishes a version into the registry the TaskManagers read ----------------
+    # -- the exporter publishes a version into the registry the TaskManagers read; an operator
+    # pins it, and the job resumed from the savepoint below must serve the pin ----------------------
+    assert cfg.scoring.serve == "live" and cfg.scoring.swap_check_interval_s == 2.0  # the defaults
+    registry = Registry(cfg.paths_resolved.registry_dir)
     exported = export_forced(cfg)
+    v1 = exported.version
+    assert f"CURRENT: {v1}" in cli(monkeypatch, capsys, cfg, "model", "rollback", v1,
+                                   "--reason", "pinned across the savepoint")
 
     # -- upgrade: stop with savepoint, change a non-state setting, resume -------------------------
     t = time.monotonic()
@@ -273,8 +305,9 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
         per_user2.setdefault(r["user_id"], []).append(r["user_events"])
     # learner state carried over: each user's counts continue at 4, 5
     assert len(per_user2) == len(seen) and all(sorted(v) == [4, 5] for v in per_user2.values()), per_user2
-    # the shards serve the exported version (shared registry path) with the new top_k
-    assert {r["model_version"] for r in new} == {exported.version}
+    # the restored shards serve the pinned version (not live+v1: the pin, read from the shared
+    # registry path by both TaskManagers, holds across the savepoint), with the new top_k
+    assert {r["model_version"] for r in new} == {v1}
     assert all(r["strategy"] == "model" and len(r["items"]) == 5 for r in new)
     # item state carried over: update counts continue
     items_after = {}
@@ -283,4 +316,81 @@ def test_cluster_parallelism_2_and_savepoint_upgrade(ccfg, monkeypatch, capsys):
         items_after[doc["item_id"]] = max(items_after.get(doc["item_id"], 0), doc["updates"])
     grown = [i for i in items_before if items_after[i] > items_before[i]]
     assert grown and all(items_after[i] >= items_before[i] for i in items_before)
+
+    # -- rollback and unpin on a live stream, parallelism 2 ---------------------------------------
+    t = time.monotonic()
+    stop = threading.Event()
+    produced = {}
+
+    def stream():  # the batches' users, on: each user's next items of its block
+        n = 0
+        while not stop.is_set():
+            u, ts = n % USERS, T0 + 120_000 + n * 10
+            yield replay.ReplayItem(f"u{u:03d}".encode(), event(f"c{n}", u, EVENTS_1 + EVENTS_2 + n // USERS, ts), ts)
+            n += 1
+
+    def produce_stream():
+        produced["result"] = replay.produce(cfg, cfg.kafka.topics.raw, stream(), rate=STREAM_RATE,
+                                            progress=False)
+
+    n_clean = len(clean)
+    recs_before = committed(cfg, cfg.kafka.topics.recommendations)
+    producing = threading.Thread(target=produce_stream, daemon=True)
+    producing.start()
+    try:
+        wait_until(lambda: committed(cfg, cfg.kafka.topics.recommendations) >= recs_before + 50, 60,
+                   "the stream's first recommendations")
+        cli(monkeypatch, capsys, upgraded, "model", "unpin", "--reason", "cluster test: resumed, unpinned")
+        unpinned_0 = iso_ms([e for e in registry.read_log() if e["action"] == "unpin"][-1]["ts"])
+        v2 = export_forced(upgraded).version  # promoted at once: CURRENT v2, live+v2 served
+        promoted_2 = iso_ms([e for e in registry.read_log() if e["action"] == "promote"][-1]["ts"])
+        time.sleep(SERVED_BOUND_S + 0.5)  # a swap check: live+v2 serves, the rollback below goes back
+        assert f"CURRENT: {v1}" in cli(monkeypatch, capsys, upgraded, "model", "rollback", v1,
+                                       "--reason", "cluster test: rollback")
+        pinned = iso_ms(registry.pinned()["ts"])
+        time.sleep(SERVED_HOLD_S)
+        cli(monkeypatch, capsys, upgraded, "model", "unpin", "--reason", "cluster test: fixed")
+        unpinned = iso_ms([e for e in registry.read_log() if e["action"] == "unpin"][-1]["ts"])
+        time.sleep(SERVED_HOLD_S)
+    finally:
+        stop.set()
+        producing.join(30)
+    ended = int(time.time() * 1000)
+    delivered = produced["result"].delivered
+    assert produced["result"].failed == 0 and delivered > 0, produced["result"]
+    clean, recs = wait_for_count(upgraded, job2, n_clean + delivered, timeout=60)
+    timings["rollback_phases"] = time.monotonic() - t
+    recommended = account_recommendations(clean, recs)  # the stream too: exactly once
+    assert recommended.exact and recommended.checked == n_clean + delivered, recommended
+
+    streamed = [r for r in recs if r["source_event_id"].startswith("c")]
+    assert {r["model_version"] for r in streamed} <= {v1, f"live+{v1}", f"live+{v2}"}, \
+        {r["model_version"] for r in streamed}
+    bound_ms = int((SERVED_BOUND_S + SERVED_MARGIN_S) * 1000)
+    served = {}
+    # the resumed job's pin ends: the live table serves within the bound (until v2's export, which
+    # takes a few seconds, is promoted: the whole bound is checked after the second unpin)
+    first, all_served = delay_ms(streamed, unpinned_0, promoted_2, lambda name: name.startswith("live+"))
+    served["unpin (the resumed job's pin)"] = (first, all_served)
+    assert first <= bound_ms, first
+    for what, since, until, expected in (("rollback", pinned, unpinned, v1),
+                                         ("unpin", unpinned, ended, f"live+{v1}")):
+        late = [r for r in streamed if since + bound_ms <= r["emitted_ts"] < until]
+        assert {r["model_version"] for r in late} == {expected}, (what, {r["model_version"] for r in late})
+        assert {shard_of(r["user_id"], 2) for r in late} == {0, 1}, what  # both TaskManagers' shards
+        first, all_served = delay_ms(streamed, since, until, lambda name: name == expected)
+        served[what] = (first, all_served)
+        assert first <= bound_ms and all_served <= bound_ms, (what, first, all_served)
+    with capsys.disabled():
+        for what, (first, all_served) in served.items():
+            print(f"cluster {what}: first record of what serves next {first} ms after it, "
+                  f"every record from {all_served} ms")
+        print(f"cluster timings with the rollback phases (s): "
+              f"{json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    # the TaskManagers keep their state changelog in files, not inside the checkpoints' metadata
+    # (Flink's default storage for a TaskManager is memory: runtime/cluster.py sets it)
+    checkpoints = cfg.paths_resolved.checkpoint_dir
+    assert [f for f in checkpoints.rglob("*") if f.is_file() and "changelog" in f.parts], "no changelog files"
+    metadata = max(f.stat().st_size for f in checkpoints.rglob("_metadata"))
+    assert metadata < 2**20, f"a checkpoint's _metadata of {metadata:,} bytes: the changelog is inline"
     # job2 is left running: the fixture kills the cluster (by PID) and the broker
