@@ -21,6 +21,7 @@ invalid configuration:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -289,17 +290,37 @@ class FlinkConfig(_Section):
         return {"metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER_FACTORY,
                 "metrics.reporter.prom.port": self.prometheus_ports}
 
-class EventWeights(_Section):
-    """Implicit-feedback weight of each event type; must rise view < click < cart < purchase."""
+#: The largest event weight accepted. The learner bounds each event's step (``learner.max_step``),
+#: so beyond ~10 a heavier weight changes a step no more; weights are summed into the items'
+#: popularity counts (float64), which a weight near the float range would overflow.
+MAX_EVENT_WEIGHT = 1e6
 
-    view: float = Field(0.25, gt=0)
-    click: float = Field(0.5, gt=0)
-    cart: float = Field(1.0, gt=0)
-    purchase: float = Field(2.0, gt=0)
+
+class EventWeights(_Section):
+    """Implicit-feedback weight of each event type; must rise view < click < cart < purchase.
+    Every weight must be a finite number in (0, 1e6] (:data:`MAX_EVENT_WEIGHT`), a rating's
+    too (checked with the rating range by :class:`IngestConfig`). Any such weight keeps the
+    learner finite: its steps are bounded (``learner.max_step``; docs/learner.md, "Bounded
+    steps")."""
+
+    model_config = ConfigDict(**_Section.model_config, allow_inf_nan=False)
+
+    view: float = Field(0.25, gt=0, le=MAX_EVENT_WEIGHT)
+    click: float = Field(0.5, gt=0, le=MAX_EVENT_WEIGHT)
+    cart: float = Field(1.0, gt=0, le=MAX_EVENT_WEIGHT)
+    purchase: float = Field(2.0, gt=0, le=MAX_EVENT_WEIGHT)
     #: A rating r in [0.5, 5] maps to rating_base + rating_scale * r (0.55-1.0 by default; small
     #: weights slow learning: docs/ingestion.md, "Cleaning and weights").
     rating_base: float = 0.5
     rating_scale: float = Field(0.1, ge=0)
+
+    def rating_weight(self, rating: float) -> float:
+        """The weight of a rating event of ``rating``.
+
+        >>> EventWeights().rating_weight(5.0)
+        1.0
+        """
+        return self.rating_base + self.rating_scale * rating
 
     @model_validator(mode="after")
     def _ordered(self) -> "EventWeights":
@@ -352,6 +373,17 @@ class IngestConfig(_Section):
     features_checkpoint_interval_ms: int = Field(5_000, ge=200)
 
     @model_validator(mode="after")
+    def _rating_weights(self) -> "IngestConfig":
+        for rating in (self.rating_min, self.rating_max):
+            weight = self.weights.rating_weight(rating)
+            if not 0 < weight <= MAX_EVENT_WEIGHT:
+                raise ValueError(
+                    f"a rating of {rating:g} would weigh {weight:g} (weights.rating_base + weights.rating_scale * "
+                    f"rating), but every rating from rating_min to rating_max must weigh more than 0 (at 0 it is not "
+                    f"learned, below 0 the learner unlearns it and diverges) and at most {MAX_EVENT_WEIGHT:g}")
+        return self
+
+    @model_validator(mode="after")
     def _windows(self) -> "IngestConfig":
         if self.short_window_ms >= self.long_window_ms:
             raise ValueError("short_window_ms must be smaller than long_window_ms")
@@ -402,6 +434,28 @@ class LearnerConfig(_Section):
     #: alpha in score = u.v + b_i + alpha * log1p(popularity_i); applied when scoring only.
     popularity_prior: float = Field(0.5, ge=0)
     optimizer: Literal["sgd", "adagrad"] = "sgd"
+    #: Bound of one event's SGD step: the first-order change it makes to the scores of its
+    #: candidates (the positive and its negatives), ``learning_rate * sum_k |c_k| * (|u|^2 +
+    #: |v_k|^2 + 1)``, is at most this; a larger step is scaled down to it (udfs/online_mf.py
+    #: ``step_scale``). The coefficients ``c_k`` carry the event weight, so without it a weight
+    #: above ~2 (or a learning rate of 0.5) overshoots and the vectors diverge to NaN. At the
+    #: defaults it rarely binds (ML-100k recall unchanged); 10 at most: larger bounds let heavy
+    #: events overshoot again (docs/learner.md, "Bounded steps"). AdaGrad does not use it.
+    max_step: float = Field(4.0, gt=0, le=10)
+    #: No user or item vector is longer than this: a step that would make one longer is scaled
+    #: back to it. A guard that keeps every score finite (at most ``max_norm^2`` plus the bias);
+    #: with ``max_step`` the vectors stay below ~5.5 on ML-100k, so it does not bind there.
+    max_norm: float = Field(10.0, gt=0, le=1_000)
+
+    @model_validator(mode="after")
+    def _stable(self) -> "LearnerConfig":
+        if self.learning_rate * self.regularization >= 1:
+            raise ValueError(f"learning_rate * regularization ({self.learning_rate} * {self.regularization}) must "
+                             "be below 1: each step would shrink a vector past zero and the learner diverges")
+        if self.init_scale * math.sqrt(self.dim) > self.max_norm:
+            raise ValueError(f"init_scale {self.init_scale} at dim {self.dim} makes initial vectors of norm "
+                             f"~{self.init_scale * math.sqrt(self.dim):g}, longer than max_norm ({self.max_norm})")
+        return self
 
 
 class ExporterConfig(_Section):
@@ -648,7 +702,8 @@ def _format_errors(exc: ValidationError, origin: dict[str, str], source: str) ->
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not isinstance(p, int))
         key = ".".join(str(p) for p in loc)
-        where = origin.get(key, source)
+        # a section's own check (a model validator): where its settings came from
+        where = origin.get(key) or ", ".join(sorted({v for k, v in origin.items() if k.startswith(f"{key}.")})) or source
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed_keys(loc))
             lines.append(f"  {key}: unknown key (from {where}); allowed here: {allowed}")

@@ -58,8 +58,10 @@ KINDS = (RECOMMENDATION_KIND, ITEM_KIND, USER_KIND, ITEM_DELTA_KIND)
 #: keyed state, build and encode the records.
 PHASES = ("state_read", "learn_score", "state_write", "emit")
 #: The counters a :class:`StepOutput` increments (the operator registers them all at open).
+#: ``nonfinite_rows_reset``: user and item rows put back to their initial state because a vector
+#: was not finite (``ShardModel.take_rows_reset``); the bounded steps keep it at 0.
 COUNTERS = ("events_learned", "bot_events_not_learned", "recommendations", "popularity_recommendations",
-            "events_without_recommendation",
+            "events_without_recommendation", "nonfinite_rows_reset",
             "batches", "batches_live_held_back", "model_swaps", "item_deltas_sent", "item_deltas_applied",
             *(f"{phase}_us" for phase in PHASES))
 #: The item exchange's gauges: how old the newest and the oldest step of the deltas applied by
@@ -317,6 +319,7 @@ class LearnerCore:
             state.items.put_all(received)
         if self.settings.exchange_interval_ms:
             self._send_deltas(key, shard, state, now_ms, out, timer=False)
+        self._count_resets(key, shard, out)
         return out
 
     def on_timer(self, key: int, state: ShardState, timer_ms: int, now_ms: int,
@@ -336,7 +339,18 @@ class LearnerCore:
         if flush:
             state.changelog.update(state_codec.encode_changelog(set(), set(), now_ms))
             self._changelog(shard, state, items, users, None, out)
+        self._count_resets(key, shard, out)
         return out
+
+    @staticmethod
+    def _count_resets(key: int, shard: ShardModel, out: StepOutput) -> None:
+        """Rows the shard put back to their initial state because they were not finite: counted
+        and logged, never emitted as NaN (strict JSON would fail the job, and its restarts)."""
+        n = shard.take_rows_reset()
+        if n:
+            out.count("nonfinite_rows_reset", n)
+            log.warning("shard %s: %d user / item rows were not finite and were put back to their initial "
+                        "vectors (metric nonfinite_rows_reset)", key, n)
 
     def cpu_summary(self) -> str:
         """Where the learner's thread CPU went since the start, by phase ('' before any batch)."""

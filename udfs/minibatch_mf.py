@@ -9,7 +9,9 @@ of ``B`` events is a few numpy operations per round instead of ``B`` Python step
   batch at once), each gradient at the user's current vector, so event ``j``'s vector has seen
   the user's events ``<= j`` and none after;
 * **items** are read as they were at the batch's start; their gradients are summed per item
-  (``np.add.at``) and applied once, after the batch.
+  (``np.add.at``) and applied once, after the batch;
+* as in the reference, each event's step is bounded (``max_step``, :func:`udfs.online_mf.step_scale`)
+  and no vector grows beyond ``max_norm`` (docs/learner.md, "Bounded steps").
 
 Negatives are drawn from the batch's starting item table in proportion to popularity (or
 uniformly) with a generator seeded by the batch's first event id and size, so a replayed batch
@@ -38,7 +40,7 @@ import numpy as np
 
 from streamrec.udfs.embeddings import init_vector, item_key
 from streamrec.udfs.modes import NEGATIVE_SAMPLERS, OBJECTIVES, OPTIMIZERS, choose, sigmoid
-from streamrec.udfs.online_mf import LearnerParams
+from streamrec.udfs.online_mf import LearnerParams, _clip_rows, clip_norms, finite_rows, step_bound
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -213,6 +215,34 @@ class ItemTable:
             col[changed] += summed
         return changed
 
+    def reset_nonfinite(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Put every row of ``rows`` (None: all) whose vector, bias or AdaGrad sums are not finite
+        back to its initial state (its deterministic vector, zero bias and sums; update count and
+        popularity kept, a non-finite popularity zeroed) with nothing pending for the other
+        shards; returns those rows. Bounded steps keep the table finite: this is the guard that
+        keeps one bad row from reaching the records (strict JSON refuses NaN) or the other shards.
+
+        >>> from udfs.online_mf import LearnerParams
+        >>> table = ItemTable(LearnerParams.of(None, dim=2, seed=1))
+        >>> rows = table.rows(["a", "b"])
+        >>> table.vectors[1] = np.nan
+        >>> table.reset_nonfinite().tolist(), bool(np.isfinite(table.vectors[:2]).all())
+        ([1], True)
+        """
+        n = len(self.ids)
+        rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+        bad = rows[~finite_rows(self.vectors[rows], self.accum[rows], self.bias[rows], self.bias_accum[rows],
+                                self.popularity[rows])]
+        if len(bad):
+            p = self.params
+            for r in bad.tolist():
+                self.vectors[r] = init_vector(item_key(self.ids[r]), p.dim, p.seed, p.init_scale)
+            self.accum[bad], self.bias[bad], self.bias_accum[bad] = 0, 0, 0
+            self.popularity[bad] = np.where(np.isfinite(self.popularity[bad]), self.popularity[bad], 0.0)
+            for column, _ in _LEARNED:
+                getattr(self, f"pending_{column}")[bad] = 0
+        return bad
+
     def expire(self, written_before_ms: int) -> list[str]:
         """Drop the items last written before ``written_before_ms`` (keyed state's TTL expires
         them there); returns their ids. The rows of the others are renumbered (in order)."""
@@ -305,9 +335,21 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     if shift is not None:
         cand_b = cand_b + shift  # e.g. softmax logits: score - logQ, invalid negatives excluded
     any_lonely, all_learn = bool(lonely.any()), bool(learn.all())
+    # Each event's step within max_step (udfs/online_mf.py step_scale), and every vector within
+    # max_norm. The sequential reference clips a user's vector after each step; here a round
+    # clips its users' vectors as it reads them, and the event vectors and the users' vectors
+    # are clipped once after the rounds: the same vectors, with one |u|^2 per round for both
+    # (np.vecdot: a round is a few events, where einsum's overhead per call is twice its).
+    bound, max_sq = step_bound(p) / p.learning_rate, p.max_norm * p.max_norm
+    if bound:
+        cand_sq = np.vecdot(cand_v, cand_v, dtype=np.float64) + 1.0  # |v_k|^2 + 1 (the bias)
     for ev in _rounds(_occurrence(user_slot)):
         sl = user_slot[ev]
         u = users[sl]
+        sq = np.vecdot(u, u)
+        if sq.max() > max_sq:
+            u = _clip_rows(u, sq, p.max_norm)
+            sq = np.vecdot(u, u)
         u_at[ev] = u
         cv = cand_v[ev]
         s = np.einsum("bd,bkd->bk", u, cv) + cand_b[ev]
@@ -318,6 +360,12 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
             c, s_pos = objective.batch_coefficients(s, we, ev, shift, valid)
         if m and any_lonely:  # an event without any valid negative takes a pointwise logistic step
             c[:, 0] = np.where(lonely[ev], we * sigmoid(-s_pos), c[:, 0])
+        if bound:  # as step_scale: sum_k |c_k| (|u|^2 + |v_k|^2 + 1) <= max_step / lr
+            den = cand_sq[ev]
+            den += sq[:, None]
+            change = np.vecdot(np.abs(c), den)
+            if change.max() > bound:
+                c *= np.minimum(1.0, bound / np.maximum(change, 1e-30))[:, None]
         c_pos[ev] = c[:, 0]
         if m:
             c_neg[ev] = c[:, 1:]
@@ -326,6 +374,8 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
             grad *= learn[ev, None]
         optimizer.step_rows(users, accum, sl, u, grad, p.learning_rate)
         event_vectors[ev] = users[sl]
+    event_vectors = clip_norms(event_vectors, p.max_norm)
+    users = clip_norms(users, p.max_norm)
 
     # items: every contribution summed per row, applied once
     contributes = np.concatenate([learn, (valid & learn[:, None]).reshape(-1)])
@@ -338,7 +388,13 @@ def batch_step(table: ItemTable, user_vectors: np.ndarray, user_accum: np.ndarra
     grad_b = np.zeros(len(changed), np.float64)
     np.add.at(grad_b, inverse, coef - p.regularization * table.bias[rows])
     counts = np.bincount(inverse, minlength=len(changed))
-    table.add(changed, **optimizer.item_steps(table, changed, grad_v, grad_b, p.learning_rate), updates=counts)
+    steps = optimizer.item_steps(table, changed, grad_v, grad_b, p.learning_rate)
+    new = table.vectors[changed] + steps["vectors"]
+    sq = np.einsum("nd,nd->n", new, new)
+    over = sq > max_sq
+    if over.any():  # the step that leaves the vector at max_norm instead
+        steps["vectors"][over] = _clip_rows(new[over], sq[over], p.max_norm) - table.vectors[changed[over]]
+    table.add(changed, **steps, updates=counts)
     popular, weight_sum = np.unique(positives[learn], return_inverse=True)
     table.add(popular, popularity=np.bincount(weight_sum, weights=w[learn], minlength=len(popular)))
     return BatchStep(event_vectors, users, accum, changed)

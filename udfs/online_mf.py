@@ -61,6 +61,10 @@ __all__ = [
     "user_step",
     "item_step",
     "sample_negatives",
+    "step_bound",
+    "step_scale",
+    "clip_norms",
+    "finite_rows",
     "OnlineMF",
     "init_user_state",
     "init_item_state",
@@ -99,6 +103,8 @@ class LearnerParams:
     negative_sampling: str
     popularity_prior: float
     optimizer: str
+    max_step: float
+    max_norm: float
 
     @classmethod
     def of(cls, cfg: Any = None, **overrides: Any) -> "LearnerParams":
@@ -356,7 +362,10 @@ def user_step(
     """Learn one positive event on the user side; return the new state and the item updates.
 
     The first update is always the positive item (even without negatives, so the item side
-    counts its popularity); then one per sampled negative, in draw order.
+    counts its popularity); then one per sampled negative, in draw order. The event's
+    coefficients are scaled down so that its step stays within ``max_step`` (:func:`step_scale`;
+    the updates carry the scaled ones), and the new user vector is kept within ``max_norm``
+    (:func:`item_step` keeps the items' so).
     """
     p = LearnerParams.of(cfg)
     objective = choose(OBJECTIVES, p.objective, "objective")
@@ -383,14 +392,20 @@ def user_step(
                 and snapshot._cum[-1] > 0):
             pops = np.concatenate(([pop_pos], snapshot.popularity[neg_rows]))
         c_pos, c_neg = objective.event_coefficients(s_pos, s_neg, w, pops)
-        grad = c_pos * v_pos + c_neg.astype(np.float32) @ v_neg
     else:
         # nothing to contrast with (empty snapshot or negatives=0): a pointwise logistic step
+        v_neg = np.zeros((0, p.dim), np.float32)
         c_neg = np.zeros(0)
         c_pos = w * float(sigmoid(-s_pos))
-        grad = c_pos * v_pos
+    bound = step_bound(p)
+    if bound:  # the event's step within max_step (a heavy weight must not overshoot)
+        scale = float(step_scale(float(u @ u), np.concatenate(([v_pos @ v_pos], np.einsum("kd,kd->k", v_neg, v_neg))),
+                                 np.concatenate(([c_pos], c_neg)), p.learning_rate, bound))
+        c_pos, c_neg = c_pos * scale, c_neg * scale
+    grad = c_pos * v_pos + c_neg.astype(np.float32) @ v_neg if neg_rows else c_pos * v_pos
     grad = grad - p.regularization * u
     new_u, new_acc = choose(OPTIMIZERS, p.optimizer, "optimizer").step(u, state.accum, grad, p.learning_rate)
+    new_u = clip_norms(new_u[None, :], p.max_norm)[0]
 
     recent = [i for i in state.recent if i != item_id]
     recent.append(item_id)
@@ -405,6 +420,71 @@ def user_step(
     return new_state, updates
 
 
+def step_bound(p: LearnerParams) -> float:
+    """The bound :func:`step_scale` keeps an event's step within under ``p``: ``max_step`` for
+    SGD, 0 (none) for AdaGrad, whose steps are divided by the root of the summed squared
+    gradients and so do not grow with the event weight (bounding them as SGD's measured worse,
+    docs/learner.md "Bounded steps").
+
+    >>> step_bound(LearnerParams.of(None)), step_bound(LearnerParams.of(None, optimizer="adagrad"))
+    (4.0, 0.0)
+    """
+    return p.max_step if p.optimizer == "sgd" else 0.0
+
+
+def step_scale(user_sq, cand_sq: np.ndarray, coef: np.ndarray, learning_rate: float, bound: float):
+    """The factor (at most 1) by which an event's coefficients are scaled so that its SGD step
+    changes the scores of its candidates by at most ``bound`` in all, to first order.
+
+    An event moves the user by ``lr * sum_k c_k v_k`` and each candidate ``k`` (the positive and
+    its negatives) by ``lr * c_k u`` and its bias by ``lr * c_k``: candidate ``k``'s score moves by
+    ``lr * c_k * (|u|^2 + |v_k|^2 + 1)`` (cross terms between candidates left out). The
+    coefficients carry the event weight, so a heavy event, a large learning rate or long vectors
+    make a step that overshoots the loss's minimum; repeated, the vectors grow without bound
+    (docs/learner.md, "Bounded steps"). ``user_sq``: ``|u|^2`` (one event) or ``[R]`` (a round
+    of events: then ``cand_sq`` / ``coef`` are ``[R, K]`` and the factors ``[R]``).
+
+    >>> float(step_scale(1.0, np.array([1.0, 1.0]), np.array([0.5, -0.5]), 0.2, 3.0))  # 0.6 <= 3
+    1.0
+    >>> float(step_scale(1.0, np.array([1.0, 1.0]), np.array([10.0, -10.0]), 0.2, 3.0))  # 12 > 3
+    0.25
+    """
+    change = learning_rate * (np.abs(coef) * (np.asarray(user_sq)[..., None] + cand_sq + 1.0)).sum(-1)
+    return np.minimum(1.0, bound / np.maximum(change, 1e-30))
+
+
+def clip_norms(rows: np.ndarray, max_norm: float) -> np.ndarray:
+    """``rows`` (float32 ``[N, D]``), each longer than ``max_norm`` scaled back to that length
+    (the same array when none is).
+
+    >>> clip_norms(np.float32([[3.0, 4.0], [0.3, 0.4]]), 1.0).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.30000001192092896, 0.4000000059604645]]
+    """
+    sq = np.einsum("nd,nd->n", rows, rows)
+    if not (sq > max_norm * max_norm).any():
+        return rows
+    return _clip_rows(rows, sq, max_norm)
+
+
+def _clip_rows(rows: np.ndarray, sq: np.ndarray, max_norm: float) -> np.ndarray:
+    over = sq > max_norm * max_norm
+    scale = np.where(over, max_norm / np.sqrt(np.where(over, sq, 1.0)), 1.0).astype(np.float32)
+    return rows * scale[:, None]
+
+
+def finite_rows(*columns: np.ndarray) -> np.ndarray:
+    """Per row, whether every value of every column (``[N]`` or ``[N, ...]``) is finite.
+
+    >>> finite_rows(np.float32([[1, 2], [np.nan, 0], [1, 1]]), np.float32([0, 0, np.inf])).tolist()
+    [True, False, False]
+    """
+    ok = np.ones(len(columns[0]), bool)
+    for col in columns:
+        col = np.asarray(col)
+        ok &= np.isfinite(col).all(axis=tuple(range(1, col.ndim)))
+    return ok
+
+
 def item_step(state: ItemState, update: ItemUpdate, cfg: Any) -> ItemState:
     """Apply one :class:`ItemUpdate` to the item's state (keyed by item)."""
     p = LearnerParams.of(cfg)
@@ -412,6 +492,7 @@ def item_step(state: ItemState, update: ItemUpdate, cfg: Any) -> ItemState:
     v = state.vector
     grad = update.coef * np.asarray(update.user_vector, dtype=np.float32) - p.regularization * v
     new_v, new_acc = optimizer.step(v, state.accum, grad, p.learning_rate)
+    new_v = clip_norms(new_v[None, :], p.max_norm)[0]
     g_b = update.coef - p.regularization * state.bias
     bias, b_acc = optimizer.step_scalar(state.bias, state.bias_accum, g_b, p.learning_rate)
     return ItemState(
@@ -459,6 +540,9 @@ class OnlineMF(Recommender):
         self.items: dict[str, ItemState] = {}
         self.snapshot = ItemSnapshot.empty(self.params.dim)
         self.n_events = 0
+        #: Users and items put back to their initial state because a step left them non-finite
+        #: (the step bound and max_norm keep them finite: a guard, as in the pipeline's shard).
+        self.rows_reset = 0
         self._dirty: set[str] = set()
 
     def learn_one(
@@ -471,12 +555,21 @@ class OnlineMF(Recommender):
         state = self.users.get(user)
         if state is None:
             state = init_user_state(user, p)
-        self.users[user], updates = user_step(state, item, weight, event_id, self.snapshot, p)
+        state, updates = user_step(state, item, weight, event_id, self.snapshot, p)
+        if not finite_rows(state.vector[None, :], state.accum[None, :])[0]:
+            state = dataclasses.replace(init_user_state(user, p), recent=state.recent, events=state.events)
+            self.rows_reset += 1
+        self.users[user] = state
         for upd in updates:
             ist = self.items.get(upd.item_id)
             if ist is None:
                 ist = init_item_state(upd.item_id, p)
-            self.items[upd.item_id] = item_step(ist, upd, p)
+            ist = item_step(ist, upd, p)
+            if not finite_rows(ist.vector[None, :], ist.accum[None, :], np.array([[ist.bias, ist.bias_accum]]))[0]:
+                ist = dataclasses.replace(init_item_state(upd.item_id, p), updates=ist.updates,
+                                          popularity=ist.popularity)
+                self.rows_reset += 1
+            self.items[upd.item_id] = ist
             self._dirty.add(upd.item_id)
         self.n_events += 1
         if self.n_events % self.snapshot_every == 0:

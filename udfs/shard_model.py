@@ -59,6 +59,7 @@ from streamrec.udfs.base import Event, Recommender
 from streamrec.udfs.item_exchange import HALF_PRECISION, ItemDeltas
 from streamrec.udfs.embeddings import init_vector, user_key
 from streamrec.udfs.minibatch_mf import ItemTable, batch_step
+from streamrec.udfs.online_mf import clip_norms, finite_rows
 from streamrec.udfs.seen_filter import SeenFilter, item_positions
 
 #: ``strategy`` values of a recommendation record: ``none`` has no items, and its ``reason`` says why.
@@ -176,6 +177,8 @@ class BatchResult:
     learned: int = 0
     bot_events: int = 0
     unservable: int = 0  #: events whose user had every known item (their records are ``none``)
+    #: users and items of the batch put back to their initial state: their vectors were not finite
+    rows_reset: int = 0
 
 
 class ShardModel(Recommender):
@@ -208,11 +211,24 @@ class ShardModel(Recommender):
         #: job they live in keyed state and :meth:`process` gets and returns them.
         self.user_records: dict[str, bytes] = {}
         self._in_process_events = 0
+        self._rows_reset = 0  # since the last take_rows_reset()
+
+    def take_rows_reset(self) -> int:
+        """How many user and item rows were put back to their initial state since the last call
+        because a vector, bias or AdaGrad sum was not finite (in a batch, in restored state or in
+        another shard's deltas). The bounded steps (``learner.max_step``, ``max_norm``) keep every
+        row finite; this guard keeps one that is not from reaching the records, whose strict JSON
+        refuses NaN (the job would fail, restart from its checkpoint and fail again)."""
+        n, self._rows_reset = self._rows_reset, 0
+        return n
 
     # state ----------------------------------------------------------------------------------
     def restore_items(self, records: Iterable[tuple[str, bytes]]) -> int:
         """Load the item table from keyed state (after a start or a restore)."""
         n = self.items.restore(records)
+        self._rows_reset += len(self.items.reset_nonfinite())
+        k = len(self.items)  # state of a learner without the bound may hold longer vectors
+        self.items.vectors[:k] = clip_norms(self.items.vectors[:k], self.params.max_norm)
         self.live = self._catalogue()
         return n
 
@@ -254,8 +270,10 @@ class ShardModel(Recommender):
         rows = [self.items.apply_deltas(d.item_ids, d.steps) for d in deltas]
         if not rows:
             return {}
+        rows = np.unique(np.concatenate(rows))
+        self._rows_reset += len(self.items.reset_nonfinite(rows))
         self.live = self._catalogue()
-        return self.items.encode(np.unique(np.concatenate(rows)), now_ms)
+        return self.items.encode(rows, now_ms)
 
     def reset_vectors(self, item_ids: Sequence[str], vectors: np.ndarray, bias: np.ndarray) -> list[str]:
         """Put an exported version's item vectors and biases back (``streamrec run --from-version``):
@@ -273,7 +291,7 @@ class ShardModel(Recommender):
         """
         dropped = self.items.drop_all_but(set(item_ids))
         rows = self.items.rows(item_ids)
-        self.items.vectors[rows] = np.asarray(vectors, np.float32)
+        self.items.vectors[rows] = clip_norms(np.asarray(vectors, np.float32), self.params.max_norm)
         self.items.bias[rows] = np.asarray(bias, np.float32)
         self.items.take_pending()  # steps taken before the reset are not the version's: never sent
         self._positions = np.zeros((0, self.settings.seen_filter_hashes), np.int64)
@@ -378,14 +396,24 @@ class ShardModel(Recommender):
         positives = self.items.rows(e.item_id for e in events)
         known = self._row_positions()
         filters = np.stack([np.frombuffer(u.seen.words, np.uint8) for u in users])
+        ids = list(slots)
+        vectors, accums = np.stack([u.vector for u in users]), np.stack([u.accum for u in users])
+        reset = self._reset_users(ids, vectors, accums)  # (restored state)
 
         def avoid(user_slot: np.ndarray, rows: np.ndarray) -> np.ndarray:
             bits = filters[user_slot[:, None, None], known[rows] >> 3]
             return ((bits >> (known[rows] & 7).astype(np.uint8)) & 1).all(-1)
 
-        step = batch_step(self.items, np.stack([u.vector for u in users]), np.stack([u.accum for u in users]),
+        step = batch_step(self.items, vectors, accums,
                           slot, positives, np.fromiter((e.weight for e in events), np.float64, len(events)),
                           [e.event_id for e in events], avoid, learn)
+        after = self._reset_users(ids, step.user_vectors, step.user_accum)
+        if after:  # their events are scored with the reset vector
+            bad = ~finite_rows(step.event_vectors)
+            step.event_vectors[bad] = step.user_vectors[slot[bad]]
+        reset += after + len(self.items.reset_nonfinite(step.changed_items))
+        out.rows_reset += reset
+        self._rows_reset += reset
         changed = set(positives.tolist()) | set(step.changed_items.tolist())
         # each event's user as of its own event (vector, learned-event count, items of its batch)
         counts = np.zeros(len(users), np.int64)
@@ -406,6 +434,16 @@ class ShardModel(Recommender):
                 rec.seen = rec.seen.add_positions(known[self.items.index[item]])
         self.live = self._catalogue()
         return changed
+
+    def _reset_users(self, ids: list[str], vectors: np.ndarray, accums: np.ndarray) -> int:
+        """Rows of ``vectors`` / ``accums`` (users ``ids``) that are not finite, put back to the
+        user's initial vector and zero sums in place; returns how many."""
+        bad = np.flatnonzero(~finite_rows(vectors, accums))
+        p = self.params
+        for k in bad.tolist():
+            vectors[k] = init_vector(user_key(ids[k]), p.dim, p.seed, p.init_scale)
+            accums[k] = 0
+        return len(bad)
 
     def _catalogue(self) -> "Catalogue":
         t = self.items

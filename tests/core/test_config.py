@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -62,6 +63,47 @@ def test_range_and_type_errors_name_the_key(tmp_path):
 def test_event_weights_must_be_ordered():
     with pytest.raises(ConfigError, match="view < click < cart < purchase"):
         load_config(config_file=None, env={"STREAMREC_INGEST__WEIGHTS__CLICK": "5"})
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("PURCHASE", "inf", "ingest.weights.purchase = 'inf' (from STREAMREC_INGEST__WEIGHTS__PURCHASE): Input "
+                        "should be a finite number"),
+    ("PURCHASE", "nan", "should be a finite number"),
+    ("RATING_BASE", "inf", "ingest.weights.rating_base = 'inf'"),
+    ("PURCHASE", "2e6", "less than or equal to 1000000"),
+    ("RATING_BASE", "-1", "ingest (from STREAMREC_INGEST__WEIGHTS__RATING_BASE): Value error, a rating of 0.5 would "
+                          "weigh -0.95 (weights.rating_base + weights.rating_scale * rating), but every rating"),
+    ("RATING_BASE", "-0.05", "a rating of 0.5 would weigh 0 "),
+])
+def test_event_weights_that_cannot_work_are_refused_with_one_sentence(key, value, says):
+    """A weight that is not a finite number, too large to sum, or a rating weight of 0 or less
+    (the learner would unlearn the event) is refused before anything starts."""
+    with pytest.raises(ConfigError) as err:
+        load_config(config_file=None, env={f"STREAMREC_INGEST__WEIGHTS__{key}": value})
+    assert says in str(err.value) and f"(from STREAMREC_INGEST__WEIGHTS__{key})" in str(err.value)
+    assert len(str(err.value).splitlines()) == 2  # the heading and one sentence
+
+
+def test_heavy_event_weights_are_accepted_the_learner_bounds_their_steps():
+    cfg = load_config(config_file=None, env={"STREAMREC_INGEST__WEIGHTS__VIEW": "2.5",
+                                             "STREAMREC_INGEST__WEIGHTS__CLICK": "3",
+                                             "STREAMREC_INGEST__WEIGHTS__CART": "4",
+                                             "STREAMREC_INGEST__WEIGHTS__PURCHASE": "1000",
+                                             "STREAMREC_INGEST__WEIGHTS__RATING_BASE": "4"})
+    assert cfg.ingest.weights.purchase == 1000 and cfg.learner.max_step == 4.0 and cfg.learner.max_norm == 10.0
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"STREAMREC_LEARNER__MAX_STEP": "0"}, "learner.max_step = '0'"),
+    ({"STREAMREC_LEARNER__MAX_STEP": "50"}, "learner.max_step = '50'"),
+    ({"STREAMREC_LEARNER__MAX_NORM": "0"}, "learner.max_norm = '0'"),
+    ({"STREAMREC_LEARNER__LEARNING_RATE": "5", "STREAMREC_LEARNER__REGULARIZATION": "0.5"},
+     "learning_rate * regularization (5.0 * 0.5) must be below 1"),
+    ({"STREAMREC_LEARNER__INIT_SCALE": "3"}, "longer than max_norm (10.0)"),
+])
+def test_learner_settings_that_cannot_stay_finite_are_refused(env, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(config_file=None, env=env)
 
 
 def test_transaction_timeout_capped_at_broker_limit():

@@ -124,3 +124,28 @@ def test_a_pickled_changelog_state_is_refused_with_its_sentence():
     state.changelog.update(pickle.dumps((set(), set(), 0)))
     with pytest.raises(ValueError, match="is a pickle"):
         core.on_batch(0, state, _line(_events(1)), now_ms=T0)
+
+
+def test_a_row_that_is_not_finite_is_counted_and_never_reaches_a_record():
+    """Rows the bounded steps should never produce (here: restored state with NaN vectors)
+    go back to their initial vectors, counted in ``nonfinite_rows_reset``; before, the NaN
+    reached Record.encode, whose strict JSON raised inside the job, after every restart again."""
+    import numpy as np
+
+    from streamrec.udfs.shard_model import decode_user, encode_user
+
+    core, state = LearnerCore(_settings(changelog_interval_ms=0)), ShardState.in_memory()
+    core.on_batch(0, state, _line(_events(20)), now_ms=T0)
+    user = decode_user(state.users["u1"])
+    user.vector[:] = np.nan
+    state.users.put_all({"u1": encode_user(user)})
+    item = bytearray(state.items["i7"])
+    item[-8 - 2 * 4 * 8:-8 - 4 * 8] = np.full(8, np.inf, "<f4").tobytes()  # its vector (dim 8)
+    state.items.put_all({"i7": bytes(item)})
+    restarted = LearnerCore(_settings(changelog_interval_ms=0))  # restores the items from state
+    out = restarted.on_batch(0, state, _line(_events(10, start=20)), now_ms=T0 + 1_000)
+    assert out.counts["nonfinite_rows_reset"] == 2
+    for kind, _, text in out.records:  # every record encoded, and back: finite numbers only
+        decoded = {"recommendation": RECOMMENDATION, "item": ITEM_RECORD, "user": USER_RECORD}[kind].decode(text)
+        assert all(np.isfinite(v) for v in decoded.get("vector", [])), (kind, decoded)
+    assert "nonfinite_rows_reset" not in restarted.on_batch(0, state, _line(_events(5, start=30)), now_ms=T0 + 2_000).counts

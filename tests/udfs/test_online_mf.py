@@ -187,3 +187,57 @@ def test_estimator_verbs_and_config():
         OnlineMF(snapshot_every=0)
     with pytest.raises(ValueError, match="unknown|Input should be"):
         OnlineMF(objective="nope")
+
+
+# ---------------------------------------------------------------------------------- bounded steps
+
+
+@pytest.mark.parametrize("weight", [2.5, 4.0])
+def test_heavy_event_weights_keep_the_reference_finite_and_learning(weight):
+    """Weights of 2.5 and more made every step overshoot: the vectors grew to ~1e5 and then to
+    NaN. The step bound (learner.max_step) keeps them short, and the groups are still learned."""
+    stream = [(user, item, weight, eid) for user, item, _, eid in planted_stream()]
+    model = OnlineMF(LearnerConfig())
+    mf = prequential(model, stream, k=10).tail(2000)
+    norms = [np.linalg.norm(s.vector) for s in [*model.users.values(), *model.items.values()]]
+    assert np.isfinite(norms).all() and max(norms) < 5, max(norms)
+    assert model.rows_reset == 0
+    assert mf.recall > 0.10, mf.recall  # as at weight 1 (test_planted_groups_are_learned)
+
+
+def test_the_bound_scales_a_heavy_step_to_max_step():
+    """One event of weight 50: its step changes the positive's score by max_step to first order
+    (lr * c * (|u|^2 + |v|^2 + 1)), as SGD; AdaGrad is not bounded."""
+    p = LearnerParams.of(None, dim=8, seed=3, negatives=0)
+    user, item = init_user_state("u", p), init_item_state("i", p)
+    _, (upd,) = user_step(user, "i", 50.0, "e1", ItemSnapshot.empty(p.dim), p)
+    change = p.learning_rate * upd.coef * (user.vector @ user.vector + item.vector @ item.vector + 1)
+    assert change == pytest.approx(p.max_step, rel=1e-5)
+    _, (light,) = user_step(user, "i", 1.0, "e1", ItemSnapshot.empty(p.dim), p)
+    assert 0 < light.coef < 1  # a light event is not scaled
+    ada = LearnerParams.of(p, optimizer="adagrad")
+    _, (unbounded,) = user_step(init_user_state("u", ada), "i", 50.0, "e1", ItemSnapshot.empty(p.dim), ada)
+    assert unbounded.coef > 20
+
+
+def test_max_norm_caps_the_users_and_items():
+    p = LearnerParams.of(None, dim=8, seed=3, max_norm=0.5, learning_rate=0.5)
+    model = OnlineMF(p)
+    for user, item, _, eid in planted_stream(n_events=1500):
+        model.learn_one(user, item, 1.0, eid)
+    norms = [np.linalg.norm(s.vector) for s in [*model.users.values(), *model.items.values()]]
+    assert max(norms) <= 0.5 + 1e-6 and max(norms) > 0.49
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_a_non_finite_step_resets_the_row_and_counts_it():
+    model = OnlineMF(dim=8, seed=3, snapshot_every=1)
+    for n in range(20):
+        model.learn_one(f"u{n % 3}", f"i{n % 5}", 1.0, f"e{n}")
+    model.items["i1"].vector[:] = np.inf  # as if a step had overflowed
+    model._dirty.add("i1")
+    model.refresh_snapshot()
+    model.learn_one("u0", "i1", 1.0, "e-bad")
+    assert model.rows_reset >= 2  # the user and the item it learned from
+    assert all(np.isfinite(s.vector).all() for s in [*model.users.values(), *model.items.values()])
+    np.testing.assert_array_equal(model.items["i1"].vector, init_item_state("i1", model.params).vector)

@@ -8,17 +8,17 @@ from streamrec.model.onnx_model import export_model_bytes, popularity_prior
 from streamrec.model.scoring import ScoringModel
 from streamrec.udfs.online_mf import LearnerParams
 from streamrec.udfs.popularity import Popularity
-from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings, decode_user, shard_of
+from streamrec.udfs.shard_model import Event, ShardModel, ShardSettings, decode_user, encode_user, shard_of
 
 
-def _stream(n, users=30, items=60, seed=5):
+def _stream(n, users=30, items=60, seed=5, weight=1.0):
     """Users of group g mostly take items of block g."""
     rng = random.Random(seed)
     out = []
     for k in range(n):
         u = rng.randrange(users)
         item = (u % 3) * (items // 3) + rng.randrange(items // 3) if rng.random() < 0.9 else rng.randrange(items)
-        out.append(Event(f"e{k}", f"u{u}", f"i{item}", 1.0, 1_700_000_000_000 + k * 1000, 0, k))
+        out.append(Event(f"e{k}", f"u{u}", f"i{item}", weight, 1_700_000_000_000 + k * 1000, 0, k))
     return out
 
 
@@ -109,9 +109,8 @@ def test_state_written_out_restores_the_same_shard():
         np.testing.assert_array_equal(decode_user(users[user]).vector, decode_user(raw).vector)
 
 
-def test_learns_the_planted_structure_better_than_popularity():
-    events = _stream(3000)
-    _, recs = _run(_shard(), events, 128)
+def _hit_rates(events, recs) -> tuple[float, float]:
+    """Prequential hit rates of the records' lists and of popularity (top 5, seen items excluded)."""
     by_offset = {r["source_offset"]: [i["item_id"] for i in r["items"]] for r in recs}
     last: dict[str, list] = {}
     pop, hits_model, hits_pop, n = Popularity(), 0, 0, 0
@@ -126,7 +125,57 @@ def test_learns_the_planted_structure_better_than_popularity():
         had.add(ev.item_id)
         if ev.src_offset in by_offset:
             last[ev.user_id] = by_offset[ev.src_offset]
-    assert hits_model / n > 1.5 * hits_pop / n, (hits_model / n, hits_pop / n)
+    return hits_model / n, hits_pop / n
+
+
+def test_learns_the_planted_structure_better_than_popularity():
+    events = _stream(3000)
+    _, recs = _run(_shard(), events, 128)
+    model, pop = _hit_rates(events, recs)
+    assert model > 1.5 * pop, (model, pop)
+
+
+@pytest.mark.parametrize("weight", [2.5, 4.0])
+def test_heavy_event_weights_keep_the_shard_finite_bounded_and_learning(weight):
+    """All events of weight 2.5 grew the vectors to ~1e5, of 4.0 to NaN, and a NaN score made
+    Record.encode (strict JSON) fail the job, which then failed again after every restart."""
+    events = _stream(3000, weight=weight)
+    shard = _shard()
+    users, recs = _run(shard, events, 64)
+    norms = np.r_[[np.linalg.norm(decode_user(raw).vector) for raw in users.values()],
+                  np.linalg.norm(shard.items.vectors[:len(shard.items)], axis=1)]
+    assert np.isfinite(norms).all() and norms.max() < 5, norms.max()
+    assert shard.take_rows_reset() == 0
+    assert all(it["score"] is None or np.isfinite(it["score"]) for r in recs for it in r["items"])
+    model, pop = _hit_rates(events, recs)
+    assert model > 1.5 * pop, (model, pop)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
+def test_a_row_that_is_not_finite_is_reset_and_counted_never_scored():
+    """A guard behind the bounded steps: a NaN user record (state of older code) and an
+    infinite item vector go back to their initial vectors, and the batch's lists stay finite."""
+    events = _stream(600)
+    shard = _shard()
+    users, _ = _run(shard, events[:300], 100)
+    bad = decode_user(users["u1"])
+    bad.vector[:] = np.nan
+    users["u1"] = encode_user(bad)
+    shard.items.vectors[shard.items.index["i0"]] = np.inf  # as if a step had overflowed
+    batch = [Event("e-i0", "u0", "i0", 1.0, events[299].ts + 1, 0, 300), *events[301:340]]
+    out = shard.process(batch, users, now_ms=1)
+    assert out.rows_reset >= 3 and shard.take_rows_reset() == out.rows_reset  # u1, i0, u0 (and more)
+    assert np.isfinite(shard.items.vectors[:len(shard.items)]).all()
+    assert all(np.isfinite(decode_user(raw).vector).all() for raw in out.user_records.values())
+    assert all(it["score"] is None or np.isfinite(it["score"]) for r in out.recommendations for it in r["items"])
+    # items restored from such state are reset (and vectors longer than max_norm shortened)
+    records = shard.items.encode(range(len(shard.items)))
+    restored = _shard()
+    raw = bytearray(records["i3"])
+    raw[-8 * 16 - 8:-4 * 16 - 8] = np.full(16, np.nan, "<f4").tobytes()  # its vector
+    records["i3"] = bytes(raw)
+    restored.restore_items(records.items())
+    assert restored.take_rows_reset() == 1 and np.isfinite(restored.items.vectors[:len(restored.items)]).all()
 
 
 def _serve_version_7(shard) -> list[str]:
