@@ -354,6 +354,12 @@ class IngestConfig(_Section):
     #: long (a source parallelism above the partition count on a cluster), knowing that price.
     #: Bounded runs never use it: a partition that has reached its end offset no longer counts.
     source_idle_timeout_ms: int = Field(0, ge=0)
+    #: The most bytes the raw source fetches from one partition per request (the Kafka client's
+    #: ``max.partition.fetch.bytes``; its default is 1 MiB, ~7,000 events). Under a backlog the
+    #: reader emits partition by partition, fetch by fetch, so this is the grain at which the
+    #: partitions' events interleave: smaller chunks keep a replay or a catch-up nearer to event
+    #: time order, which the online learner's recall depends on (docs/learner.md, "Read order").
+    raw_partition_fetch_bytes: int = Field(65_536, ge=1_024, le=64 * 2**20)
     dedup_horizon_ms: int = Field(86_400_000, ge=1_000)
     rating_min: float = 0.5
     rating_max: float = 5.0

@@ -294,10 +294,13 @@ def free_port(host: str) -> int:
 
 
 def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool,
-                         topic_pattern: str | None = None, start_ms: int | None = None) -> str:
+                         topic_pattern: str | None = None, start_ms: int | None = None,
+                         partition_fetch_bytes: int | None = None) -> str:
     """WITH-clause options of a Kafka SQL source (read_committed, earliest or from the records
     of ``start_ms`` on, optionally bounded at the end offsets present at start); ``topic_pattern``
-    subscribes by pattern instead. A restored source goes on from its checkpointed offsets."""
+    subscribes by pattern instead; ``partition_fetch_bytes``: the client's
+    ``max.partition.fetch.bytes`` (``kafka.client_properties`` still override it). A restored
+    source goes on from its checkpointed offsets."""
     opts = {
         "connector": "kafka",
         **({"topic-pattern": topic_pattern} if topic_pattern else {"topic": topic}),
@@ -306,6 +309,7 @@ def kafka_source_options(cfg: Config, topic: str, group: str, bounded: bool,
         "properties.isolation.level": "read_committed",
         **({"scan.startup.mode": "timestamp", "scan.startup.timestamp-millis": str(start_ms)}
            if start_ms is not None else {"scan.startup.mode": "earliest-offset"}),
+        **({"properties.max.partition.fetch.bytes": str(partition_fetch_bytes)} if partition_fetch_bytes else {}),
         **java_client_properties(cfg),
     }
     if bounded:

@@ -84,7 +84,8 @@ def add_ingestion(rt: FlinkRuntime, cfg: Config, bounded: bool, statements: Stat
         "ingest",
         # the group (offsets committed on checkpoints) is the lineage's: runs never share one
         source_options=kafka_source_options(cfg, t.raw, rt.transaction_prefix, bounded,
-                                            topic_pattern=topic_pattern),
+                                            topic_pattern=topic_pattern,
+                                            partition_fetch_bytes=ing.raw_partition_fetch_bytes),
         dlq_sink_options=kafka_sink_options(cfg, t.dlq, rt.transaction_prefix),
         watermark_delay=sql_interval(ing.watermark_delay_ms),
         watermark_delay_ms=ing.watermark_delay_ms,
