@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -64,7 +65,9 @@ __all__ = [
     "step_bound",
     "step_scale",
     "clip_norms",
+    "clip_vector",
     "finite_rows",
+    "finite_state",
     "OnlineMF",
     "init_user_state",
     "init_item_state",
@@ -405,7 +408,7 @@ def user_step(
     grad = c_pos * v_pos + c_neg.astype(np.float32) @ v_neg if neg_rows else c_pos * v_pos
     grad = grad - p.regularization * u
     new_u, new_acc = choose(OPTIMIZERS, p.optimizer, "optimizer").step(u, state.accum, grad, p.learning_rate)
-    new_u = clip_norms(new_u[None, :], p.max_norm)[0]
+    new_u = clip_vector(new_u, p.max_norm)
 
     recent = [i for i in state.recent if i != item_id]
     recent.append(item_id)
@@ -472,6 +475,31 @@ def _clip_rows(rows: np.ndarray, sq: np.ndarray, max_norm: float) -> np.ndarray:
     return rows * scale[:, None]
 
 
+def clip_vector(vector: np.ndarray, max_norm: float) -> np.ndarray:
+    """:func:`clip_norms` of one vector, for the sequential learner's per-event steps: one dot
+    product when it is within ``max_norm`` (nearly always), the same arithmetic when it is not.
+
+    >>> clip_vector(np.float32([3.0, 4.0]), 1.0).tolist(), clip_vector(np.float32([0.3, 0.4]), 1.0).tolist()
+    ([0.6000000238418579, 0.800000011920929], [0.30000001192092896, 0.4000000059604645])
+    """
+    if not float(vector @ vector) > max_norm * max_norm:
+        return vector
+    return clip_norms(vector[None, :], max_norm)[0]
+
+
+def finite_state(vector: np.ndarray, accum: np.ndarray | None, *scalars: float) -> bool:
+    """Whether one row's vector, accumulator (None: unchanged by the step, so checked before)
+    and scalars are all finite: one sum of a dot product, a sum and the scalars (a NaN or an
+    infinity anywhere makes it non-finite; vectors within ``max_norm`` cannot overflow it), for
+    the sequential learner's per-event check.
+
+    >>> v, acc = np.float32([1.0, 2.0]), np.float32([0.0, 0.0])
+    >>> finite_state(v, acc, 0.5), finite_state(np.float32([np.nan, 0]), acc), finite_state(v, acc, float("inf"))
+    (True, False, False)
+    """
+    return math.isfinite(float(vector @ vector) + (0.0 if accum is None else float(accum.sum())) + sum(scalars))
+
+
 def finite_rows(*columns: np.ndarray) -> np.ndarray:
     """Per row, whether every value of every column (``[N]`` or ``[N, ...]``) is finite.
 
@@ -492,7 +520,7 @@ def item_step(state: ItemState, update: ItemUpdate, cfg: Any) -> ItemState:
     v = state.vector
     grad = update.coef * np.asarray(update.user_vector, dtype=np.float32) - p.regularization * v
     new_v, new_acc = optimizer.step(v, state.accum, grad, p.learning_rate)
-    new_v = clip_norms(new_v[None, :], p.max_norm)[0]
+    new_v = clip_vector(new_v, p.max_norm)
     g_b = update.coef - p.regularization * state.bias
     bias, b_acc = optimizer.step_scalar(state.bias, state.bias_accum, g_b, p.learning_rate)
     return ItemState(
@@ -555,8 +583,9 @@ class OnlineMF(Recommender):
         state = self.users.get(user)
         if state is None:
             state = init_user_state(user, p)
+        accum = state.accum
         state, updates = user_step(state, item, weight, event_id, self.snapshot, p)
-        if not finite_rows(state.vector[None, :], state.accum[None, :])[0]:
+        if not finite_state(state.vector, None if state.accum is accum else state.accum):
             state = dataclasses.replace(init_user_state(user, p), recent=state.recent, events=state.events)
             self.rows_reset += 1
         self.users[user] = state
@@ -564,8 +593,9 @@ class OnlineMF(Recommender):
             ist = self.items.get(upd.item_id)
             if ist is None:
                 ist = init_item_state(upd.item_id, p)
+            accum = ist.accum
             ist = item_step(ist, upd, p)
-            if not finite_rows(ist.vector[None, :], ist.accum[None, :], np.array([[ist.bias, ist.bias_accum]]))[0]:
+            if not finite_state(ist.vector, None if ist.accum is accum else ist.accum, ist.bias, ist.bias_accum):
                 ist = dataclasses.replace(init_item_state(upd.item_id, p), updates=ist.updates,
                                           popularity=ist.popularity)
                 self.rows_reset += 1
