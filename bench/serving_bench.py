@@ -260,7 +260,9 @@ def print_paced(name: str, r: dict, before: str) -> None:
     print(f"{name} (vegeta, {r['offered_per_s']:,.0f}/s offered): {r['req_per_s']:,.0f} req/s answered, "
           f"p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms, "
           f"server CPU {r['server_cpu_us_per_req']:.0f} us/req, client CPU {r['client_cpu_us_per_req']:.0f} us/req, "
-          f"{r['requests']:,} requests, {r['errors']} not 200; load average {before} -> {load_average()}", flush=True)
+          f"{r['requests']:,} requests, {r['errors']} not 200"
+          f"{' ' + str({c: n for c, n in r['status_codes'].items() if c != '200'}) if r['errors'] else ''}; "
+          f"load average {before} -> {load_average()}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

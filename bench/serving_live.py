@@ -10,9 +10,9 @@
    ready (caught up) and the registry has a CURRENT version for ``/v1/score``.
 3. **idle**: nothing produced; lookups of the stream's users at ``--lookup-rate``, then scores at
    ``--score-rate`` (vegeta, an open-model load generator: bench/serving_bench.py ``vegeta_run``).
-4. **fed**: events at ``--pipeline-rate`` the whole time (``bench/serving_bench.py``'s default,
-   1,500 events/s, is about half of the pipeline's capacity in the latest ``make bench``); the same
-   lookups and scores; the **freshness** of the lists (the learner's ``emitted_ts`` → answerable
+4. **fed**: events at ``--pipeline-rate`` the whole time (the default, 1,500 events/s, is about
+   half of the pipeline's capacity in the latest ``make bench``): first ``--seconds`` with no
+   requests, then the same lookups and scores; the **freshness** of the lists (the learner's ``emitted_ts`` → answerable
    by the service: the read_committed wait for a checkpoint plus the service's read) from the
    service's own histogram, ``streamrec_serving_freshness_seconds``, over the phase.
 
@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load test")
     parser.add_argument("--warmup-s", type=float, default=30.0)
     parser.add_argument("--exclude", type=int, default=20, help="items each score request excludes")
+    parser.add_argument("--checkpoint-ms", type=int, default=None,
+                        help="the pipeline's checkpoint interval (default: the configured one, "
+                             "flink.checkpoint_interval_ms; freshness waits for the checkpoint that commits a record)")
     args = parser.parse_args(argv)
     if shutil.which("vegeta") is None:
         raise SystemExit("vegeta is not on the PATH (go install github.com/tsenart/vegeta/v12@v12.13.0)")
@@ -91,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     users = sorted({e["user_id"] for e in events})
     items = sorted({e["item_id"] for e in events})
     status = broker.up(cfg, log=say)
-    lcfg = unbounded_config(cfg, "bench.live", "serving-live")
+    lcfg = unbounded_config(cfg, "bench.live", "serving-live", args.checkpoint_ms)
+    say(f"checkpoints every {lcfg.flink.checkpoint_interval_ms} ms")
     root = fresh_topics(lcfg)
-    per_phase = int(args.pipeline_rate * (2 * args.seconds + 15))
+    per_phase = int(args.pipeline_rate * (3 * args.seconds + 15))
     warm = int(args.pipeline_rate * args.warmup_s)
     stream = cycled_events(events, warm + per_phase)
     warm_stream, fed_stream = stream[:warm], stream[warm:]
@@ -143,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                     kwargs={"total": len(fed_stream), "rate": args.pipeline_rate, "progress": False}, daemon=True)
                 feeder.start()
                 time.sleep(5.0)  # the job at its rate before measuring
+                fresh0 = freshness_counts(url)
+                time.sleep(args.seconds)  # freshness with no request load first
+                fresh = freshness_counts(url) - fresh0
+                say(f"fed, no requests: freshness (emitted -> answerable) over {int(fresh.sum()):,} records: "
+                    f"p50 {Freshness.quantile_ms(0.5, fresh):,.0f} ms, p99 {Freshness.quantile_ms(0.99, fresh):,.0f} ms; "
+                    f"load average {load_average()}")
             fresh0, recs0, t0 = freshness_counts(url), recs(), time.time()
             for name, targets, rate in (("lookups", lookups, args.lookup_rate), ("scores", scores, args.score_rate)):
                 before = load_average()
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.time() - t0
             if phase == "fed":
                 p50, p99 = Freshness.quantile_ms(0.5, fresh), Freshness.quantile_ms(0.99, fresh)
-                say(f"fed: {(recs() - recs0) / elapsed:,.0f} recommendations/s committed during the load; "
+                say(f"fed, under the request load: {(recs() - recs0) / elapsed:,.0f} recommendations/s committed; "
                     f"freshness (emitted -> answerable) over {int(fresh.sum()):,} records: p50 {p50:,.0f} ms, "
                     f"p99 {p99:,.0f} ms (interpolated in the histogram's buckets)")
                 feeder.join()
