@@ -91,13 +91,20 @@ def parse_streams(streams: tuple[str, ...] | str) -> tuple[str, ...]:
     ...
     ValueError: unknown stream(s) nope; choose from ml100k, second, bursty, ml100k-5star
     """
-    names = [n.strip() for n in streams.split(",")] if isinstance(streams, str) else list(streams)
+    return _parse_names(streams, STREAMS, "stream(s)")
+
+
+def _parse_names(value: tuple[str, ...] | str, known: tuple[str, ...], what: str,
+                 always: str | None = None) -> tuple[str, ...]:
+    """``value`` (a tuple, or comma-separated) as names of ``known`` in its order, ``always``
+    among them; ``all``: every one; an unknown name is a ValueError naming the choices."""
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
     if "all" in names:
-        return STREAMS
-    unknown = [n for n in names if n and n not in STREAMS]
+        return known
+    unknown = [n for n in names if n and n not in known]
     if unknown:
-        raise ValueError(f"unknown stream(s) {', '.join(unknown)}; choose from {', '.join(STREAMS)}")
-    return tuple(n for n in STREAMS if n in names)
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
+    return tuple(n for n in known if n in names or n == always)
 
 
 #: The serving modes (``scoring.serve``, udfs/learner_core.py ``SERVE_MODES``) the throughput
@@ -123,13 +130,7 @@ def parse_modes(modes: tuple[str, ...] | str, configured: str = "live") -> tuple
     ...
     ValueError: unknown serving mode(s) shadow; choose from live, registry
     """
-    names = [n.strip() for n in modes.split(",")] if isinstance(modes, str) else list(modes)
-    if "all" in names:
-        return MODES
-    unknown = [n for n in names if n and n not in MODES]
-    if unknown:
-        raise ValueError(f"unknown serving mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
-    return tuple(n for n in MODES if n in names or n == configured)
+    return _parse_names(modes, MODES, "serving mode(s)", always=configured)
 
 
 def run_bench(cfg, name: str | None = None, limit: int | None = None, latency_seconds: float = 60.0,

@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"warm-up: {warm:,} events at {args.pipeline_rate:,.0f}/s")
         replay.produce(lcfg, lcfg.kafka.topics.raw, replay.encode_events(warm_stream), total=warm,
                        rate=args.pipeline_rate, progress=False)
-        recs = lambda: records_written(lcfg, lcfg.kafka.topics.recommendations)  # noqa: E731
+
+        def recs() -> int:
+            return records_written(lcfg, lcfg.kafka.topics.recommendations)
+
         wait_until(lambda: recs() >= warm * 0.99, 120)
         if not wait_until(lambda: get(f"{url}/readyz")[0] == 200, 120):
             say(f"warning: the service is not ready: {get(f'{url}/readyz')[1][:300]!r}")
